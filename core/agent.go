@@ -1,0 +1,44 @@
+package core
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// MinPasswordLength is the shortest password kefu accepts for an agent.
+const MinPasswordLength = 8
+
+// HashPassword returns the bcrypt hash of an agent's password.
+func HashPassword(password string) (string, error) {
+	if len(password) < MinPasswordLength {
+		return "", fmt.Errorf("%w: password shorter than %d characters", ErrInvalid, MinPasswordLength)
+	}
+	if len(password) > 72 {
+		return "", fmt.Errorf("%w: password longer than 72 bytes", ErrInvalid)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("hash password: %w", err)
+	}
+	return string(h), nil
+}
+
+// CheckPassword reports whether password matches the agent's hash. It takes
+// the same time whether the hash is empty (a missing agent) or not, so that
+// login timing does not tell which emails exist.
+func (a Agent) CheckPassword(password string) bool {
+	hash := a.PasswordHash
+	if hash == "" {
+		hash = dummyHash()
+	}
+	ok := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+	return ok && a.PasswordHash != ""
+}
+
+// dummyHash is compared against when there is no agent, to spend the same time.
+var dummyHash = sync.OnceValue(func() string {
+	h, _ := bcrypt.GenerateFromPassword([]byte("kefu-no-such-agent"), bcrypt.DefaultCost)
+	return string(h)
+})

@@ -1,0 +1,590 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config is the routing policy (the routing section of kefu.yaml).
+type Config struct {
+	Strategy        Strategy
+	MaxOpenPerAgent int           // routing stops giving an agent work at this many open conversations
+	ReopenWithin    time.Duration // a customer message to a resolved conversation younger than this reopens it
+	OfflineReply    string        // sent once per conversation when nobody is available; "" disables it
+}
+
+// Service is the session-and-agent core: every channel hands customer
+// messages to Ingest, and every agent action (from the console, Work WeChat,
+// Slack…) goes through its methods, so routing and the rules of DESIGN.md
+// hold whatever the channel. Safe for concurrent use.
+type Service struct {
+	store    Store
+	presence Presence
+	notify   Notifier
+	cfg      Config
+	picker   *Picker
+	now      func() time.Time
+	log      *slog.Logger
+	// delivers reports whether a channel instance delivers outgoing messages
+	// through the outbox (external providers). Channels that read from
+	// sockets (web) do not.
+	delivers func(channel string) bool
+
+	drainMu sync.Mutex
+	// full is set when the last drain left conversations waiting for lack of
+	// capacity; a new conversation then only joins the back of the queue.
+	// Anything that may free capacity clears it.
+	fullMu sync.Mutex
+	full   bool
+}
+
+// Deps are the Service's collaborators.
+type Deps struct {
+	Store    Store
+	Presence Presence
+	Notifier Notifier
+	// Delivers reports whether a channel instance delivers outgoing messages
+	// through the outbox. nil: none do.
+	Delivers func(channel string) bool
+	Now      func() time.Time // nil: time.Now
+	Logger   *slog.Logger     // nil: slog.Default()
+}
+
+// NewService returns a Service. It does not drain the queue; call Drain once
+// the channels are up.
+func NewService(cfg Config, d Deps) *Service {
+	s := &Service{
+		store:    d.Store,
+		presence: d.Presence,
+		notify:   d.Notifier,
+		cfg:      cfg,
+		picker:   NewPicker(cfg.Strategy),
+		now:      d.Now,
+		log:      d.Logger,
+		delivers: d.Delivers,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.delivers == nil {
+		s.delivers = func(string) bool { return false }
+	}
+	if mp, ok := d.Presence.(*MemoryPresence); ok {
+		mp.OnChange(func(int64) { s.capacityChanged(context.Background()) })
+	}
+	return s
+}
+
+// Store returns the store, for read paths (history, lists) that need no rules.
+func (s *Service) Store() Store { return s.store }
+
+// Presence returns the presence the Service routes with.
+func (s *Service) Presence() Presence { return s.presence }
+
+// Config returns the routing policy.
+func (s *Service) Config() Config { return s.cfg }
+
+// Ingest records a customer's message and routes its conversation. It returns
+// once the message is durable; the caller may then acknowledge it to the
+// provider or client. A duplicate (same DedupKey) is returned with Duplicate
+// set and triggers nothing.
+func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
+	if in.Channel == "" || in.ExternalID == "" {
+		return Ingested{}, fmt.Errorf("%w: inbound message without channel or sender", ErrInvalid)
+	}
+	if err := checkContent(in.Message); err != nil {
+		return Ingested{}, err
+	}
+	if in.Message.CreatedAt.IsZero() {
+		in.Message.CreatedAt = s.now()
+	}
+	in.ReopenWithin = s.cfg.ReopenWithin
+	res, err := s.store.Ingest(ctx, in)
+	if err != nil || res.Duplicate {
+		return res, err
+	}
+	ups := make([]Update, 0, len(res.Events)+1)
+	for i := range res.Events {
+		ups = append(ups, Update{Type: UpdateMessage, Conversation: &res.Conversation, Message: &res.Events[i]})
+	}
+	ups = append(ups, Update{Type: UpdateMessage, Conversation: &res.Conversation, Message: &res.Message})
+	s.notify.Publish(ctx, ups...)
+	if res.Conversation.Status == StatusPending {
+		s.routeNew(ctx, res.Conversation)
+	}
+	return res, nil
+}
+
+// routeNew routes a conversation that is waiting: it drains the queue (which
+// serves older conversations first) and, if nobody is available at all,
+// sends the offline reply once.
+func (s *Service) routeNew(ctx context.Context, c Conversation) {
+	s.fullMu.Lock()
+	full := s.full
+	s.fullMu.Unlock()
+	if !full {
+		if err := s.Drain(ctx); err != nil {
+			s.log.Warn("routing: drain failed", "err", err)
+		}
+	}
+	if s.cfg.OfflineReply == "" {
+		return
+	}
+	avail, err := s.presence.Available(ctx)
+	if err != nil || len(avail) > 0 {
+		return
+	}
+	cur, err := s.store.Conversation(ctx, c.ID)
+	if err != nil || cur.Status != StatusPending {
+		return
+	}
+	// The dedup key makes the offline reply once per conversation, cluster-wide.
+	_, err = s.appendAndNotify(ctx, cur, Message{
+		SenderKind: SenderBot,
+		Visibility: Public,
+		Kind:       KindText,
+		Text:       s.cfg.OfflineReply,
+		DedupKey:   fmt.Sprintf("o:%d", c.ID),
+	})
+	if err != nil {
+		s.log.Warn("routing: offline reply failed", "conversation", c.ID, "err", err)
+	}
+}
+
+// Drain assigns waiting conversations, oldest first, to available agents
+// with capacity, until the queue is empty or nobody has room.
+func (s *Service) Drain(ctx context.Context) error {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	for {
+		avail, err := s.presence.Available(ctx)
+		if err != nil {
+			return err
+		}
+		if len(avail) == 0 {
+			s.setFull(true)
+			return nil
+		}
+		queue, err := s.store.Queue(ctx, 100)
+		if err != nil {
+			return err
+		}
+		if len(queue) == 0 {
+			s.setFull(false)
+			return nil
+		}
+		counts, err := s.store.OpenCounts(ctx)
+		if err != nil {
+			return err
+		}
+		for _, c := range queue {
+			assigned, err := s.assignFromQueue(ctx, c, avail, counts)
+			if err != nil {
+				return err
+			}
+			if !assigned {
+				s.setFull(true)
+				return nil
+			}
+		}
+		if len(queue) < 100 {
+			s.setFull(false)
+			return nil
+		}
+	}
+}
+
+// assignFromQueue gives c to the first available agent with room. It
+// reports false when nobody has room.
+func (s *Service) assignFromQueue(ctx context.Context, c Conversation, avail []int64, counts map[int64]int) (bool, error) {
+	cands := make([]Candidate, len(avail))
+	for i, id := range avail {
+		cands[i] = Candidate{AgentID: id, Open: counts[id]}
+	}
+	order := s.picker.Order(cands, s.cfg.MaxOpenPerAgent)
+	if len(order) == 0 {
+		return false, nil
+	}
+	for _, agentID := range order {
+		_, err := s.assign(ctx, c.ID, agentID, 0, s.cfg.MaxOpenPerAgent, EventAssigned, 0)
+		switch {
+		case err == nil:
+			s.picker.Assigned(agentID)
+			counts[agentID]++
+			return true, nil
+		case errors.Is(err, ErrCapacity):
+			counts[agentID] = s.cfg.MaxOpenPerAgent // its count moved under us; try the next one
+			continue
+		case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
+			return true, nil // taken or changed meanwhile: not waiting any more
+		default:
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+func (s *Service) setFull(v bool) {
+	s.fullMu.Lock()
+	s.full = v
+	s.fullMu.Unlock()
+}
+
+// capacityChanged is called when an agent may have room or has come online.
+func (s *Service) capacityChanged(ctx context.Context) {
+	s.setFull(false)
+	if err := s.Drain(ctx); err != nil {
+		s.log.Warn("routing: drain failed", "err", err)
+	}
+}
+
+func (s *Service) assign(ctx context.Context, convID, agentID, from int64, maxOpen int, typ EventType, by int64) (Changed, error) {
+	vis := Public
+	if agentID == 0 {
+		vis = Internal
+	}
+	ch, err := s.store.Assign(ctx, Assignment{
+		ConversationID: convID,
+		AgentID:        agentID,
+		From:           from,
+		MaxOpen:        maxOpen,
+		At:             s.now(),
+		Event: Message{
+			SenderKind: SenderSystem,
+			SenderID:   by,
+			Visibility: vis,
+			Kind:       KindEvent,
+			Event:      &Event{Type: typ, AgentID: agentID, FromID: from, ByID: by},
+		},
+	})
+	if err != nil {
+		return ch, err
+	}
+	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
+	return ch, nil
+}
+
+// Take assigns an unassigned conversation to the agent asking for it. Of two
+// agents taking one conversation at once, exactly one succeeds; the other
+// gets ErrConflict. An explicit take is not bound by max_open_per_agent.
+func (s *Service) Take(ctx context.Context, agentID, convID int64) (Conversation, error) {
+	if _, err := s.activeAgent(ctx, agentID); err != nil {
+		return Conversation{}, err
+	}
+	ch, err := s.assign(ctx, convID, agentID, 0, 0, EventAssigned, agentID)
+	return ch.Conversation, err
+}
+
+// Transfer moves a conversation from its current assignee to another agent
+// (toID 0: back to the queue). by must be the current assignee or an admin.
+func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Conversation, error) {
+	actor, err := s.activeAgent(ctx, by)
+	if err != nil {
+		return Conversation{}, err
+	}
+	c, err := s.store.Conversation(ctx, convID)
+	if err != nil {
+		return Conversation{}, err
+	}
+	if c.AssigneeID != by && actor.Role != RoleAdmin {
+		return Conversation{}, fmt.Errorf("%w: only the assignee or an admin may transfer #%d", ErrForbidden, convID)
+	}
+	typ := EventTransferred
+	if toID == 0 {
+		typ = EventUnassigned
+	} else if _, err := s.activeAgent(ctx, toID); err != nil {
+		return Conversation{}, err
+	}
+	if c.AssigneeID == 0 {
+		typ = EventAssigned
+	}
+	ch, err := s.assign(ctx, convID, toID, c.AssigneeID, 0, typ, by)
+	if err != nil {
+		return Conversation{}, err
+	}
+	s.capacityChanged(ctx)
+	return ch.Conversation, nil
+}
+
+// Close resolves a conversation. Any active agent may close.
+func (s *Service) Close(ctx context.Context, by, convID int64) (Conversation, error) {
+	return s.setStatus(ctx, by, convID, StatusResolved, EventResolved)
+}
+
+// Reopen reopens a resolved conversation: back to its assignee, or to the queue.
+func (s *Service) Reopen(ctx context.Context, by, convID int64) (Conversation, error) {
+	return s.setStatus(ctx, by, convID, StatusOpen, EventReopened)
+}
+
+func (s *Service) setStatus(ctx context.Context, by, convID int64, to ConversationStatus, typ EventType) (Conversation, error) {
+	if _, err := s.activeAgent(ctx, by); err != nil {
+		return Conversation{}, err
+	}
+	cur, err := s.store.Conversation(ctx, convID)
+	if err != nil {
+		return Conversation{}, err
+	}
+	if (to == StatusResolved) == (cur.Status == StatusResolved) {
+		return cur, fmt.Errorf("%w: #%d is already %s", ErrConflict, convID, cur.Status)
+	}
+	ch, err := s.store.SetStatus(ctx, StatusChange{
+		ConversationID: convID,
+		Status:         to,
+		From:           cur.Status, // optimistic: fails if it moved meanwhile
+		At:             s.now(),
+		Event: Message{
+			SenderKind: SenderSystem,
+			SenderID:   by,
+			Visibility: Public,
+			Kind:       KindEvent,
+			Event:      &Event{Type: typ, ByID: by},
+		},
+	})
+	if err != nil {
+		return Conversation{}, err
+	}
+	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
+	if to == StatusResolved {
+		s.capacityChanged(ctx)
+	} else if ch.Conversation.Status == StatusPending {
+		s.routeNew(ctx, ch.Conversation)
+	}
+	return ch.Conversation, nil
+}
+
+// Reply sends an agent's public message to the customer. A reply to a
+// waiting conversation takes it for the agent; a reply to a resolved one
+// reopens it. The message is committed first and then delivered through the
+// conversation's channel (the outbox) or its sockets.
+func (s *Service) Reply(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Public
+	return s.agentMessage(ctx, agentID, convID, m)
+}
+
+// Note adds an internal note, which customers never see.
+func (s *Service) Note(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Internal
+	return s.agentMessage(ctx, agentID, convID, m)
+}
+
+func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+	if err := checkContent(m); err != nil {
+		return Message{}, err
+	}
+	if _, err := s.activeAgent(ctx, agentID); err != nil {
+		return Message{}, err
+	}
+	c, err := s.store.Conversation(ctx, convID)
+	if err != nil {
+		return Message{}, err
+	}
+	if m.Visibility == Public {
+		if c.Status == StatusResolved {
+			if c, err = s.Reopen(ctx, agentID, convID); err != nil && !errors.Is(err, ErrConflict) {
+				return Message{}, err
+			}
+		}
+		if c.AssigneeID == 0 {
+			if taken, err := s.Take(ctx, agentID, convID); err == nil {
+				c = taken
+			} else if !errors.Is(err, ErrConflict) {
+				return Message{}, err
+			}
+		}
+	}
+	return s.appendAndNotify(ctx, c, m)
+}
+
+// appendAndNotify appends m to c, through the outbox when c's channel
+// delivers outgoing messages, and tells the Notifier.
+func (s *Service) appendAndNotify(ctx context.Context, c Conversation, m Message) (Message, error) {
+	deliver := m.Outgoing() && s.delivers(c.Channel)
+	if m.Status == "" {
+		m.Status = MsgSent
+		if deliver {
+			m.Status = MsgPending
+		}
+	}
+	if m.CreatedAt.IsZero() {
+		m.CreatedAt = s.now()
+	}
+	res, err := s.store.Append(ctx, Append{ConversationID: c.ID, Message: m, Deliver: deliver})
+	if err != nil || res.Duplicate {
+		return res.Message, err
+	}
+	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &res.Conversation, Message: &res.Message})
+	if res.Outbox != nil {
+		s.notify.Deliver(ctx, *res.Outbox)
+	}
+	return res.Message, nil
+}
+
+// Resend sends a failed outgoing message again as a new message linked to it.
+func (s *Service) Resend(ctx context.Context, agentID, msgID int64) (Message, error) {
+	old, err := s.store.Message(ctx, msgID)
+	if err != nil {
+		return Message{}, err
+	}
+	if old.Status != MsgFailed || !old.Outgoing() {
+		return Message{}, fmt.Errorf("%w: only a failed outgoing message can be resent", ErrInvalid)
+	}
+	m := Message{Kind: old.Kind, Text: old.Text, Media: old.Media, ResendOf: old.ID}
+	return s.Reply(ctx, agentID, old.ConversationID, m)
+}
+
+// UpdateStatus applies a delivery status a channel learned (a provider's
+// status webhook) and tells the Notifier when it moved forward.
+func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, error) {
+	m, changed, err := s.store.UpdateStatus(ctx, u)
+	if err != nil {
+		return m, err
+	}
+	if changed {
+		s.notify.Publish(ctx, Update{Type: UpdateStatus, Message: &m})
+	}
+	return m, nil
+}
+
+// MarkUpTo records a receipt (delivered or read up to a sequence number).
+func (s *Service) MarkUpTo(ctx context.Context, r Receipt) error {
+	if r.Status != MsgDelivered && r.Status != MsgRead {
+		return fmt.Errorf("%w: receipt status must be delivered or read", ErrInvalid)
+	}
+	n, err := s.store.MarkUpTo(ctx, r)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.notify.Publish(ctx, Update{Type: UpdateReceipt, Receipt: &r})
+	}
+	return nil
+}
+
+// Typing passes a typing indicator on to the conversation's other side.
+func (s *Service) Typing(ctx context.Context, t Typing) {
+	s.notify.Publish(ctx, Update{Type: UpdateTyping, Typing: &t})
+}
+
+// SetAway marks an agent away from routing, or back.
+func (s *Service) SetAway(ctx context.Context, agentID int64, away bool) error {
+	if _, err := s.activeAgent(ctx, agentID); err != nil {
+		return err
+	}
+	s.presence.SetAway(agentID, away)
+	return nil
+}
+
+// SetOn records /on or /off from an agent-side channel.
+func (s *Service) SetOn(ctx context.Context, agentID int64, on bool) error {
+	if _, err := s.activeAgent(ctx, agentID); err != nil {
+		return err
+	}
+	s.presence.SetOn(agentID, on)
+	return nil
+}
+
+// Deactivate disables an agent; their open conversations go back to the
+// queue and are routed to others.
+func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
+	a, err := s.store.Agent(ctx, agentID)
+	if err != nil {
+		return err
+	}
+	a.Active = false
+	if err := s.store.UpdateAgent(ctx, a); err != nil {
+		return err
+	}
+	s.presence.SetOn(agentID, false)
+	for {
+		open, err := s.store.Conversations(ctx, ConversationFilter{AssigneeID: agentID, Statuses: []ConversationStatus{StatusOpen}, Limit: 500})
+		if err != nil {
+			return err
+		}
+		for _, c := range open {
+			if _, err := s.assign(ctx, c.ID, 0, agentID, 0, EventUnassigned, by); err != nil && !errors.Is(err, ErrConflict) {
+				return err
+			}
+		}
+		if len(open) < 500 {
+			break
+		}
+	}
+	s.capacityChanged(ctx)
+	return nil
+}
+
+// AgentSeed is an agent from the config's agents list.
+type AgentSeed struct {
+	Email, Name, Password, WeComUserID, SlackUser string
+	Role                                          Role
+}
+
+// EnsureAgents creates the configured agents that do not exist yet. Existing
+// agents are left alone: the API owns them after the first start.
+func (s *Service) EnsureAgents(ctx context.Context, seeds []AgentSeed) (created []Agent, err error) {
+	for _, sd := range seeds {
+		if _, err := s.store.AgentByEmail(ctx, sd.Email); err == nil {
+			continue
+		} else if !errors.Is(err, ErrNotFound) {
+			return created, err
+		}
+		hash, err := HashPassword(sd.Password)
+		if err != nil {
+			return created, err
+		}
+		role := sd.Role
+		if role == "" {
+			role = RoleAgent
+		}
+		a, err := s.store.CreateAgent(ctx, Agent{
+			Email: strings.ToLower(sd.Email), Name: sd.Name, Role: role, PasswordHash: hash, Active: true,
+			WeComUserID: sd.WeComUserID, SlackUser: sd.SlackUser, CreatedAt: s.now(),
+		})
+		if err != nil && !errors.Is(err, ErrConflict) {
+			return created, err
+		}
+		if err == nil {
+			created = append(created, a)
+		}
+	}
+	return created, nil
+}
+
+func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
+	a, err := s.store.Agent(ctx, id)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return a, fmt.Errorf("%w: agent %d: %w", ErrForbidden, id, err)
+		}
+		return a, err
+	}
+	if !a.Active {
+		return a, fmt.Errorf("%w: agent %d is deactivated", ErrForbidden, id)
+	}
+	return a, nil
+}
+
+// checkContent rejects a message with nothing in it.
+func checkContent(m Message) error {
+	switch m.Kind {
+	case KindText:
+		if strings.TrimSpace(m.Text) == "" {
+			return fmt.Errorf("%w: empty text message", ErrInvalid)
+		}
+	case KindImage, KindFile:
+		if m.Media == nil || m.Media.Key == "" {
+			return fmt.Errorf("%w: %s message without media", ErrInvalid, m.Kind)
+		}
+	default:
+		return fmt.Errorf("%w: unknown message kind %q", ErrInvalid, m.Kind)
+	}
+	return nil
+}

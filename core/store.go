@@ -1,0 +1,238 @@
+package core
+
+import (
+	"context"
+	"time"
+)
+
+// Store persists kefu's state. It is the one seam between the domain and a
+// database; adapters/store/sqlite and adapters/store/postgres implement it and
+// both pass the contract suite in core/storetest.
+//
+// Contract, for every implementation:
+//   - Safe for concurrent use. Every write method is atomic: it commits all of
+//     its effects or none, and it returns only after its commit is durable at
+//     the configured level (store.sync). Implementations are expected to batch
+//     concurrent writes into shared transactions (group commit); a caller is
+//     told of success only after the transaction holding its write commits,
+//     and one caller's failure (a conflict, a constraint) never fails another
+//     caller's write in the same batch.
+//   - Message IDs increase in commit order: a reader that has seen ID n will
+//     never later see a new message with an ID below n. Agents use the ID as
+//     their cursor across conversations (Feed).
+//   - Sequence numbers are per conversation, start at 1, and have no gaps or
+//     duplicates.
+//   - A DedupKey is stored at most once, store-wide. Writing a message whose
+//     key exists returns the existing message and Duplicate = true, changes
+//     nothing else, and is not an error.
+//   - A message status only moves forward (MessageStatus.Advances).
+//   - Reads return ErrNotFound for a missing row.
+//   - ctx cancellation abandons the wait, not necessarily the write: a write
+//     whose caller gave up may still commit.
+//   - Close waits for queued writes to finish and then releases the database;
+//     calls after Close return ErrClosed.
+type Store interface {
+	// Ingest records a message from a customer in one transaction: it finds or
+	// creates the contact and its identity (in.Channel, in.ExternalID); finds
+	// the identity's conversation, reopening a resolved one whose ResolvedAt is
+	// within in.ReopenWithin of in.Message.CreatedAt or else starting a new
+	// pending one; and appends the message (SenderContact, Public) with the
+	// next sequence number, moving LastInboundAt to its CreatedAt.
+	Ingest(ctx context.Context, in Inbound) (Ingested, error)
+
+	// Append adds a message to an existing conversation with the next sequence
+	// number. With a.Deliver set, it also enqueues an outbox entry for the
+	// conversation's channel (key: the conversation) in the same transaction.
+	Append(ctx context.Context, a Append) (Appended, error)
+
+	// Assign sets the conversation's assignee to a.AgentID if its current
+	// assignee is a.From and it is not resolved, and appends a.Event. With
+	// AgentID > 0 the status becomes open; when a.MaxOpen > 0 and the agent
+	// already has MaxOpen open conversations it fails with ErrCapacity. With
+	// AgentID 0 the conversation goes back to the queue (pending, QueuedAt
+	// now). If the assignee is no longer a.From it fails with ErrConflict, so
+	// of two agents racing to take a conversation exactly one wins.
+	Assign(ctx context.Context, a Assignment) (Changed, error)
+
+	// SetStatus resolves or reopens a conversation and appends c.Event.
+	// Resolving sets ResolvedAt; reopening makes it open if it has an
+	// assignee, pending (queued now) if not. It fails with ErrConflict when
+	// the conversation is not in c.From (when c.From is set).
+	SetStatus(ctx context.Context, c StatusChange) (Changed, error)
+
+	// UpdateStatus moves one message's delivery status forward and records
+	// u.Reason (failed) and u.ExternalID when given. changed is false, and
+	// nothing is written, when the status would not advance.
+	UpdateStatus(ctx context.Context, u StatusUpdate) (m Message, changed bool, err error)
+
+	// MarkUpTo advances to r.Status every message of the conversation with a
+	// sequence number ≤ r.UpToSeq that the reader receives: for a contact,
+	// public messages not sent by the contact; for an agent, the contact's
+	// messages. It returns how many messages changed.
+	MarkUpTo(ctx context.Context, r Receipt) (int, error)
+
+	// Conversation, Contact, Message read single rows.
+	Conversation(ctx context.Context, id int64) (Conversation, error)
+	Contact(ctx context.Context, id int64) (Contact, error)
+	Message(ctx context.Context, id int64) (Message, error)
+	// MessageByExternalID finds a message kefu sent through channel by the
+	// provider's id for it.
+	MessageByExternalID(ctx context.Context, channel, externalID string) (Message, error)
+	// Conversations lists conversations matching f, newest first.
+	Conversations(ctx context.Context, f ConversationFilter) ([]Conversation, error)
+	// Messages lists one conversation's messages in sequence order (see MessageQuery).
+	Messages(ctx context.Context, q MessageQuery) ([]Message, error)
+	// Feed lists messages of all conversations with ID > afterID, in ID
+	// order, at most limit: an agent's stream resumed from their cursor.
+	Feed(ctx context.Context, afterID int64, limit int) ([]Message, error)
+	// Queue lists pending conversations in the order they are to be served
+	// (QueuedAt, then ID), at most limit.
+	Queue(ctx context.Context, limit int) ([]Conversation, error)
+	// OpenCounts returns how many open conversations each agent has.
+	OpenCounts(ctx context.Context) (map[int64]int, error)
+
+	// CreateAgent stores a new agent and returns it with its ID. An email
+	// already taken (case-insensitively) is ErrConflict.
+	CreateAgent(ctx context.Context, a Agent) (Agent, error)
+	// UpdateAgent replaces the stored agent with the same ID.
+	UpdateAgent(ctx context.Context, a Agent) error
+	Agent(ctx context.Context, id int64) (Agent, error)
+	AgentByEmail(ctx context.Context, email string) (Agent, error)
+	// Agents lists all agents, active or not, by ID.
+	Agents(ctx context.Context) ([]Agent, error)
+
+	// Enqueue stores an outbox entry that carries its own payload (no message).
+	Enqueue(ctx context.Context, e OutboxEntry) (OutboxEntry, error)
+	// OutboxEntry reads one entry.
+	OutboxEntry(ctx context.Context, id int64) (OutboxEntry, error)
+	// OutboxHead returns the oldest entry with the given channel and key.
+	OutboxHead(ctx context.Context, channel, key string) (OutboxEntry, error)
+	// Outbox lists entries due at or before now (NextAttemptAt ≤ now) in ID
+	// order, at most limit; channel "" means every channel.
+	Outbox(ctx context.Context, channel string, now time.Time, limit int) ([]OutboxEntry, error)
+	// RetryOutbox records a failed attempt: Attempts+1, LastError, and the
+	// time of the next attempt.
+	RetryOutbox(ctx context.Context, id int64, next time.Time, lastErr string) error
+	// FinishOutbox removes a delivered or permanently failed entry and, in the
+	// same transaction, applies u to its message (u may be nil).
+	FinishOutbox(ctx context.Context, id int64, u *StatusUpdate) error
+	// OutboxStats reports the number of entries and the oldest one's age base.
+	OutboxStats(ctx context.Context) (depth int, oldest time.Time, err error)
+
+	// Ping checks that the store is usable (for /readyz).
+	Ping(ctx context.Context) error
+	// Close flushes queued writes and closes the store. It is idempotent.
+	Close() error
+}
+
+// Inbound is a customer's message as a channel hands it to the core.
+type Inbound struct {
+	Channel    string // channel instance name
+	ExternalID string // the customer's id on that instance
+	Name       string // display name from the provider, if any
+	// Message holds the content (Kind, Text, Media), the DedupKey and
+	// CreatedAt (when kefu received it). The store sets the sender, the
+	// visibility, the status (delivered: kefu has it) and the IDs.
+	Message Message
+	// ReopenWithin: a resolved conversation younger than this is reopened.
+	ReopenWithin time.Duration
+}
+
+// Ingested is what Ingest did.
+type Ingested struct {
+	Contact      Contact
+	Conversation Conversation // after the message
+	Message      Message
+	// Events holds the event messages the ingest appended before Message
+	// (a reopened event).
+	Events          []Message
+	NewContact      bool
+	NewConversation bool
+	Reopened        bool
+	// Duplicate: the DedupKey was already stored. Message is the stored one
+	// and nothing was written.
+	Duplicate bool
+}
+
+// Append adds a message to a conversation.
+type Append struct {
+	ConversationID int64
+	// Message: SenderKind, SenderID, Visibility, Kind, Text, Media, Event,
+	// DedupKey, ResendOf, Status and CreatedAt are kept; IDs are assigned.
+	Message Message
+	// Deliver enqueues the message in the outbox of the conversation's channel.
+	Deliver bool
+}
+
+// Appended is what Append did.
+type Appended struct {
+	Conversation Conversation
+	Message      Message
+	Outbox       *OutboxEntry // set when Deliver enqueued an entry
+	Duplicate    bool         // see Ingested.Duplicate
+}
+
+// Assignment asks to change a conversation's assignee.
+type Assignment struct {
+	ConversationID int64
+	AgentID        int64 // 0: unassign (back to the queue)
+	From           int64 // expected current assignee; 0: unassigned
+	MaxOpen        int   // 0: no limit
+	Event          Message
+	At             time.Time
+}
+
+// StatusChange asks to resolve or reopen a conversation.
+type StatusChange struct {
+	ConversationID int64
+	Status         ConversationStatus // StatusResolved or StatusOpen (reopen)
+	From           ConversationStatus // expected current status, "" for any
+	Event          Message
+	At             time.Time
+}
+
+// Changed is a conversation after a change, with the event appended for it.
+type Changed struct {
+	Conversation Conversation
+	Event        Message
+}
+
+// StatusUpdate moves a message's delivery status.
+type StatusUpdate struct {
+	MessageID  int64
+	Status     MessageStatus
+	Reason     string // for MsgFailed: the provider's reason, shown to agents
+	ExternalID string // the provider's id for the message, if newly known
+}
+
+// Receipt says a reader has received (delivered) or read a conversation up
+// to a sequence number.
+type Receipt struct {
+	ConversationID int64
+	UpToSeq        int64
+	Status         MessageStatus // MsgDelivered or MsgRead
+	ByContact      bool          // the customer read; else an agent read
+}
+
+// ConversationFilter selects conversations. Zero fields do not filter.
+type ConversationFilter struct {
+	Statuses   []ConversationStatus
+	AssigneeID int64
+	Unassigned bool
+	ContactID  int64
+	Channel    string
+	ExternalID string
+	BeforeID   int64 // paging: only IDs below this
+	Limit      int   // default 50, at most 500
+}
+
+// MessageQuery selects one conversation's messages, in sequence order.
+// With BeforeSeq set it returns the Limit newest messages before it (paging
+// back through history); otherwise the Limit oldest after AfterSeq.
+type MessageQuery struct {
+	ConversationID int64
+	AfterSeq       int64
+	BeforeSeq      int64
+	Limit          int  // default 100, at most 1000
+	PublicOnly     bool // what a customer may see
+}
