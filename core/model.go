@@ -160,6 +160,10 @@ type Media struct {
 	Name string `json:"name,omitempty"` // original file name
 	Type string `json:"type"`           // MIME type, sniffed
 	Size int64  `json:"size"`
+	// Preview is the storage key of a small JPEG rendering of an image
+	// (longest side at most media's PreviewMax, metadata stripped); empty when
+	// there is none (not an image, or too large or broken to render).
+	Preview string `json:"preview,omitempty"`
 }
 
 // Event is the payload of a KindEvent message.
@@ -197,6 +201,15 @@ type Message struct {
 	ResendOf   int64     `json:"resend_of,omitempty"` // the failed message this one resends
 	CreatedAt  time.Time `json:"created_at"`
 }
+
+// ProviderKey is the DedupKey of a message a provider identifies by id on a
+// channel instance: a provider's retries of it are stored once.
+func ProviderKey(channel, providerID string) string { return "p:" + channel + ":" + providerID }
+
+// ClientKey is the DedupKey of a message a client identifies by its own id
+// (the web protocol's client id), scoped to the sender so that two clients
+// cannot collide.
+func ClientKey(scope, clientID string) string { return "c:" + scope + ":" + clientID }
 
 // Outgoing reports whether the message travels from kefu to the customer's
 // channel: public, not from the customer, not an event.

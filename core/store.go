@@ -82,6 +82,16 @@ type Store interface {
 	Conversations(ctx context.Context, f ConversationFilter) ([]Conversation, error)
 	// Messages lists one conversation's messages in sequence order (see MessageQuery).
 	Messages(ctx context.Context, q MessageQuery) ([]Message, error)
+	// Contacts reads the contacts with the given IDs (at most MaxBatchRead),
+	// in no particular order; an ID with no contact is left out. With
+	// LastMessages it lets a list of conversations show who and what without
+	// a read per conversation.
+	Contacts(ctx context.Context, ids []int64) ([]Contact, error)
+	// LastMessages returns, for each of the given conversations (at most
+	// MaxBatchRead), its newest message that is not an event (KindEvent):
+	// a customer, agent or bot message, or a note. Conversations with none,
+	// or that do not exist, are left out of the map.
+	LastMessages(ctx context.Context, convIDs []int64) (map[int64]Message, error)
 	// Feed lists messages of all conversations with ID > afterID, in ID
 	// order, at most limit: an agent's stream resumed from their cursor.
 	Feed(ctx context.Context, afterID int64, limit int) ([]Message, error)
@@ -119,10 +129,43 @@ type Store interface {
 	// OutboxStats reports the number of entries and the oldest one's age base.
 	OutboxStats(ctx context.Context) (depth int, oldest time.Time, err error)
 
+	// EnsureSetting returns the value stored under key, storing value first
+	// when the key is absent. Of concurrent callers (on any node) the first
+	// writer wins and everyone gets its value. Used for generated secrets.
+	EnsureSetting(ctx context.Context, key, value string) (string, error)
+
+	// CreateSession stores an agent's login session. Only a hash of the
+	// session's token is ever stored.
+	CreateSession(ctx context.Context, s Session) error
+	// Session reads a session by the hash of its token, expired or not.
+	Session(ctx context.Context, tokenHash string) (Session, error)
+	// RevokeSession deletes one session; a missing one is not an error.
+	RevokeSession(ctx context.Context, tokenHash string) error
+	// RevokeSessions deletes every session of an agent (password reset,
+	// deactivation) and returns how many there were.
+	RevokeSessions(ctx context.Context, agentID int64) (int, error)
+	// DeleteExpiredSessions removes sessions that expired before now.
+	DeleteExpiredSessions(ctx context.Context, now time.Time) (int, error)
+
 	// Ping checks that the store is usable (for /readyz).
 	Ping(ctx context.Context) error
 	// Close flushes queued writes and closes the store. It is idempotent.
 	Close() error
+}
+
+// MaxBatchRead is the most IDs one Contacts or LastMessages call takes;
+// more is ErrInvalid.
+const MaxBatchRead = 1000
+
+// Session is an agent's login: a bearer token (stored only as a hash) that
+// expires and can be revoked.
+type Session struct {
+	TokenHash string
+	AgentID   int64
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	IP        string // where the login came from
+	UserAgent string
 }
 
 // Inbound is a customer's message as a channel hands it to the core.
@@ -132,7 +175,8 @@ type Inbound struct {
 	Name       string // display name from the provider, if any
 	// Message holds the content (Kind, Text, Media), the DedupKey and
 	// CreatedAt (when kefu received it). The store sets the sender, the
-	// visibility, the status (delivered: kefu has it) and the IDs.
+	// visibility, the status (sent: kefu has it; agents' receipts move it to
+	// delivered and read, see MarkUpTo) and the IDs.
 	Message Message
 	// ReopenWithin: a resolved conversation younger than this is reopened.
 	ReopenWithin time.Duration

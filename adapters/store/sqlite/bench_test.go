@@ -1,0 +1,73 @@
+package sqlite_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/core"
+)
+
+// BenchmarkAppend: 32 goroutines per CPU append agent messages to 64
+// conversations, with and without group commit, at sync normal.
+func BenchmarkAppend(b *testing.B) {
+	for _, batch := range []int{1, 256} {
+		b.Run(fmt.Sprintf("MaxBatch=%d", batch), func(b *testing.B) {
+			ctx := context.Background()
+			s := open(b, filepath.Join(b.TempDir(), "kefu.db"), sqlite.Options{Sync: "normal", MaxBatch: batch})
+			const convs = 64
+			ids := make([]int64, convs)
+			for i := range ids {
+				in, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v" + strconv.Itoa(i),
+					Message: core.Message{Kind: core.KindText, Text: "hi"}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ids[i] = in.Conversation.ID
+			}
+			var next atomic.Int64
+			b.SetParallelism(32)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					n := next.Add(1)
+					_, err := s.Append(ctx, core.Append{ConversationID: ids[n%convs], Message: core.Message{
+						SenderKind: core.SenderAgent, SenderID: 1, Kind: core.KindText, Text: "a reply of some length",
+						DedupKey: "c:bench:" + strconv.FormatInt(n, 10)}})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+		})
+	}
+}
+
+// BenchmarkIngest: customers' messages with provider dedup keys, from 4096
+// identities, through group commit.
+func BenchmarkIngest(b *testing.B) {
+	ctx := context.Background()
+	s := open(b, filepath.Join(b.TempDir(), "kefu.db"), sqlite.Options{Sync: "normal"})
+	var next atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := next.Add(1)
+			_, err := s.Ingest(ctx, core.Inbound{Channel: "wa", ExternalID: strconv.FormatInt(n%4096, 10),
+				Name: "Customer", ReopenWithin: 0, Message: core.Message{Kind: core.KindText,
+					Text: "hello, I have a question", DedupKey: "p:wa:" + strconv.FormatInt(n, 10)}})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ingests/s")
+}

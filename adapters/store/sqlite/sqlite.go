@@ -1,0 +1,254 @@
+// Package sqlite is kefu's embedded store: core.Store on one SQLite file
+// (modernc.org/sqlite, no cgo), the default for a single node.
+//
+// Writes go through one writer connection owned by one goroutine, which
+// group-commits them: it takes every write that is waiting (up to
+// Options.MaxBatch), runs them in one BEGIN IMMEDIATE transaction, each under
+// its own SAVEPOINT so that one write's failure is only its own, and answers
+// the callers after COMMIT. Reads use a separate pool of read-only
+// connections, which WAL lets run beside the writer.
+//
+// The schema is versioned with goose; Open applies the embedded migrations.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pressly/goose/v3"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/kefuhq/kefu/core"
+)
+
+// DefaultMaxBatch is the default Options.MaxBatch.
+const DefaultMaxBatch = 256
+
+// Options configures Open. The zero value of every field but Path is usable.
+type Options struct {
+	// Path is the database file. Its directory is created if missing.
+	Path string
+	// Sync is the durability level (store.sync): "normal" (the default) is
+	// safe against a killed process, "full" also against power loss. It sets
+	// PRAGMA synchronous.
+	Sync string
+	// MaxBatch is the most writes committed in one transaction. 0 means
+	// DefaultMaxBatch; 1 commits every write on its own (no group commit).
+	MaxBatch int
+	// Logger receives migration and failure logs; nil means slog.Default().
+	Logger *slog.Logger
+	// Now is the clock for times a caller leaves zero; nil means time.Now.
+	Now func() time.Time
+}
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrations returns the embedded goose migrations (for tests and tools).
+func Migrations() fs.FS {
+	sub, err := fs.Sub(migrationFS, "migrations")
+	if err != nil {
+		panic(err) // the directory is embedded above
+	}
+	return sub
+}
+
+// Store is core.Store on SQLite. Create it with Open and release it with Close.
+type Store struct {
+	log *slog.Logger
+	now func() time.Time
+
+	w     *sql.DB // the writer: one connection, used only by the writer goroutine
+	r     *sql.DB // read-only connections
+	wst   [numWStmts]*sql.Stmt
+	rst   [numRStmts]*sql.Stmt
+	batch int
+	cache *convCache // the writer's; see convCache
+
+	// mu guards closed and sending on ops: Close takes it exclusively, so no
+	// caller sends on a closed channel.
+	mu       sync.RWMutex
+	closed   bool
+	isClosed atomic.Bool // closed, for readers that do not take mu
+	ops      chan *op
+	done     chan struct{} // closed when the writer goroutine has returned
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating if needed) the database at o.Path, migrates it to the
+// latest schema and starts the writer.
+func Open(ctx context.Context, o Options) (*Store, error) {
+	if o.Path == "" || o.Path == ":memory:" {
+		return nil, fmt.Errorf("sqlite: %w: a file path is required", core.ErrInvalid)
+	}
+	if strings.ContainsRune(o.Path, '?') {
+		return nil, fmt.Errorf("sqlite: %w: path %q contains '?'", core.ErrInvalid, o.Path)
+	}
+	syncMode := "NORMAL"
+	switch strings.ToLower(o.Sync) {
+	case "", "normal":
+	case "full":
+		syncMode = "FULL"
+	default:
+		return nil, fmt.Errorf("sqlite: %w: sync %q (want normal or full)", core.ErrInvalid, o.Sync)
+	}
+	if o.MaxBatch < 0 {
+		return nil, fmt.Errorf("sqlite: %w: max batch %d", core.ErrInvalid, o.MaxBatch)
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := os.MkdirAll(filepath.Dir(o.Path), 0o750); err != nil {
+		return nil, fmt.Errorf("sqlite: %w", err)
+	}
+
+	s := &Store{
+		log:   o.Logger,
+		now:   o.Now,
+		batch: o.MaxBatch,
+		cache: newConvCache(),
+		ops:   make(chan *op, max(4*o.MaxBatch, 64)),
+		done:  make(chan struct{}),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeDBs()
+		}
+	}()
+
+	// The writer. _txlock=immediate makes every transaction BEGIN IMMEDIATE,
+	// so the write lock is taken up front and never upgraded mid-transaction.
+	// temp_store(memory) keeps the sub-journal that each op's savepoint
+	// writes in memory; on disk it costs a write per page per op.
+	var err error
+	s.w, err = sql.Open("sqlite", o.Path+"?_txlock=immediate&_busy_timeout=10000"+
+		"&_journal_mode=WAL&_foreign_keys=on&_pragma=temp_store(memory)&_synchronous="+syncMode)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+	}
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+	if err := s.w.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		return nil, err
+	}
+	for i, q := range wstmtSQL {
+		if s.wst[i], err = s.w.PrepareContext(ctx, q); err != nil {
+			return nil, fmt.Errorf("sqlite: prepare %q: %w", q, err)
+		}
+	}
+
+	// Readers, opened after the writer has put the file in WAL mode.
+	s.r, err = sql.Open("sqlite", o.Path+"?_busy_timeout=10000&_query_only=on")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+	}
+	n := max(4, 2*runtime.GOMAXPROCS(0))
+	s.r.SetMaxOpenConns(n)
+	s.r.SetMaxIdleConns(n)
+	for i, q := range rstmtSQL {
+		if s.rst[i], err = s.r.PrepareContext(ctx, q); err != nil {
+			return nil, fmt.Errorf("sqlite: prepare %q: %w", q, err)
+		}
+	}
+
+	ok = true
+	go s.writer()
+	return s, nil
+}
+
+// migrate brings the schema to the latest embedded version.
+func (s *Store) migrate(ctx context.Context) error {
+	p, err := goose.NewProvider(goose.DialectSQLite3, s.w, Migrations(),
+		goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("sqlite: migrations: %w", err)
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlite: migrate: %w", err)
+	}
+	for _, r := range res {
+		s.log.Info("sqlite: migrated", "version", r.Source.Version,
+			"file", r.Source.Path, "took", r.Duration)
+	}
+	return nil
+}
+
+// Ping checks that the store is open and its file readable.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.isClosed.Load() {
+		return core.ErrClosed
+	}
+	var one int
+	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return s.readErr(err, "ping")
+	}
+	return nil
+}
+
+// Close stops accepting writes, commits those already queued, and closes the
+// database. It is idempotent; later calls to any method return core.ErrClosed.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.isClosed.Store(true)
+		close(s.ops)
+		s.mu.Unlock()
+		<-s.done
+		s.closeErr = s.closeDBs()
+	})
+	return s.closeErr
+}
+
+func (s *Store) closeDBs() error {
+	var errs []error
+	for _, st := range s.wst {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	for _, st := range s.rst {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	if s.r != nil {
+		errs = append(errs, s.r.Close())
+	}
+	if s.w != nil {
+		errs = append(errs, s.w.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+var _ core.Store = (*Store)(nil)

@@ -1,0 +1,708 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kefuhq/kefu/core"
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("sqlite: %w: %s", core.ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+func conflict(format string, args ...any) error {
+	return fmt.Errorf("sqlite: %w: %s", core.ErrConflict, fmt.Sprintf(format, args...))
+}
+
+// checkMessage validates m's content and fills the defaults every write
+// applies: Visibility public, Kind from the content, Status sent, CreatedAt
+// now. IDs are cleared; the write assigns them.
+func (s *Store) checkMessage(m *core.Message) error {
+	m.ID, m.ConversationID, m.Seq = 0, 0, 0
+	if m.Visibility == "" {
+		m.Visibility = core.Public
+	}
+	if m.Kind == "" {
+		switch {
+		case m.Event != nil:
+			m.Kind = core.KindEvent
+		case m.Media != nil && strings.HasPrefix(m.Media.Type, "image/"):
+			m.Kind = core.KindImage
+		case m.Media != nil:
+			m.Kind = core.KindFile
+		default:
+			m.Kind = core.KindText
+		}
+	}
+	if m.Status == "" {
+		m.Status = core.MsgSent
+	}
+	switch {
+	case m.Text == "" && m.Media == nil && m.Event == nil:
+		return invalid("empty message")
+	case m.SenderKind != core.SenderContact && m.SenderKind != core.SenderAgent &&
+		m.SenderKind != core.SenderBot && m.SenderKind != core.SenderSystem:
+		return invalid("sender kind %q", m.SenderKind)
+	case m.Visibility != core.Public && m.Visibility != core.Internal:
+		return invalid("visibility %q", m.Visibility)
+	case !m.Status.Valid():
+		return invalid("message status %q", m.Status)
+	case m.Kind != core.KindText && m.Kind != core.KindImage && m.Kind != core.KindFile && m.Kind != core.KindEvent:
+		return invalid("content kind %q", m.Kind)
+	case (m.Kind == core.KindEvent) != (m.Event != nil):
+		return invalid("an event message needs kind %q and an event", core.KindEvent)
+	case (m.Kind == core.KindImage || m.Kind == core.KindFile) && m.Media == nil:
+		return invalid("a %s message needs media", m.Kind)
+	}
+	m.CreatedAt = s.nowOr(m.CreatedAt)
+	return nil
+}
+
+// eventMessage fills the parts of a caller's event message it left out: an
+// Event of type t, sent by kefu, public, at the time of the change.
+func (s *Store) eventMessage(m core.Message, t core.EventType, at time.Time) (core.Message, error) {
+	if m.Event == nil && m.Kind == "" && m.Text == "" && m.Media == nil {
+		m.Event = &core.Event{Type: t}
+	}
+	if m.SenderKind == "" {
+		m.SenderKind = core.SenderSystem
+	}
+	if m.CreatedAt.IsZero() {
+		m.CreatedAt = at
+	}
+	return m, s.checkMessage(&m)
+}
+
+// Row helpers on the writer's transaction.
+
+// conv reads a conversation, from the cache when it holds it.
+func (w *wtx) conv(id int64) (core.Conversation, error) {
+	if c, ok := w.s.cache.get(id); ok {
+		return c, nil
+	}
+	c, err := scanConv(w.queryRow(stConv, id))
+	if err != nil {
+		return c, dbErr(err, "conversation %d", id)
+	}
+	w.s.cache.put(c)
+	return c, nil
+}
+
+func (w *wtx) contact(id int64) (core.Contact, error) {
+	c, err := scanContact(w.queryRow(stContact, id))
+	return c, dbErr(err, "contact %d", id)
+}
+
+func (w *wtx) msg(id int64) (core.Message, error) {
+	m, err := scanMsg(w.queryRow(stMsg, id))
+	return m, dbErr(err, "message %d", id)
+}
+
+// byDedup finds the message stored under key, if any.
+func (w *wtx) byDedup(key string) (core.Message, bool, error) {
+	m, err := scanMsg(w.queryRow(stMsgByDedup, key))
+	if errors.Is(err, sql.ErrNoRows) {
+		return m, false, nil
+	}
+	return m, err == nil, dbErr(err, "message by dedup key")
+}
+
+func (w *wtx) insertConv(c *core.Conversation) error {
+	res, err := w.exec(stConvIns, c.ContactID, c.Channel, c.ExternalID, string(c.Status), nullInt(c.AssigneeID),
+		c.LastSeq, toDB(c.LastInboundAt), toDB(c.QueuedAt), toDB(c.CreatedAt), toDB(c.UpdatedAt),
+		toDB(c.ResolvedAt))
+	if err != nil {
+		return dbErr(err, "insert conversation")
+	}
+	if c.ID, err = res.LastInsertId(); err != nil {
+		return dbErr(err, "insert conversation")
+	}
+	w.s.cache.put(*c)
+	return nil
+}
+
+// saveConv writes every mutable column of c.
+func (w *wtx) saveConv(c *core.Conversation) error {
+	_, err := w.exec(stConvSave, string(c.Status), nullInt(c.AssigneeID), c.LastSeq, toDB(c.LastInboundAt),
+		toDB(c.QueuedAt), toDB(c.UpdatedAt), toDB(c.ResolvedAt), c.ID)
+	if err != nil {
+		return dbErr(err, "update conversation %d", c.ID)
+	}
+	w.s.cache.put(*c)
+	return nil
+}
+
+// errDuplicate: insertMsg found the message's dedup key taken.
+var errDuplicate = errors.New("sqlite: duplicate dedup key")
+
+// insertMsg stores m as c's next message and moves c's LastSeq; the caller
+// saves c afterwards. A taken dedup key inserts nothing: errDuplicate.
+func (w *wtx) insertMsg(c *core.Conversation, m *core.Message) error {
+	m.ConversationID = c.ID
+	m.Seq = c.LastSeq + 1
+	res, err := w.exec(stMsgIns, msgArgs(m)...)
+	if err != nil {
+		return dbErr(err, "insert message in conversation %d", c.ID)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return dbErr(err, "insert message")
+	}
+	if n == 0 {
+		return errDuplicate
+	}
+	if m.ID, err = res.LastInsertId(); err != nil {
+		return dbErr(err, "insert message")
+	}
+	c.LastSeq = m.Seq
+	return nil
+}
+
+// appendMsg is insertMsg followed by the cheap update of the conversation
+// row that every message needs: LastSeq, UpdatedAt and, for the contact's
+// messages, LastInboundAt.
+func (w *wtx) appendMsg(c *core.Conversation, m *core.Message) error {
+	if err := w.insertMsg(c, m); err != nil {
+		return err
+	}
+	c.UpdatedAt = m.CreatedAt
+	if m.SenderKind == core.SenderContact {
+		c.LastInboundAt = m.CreatedAt
+	}
+	if _, err := w.exec(stConvBump, c.LastSeq, toDB(c.UpdatedAt), toDB(c.LastInboundAt), c.ID); err != nil {
+		return dbErr(err, "update conversation %d", c.ID)
+	}
+	w.s.cache.put(*c)
+	return nil
+}
+
+func (w *wtx) insertOutbox(e *core.OutboxEntry) error {
+	res, err := w.exec(stOutboxIns, e.Channel, e.Key, nullInt(e.MessageID), e.Payload, e.Attempts,
+		toDB(e.NextAttemptAt), e.LastError, toDB(e.CreatedAt))
+	if err != nil {
+		return dbErr(err, "insert outbox entry")
+	}
+	e.ID, err = res.LastInsertId()
+	return dbErr(err, "insert outbox entry")
+}
+
+// updateStatus applies u to its message if the status advances.
+func (w *wtx) updateStatus(u core.StatusUpdate) (core.Message, bool, error) {
+	m, err := w.msg(u.MessageID)
+	if err != nil {
+		return m, false, err
+	}
+	if !m.Status.Advances(u.Status) {
+		return m, false, nil
+	}
+	m.Status = u.Status
+	if u.Status == core.MsgFailed {
+		m.FailReason = u.Reason
+	}
+	if u.ExternalID != "" {
+		m.ExternalID = u.ExternalID
+	}
+	_, err = w.exec(stMsgStatus, string(m.Status), m.FailReason, nullStr(m.ExternalID), m.ID)
+	return m, err == nil, dbErr(err, "update message %d", m.ID)
+}
+
+// reopen makes a conversation live again: open with its assignee, else back
+// in the queue (queued at, unless it was already waiting there).
+func reopen(c *core.Conversation, at time.Time) {
+	c.ResolvedAt = time.Time{}
+	switch {
+	case c.AssigneeID != 0:
+		c.Status = core.StatusOpen
+	case c.Status != core.StatusPending:
+		c.Status = core.StatusPending
+		c.QueuedAt = at
+	}
+	c.UpdatedAt = at
+}
+
+// Ingest implements core.Store.
+func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, error) {
+	if in.Channel == "" || in.ExternalID == "" {
+		return core.Ingested{}, invalid("inbound message without channel or external id")
+	}
+	m := in.Message
+	if m.Kind == core.KindEvent || m.Event != nil {
+		return core.Ingested{}, invalid("a customer message cannot be an event")
+	}
+	m.SenderKind, m.Visibility, m.Status = core.SenderContact, core.Public, core.MsgSent
+	m.FailReason, m.ResendOf = "", 0
+	if err := s.checkMessage(&m); err != nil {
+		return core.Ingested{}, err
+	}
+	var out core.Ingested
+	err := s.do(ctx, func(w *wtx) error {
+		r, err := w.ingest(in, m)
+		out = r
+		return err
+	})
+	if err != nil {
+		return core.Ingested{}, err
+	}
+	return out, nil
+}
+
+func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
+	var r core.Ingested
+	at := m.CreatedAt
+	var contact core.Contact
+	var created, live int64
+	err := w.queryRow(stIdentityLookup, in.Channel, in.ExternalID).Scan(&contact.ID, &contact.Name, &created, &live)
+	contact.CreatedAt = fromDB(created)
+	known := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return r, dbErr(err, "identity %s/%s", in.Channel, in.ExternalID)
+	}
+
+	// The common case: a known identity with a live conversation.
+	if live != 0 {
+		c, err := w.conv(live)
+		if err != nil {
+			return r, err
+		}
+		m.SenderID = contact.ID
+		switch err := w.appendMsg(&c, &m); {
+		case errors.Is(err, errDuplicate):
+			dup, _, err := w.byDedup(m.DedupKey)
+			return w.duplicate(dup, err)
+		case err != nil:
+			return r, err
+		}
+		r.Contact, r.Conversation, r.Message = contact, c, m
+		return r, w.rename(&r.Contact, in.Name)
+	}
+
+	// Otherwise the message may still be a duplicate (from a conversation
+	// resolved since), and something is created or reopened for it.
+	if m.DedupKey != "" {
+		if dup, found, err := w.byDedup(m.DedupKey); err != nil || found {
+			return w.duplicate(dup, err)
+		}
+	}
+	if known {
+		r.Contact = contact
+		if err := w.rename(&r.Contact, in.Name); err != nil {
+			return r, err
+		}
+	} else {
+		res, err := w.exec(stContactIns, in.Name, toDB(at))
+		if err != nil {
+			return r, dbErr(err, "insert contact")
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
+			return r, dbErr(err, "insert contact")
+		}
+		if _, err := w.exec(stIdentityIns, in.Channel, in.ExternalID, id); err != nil {
+			return r, dbErr(err, "insert identity")
+		}
+		r.Contact = core.Contact{ID: id, Name: in.Name, CreatedAt: at}
+		r.NewContact = true
+	}
+
+	// The identity's resolved conversation reopened, or a new one.
+	c, err := scanConv(w.queryRow(stConvLatest, in.Channel, in.ExternalID))
+	found := err == nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return r, dbErr(err, "conversation of %s/%s", in.Channel, in.ExternalID)
+	}
+	if found && c.Status == core.StatusResolved && at.Sub(c.ResolvedAt) <= in.ReopenWithin {
+		reopen(&c, at)
+		ev := core.Message{SenderKind: core.SenderSystem, Visibility: core.Public, Kind: core.KindEvent,
+			Event: &core.Event{Type: core.EventReopened}, Status: core.MsgSent, CreatedAt: at}
+		if err := w.insertMsg(&c, &ev); err != nil {
+			return r, err
+		}
+		r.Events, r.Reopened = []core.Message{ev}, true
+	} else {
+		c = core.Conversation{ContactID: r.Contact.ID, Channel: in.Channel, ExternalID: in.ExternalID,
+			Status: core.StatusPending, QueuedAt: at, CreatedAt: at, UpdatedAt: at}
+		if err := w.insertConv(&c); err != nil {
+			return r, err
+		}
+		r.NewConversation = true
+	}
+	m.SenderID = r.Contact.ID
+	if err := w.insertMsg(&c, &m); err != nil {
+		return r, err
+	}
+	c.LastInboundAt, c.UpdatedAt = at, at
+	if err := w.saveConv(&c); err != nil {
+		return r, err
+	}
+	r.Conversation, r.Message = c, m
+	return r, nil
+}
+
+// rename gives the contact the provider's name for them, when it is new.
+func (w *wtx) rename(c *core.Contact, name string) error {
+	if name == "" || name == c.Name {
+		return nil
+	}
+	if _, err := w.exec(stContactName, name, c.ID); err != nil {
+		return dbErr(err, "update contact %d", c.ID)
+	}
+	c.Name = name
+	return nil
+}
+
+// duplicate is Ingest's answer for dup, a message already stored under the
+// same dedup key (err: reading it failed).
+func (w *wtx) duplicate(dup core.Message, err error) (core.Ingested, error) {
+	r := core.Ingested{Duplicate: true, Message: dup}
+	if err != nil {
+		return r, err
+	}
+	if r.Conversation, err = w.conv(r.Message.ConversationID); err != nil {
+		return r, err
+	}
+	r.Contact, err = w.contact(r.Conversation.ContactID)
+	return r, err
+}
+
+// Append implements core.Store. A message from the contact also moves the
+// conversation's LastInboundAt. A missing conversation is ErrNotFound even
+// when the message's dedup key is stored.
+func (s *Store) Append(ctx context.Context, a core.Append) (core.Appended, error) {
+	m := a.Message
+	if err := s.checkMessage(&m); err != nil {
+		return core.Appended{}, err
+	}
+	var out core.Appended
+	err := s.do(ctx, func(w *wtx) error {
+		var r core.Appended
+		c, err := w.conv(a.ConversationID)
+		if err != nil {
+			return err
+		}
+		switch err := w.appendMsg(&c, &m); {
+		case errors.Is(err, errDuplicate):
+			r.Duplicate = true
+			if r.Message, _, err = w.byDedup(m.DedupKey); err != nil {
+				return err
+			}
+			if r.Conversation, err = w.conv(r.Message.ConversationID); err != nil {
+				return err
+			}
+			out = r
+			return nil
+		case err != nil:
+			return err
+		}
+		if a.Deliver {
+			e := core.OutboxEntry{Channel: c.Channel, Key: strconv.FormatInt(c.ID, 10), MessageID: m.ID,
+				NextAttemptAt: m.CreatedAt, CreatedAt: m.CreatedAt}
+			if err := w.insertOutbox(&e); err != nil {
+				return err
+			}
+			r.Outbox = &e
+		}
+		r.Conversation, r.Message = c, m
+		out = r
+		return nil
+	})
+	if err != nil {
+		return core.Appended{}, err
+	}
+	return out, nil
+}
+
+// Assign implements core.Store. When a.Event has no content, the event
+// appended is {assigned|transferred|unassigned, AgentID, FromID} from kefu.
+func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, error) {
+	if a.AgentID < 0 || a.From < 0 {
+		return core.Changed{}, invalid("agent id %d, from %d", a.AgentID, a.From)
+	}
+	at := s.nowOr(a.At)
+	t := core.EventAssigned
+	switch {
+	case a.AgentID == 0:
+		t = core.EventUnassigned
+	case a.From != 0:
+		t = core.EventTransferred
+	}
+	ev := a.Event
+	if ev.Event == nil && ev.Kind == "" && ev.Text == "" && ev.Media == nil {
+		ev.Event = &core.Event{Type: t, AgentID: a.AgentID, FromID: a.From}
+	}
+	ev, err := s.eventMessage(ev, t, at)
+	if err != nil {
+		return core.Changed{}, err
+	}
+	var out core.Changed
+	err = s.do(ctx, func(w *wtx) error {
+		c, err := w.conv(a.ConversationID)
+		if err != nil {
+			return err
+		}
+		if c.Status == core.StatusResolved {
+			return conflict("conversation %d is resolved", c.ID)
+		}
+		if c.AssigneeID != a.From {
+			return conflict("conversation %d is assigned to %d, not %d", c.ID, c.AssigneeID, a.From)
+		}
+		if a.AgentID != 0 {
+			if _, err := scanAgent(w.queryRow(stAgent, a.AgentID)); err != nil {
+				return dbErr(err, "agent %d", a.AgentID)
+			}
+			if a.MaxOpen > 0 {
+				var n int
+				if err := w.queryRow(stOpenCount, a.AgentID, c.ID).Scan(&n); err != nil {
+					return dbErr(err, "count open conversations")
+				}
+				if n >= a.MaxOpen {
+					return fmt.Errorf("sqlite: agent %d has %d open conversations: %w", a.AgentID, n, core.ErrCapacity)
+				}
+			}
+			c.AssigneeID, c.Status = a.AgentID, core.StatusOpen
+		} else {
+			c.AssigneeID, c.Status, c.QueuedAt = 0, core.StatusPending, at
+		}
+		c.UpdatedAt = at
+		if err := w.insertMsg(&c, &ev); err != nil {
+			return err
+		}
+		if err := w.saveConv(&c); err != nil {
+			return err
+		}
+		out = core.Changed{Conversation: c, Event: ev}
+		return nil
+	})
+	if err != nil {
+		return core.Changed{}, err
+	}
+	return out, nil
+}
+
+// SetStatus implements core.Store. Reopening clears ResolvedAt; it is
+// ErrConflict when the identity already has another live conversation. When
+// c.Event has no content, the event appended is {resolved|reopened} from kefu.
+func (s *Store) SetStatus(ctx context.Context, c core.StatusChange) (core.Changed, error) {
+	var t core.EventType
+	switch c.Status {
+	case core.StatusResolved:
+		t = core.EventResolved
+	case core.StatusOpen:
+		t = core.EventReopened
+	default:
+		return core.Changed{}, invalid("conversation status %q (want resolved or open)", c.Status)
+	}
+	if c.From != "" && !c.From.Valid() {
+		return core.Changed{}, invalid("conversation status %q", c.From)
+	}
+	at := s.nowOr(c.At)
+	ev, err := s.eventMessage(c.Event, t, at)
+	if err != nil {
+		return core.Changed{}, err
+	}
+	var out core.Changed
+	err = s.do(ctx, func(w *wtx) error {
+		conv, err := w.conv(c.ConversationID)
+		if err != nil {
+			return err
+		}
+		if c.From != "" && conv.Status != c.From {
+			return conflict("conversation %d is %s, not %s", conv.ID, conv.Status, c.From)
+		}
+		if c.Status == core.StatusResolved {
+			conv.Status, conv.ResolvedAt, conv.UpdatedAt = core.StatusResolved, at, at
+		} else {
+			reopen(&conv, at)
+		}
+		if err := w.insertMsg(&conv, &ev); err != nil {
+			return err
+		}
+		if err := w.saveConv(&conv); err != nil {
+			return err
+		}
+		out = core.Changed{Conversation: conv, Event: ev}
+		return nil
+	})
+	if err != nil {
+		return core.Changed{}, err
+	}
+	return out, nil
+}
+
+// UpdateStatus implements core.Store.
+func (s *Store) UpdateStatus(ctx context.Context, u core.StatusUpdate) (core.Message, bool, error) {
+	if !u.Status.Valid() {
+		return core.Message{}, false, invalid("message status %q", u.Status)
+	}
+	var m core.Message
+	var changed bool
+	err := s.do(ctx, func(w *wtx) error {
+		var err error
+		m, changed, err = w.updateStatus(u)
+		return err
+	})
+	if err != nil {
+		return core.Message{}, false, err
+	}
+	return m, changed, nil
+}
+
+// MarkUpTo implements core.Store.
+func (s *Store) MarkUpTo(ctx context.Context, r core.Receipt) (int, error) {
+	var st wstmt
+	switch {
+	case r.ByContact && r.Status == core.MsgDelivered:
+		st = stMarkContactDelivered
+	case r.ByContact && r.Status == core.MsgRead:
+		st = stMarkContactRead
+	case r.Status == core.MsgDelivered:
+		st = stMarkAgentDelivered
+	case r.Status == core.MsgRead:
+		st = stMarkAgentRead
+	default:
+		return 0, invalid("receipt status %q (want delivered or read)", r.Status)
+	}
+	var n int64
+	err := s.do(ctx, func(w *wtx) error {
+		if _, err := w.conv(r.ConversationID); err != nil {
+			return err
+		}
+		res, err := w.exec(st, string(r.Status), r.ConversationID, r.UpToSeq)
+		if err != nil {
+			return dbErr(err, "mark conversation %d", r.ConversationID)
+		}
+		n, err = res.RowsAffected()
+		return dbErr(err, "mark conversation %d", r.ConversationID)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+func checkAgent(a *core.Agent) error {
+	if a.Email == "" {
+		return invalid("agent without email")
+	}
+	if a.Role == "" {
+		a.Role = core.RoleAgent
+	}
+	if a.Role != core.RoleAgent && a.Role != core.RoleAdmin {
+		return invalid("agent role %q", a.Role)
+	}
+	return nil
+}
+
+// emailKey is the agents' unique key: the email in lower case.
+func emailKey(email string) string { return strings.ToLower(email) }
+
+// CreateAgent implements core.Store. An empty Role is RoleAgent.
+func (s *Store) CreateAgent(ctx context.Context, a core.Agent) (core.Agent, error) {
+	if err := checkAgent(&a); err != nil {
+		return core.Agent{}, err
+	}
+	a.CreatedAt = s.nowOr(a.CreatedAt)
+	err := s.do(ctx, func(w *wtx) error {
+		res, err := w.exec(stAgentIns, a.Email, emailKey(a.Email), a.Name, string(a.Role), a.PasswordHash,
+			a.Active, a.WeComUserID, a.SlackUser, toDB(a.CreatedAt))
+		if err != nil {
+			return dbErr(err, "create agent %s", a.Email)
+		}
+		a.ID, err = res.LastInsertId()
+		return dbErr(err, "create agent")
+	})
+	if err != nil {
+		return core.Agent{}, err
+	}
+	return a, nil
+}
+
+// UpdateAgent implements core.Store. CreatedAt is kept as stored.
+func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
+	if err := checkAgent(&a); err != nil {
+		return err
+	}
+	return s.do(ctx, func(w *wtx) error {
+		res, err := w.exec(stAgentUpd, a.Email, emailKey(a.Email), a.Name, string(a.Role), a.PasswordHash,
+			a.Active, a.WeComUserID, a.SlackUser, a.ID)
+		if err != nil {
+			return dbErr(err, "update agent %d", a.ID)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return dbErr(cmpErr(err, sql.ErrNoRows), "agent %d", a.ID)
+		}
+		return nil
+	})
+}
+
+// cmpErr is err, or alt when err is nil.
+func cmpErr(err, alt error) error {
+	if err != nil {
+		return err
+	}
+	return alt
+}
+
+// Enqueue implements core.Store. CreatedAt defaults to now and
+// NextAttemptAt to CreatedAt.
+func (s *Store) Enqueue(ctx context.Context, e core.OutboxEntry) (core.OutboxEntry, error) {
+	if e.Channel == "" {
+		return core.OutboxEntry{}, invalid("outbox entry without channel")
+	}
+	e.CreatedAt = s.nowOr(e.CreatedAt)
+	if e.NextAttemptAt.IsZero() {
+		e.NextAttemptAt = e.CreatedAt
+	}
+	e.NextAttemptAt = norm(e.NextAttemptAt)
+	err := s.do(ctx, func(w *wtx) error { return w.insertOutbox(&e) })
+	if err != nil {
+		return core.OutboxEntry{}, err
+	}
+	return e, nil
+}
+
+// RetryOutbox implements core.Store.
+func (s *Store) RetryOutbox(ctx context.Context, id int64, next time.Time, lastErr string) error {
+	return s.do(ctx, func(w *wtx) error {
+		res, err := w.exec(stOutboxRetry, toDB(next), lastErr, id)
+		if err != nil {
+			return dbErr(err, "retry outbox entry %d", id)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return dbErr(cmpErr(err, sql.ErrNoRows), "outbox entry %d", id)
+		}
+		return nil
+	})
+}
+
+// FinishOutbox implements core.Store. u.MessageID 0 means the entry's message.
+func (s *Store) FinishOutbox(ctx context.Context, id int64, u *core.StatusUpdate) error {
+	if u != nil && !u.Status.Valid() {
+		return invalid("message status %q", u.Status)
+	}
+	return s.do(ctx, func(w *wtx) error {
+		e, err := scanOutbox(w.queryRow(stOutbox, id))
+		if err != nil {
+			return dbErr(err, "outbox entry %d", id)
+		}
+		if u != nil {
+			uu := *u
+			if uu.MessageID == 0 {
+				uu.MessageID = e.MessageID
+			}
+			if uu.MessageID == 0 {
+				return invalid("status update for outbox entry %d, which has no message", id)
+			}
+			if _, _, err := w.updateStatus(uu); err != nil {
+				return err
+			}
+		}
+		_, err = w.exec(stOutboxDel, id)
+		return dbErr(err, "delete outbox entry %d", id)
+	})
+}
