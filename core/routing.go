@@ -38,8 +38,8 @@ type Candidate struct {
 type Picker struct {
 	strategy Strategy
 	mu       sync.Mutex
-	last     int64           // round robin: the agent assigned last
-	tick     uint64          // least busy: assignment counter
+	last     int64            // round robin: the agent assigned last
+	tick     uint64           // least busy: assignment counter
 	lastTick map[int64]uint64 // least busy: when each agent was last assigned
 }
 

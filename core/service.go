@@ -34,6 +34,8 @@ type Service struct {
 	// through the outbox (external providers). Channels that read from
 	// sockets (web) do not.
 	delivers func(channel string) bool
+	// window is the channel instance's reply window (0: none).
+	window func(channel string) time.Duration
 
 	drainMu sync.Mutex
 	// full is set when the last drain left conversations waiting for lack of
@@ -41,6 +43,9 @@ type Service struct {
 	// Anything that may free capacity clears it.
 	fullMu sync.Mutex
 	full   bool
+	// accountsMu serialises agent account changes (accounts.go), so that
+	// the last-admin check holds on this node.
+	accountsMu sync.Mutex
 }
 
 // Deps are the Service's collaborators.
@@ -51,8 +56,12 @@ type Deps struct {
 	// Delivers reports whether a channel instance delivers outgoing messages
 	// through the outbox. nil: none do.
 	Delivers func(channel string) bool
-	Now      func() time.Time // nil: time.Now
-	Logger   *slog.Logger     // nil: slog.Default()
+	// Window returns a channel instance's reply window: how long after the
+	// customer's last message the provider lets kefu write freely
+	// (WhatsApp 24 h, WeChat 48 h). 0 or nil: no window.
+	Window func(channel string) time.Duration
+	Now    func() time.Time // nil: time.Now
+	Logger *slog.Logger     // nil: slog.Default()
 }
 
 // NewService returns a Service. It does not drain the queue; call Drain once
@@ -67,6 +76,7 @@ func NewService(cfg Config, d Deps) *Service {
 		now:      d.Now,
 		log:      d.Logger,
 		delivers: d.Delivers,
+		window:   d.Window,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -76,6 +86,9 @@ func NewService(cfg Config, d Deps) *Service {
 	}
 	if s.delivers == nil {
 		s.delivers = func(string) bool { return false }
+	}
+	if s.window == nil {
+		s.window = func(string) time.Duration { return 0 }
 	}
 	if mp, ok := d.Presence.(*MemoryPresence); ok {
 		mp.OnChange(func(int64) { s.capacityChanged(context.Background()) })
@@ -387,6 +400,10 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 		return Message{}, err
 	}
 	if m.Visibility == Public {
+		if ends := s.WindowEnds(c); !ends.IsZero() && !s.now().Before(ends) {
+			return Message{}, fmt.Errorf("%w: the %s reply window of #%d closed at %s; the customer must write first",
+				ErrWindowClosed, s.window(c.Channel), c.ID, ends.UTC().Format(time.RFC3339))
+		}
 		if c.Status == StatusResolved {
 			if c, err = s.Reopen(ctx, agentID, convID); err != nil && !errors.Is(err, ErrConflict) {
 				return Message{}, err
@@ -401,6 +418,17 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 		}
 	}
 	return s.appendAndNotify(ctx, c, m)
+}
+
+// WindowEnds returns when the conversation's reply window closes: its
+// channel's window after the customer's last message. Zero when the
+// channel has no window.
+func (s *Service) WindowEnds(c Conversation) time.Time {
+	w := s.window(c.Channel)
+	if w <= 0 {
+		return time.Time{}
+	}
+	return c.LastInboundAt.Add(w)
 }
 
 // appendAndNotify appends m to c, through the outbox when c's channel

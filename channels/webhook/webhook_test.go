@@ -1,0 +1,91 @@
+package webhook
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+func TestSignVerify(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	body := []byte(`{"id":"1","from":"a","text":"hi"}`)
+	h := http.Header{}
+	Sign("k", h, body, now)
+	tests := []struct {
+		name   string
+		secret string
+		body   []byte
+		at     time.Time
+		ok     bool
+	}{
+		{"good", "k", body, now, true},
+		{"within skew", "k", body, now.Add(4 * time.Minute), true},
+		{"stale", "k", body, now.Add(6 * time.Minute), false},
+		{"from the future", "k", body, now.Add(-6 * time.Minute), false},
+		{"wrong secret", "other", body, now, false},
+		{"tampered body", "k", []byte(`{"id":"1","from":"a","text":"ho"}`), now, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Verify(tt.secret, h, tt.body, tt.at)
+			if (err == nil) != tt.ok {
+				t.Fatalf("Verify: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+	bad := http.Header{}
+	bad.Set(HeaderTimestamp, h.Get(HeaderTimestamp))
+	bad.Set(HeaderSignature, "sha256=zz")
+	if Verify("k", bad, body, now) == nil {
+		t.Fatal("malformed signature accepted")
+	}
+}
+
+func TestParseInbound(t *testing.T) {
+	tests := []struct {
+		name, body string
+		ok         bool
+	}{
+		{"message", `{"id":"1","from":"a","text":"hi"}`, true},
+		{"status", `{"type":"status","message_id":3,"status":"read"}`, true},
+		{"missing id", `{"from":"a","text":"hi"}`, false},
+		{"blank text", `{"id":"1","from":"a","text":" "}`, false},
+		{"bad status", `{"type":"status","message_id":3,"status":"sent"}`, false},
+		{"bad type", `{"type":"poke"}`, false},
+		{"invalid utf8", "{\"id\":\"1\",\"from\":\"a\",\"text\":\"\xff\"}", true}, // encoding/json replaces it with U+FFFD
+		{"not json", `hello`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseInbound([]byte(tt.body))
+			if (err == nil) != tt.ok {
+				t.Fatalf("ParseInbound: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	if d := retryAfter("7", now); d != 7*time.Second {
+		t.Fatalf("seconds: %v", d)
+	}
+	if d := retryAfter(now.Add(30*time.Second).UTC().Format(http.TimeFormat), now); d != 30*time.Second {
+		t.Fatalf("date: %v", d)
+	}
+	if d := retryAfter("", now); d != time.Second {
+		t.Fatalf("default: %v", d)
+	}
+}
+
+func FuzzParseInbound(f *testing.F) {
+	f.Add([]byte(`{"id":"1","from":"a","text":"hi"}`))
+	f.Add([]byte(`{"type":"status","message_id":3,"status":"read"}`))
+	f.Add([]byte(`{"id":`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		in, err := ParseInbound(body)
+		if err == nil && in.Type == "message" && (in.ID == "" || in.From == "" || in.Text == "") {
+			t.Fatalf("accepted an incomplete message: %+v", in)
+		}
+	})
+}

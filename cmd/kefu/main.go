@@ -1,0 +1,164 @@
+// Command kefu is the one binary of kefu, the self-hosted multi-channel
+// customer-service bridge.
+//
+//	kefu [serve] [-c FILE]      run a node (the default command)
+//	kefu config check -c FILE   check a config file, print every problem, exit 1 if any
+//	kefu version                print the version
+//
+// With no config file (and no KEFU_CONFIG), kefu serve runs the built-in
+// default: the web channel on :8080 with SQLite under ./data.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/kefuhq/kefu/config"
+	"github.com/kefuhq/kefu/node"
+
+	// Channel types shipped in the binary register themselves.
+	_ "github.com/kefuhq/kefu/channels/webhook"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "config":
+		if len(args) == 0 || args[0] != "check" {
+			fmt.Fprintln(stderr, "usage: kefu config check -c FILE")
+			return 2
+		}
+		return configCheck(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "kefu", buildVersion())
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "kefu: unknown command %q\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  kefu [serve] [-c FILE]       run a node (default; KEFU_CONFIG=FILE works too)
+  kefu config check -c FILE    check a config file and print every problem
+  kefu version                 print the version
+`)
+}
+
+// configFlag parses -c FILE, falling back to $KEFU_CONFIG.
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", os.Getenv("KEFU_CONFIG"), "config file (default $KEFU_CONFIG; none: built-in defaults)")
+	if err := fs.Parse(args); err != nil {
+		return "", err
+	}
+	if fs.NArg() > 0 {
+		return "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return *path, nil
+}
+
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	return config.Load(path)
+}
+
+func serve(args []string, stderr io.Writer) int {
+	path, err := configFlag("serve", args, stderr)
+	if err != nil {
+		return 2
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := node.NewLogger(cfg.Log, stderr)
+	log.Info("kefu starting", "version", buildVersion(), "config", displayPath(path), "node_id", cfg.NodeID)
+	n, err := node.New(ctx, cfg, node.Options{Logger: log})
+	if err != nil {
+		log.Error("kefu cannot start", "err", err)
+		return 1
+	}
+	if err := n.Run(ctx); err != nil {
+		log.Error("kefu stopped with an error", "err", err)
+		return 1
+	}
+	log.Info("kefu stopped")
+	return 0
+}
+
+func configCheck(args []string, stdout, stderr io.Writer) int {
+	path, err := configFlag("config check", args, stderr)
+	if err != nil {
+		return 2
+	}
+	if path == "" {
+		fmt.Fprintln(stderr, "usage: kefu config check -c FILE")
+		return 2
+	}
+	if _, err := config.Load(path); err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", path)
+	return 0
+}
+
+// printConfigError prints a config error, one problem per line.
+func printConfigError(w io.Writer, err error) {
+	var errs *config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range *errs {
+			fmt.Fprintln(w, e.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
+
+func displayPath(p string) string {
+	if p == "" {
+		return "(built-in defaults)"
+	}
+	return p
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

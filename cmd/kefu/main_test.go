@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// TestConfigCheck runs `kefu config check` on each file in testdata: a
+// good file prints ok and exits 0; a broken one prints its golden errors
+// (every problem, with its line) and exits 1.
+func TestConfigCheck(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, file := range files {
+		name := strings.TrimSuffix(filepath.Base(file), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"config", "check", "-c", file}, &stdout, &stderr)
+			wantCode := 1
+			if name == "good" {
+				wantCode = 0
+			}
+			if code != wantCode {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, wantCode, &stdout, &stderr)
+			}
+			got := stdout.String() + stderr.String()
+			golden := strings.TrimSuffix(file, ".yaml") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Fatalf("output differs from %s\ngot:\n%s\nwant:\n%s", golden, got, want)
+			}
+		})
+	}
+}
+
+func TestServeRefusesBrokenConfig(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"serve", "-c", "testdata/unknown_key.yaml"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("serve with a broken config: exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "server.adress") {
+		t.Fatalf("serve did not name the bad key: %s", &stderr)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"frobnicate"}, &stdout, &stderr); code != 2 {
+		t.Fatalf("unknown command: exit %d, want 2", code)
+	}
+	if code := run([]string{"version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "kefu ") {
+		t.Fatalf("version: exit %d, %q", code, &stdout)
+	}
+}

@@ -1,0 +1,325 @@
+package core_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/core"
+)
+
+// recorder is a core.Notifier that keeps what it is told.
+type recorder struct {
+	mu      sync.Mutex
+	updates []core.Update
+	outbox  []core.OutboxEntry
+}
+
+func (r *recorder) Publish(_ context.Context, ups ...core.Update) {
+	r.mu.Lock()
+	r.updates = append(r.updates, ups...)
+	r.mu.Unlock()
+}
+
+func (r *recorder) Deliver(_ context.Context, e core.OutboxEntry) {
+	r.mu.Lock()
+	r.outbox = append(r.outbox, e)
+	r.mu.Unlock()
+}
+
+// clock is a settable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+type fixture struct {
+	t        *testing.T
+	svc      *core.Service
+	store    core.Store
+	presence *core.MemoryPresence
+	notes    *recorder
+	clock    *clock
+	agents   []core.Agent
+}
+
+func newFixture(t *testing.T, cfg core.Config, agents int, window time.Duration) *fixture {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := &fixture{t: t, store: st, presence: core.NewMemoryPresence(), notes: &recorder{},
+		clock: &clock{now: time.Date(2026, 11, 1, 9, 0, 0, 0, time.UTC)}}
+	f.svc = core.NewService(cfg, core.Deps{
+		Store: st, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now,
+		Delivers: func(ch string) bool { return ch == "ext" },
+		Window:   func(ch string) time.Duration { return window },
+	})
+	for i := range agents {
+		a, err := st.CreateAgent(context.Background(), core.Agent{
+			Email: fmt.Sprintf("agent%d@example.com", i), Name: fmt.Sprintf("Agent %d", i), Role: core.RoleAgent, Active: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.agents = append(f.agents, a)
+	}
+	return f
+}
+
+// say ingests a customer's text on channel "ext".
+func (f *fixture) say(from, id, text string) core.Ingested {
+	f.t.Helper()
+	res, err := f.svc.Ingest(context.Background(), core.Inbound{
+		Channel: "ext", ExternalID: from, Name: from,
+		Message: core.Message{Kind: core.KindText, Text: text, DedupKey: core.ProviderKey("ext", id)},
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res
+}
+
+func (f *fixture) conv(id int64) core.Conversation {
+	f.t.Helper()
+	c, err := f.store.Conversation(context.Background(), id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return c
+}
+
+func (f *fixture) botMessages(convID int64) int {
+	f.t.Helper()
+	ms, err := f.store.Messages(context.Background(), core.MessageQuery{ConversationID: convID})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	n := 0
+	for _, m := range ms {
+		if m.SenderKind == core.SenderBot {
+			n++
+		}
+	}
+	return n
+}
+
+func TestQueueDrainsInOrder(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 2, ReopenWithin: time.Hour}, 1, 0)
+	var convs []int64
+	for i := range 3 {
+		f.clock.Advance(time.Second)
+		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
+	}
+	for _, id := range convs {
+		if c := f.conv(id); c.Status != core.StatusPending || c.AssigneeID != 0 {
+			t.Fatalf("#%d before anyone is online: %s assignee %d", id, c.Status, c.AssigneeID)
+		}
+	}
+	a := f.agents[0]
+	release := f.presence.Connect(a.ID) // drains the queue
+	defer release()
+	if c := f.conv(convs[0]); c.AssigneeID != a.ID {
+		t.Fatalf("oldest conversation not served first: %+v", c)
+	}
+	if c := f.conv(convs[1]); c.AssigneeID != a.ID {
+		t.Fatalf("second conversation not assigned: %+v", c)
+	}
+	if c := f.conv(convs[2]); c.Status != core.StatusPending {
+		t.Fatalf("third conversation assigned beyond capacity: %+v", c)
+	}
+	if _, err := f.svc.Close(context.Background(), a.ID, convs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.conv(convs[2]); c.AssigneeID != a.ID || c.Status != core.StatusOpen {
+		t.Fatalf("closing did not free capacity for the waiting conversation: %+v", c)
+	}
+}
+
+func TestOfflineReplyOncePerConversation(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour, OfflineReply: "away"}, 2, 0)
+	c1 := f.say("alice", "1", "hi").Conversation.ID
+	f.say("alice", "2", "anyone?")
+	f.say("alice", "3", "hello??")
+	if n := f.botMessages(c1); n != 1 {
+		t.Fatalf("%d offline replies, want 1", n)
+	}
+	if len(f.notes.outbox) != 1 {
+		t.Fatalf("%d outbox kicks, want 1 (the offline reply)", len(f.notes.outbox))
+	}
+	// Someone online but full: the customer waits without an offline reply.
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	if c := f.conv(c1); c.AssigneeID != a.ID {
+		t.Fatalf("not assigned when the agent came online: %+v", c)
+	}
+	c2 := f.say("bob", "4", "hi").Conversation.ID
+	if c := f.conv(c2); c.Status != core.StatusPending {
+		t.Fatalf("bob's conversation should wait, agent is full: %+v", c)
+	}
+	if n := f.botMessages(c2); n != 0 {
+		t.Fatalf("offline reply sent although an agent is online: %d", n)
+	}
+}
+
+func TestReopenWithinWindowElseNew(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 8, ReopenWithin: 24 * time.Hour}, 1, 0)
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	first := f.say("carol", "1", "hi").Conversation
+	if _, err := f.svc.Close(context.Background(), a.ID, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(23 * time.Hour)
+	res := f.say("carol", "2", "one more question")
+	if res.Conversation.ID != first.ID || !res.Reopened || res.Conversation.Status != core.StatusOpen || res.Conversation.AssigneeID != a.ID {
+		t.Fatalf("within reopen_within: %+v, want #%d reopened for its agent", res.Conversation, first.ID)
+	}
+	if _, err := f.svc.Close(context.Background(), a.ID, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(25 * time.Hour)
+	res = f.say("carol", "3", "new topic")
+	if res.Conversation.ID == first.ID || !res.NewConversation {
+		t.Fatalf("after reopen_within: landed in #%d, want a new conversation", res.Conversation.ID)
+	}
+	// Closing twice is a conflict, not a second event.
+	if _, err := f.svc.Close(context.Background(), a.ID, first.ID); !errors.Is(err, core.ErrConflict) {
+		t.Fatalf("closing a resolved conversation: %v, want ErrConflict", err)
+	}
+}
+
+func TestTakeIsAtomic(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 20, 0)
+	c := f.say("dave", "1", "hi").Conversation
+	var wins atomic.Int32
+	var winner atomic.Int64
+	var wg sync.WaitGroup
+	for _, a := range f.agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := f.svc.Take(context.Background(), a.ID, c.ID)
+			switch {
+			case err == nil:
+				wins.Add(1)
+				winner.Store(a.ID)
+			case !errors.Is(err, core.ErrConflict):
+				t.Errorf("agent %d: %v", a.ID, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d agents took the conversation, want exactly 1", wins.Load())
+	}
+	if got := f.conv(c.ID); got.AssigneeID != winner.Load() {
+		t.Fatalf("assignee %d, winner %d", got.AssigneeID, winner.Load())
+	}
+}
+
+func TestRoutingSpreadsLoad(t *testing.T) {
+	for _, strategy := range []core.Strategy{core.LeastBusy, core.RoundRobin} {
+		t.Run(string(strategy), func(t *testing.T) {
+			f := newFixture(t, core.Config{Strategy: strategy, MaxOpenPerAgent: 2, ReopenWithin: time.Hour}, 3, 0)
+			for _, a := range f.agents {
+				defer f.presence.Connect(a.ID)()
+			}
+			for i := range 7 {
+				f.say(fmt.Sprintf("c%d", i), fmt.Sprint(i), "hi")
+			}
+			counts, err := f.store.OpenCounts(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range f.agents {
+				if counts[a.ID] != 2 {
+					t.Fatalf("open counts %v, want 2 each (capacity 2, 7 conversations)", counts)
+				}
+			}
+			q, _ := f.store.Queue(context.Background(), 10)
+			if len(q) != 1 {
+				t.Fatalf("%d waiting, want 1", len(q))
+			}
+		})
+	}
+}
+
+func TestReplyWindow(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 1, 24*time.Hour)
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("erin", "1", "hi").Conversation
+	f.clock.Advance(23 * time.Hour)
+	if _, err := f.svc.Reply(context.Background(), a.ID, c.ID, core.Message{Kind: core.KindText, Text: "in time"}); err != nil {
+		t.Fatalf("inside the window: %v", err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	_, err := f.svc.Reply(context.Background(), a.ID, c.ID, core.Message{Kind: core.KindText, Text: "too late"})
+	if !errors.Is(err, core.ErrWindowClosed) {
+		t.Fatalf("outside the window: %v, want ErrWindowClosed", err)
+	}
+	// Notes are internal: no window.
+	if _, err := f.svc.Note(context.Background(), a.ID, c.ID, core.Message{Kind: core.KindText, Text: "call them"}); err != nil {
+		t.Fatalf("note outside the window: %v", err)
+	}
+	// The customer writes again: the window opens.
+	f.say("erin", "2", "hello again")
+	if _, err := f.svc.Reply(context.Background(), a.ID, c.ID, core.Message{Kind: core.KindText, Text: "welcome back"}); err != nil {
+		t.Fatalf("after the customer wrote again: %v", err)
+	}
+}
+
+func TestTransferRules(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 3, 0)
+	owner, other, target := f.agents[0], f.agents[1], f.agents[2]
+	c := f.say("fay", "1", "hi").Conversation
+	if _, err := f.svc.Take(context.Background(), owner.ID, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Transfer(context.Background(), other.ID, c.ID, target.ID); !errors.Is(err, core.ErrForbidden) {
+		t.Fatalf("transfer by a non-assignee: %v, want ErrForbidden", err)
+	}
+	got, err := f.svc.Transfer(context.Background(), owner.ID, c.ID, target.ID)
+	if err != nil || got.AssigneeID != target.ID {
+		t.Fatalf("transfer: %+v %v", got, err)
+	}
+	// Back to the queue: nobody is online, so it waits.
+	got, err = f.svc.Transfer(context.Background(), target.ID, c.ID, 0)
+	if err != nil || got.Status != core.StatusPending || got.AssigneeID != 0 {
+		t.Fatalf("transfer to the queue: %+v %v", got, err)
+	}
+}
+
+func TestIngestRejectsEmptyContent(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8}, 0, 0)
+	for _, m := range []core.Message{{Kind: core.KindText, Text: "  "}, {Kind: core.KindImage}, {Kind: "poll"}} {
+		_, err := f.svc.Ingest(context.Background(), core.Inbound{Channel: "ext", ExternalID: "x", Message: m})
+		if !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("%+v: %v, want ErrInvalid", m, err)
+		}
+	}
+	if cs, _ := f.store.Conversations(context.Background(), core.ConversationFilter{}); len(cs) != 0 {
+		t.Fatalf("bad input stored %d conversations", len(cs))
+	}
+}

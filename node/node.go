@@ -1,0 +1,373 @@
+// Package node assembles one kefu node from its config: the store, the bus,
+// the core service, the enabled channels and their outbound delivery, and
+// the HTTP server with health, readiness and metrics. cmd/kefu runs a Node;
+// end-to-end tests run one in-process.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kefuhq/kefu/adapters/bus/memory"
+	"github.com/kefuhq/kefu/adapters/media/local"
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/channels"
+	"github.com/kefuhq/kefu/config"
+	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/media"
+)
+
+// ShutdownTimeout bounds how long a stopping node waits for in-flight
+// requests and deliveries.
+const ShutdownTimeout = 15 * time.Second
+
+// Options tune a Node beyond its config (for tests and embedding).
+type Options struct {
+	Logger   *slog.Logger         // nil: a logger to stderr as the log section says
+	Registry *prometheus.Registry // nil: a new registry with Go and process collectors
+	// Listener, when set, is served instead of listening on server.addr.
+	Listener net.Listener
+}
+
+// Node is one running kefu process.
+type Node struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	metrics  *bridge.Metrics
+	store    core.Store
+	bus      bridge.Bus
+	mediaB   media.Backend
+	media    *media.Store
+	svc      *core.Service
+	notifier *bridge.Notifier
+	channels []channels.Channel
+	senders  map[string]bridge.Sender
+	windows  map[string]time.Duration
+	mux      *http.ServeMux
+	ln       net.Listener
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New opens the store and bus, builds the core and the enabled channels,
+// and binds the listen address. It does not serve until Run.
+func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err error) {
+	n = &Node{cfg: cfg, log: opt.Logger, reg: opt.Registry, senders: map[string]bridge.Sender{}, windows: map[string]time.Duration{}}
+	if n.log == nil {
+		n.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	if n.reg == nil {
+		n.reg = prometheus.NewRegistry()
+		n.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	defer func() {
+		if err != nil {
+			_ = n.Close()
+		}
+	}()
+	if n.metrics, err = bridge.NewMetrics(n.reg); err != nil {
+		return nil, err
+	}
+
+	if n.store, err = openStore(ctx, cfg.Store, n.log); err != nil {
+		return nil, err
+	}
+	if n.bus, err = openBus(cfg.Bus, n.log); err != nil {
+		return nil, err
+	}
+	if n.mediaB, err = local.New(cfg.Media.Dir); err != nil {
+		return nil, err
+	}
+	if n.media, err = media.New(n.mediaB, media.Options{MaxBytes: cfg.Media.MaxBytes}); err != nil {
+		return nil, err
+	}
+	strategy, err := core.ParseStrategy(cfg.Routing.Strategy)
+	if err != nil {
+		return nil, err
+	}
+	n.notifier = bridge.NewNotifier(bridge.NotifierConfig{Node: cfg.NodeID, Publisher: n.bus.Publisher(), Logger: n.log, Metrics: n.metrics})
+	presence := core.NewMemoryPresence()
+	n.svc = core.NewService(core.Config{
+		Strategy:        strategy,
+		MaxOpenPerAgent: cfg.Routing.MaxOpenPerAgent,
+		ReopenWithin:    cfg.Routing.ReopenWithin,
+		OfflineReply:    cfg.Routing.OfflineReply,
+	}, core.Deps{
+		Store:    n.store,
+		Presence: presence,
+		Notifier: countingNotifier{n.notifier, n.metrics},
+		// Channels are built below; these read the maps they fill.
+		Delivers: func(ch string) bool { _, ok := n.senders[ch]; return ok },
+		Window:   func(ch string) time.Duration { return n.windows[ch] },
+		Logger:   n.log,
+	})
+	if err := n.seedAgents(ctx); err != nil {
+		return nil, err
+	}
+
+	n.mux = http.NewServeMux()
+	trusted, err := cfg.Server.TrustedPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	deps := channels.Deps{Service: n.svc, Bus: n.bus, Media: n.media, Logger: n.log, PublicURL: cfg.Server.PublicURL, NodeID: cfg.NodeID, TrustedProxies: trusted}
+	for _, inst := range cfg.EnabledChannels() {
+		ch, err := channels.New(inst, deps)
+		if err != nil {
+			return nil, err
+		}
+		n.channels = append(n.channels, ch)
+		if h, ok := ch.(http.Handler); ok {
+			n.mux.Handle("/webhooks/"+inst.Name, h)
+		}
+		if m, ok := ch.(channels.Mounter); ok {
+			m.Mount(n.mux)
+		}
+		if s, ok := ch.(bridge.Sender); ok {
+			n.senders[inst.Name] = s
+		}
+		if w, ok := ch.(channels.Windowed); ok {
+			n.windows[inst.Name] = w.ReplyWindow()
+		}
+	}
+	n.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	n.mux.HandleFunc("GET /readyz", n.serveReady)
+	n.mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+	n.registerGauges()
+
+	n.ln = opt.Listener
+	if n.ln == nil {
+		if n.ln, err = net.Listen("tcp", cfg.Server.Addr); err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Server.Addr, err)
+		}
+	}
+	return n, nil
+}
+
+func openStore(ctx context.Context, c config.Store, log *slog.Logger) (core.Store, error) {
+	switch c.Driver {
+	case "sqlite":
+		return sqlite.Open(ctx, sqlite.Options{Path: c.DSN, Sync: c.Sync, Logger: log})
+	default:
+		return nil, fmt.Errorf("store.driver %q is not available in this build", c.Driver)
+	}
+}
+
+func openBus(c config.Bus, log *slog.Logger) (bridge.Bus, error) {
+	switch c.Driver {
+	case "memory":
+		return memory.New(log), nil
+	default:
+		return nil, fmt.Errorf("bus.driver %q is not available in this build", c.Driver)
+	}
+}
+
+// seedAgents creates the config's agents on first start.
+func (n *Node) seedAgents(ctx context.Context) error {
+	seeds := make([]core.AgentSeed, len(n.cfg.Agents))
+	for i, a := range n.cfg.Agents {
+		seeds[i] = core.AgentSeed{Email: a.Email, Name: a.Name, Password: a.Password, Role: core.Role(a.Role), WeComUserID: a.WeComUserID, SlackUser: a.SlackUser}
+	}
+	created, err := n.svc.EnsureAgents(ctx, seeds)
+	for _, a := range created {
+		n.log.Info("agent created from config", "email", a.Email, "role", a.Role)
+	}
+	if err != nil {
+		return fmt.Errorf("create configured agents: %w", err)
+	}
+	return nil
+}
+
+// Service returns the node's core service.
+func (n *Node) Service() *core.Service { return n.svc }
+
+// Addr returns the address the node listens on.
+func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// Handler returns the node's HTTP handler.
+func (n *Node) Handler() http.Handler { return n.mux }
+
+// Run serves until ctx is done, then shuts down gracefully: it stops taking
+// requests, lets in-flight requests and deliveries finish (bounded by
+// ShutdownTimeout), and closes the bus and the store, which commits every
+// queued write. Run closes the node.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.Close()
+	srv := &http.Server{Handler: n.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}
+
+	// Workers stop after the HTTP server has drained, so that a request
+	// in flight can still hand work to them.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	g, gctx := errgroup.WithContext(workCtx)
+	for name, s := range n.senders {
+		d, err := bridge.NewDeliverer(bridge.DelivererConfig{
+			Channel: name, Sender: s, Store: n.store, Notify: n.notifier, Bus: n.bus, Logger: n.log, Metrics: n.metrics,
+		})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return d.Run(gctx) })
+	}
+	for _, ch := range n.channels {
+		if r, ok := ch.(channels.Runner); ok {
+			g.Go(func() error { return r.Run(gctx) })
+		}
+	}
+	if err := n.svc.Drain(ctx); err != nil {
+		n.log.Warn("routing: initial drain failed", "err", err)
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(n.ln) }()
+	n.log.Info("kefu listening", "addr", n.ln.Addr().String(), "channels", n.channelNames())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	case <-gctx.Done():
+		err = errors.New("a worker stopped")
+	}
+	n.log.Info("kefu shutting down")
+	shCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if e := srv.Shutdown(shCtx); e != nil {
+		n.log.Warn("http shutdown", "err", e)
+	}
+	stopWork()
+	if e := g.Wait(); e != nil && !errors.Is(e, context.Canceled) {
+		err = errors.Join(err, e)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return errors.Join(err, n.Close())
+}
+
+func (n *Node) channelNames() []string {
+	names := make([]string, len(n.channels))
+	for i, ch := range n.channels {
+		names[i] = ch.Name()
+	}
+	sort.Strings(names)
+	return names
+}
+
+// serveReady answers 200 when the store, the bus and every enabled channel
+// are usable, 503 naming what is not.
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	var problems []string
+	if err := n.store.Ping(ctx); err != nil {
+		problems = append(problems, "store: "+err.Error())
+	}
+	for _, ch := range n.channels {
+		if c, ok := ch.(channels.Checker); ok {
+			if err := c.Check(ctx); err != nil {
+				problems = append(problems, "channel "+ch.Name()+": "+err.Error())
+			}
+		}
+	}
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, p := range problems {
+			_, _ = io.WriteString(w, p+"\n")
+		}
+		return
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}
+
+// registerGauges exports the outbox depth and the queue length, read from
+// the store when /metrics is scraped.
+func (n *Node) registerGauges() {
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kefu_outbox_depth", Help: "Outbound entries not yet delivered.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		depth, _, err := n.store.OutboxStats(ctx)
+		if err != nil {
+			return -1
+		}
+		return float64(depth)
+	}))
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kefu_queue_length", Help: "Conversations waiting for an agent (capped at 10000).",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		q, err := n.store.Queue(ctx, 10000)
+		if err != nil {
+			return -1
+		}
+		return float64(len(q))
+	}))
+}
+
+// Close releases the bus and the store. Run calls it; call it yourself only
+// for a Node that never ran.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.ln != nil {
+			_ = n.ln.Close()
+		}
+		if n.bus != nil {
+			errs = append(errs, n.bus.Close())
+		}
+		if n.store != nil {
+			errs = append(errs, n.store.Close())
+		}
+		if c, ok := n.mediaB.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// countingNotifier counts committed customer messages per channel on their
+// way to the bus.
+type countingNotifier struct {
+	*bridge.Notifier
+	metrics *bridge.Metrics
+}
+
+func (c countingNotifier) Publish(ctx context.Context, ups ...core.Update) {
+	for _, u := range ups {
+		if u.Type == core.UpdateMessage && u.Message.SenderKind == core.SenderContact && u.Conversation != nil {
+			c.metrics.MessageIn(u.Conversation.Channel)
+		}
+	}
+	c.Notifier.Publish(ctx, ups...)
+}
+
+// NewLogger builds the process logger from the log section. Message bodies
+// and secrets are never logged at info level.
+func NewLogger(c config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.SlogLevel()}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
