@@ -33,6 +33,8 @@ import (
 //   - Runner: runs a loop (polling, a socket to the provider).
 //   - Checker: reports whether it is usable, for /readyz.
 //   - Windowed: has a reply window.
+//   - bridge.FollowHandler: follows every conversation's messages for
+//     agents (Work WeChat, Slack), from a durable cursor.
 type Channel interface {
 	// Name is the instance name: the key under channels: in kefu.yaml.
 	Name() string

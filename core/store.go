@@ -133,6 +133,11 @@ type Store interface {
 	// when the key is absent. Of concurrent callers (on any node) the first
 	// writer wins and everyone gets its value. Used for generated secrets.
 	EnsureSetting(ctx context.Context, key, value string) (string, error)
+	// Setting reads the value stored under key (ErrNotFound when absent).
+	Setting(ctx context.Context, key string) (string, error)
+	// PutSetting stores value under key, replacing any earlier value. Used
+	// for cursors such as an agent-side channel's place in the message log.
+	PutSetting(ctx context.Context, key, value string) error
 
 	// CreateSession stores an agent's login session. Only a hash of the
 	// session's token is ever stored.

@@ -230,6 +230,13 @@ func (n *Node) Run(ctx context.Context) error {
 		if r, ok := ch.(channels.Runner); ok {
 			g.Go(func() error { return r.Run(gctx) })
 		}
+		if h, ok := ch.(bridge.FollowHandler); ok {
+			f, err := bridge.NewFollower(bridge.FollowerConfig{Name: ch.Name(), Handler: h, Store: n.store, Bus: n.bus, Logger: n.log})
+			if err != nil {
+				return err
+			}
+			g.Go(func() error { return f.Run(gctx) })
+		}
 	}
 	if err := n.svc.Drain(ctx); err != nil {
 		n.log.Warn("routing: initial drain failed", "err", err)

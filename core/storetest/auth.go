@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -34,6 +35,27 @@ func testEnsureSetting(t *testing.T, s core.Store) {
 	}
 	if v, err := s.EnsureSetting(ctx, "other", "x"); err != nil || v != "x" {
 		t.Errorf("another key = %q, %v", v, err)
+	}
+}
+
+func testPutSetting(t *testing.T, s core.Store) {
+	if _, err := s.Setting(ctx, "cursor"); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("Setting of a missing key: %v, want ErrNotFound", err)
+	}
+	for _, v := range []string{"41", "42"} {
+		if err := s.PutSetting(ctx, "cursor", v); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Setting(ctx, "cursor"); err != nil || got != v {
+			t.Fatalf("Setting = %q, %v; want %q", got, err, v)
+		}
+	}
+	// EnsureSetting does not replace a value PutSetting stored.
+	if got, err := s.EnsureSetting(ctx, "cursor", "0"); err != nil || got != "42" {
+		t.Fatalf("EnsureSetting over a put value = %q, %v", got, err)
+	}
+	if err := s.PutSetting(ctx, "", "x"); !errors.Is(err, core.ErrInvalid) {
+		t.Fatalf("empty key: %v, want ErrInvalid", err)
 	}
 }
 

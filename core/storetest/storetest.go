@@ -70,6 +70,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"ContactsBatch", testContactsBatch},
 		{"LastMessages", testLastMessages},
 		{"EnsureSetting", testEnsureSetting},
+		{"PutSetting", testPutSetting},
 		{"Sessions", testSessions},
 		{"NotFound", testNotFound},
 		{"FailingWriteDoesNotFailOthers", testBatchIsolation},

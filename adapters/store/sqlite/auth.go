@@ -32,6 +32,31 @@ func (s *Store) EnsureSetting(ctx context.Context, key, value string) (string, e
 	return stored, nil
 }
 
+// Setting implements core.Store.
+func (s *Store) Setting(ctx context.Context, key string) (string, error) {
+	if s.isClosed.Load() {
+		return "", core.ErrClosed
+	}
+	var v string
+	err := s.r.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	if err != nil {
+		return "", s.readErr(err, "setting "+key)
+	}
+	return v, nil
+}
+
+// PutSetting implements core.Store.
+func (s *Store) PutSetting(ctx context.Context, key, value string) error {
+	if key == "" {
+		return invalid("empty setting key")
+	}
+	return s.do(ctx, func(w *wtx) error {
+		_, err := w.tx.ExecContext(w.ctx, `INSERT INTO settings (key, value) VALUES (?, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+		return dbErr(err, "store setting %s", key)
+	})
+}
+
 // CreateSession implements core.Store. TokenHash, AgentID and ExpiresAt are
 // required (ErrInvalid); CreatedAt defaults to now. An unknown agent is
 // ErrNotFound, a token hash already stored ErrConflict.

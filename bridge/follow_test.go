@@ -1,0 +1,125 @@
+package bridge_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kefuhq/kefu/adapters/bus/memory"
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/core"
+)
+
+// followRecorder records what a follower hands it and fails on demand.
+type followRecorder struct {
+	mu    sync.Mutex
+	seen  []string
+	fails map[string]error // text → error to return once
+}
+
+func (r *followRecorder) Follow(_ context.Context, m core.Message, c core.Conversation) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err, ok := r.fails[m.Text]; ok {
+		delete(r.fails, m.Text)
+		r.seen = append(r.seen, "!"+m.Text)
+		return err
+	}
+	if c.ID != m.ConversationID {
+		return bridge.Permanent("wrong conversation", nil)
+	}
+	r.seen = append(r.seen, m.Text)
+	return nil
+}
+
+func (r *followRecorder) texts() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seen...)
+}
+
+func TestFollowerFollowsTheLog(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	bus := memory.New(quietLogger())
+	defer bus.Close()
+	now := time.Now()
+	say := func(text string, at time.Time) {
+		t.Helper()
+		_, err := store.Ingest(ctx, core.Inbound{Channel: "tg", ExternalID: "42",
+			Message: core.Message{Kind: core.KindText, Text: text, CreatedAt: at}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	say("history", now.Add(-time.Hour)) // before the follower's first start: skipped
+
+	rec := &followRecorder{fails: map[string]error{
+		"two":   errors.New("slack is down"),            // transient: retried
+		"three": bridge.Permanent("cannot render", nil), // permanent: skipped
+	}}
+	run := func() (stop func()) {
+		f, err := bridge.NewFollower(bridge.FollowerConfig{Name: "slack", Handler: rec, Store: store, Bus: bus,
+			Poll: 20 * time.Millisecond, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	}
+	stop := run()
+	waitFor(t, "the follower's first start", func() bool {
+		_, err := store.Setting(ctx, "follow.slack")
+		return err == nil
+	})
+	for _, text := range []string{"one", "two", "three", "four"} {
+		say(text, time.Now())
+	}
+	waitFor(t, "four to be followed", func() bool {
+		got := rec.texts()
+		return len(got) > 0 && got[len(got)-1] == "four"
+	})
+	stop()
+	if got, want := fmt.Sprint(rec.texts()), "[one !two two !three four]"; got != want {
+		t.Fatalf("followed %s, want %s", got, want)
+	}
+
+	// A restart resumes after the cursor: nothing handled again.
+	say("five", time.Now())
+	stop = run()
+	waitFor(t, "five to be followed", func() bool {
+		got := rec.texts()
+		return got[len(got)-1] == "five"
+	})
+	stop()
+	if got, want := fmt.Sprint(rec.texts()), "[one !two two !three four five]"; got != want {
+		t.Fatalf("after restart followed %s, want %s", got, want)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
