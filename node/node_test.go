@@ -6,18 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kefuhq/kefu/channels/webhook"
 	"github.com/kefuhq/kefu/channels/webhook/webhooktest"
-	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
-	"github.com/kefuhq/kefu/node"
+	"github.com/kefuhq/kefu/node/nodetest"
 )
 
 const secret = "s3cret-for-tests"
@@ -26,85 +23,27 @@ const secret = "s3cret-for-tests"
 // replies go to a fake receiver.
 type harness struct {
 	t    *testing.T
-	node *node.Node
+	node *nodetest.Node
 	rcv  *webhooktest.Receiver
 	base string
-	stop func()
-	done chan error
 }
 
 func start(t *testing.T, routing string) *harness {
 	t.Helper()
 	rcv := webhooktest.NewReceiver(secret)
 	t.Cleanup(rcv.Close)
-	dir := t.TempDir()
-	yaml := fmt.Sprintf(`
-server: {addr: "127.0.0.1:0"}
-store: {driver: sqlite, dsn: %q}
-media: {dir: %q}
-log: {level: error}
+	n := nodetest.Start(t, fmt.Sprintf(`
 routing: {%s}
 agents:
   - {email: alice@example.com, name: Alice, password: alice-password}
   - {email: bob@example.com, name: Bob, password: bob-password}
 channels:
   crm: {type: webhook, enabled: true, secret: %q, deliver_url: %q}
-`, filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"), routing, secret, rcv.URL)
-	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := node.New(ctx, cfg, node.Options{Listener: ln})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	h := &harness{t: t, node: n, rcv: rcv, base: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
-	go func() { h.done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-h.done:
-			if err != nil {
-				t.Errorf("node stopped with %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("node did not stop")
-		}
-	})
-	h.waitReady()
-	return h
+`, routing, secret, rcv.URL))
+	return &harness{t: t, node: n, rcv: rcv, base: n.URL}
 }
 
-func (h *harness) waitReady() {
-	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(h.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatal("node not ready")
-}
-
-func (h *harness) agent(email string) core.Agent {
-	h.t.Helper()
-	a, err := h.node.Service().Store().AgentByEmail(context.Background(), email)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return a
-}
+func (h *harness) agent(email string) core.Agent { return h.node.Agent(h.t, email) }
 
 // post sends a customer message and decodes kefu's reply.
 func (h *harness) post(in webhook.Inbound) (int, webhook.Reply) {
@@ -123,26 +62,9 @@ func (h *harness) post(in webhook.Inbound) (int, webhook.Reply) {
 	return resp.StatusCode, r
 }
 
-func (h *harness) messages(convID int64) []core.Message {
-	h.t.Helper()
-	ms, err := h.node.Service().Store().Messages(context.Background(), core.MessageQuery{ConversationID: convID})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return ms
-}
+func (h *harness) messages(convID int64) []core.Message { return h.node.Messages(h.t, convID) }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = nodetest.WaitFor
 
 func TestMessagePathEndToEnd(t *testing.T) {
 	h := start(t, "strategy: least_busy")
