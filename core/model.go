@@ -58,6 +58,12 @@ const (
 	KindImage ContentKind = "image"
 	KindFile  ContentKind = "file"
 	KindEvent ContentKind = "event" // a conversation event (assignment, close…); see EventType
+	// KindTemplate is a message template the provider has approved
+	// (WhatsApp): the one kind of message a provider accepts outside its
+	// reply window. Text holds the template's name as the conversation's
+	// channel knows it (its config key, e.g. "reopen"); the channel fills
+	// in the rest when it sends. Only agents send templates (Service.SendTemplate).
+	KindTemplate ContentKind = "template"
 )
 
 // MessageStatus tracks an outgoing message's delivery. It only moves forward:

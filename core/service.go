@@ -116,6 +116,9 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	if err := checkContent(in.Message); err != nil {
 		return Ingested{}, err
 	}
+	if in.Message.Kind == KindTemplate {
+		return Ingested{}, fmt.Errorf("%w: customers do not send templates", ErrInvalid)
+	}
 	if in.Message.CreatedAt.IsZero() {
 		in.Message.CreatedAt = s.now()
 	}
@@ -399,8 +402,14 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 	if err != nil {
 		return Message{}, err
 	}
+	if m.Kind == KindTemplate {
+		if err := s.checkTemplate(c, m); err != nil {
+			return Message{}, err
+		}
+	}
 	if m.Visibility == Public {
-		if ends := s.WindowEnds(c); !ends.IsZero() && !s.now().Before(ends) {
+		// A template is what the provider accepts outside the window.
+		if ends := s.WindowEnds(c); m.Kind != KindTemplate && !ends.IsZero() && !s.now().Before(ends) {
 			return Message{}, fmt.Errorf("%w: the %s reply window of #%d closed at %s; the customer must write first",
 				ErrWindowClosed, s.window(c.Channel), c.ID, ends.UTC().Format(time.RFC3339))
 		}
@@ -464,7 +473,9 @@ func (s *Service) Resend(ctx context.Context, agentID, msgID int64) (Message, er
 	if old.Status != MsgFailed || !old.Outgoing() {
 		return Message{}, fmt.Errorf("%w: only a failed outgoing message can be resent", ErrInvalid)
 	}
-	m := Message{Kind: old.Kind, Text: old.Text, Media: old.Media, ResendOf: old.ID}
+	// The key makes a double click resend once; the resent message, should
+	// it fail too, has a key of its own.
+	m := Message{Kind: old.Kind, Text: old.Text, Media: old.Media, ResendOf: old.ID, DedupKey: fmt.Sprintf("r:%d", old.ID)}
 	return s.Reply(ctx, agentID, old.ConversationID, m)
 }
 
@@ -610,6 +621,10 @@ func checkContent(m Message) error {
 	case KindImage, KindFile:
 		if m.Media == nil || m.Media.Key == "" {
 			return fmt.Errorf("%w: %s message without media", ErrInvalid, m.Kind)
+		}
+	case KindTemplate:
+		if strings.TrimSpace(m.Text) == "" || m.Media != nil {
+			return fmt.Errorf("%w: a template message holds the template's name and nothing else", ErrInvalid)
 		}
 	default:
 		return fmt.Errorf("%w: unknown message kind %q", ErrInvalid, m.Kind)

@@ -236,6 +236,10 @@ func TestDeliveryFailures(t *testing.T) {
 	if err != nil || re.ResendOf != m2.ID {
 		t.Fatalf("resend: %+v %v", re, err)
 	}
+	// A double click resends once.
+	if again, err := svc.Resend(ctx, alice.ID, m2.ID); err != nil || again.ID != re.ID {
+		t.Fatalf("second resend: %+v %v, want the same message %d", again, err, re.ID)
+	}
 	got = h.rcv.WaitDelivered(3, 15*time.Second)
 	if len(got) != 3 || got[2].Text != "two" {
 		t.Fatalf("resent delivery missing: %+v", got)

@@ -25,6 +25,7 @@ import (
 
 	// Channel types shipped in the binary register themselves.
 	_ "github.com/kefuhq/kefu/channels/webhook"
+	_ "github.com/kefuhq/kefu/channels/whatsapp"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".

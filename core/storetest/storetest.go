@@ -51,6 +51,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"IDsIncreaseInCommitOrder", testCommitOrder},
 		{"StatusMovesForward", testStatusForward},
 		{"MessageByExternalID", testMessageByExternalID},
+		{"TemplateMessage", testTemplateMessage},
 		{"AtomicTake", testAtomicTake},
 		{"AssignCapacity", testCapacity},
 		{"AssignTransferAndFrom", testTransfer},

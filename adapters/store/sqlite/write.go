@@ -53,7 +53,8 @@ func (s *Store) checkMessage(m *core.Message) error {
 		return invalid("visibility %q", m.Visibility)
 	case !m.Status.Valid():
 		return invalid("message status %q", m.Status)
-	case m.Kind != core.KindText && m.Kind != core.KindImage && m.Kind != core.KindFile && m.Kind != core.KindEvent:
+	case m.Kind != core.KindText && m.Kind != core.KindImage && m.Kind != core.KindFile && m.Kind != core.KindEvent &&
+		m.Kind != core.KindTemplate:
 		return invalid("content kind %q", m.Kind)
 	case (m.Kind == core.KindEvent) != (m.Event != nil):
 		return invalid("an event message needs kind %q and an event", core.KindEvent)
