@@ -129,6 +129,16 @@ type Store interface {
 	// OutboxStats reports the number of entries and the oldest one's age base.
 	OutboxStats(ctx context.Context) (depth int, oldest time.Time, err error)
 
+	// MoveIdentity re-keys an identity whose provider id changed (a Telegram
+	// chat migrated to a new chat id): (channel, from) becomes (channel, to)
+	// for the same contact, and every conversation of the identity follows
+	// (its ExternalID becomes to), so that deliveries go to the new id and
+	// the customer's next message from it continues the same conversation.
+	// A missing (channel, from) is ErrNotFound (it may have been moved
+	// already); an existing (channel, to) is ErrConflict; from == to changes
+	// nothing.
+	MoveIdentity(ctx context.Context, channel, from, to string) error
+
 	// EnsureSetting returns the value stored under key, storing value first
 	// when the key is absent. Of concurrent callers (on any node) the first
 	// writer wins and everyone gets its value. Used for generated secrets.

@@ -4,6 +4,8 @@
 //	kefu [serve] [-c FILE]      run a node (the default command)
 //	kefu config check -c FILE   check a config file, print every problem, exit 1 if any
 //	kefu version                print the version
+//	kefu telegram set-webhook -c FILE [--channel NAME]
+//	                            register a Telegram channel's webhook with Telegram
 //
 // With no config file (and no KEFU_CONFIG), kefu serve runs the built-in
 // default: the web channel on :8080 with SQLite under ./data.
@@ -19,7 +21,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
+	"github.com/kefuhq/kefu/channels/telegram" // also registers the telegram channel type
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/node"
 
@@ -52,6 +56,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version":
 		fmt.Fprintln(stdout, "kefu", buildVersion())
 		return 0
+	case "telegram":
+		if len(args) == 0 || args[0] != "set-webhook" {
+			fmt.Fprintln(stderr, "usage: kefu telegram set-webhook -c FILE [--channel NAME]")
+			return 2
+		}
+		return telegramSetWebhook(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -67,6 +77,8 @@ func usage(w io.Writer) {
   kefu [serve] [-c FILE]       run a node (default; KEFU_CONFIG=FILE works too)
   kefu config check -c FILE    check a config file and print every problem
   kefu version                 print the version
+  kefu telegram set-webhook -c FILE [--channel NAME]
+                               register a Telegram channel's webhook with Telegram
 `)
 }
 
@@ -132,6 +144,37 @@ func configCheck(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", path)
+	return 0
+}
+
+// telegramSetWebhook is `kefu telegram set-webhook`: it tells Telegram to
+// post a telegram channel's updates to {server.public_url}/webhooks/NAME
+// with its webhook_secret (see docs/channels/telegram.md).
+func telegramSetWebhook(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("telegram set-webhook", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", os.Getenv("KEFU_CONFIG"), "config file (default $KEFU_CONFIG)")
+	name := fs.String("channel", "", "telegram channel instance (default: the only enabled one)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: kefu telegram set-webhook -c FILE [--channel NAME]")
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := telegram.SetWebhookCommand(ctx, cfg, *name, stdout); err != nil {
+		fmt.Fprintln(stderr, "kefu telegram set-webhook:", err)
+		return 1
+	}
 	return 0
 }
 

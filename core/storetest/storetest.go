@@ -70,6 +70,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"Feed", testFeed},
 		{"ContactsBatch", testContactsBatch},
 		{"LastMessages", testLastMessages},
+		{"MoveIdentity", testMoveIdentity},
 		{"EnsureSetting", testEnsureSetting},
 		{"PutSetting", testPutSetting},
 		{"Sessions", testSessions},
