@@ -218,44 +218,6 @@ func plain(v reflect.Value) any {
 	return v.Interface()
 }
 
-// TestExampleFile checks that kefu.example.yaml loads as is with no
-// environment at all.
-func TestExampleFile(t *testing.T) {
-	const path = "../kefu.example.yaml"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Parse(path, data, nil)
-	if err != nil {
-		t.Fatalf("example does not load:\n%v", err)
-	}
-	def := config.Default()
-	if cfg.NodeID != "kefu-1" {
-		t.Errorf("node_id = %q, want kefu-1", cfg.NodeID)
-	}
-	// The example documents the defaults: apart from what it sets on
-	// purpose, it must decode to them.
-	for _, c := range []struct {
-		key       string
-		got, want any
-	}{
-		{"store", cfg.Store, def.Store},
-		{"media", cfg.Media, def.Media},
-		{"bus", cfg.Bus, def.Bus},
-		{"routing", cfg.Routing, def.Routing},
-		{"log", cfg.Log, def.Log},
-		{"server.addr", cfg.Server.Addr, def.Server.Addr},
-	} {
-		if !reflect.DeepEqual(c.got, c.want) {
-			t.Errorf("%s = %+v, want the default %+v", c.key, c.got, c.want)
-		}
-	}
-	if len(cfg.Agents) != 1 || cfg.Agents[0].Password != "change-me" {
-		t.Errorf("agents = %+v, want alice with password change-me", cfg.Agents)
-	}
-}
-
 func TestDefault(t *testing.T) {
 	t.Setenv("HOSTNAME", "")
 	cfg := config.Default()

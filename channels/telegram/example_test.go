@@ -10,9 +10,8 @@ import (
 	"github.com/kefuhq/kefu/config"
 )
 
-// TestExampleSection checks the commented telegram section of
-// kefu.example.yaml: uncommented and enabled, it loads, and it documents
-// the defaults.
+// TestExampleSection checks the telegram section of kefu.example.yaml:
+// enabled, it loads, and it documents the defaults.
 func TestExampleSection(t *testing.T) {
 	data, err := os.ReadFile("../../kefu.example.yaml")
 	if err != nil {
@@ -22,13 +21,13 @@ func TestExampleSection(t *testing.T) {
 	in := false
 	for line := range strings.SplitSeq(string(data), "\n") {
 		switch {
-		case strings.HasPrefix(line, "  # telegram:"):
+		case strings.HasPrefix(line, "  telegram:"):
 			in = true
-		case in && !strings.HasPrefix(line, "  #   "):
+		case in && !strings.HasPrefix(line, "    "):
 			in = false
 		}
 		if in {
-			block = append(block, "  "+strings.TrimPrefix(line, "  # "))
+			block = append(block, line)
 		}
 	}
 	if len(block) < 5 {
