@@ -23,6 +23,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kefuhq/kefu/adapters/bus/memory"
+	natsbus "github.com/kefuhq/kefu/adapters/bus/nats"
+	redisbus "github.com/kefuhq/kefu/adapters/bus/redis"
 	"github.com/kefuhq/kefu/adapters/media/local"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/bridge"
@@ -89,7 +91,7 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 	if n.store, err = openStore(ctx, cfg.Store, n.log); err != nil {
 		return nil, err
 	}
-	if n.bus, err = openBus(cfg.Bus, n.log); err != nil {
+	if n.bus, err = openBus(ctx, cfg.Bus, cfg.NodeID, n.log); err != nil {
 		return nil, err
 	}
 	if n.mediaB, err = local.New(cfg.Media.Dir); err != nil {
@@ -170,10 +172,22 @@ func openStore(ctx context.Context, c config.Store, log *slog.Logger) (core.Stor
 	}
 }
 
-func openBus(c config.Bus, log *slog.Logger) (bridge.Bus, error) {
+func openBus(ctx context.Context, c config.Bus, nodeID string, log *slog.Logger) (bridge.Bus, error) {
 	switch c.Driver {
 	case "memory":
 		return memory.New(log), nil
+	case "redis":
+		b, err := redisbus.New(ctx, redisbus.Options{URL: c.URL, NodeID: nodeID, Logger: log})
+		if err != nil { // not a typed nil in the interface
+			return nil, err
+		}
+		return b, nil
+	case "nats":
+		b, err := natsbus.New(ctx, natsbus.Options{URL: c.URL, NodeID: nodeID, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
 	default:
 		return nil, fmt.Errorf("bus.driver %q is not available in this build", c.Driver)
 	}
@@ -286,6 +300,11 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	var problems []string
 	if err := n.store.Ping(ctx); err != nil {
 		problems = append(problems, "store: "+err.Error())
+	}
+	if c, ok := n.bus.(interface{ Check(context.Context) error }); ok {
+		if err := c.Check(ctx); err != nil {
+			problems = append(problems, "bus: "+err.Error())
+		}
 	}
 	for _, ch := range n.channels {
 		if c, ok := ch.(channels.Checker); ok {

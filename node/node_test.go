@@ -14,6 +14,7 @@ import (
 	"github.com/kefuhq/kefu/channels/webhook"
 	"github.com/kefuhq/kefu/channels/webhook/webhooktest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/testenv"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
 
@@ -304,5 +305,24 @@ func TestHealthReadyMetrics(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: HTTP %d, body lacks %q", path, resp.StatusCode, want)
 		}
+	}
+}
+
+func TestClusteredBusesFromConfig(t *testing.T) {
+	for _, bus := range []struct{ driver, url string }{
+		{"redis", testenv.Redis(t)},
+		{"nats", testenv.NATS(t)},
+	} {
+		t.Run(bus.driver, func(t *testing.T) {
+			n := nodetest.Start(t, fmt.Sprintf("node_id: test-%s-%d\nbus: {driver: %s, url: %q}\n", bus.driver, time.Now().UnixNano(), bus.driver, bus.url))
+			resp, err := http.Get(n.URL + "/readyz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("/readyz on the %s bus: HTTP %d", bus.driver, resp.StatusCode)
+			}
+		})
 	}
 }
