@@ -28,6 +28,7 @@ import (
 	"github.com/kefuhq/kefu/node"
 
 	// Channel types shipped in the binary register themselves.
+	_ "github.com/kefuhq/kefu/channels/web"
 	_ "github.com/kefuhq/kefu/channels/webhook"
 	_ "github.com/kefuhq/kefu/channels/whatsapp"
 )

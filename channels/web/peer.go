@@ -1,0 +1,268 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/kefuhq/kefu/core"
+)
+
+// peer is an authenticated client (a visitor or an agent) on either
+// transport: what its frames may do, and what it is sent on resume.
+type peer struct {
+	rt    *realtime
+	agent *core.Agent // nil for a visitor
+	vis   visitor
+	owned []int64 // conversations known to be the visitor's
+}
+
+func (p *peer) isAgent() bool { return p.agent != nil }
+
+// scope makes a visitor's client ids unique per sender (core.ClientKey):
+// the instance, then the identity. It always holds a '/', which an agent's
+// scope (agentClientKey) never does.
+func (p *peer) scope() string { return p.rt.c.name + "/" + p.vis.identity }
+
+// handle carries out one frame (not hello) and returns the frame to answer
+// with, or nil.
+func (p *peer) handle(ctx context.Context, f *inFrame) *frame {
+	var err error
+	switch f.Type {
+	case frameSend:
+		var out *frame
+		if out, err = p.send(ctx, f); err == nil {
+			return out
+		}
+	case frameReceipt:
+		err = p.receipt(ctx, f)
+	case frameTyping:
+		err = p.typing(ctx, f)
+	case framePing:
+		return pongFrame
+	case framePong:
+		return nil
+	case frameHello:
+		err = badFrame("hello is only the first frame of a WebSocket")
+	default:
+		err = &protoError{Code: codeUnknownType, Msg: "unknown frame type"}
+	}
+	if err != nil {
+		return errorFrame(toProtoError(err, f.ID, p.rt.log))
+	}
+	return nil
+}
+
+func (p *peer) send(ctx context.Context, f *inFrame) (*frame, error) {
+	if p.isAgent() {
+		key := agentClientKey(p.agent.ID, f.ID) // the REST API's key too: one id, one message
+		if f.ConversationID <= 0 {
+			return nil, &protoError{Code: codeBadFrame, Msg: "an agent's send needs conversation_id", ID: f.ID}
+		}
+		// The store keeps whole microseconds; a message returned with
+		// another creation time was stored by an earlier send of the id.
+		at := p.rt.c.now().UTC().Truncate(time.Microsecond)
+		m, err := p.sendContent(ctx, f) // text, or an image or file (visitor_media.go)
+		if err != nil {
+			return nil, err
+		}
+		m.DedupKey, m.CreatedAt = key, at
+		var out core.Message
+		if f.Note {
+			out, err = p.rt.svc.Note(ctx, p.agent.ID, f.ConversationID, m)
+		} else {
+			out, err = p.rt.svc.Reply(ctx, p.agent.ID, f.ConversationID, m)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return ackFrame(f.ID, &out, !out.CreatedAt.Equal(at)), nil
+	}
+	if ok, wait := p.rt.msgLimit.Allow(p.vis.identity); !ok {
+		return nil, &protoError{Code: codeRateLimited, Msg: "too many messages; slow down", ID: f.ID, RetryAfter: wait}
+	}
+	m, err := p.sendContent(ctx, f) // text, or an image or file the visitor uploaded (visitor_media.go)
+	if err != nil {
+		return nil, err
+	}
+	m.DedupKey = core.ClientKey(p.scope(), f.ID)
+	res, err := p.rt.svc.Ingest(ctx, core.Inbound{
+		Channel: p.rt.c.name, ExternalID: p.vis.identity, Name: p.vis.name, Message: m,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.own(res.Conversation.ID)
+	// Join the identity's live connections to a new conversation now, so
+	// that what follows the ack (typing, receipts) reaches them too.
+	p.rt.hub.joinIdentity(p.vis.identity, res.Conversation.ID)
+	return ackFrame(f.ID, viewMessage(&res.Message, p.rt.names.get), res.Duplicate), nil
+}
+
+func (p *peer) receipt(ctx context.Context, f *inFrame) error {
+	r := core.Receipt{ConversationID: f.ConversationID, UpToSeq: f.Seq, Status: core.MessageStatus(f.Status)}
+	if !p.isAgent() {
+		if err := p.signal(); err != nil {
+			return err
+		}
+		if err := p.owns(ctx, f.ConversationID); err != nil {
+			return err
+		}
+		r.ByContact = true
+	}
+	return p.rt.svc.MarkUpTo(ctx, r)
+}
+
+func (p *peer) typing(ctx context.Context, f *inFrame) error {
+	t := core.Typing{ConversationID: f.ConversationID, On: f.On}
+	if p.isAgent() {
+		if t.ConversationID <= 0 {
+			return badFrame("an agent's typing needs conversation_id")
+		}
+		t.SenderKind, t.SenderID = core.SenderAgent, p.agent.ID
+	} else {
+		if err := p.signal(); err != nil {
+			return err
+		}
+		if t.ConversationID == 0 {
+			c, err := p.rt.newestConversation(ctx, p.vis.identity)
+			if errors.Is(err, core.ErrNotFound) {
+				return nil // nobody to tell yet
+			} else if err != nil {
+				return err
+			}
+			t.ConversationID = c.ID
+			p.own(c.ID)
+		} else if err := p.owns(ctx, t.ConversationID); err != nil {
+			return err
+		}
+		t.SenderKind = core.SenderContact
+	}
+	p.rt.svc.Typing(ctx, t)
+	return nil
+}
+
+// signal rate-limits a visitor's typing and receipt frames.
+func (p *peer) signal() error {
+	if ok, wait := p.rt.signalLimit.Allow(p.vis.identity); !ok {
+		return &protoError{Code: codeRateLimited, Msg: "too many frames; slow down", RetryAfter: wait}
+	}
+	return nil
+}
+
+// owns checks that conversation id is the visitor's (ErrNotFound if not).
+func (p *peer) owns(ctx context.Context, id int64) error {
+	if slices.Contains(p.owned, id) {
+		return nil
+	}
+	if _, err := p.rt.visitorConversation(ctx, p.vis.identity, id); err != nil {
+		return err
+	}
+	p.own(id)
+	return nil
+}
+
+func (p *peer) own(id int64) {
+	if id > 0 && !slices.Contains(p.owned, id) {
+		p.owned = append(p.owned, id)
+	}
+}
+
+// replayPage is how many messages a replay reads from the store at a time.
+const replayPage = 500
+
+// errReplayFull stops a replay that reached its limit.
+var errReplayFull = errors.New("replay limit reached")
+
+// replayVisitor sends, through emit, every message the visitor may see
+// after seq in conversation conv, then every message of the identity's
+// newer conversations (with conv 0: of its newest conversation), in order.
+// It stops after limit frames (0: no limit). It returns the cursor after
+// what it sent (the newest conversation and its last sequence number
+// covered) and the conversations it covered.
+func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, emit func(*frame) error) (curConv, curSeq int64, convs []int64, err error) {
+	type part struct{ id, after int64 }
+	var parts []part
+	if conv > 0 {
+		parts = append(parts, part{conv, seq})
+		newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
+		if err != nil {
+			return conv, seq, nil, err
+		}
+		for _, c := range newer {
+			parts = append(parts, part{c.ID, 0})
+		}
+	} else {
+		c, err := p.rt.newestConversation(ctx, p.vis.identity)
+		switch {
+		case errors.Is(err, core.ErrNotFound):
+			return 0, 0, nil, nil
+		case err != nil:
+			return 0, 0, nil, err
+		}
+		parts = append(parts, part{c.ID, 0})
+	}
+	curConv, curSeq = conv, seq
+	n := 0
+	for _, pt := range parts {
+		curConv, curSeq = pt.id, pt.after
+		convs = append(convs, pt.id)
+		p.own(pt.id)
+		for {
+			ms, err := p.rt.store.Messages(ctx, core.MessageQuery{ConversationID: pt.id, AfterSeq: curSeq, Limit: replayPage, PublicOnly: true})
+			if err != nil {
+				return curConv, curSeq, convs, err
+			}
+			for i := range ms {
+				if limit > 0 && n >= limit {
+					return curConv, curSeq, convs, errReplayFull
+				}
+				if err := emit(visitorMessageFrame(&ms[i], p.rt.names.get)); err != nil {
+					return curConv, curSeq, convs, err
+				}
+				curSeq = ms[i].Seq
+				n++
+			}
+			if len(ms) < replayPage {
+				break
+			}
+		}
+	}
+	return curConv, curSeq, convs, nil
+}
+
+// replayAgent sends, through emit, every message with an ID above after, in
+// ID order, each with its conversation as it is now. It stops after limit
+// frames (0: no limit) and returns the last ID sent (after, if none).
+func (p *peer) replayAgent(ctx context.Context, after int64, limit int, emit func(*frame) error) (int64, error) {
+	convs := map[int64]*core.Conversation{}
+	n := 0
+	for {
+		ms, err := p.rt.store.Feed(ctx, after, replayPage)
+		if err != nil {
+			return after, err
+		}
+		for i := range ms {
+			if limit > 0 && n >= limit {
+				return after, errReplayFull
+			}
+			m := &ms[i]
+			c, ok := convs[m.ConversationID]
+			if !ok {
+				if cv, err := p.rt.store.Conversation(ctx, m.ConversationID); err == nil {
+					c = &cv
+				}
+				convs[m.ConversationID] = c
+			}
+			if err := emit(agentMessageFrame(m, c)); err != nil {
+				return after, err
+			}
+			after = m.ID
+			n++
+		}
+		if len(ms) < replayPage {
+			return after, nil
+		}
+	}
+}

@@ -1,0 +1,624 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/httpx"
+)
+
+// WebSocket transport.
+//
+// Built for many idle connections (DESIGN.md: ≤ 12 KB per idle connection):
+//   - the HTTP handler upgrades and returns; the connection's one goroutine
+//     (its read loop) starts outside it, so net/http's per-request buffers
+//     are released;
+//   - small read buffers, and write buffers borrowed from a shared pool only
+//     while a frame is being written;
+//   - no writer goroutine per connection: frames wait in a bounded
+//     per-connection queue of shared, pre-encoded frames, and a shared pool
+//     of writers flushes queues under each connection's write mutex, with a
+//     write deadline;
+//   - no timer per connection: one wheel (realtime.tick) pings, and closes
+//     connections that fell silent, that never said hello, or whose agent
+//     session ended.
+
+const (
+	wsReadBuffer  = 256
+	wsWriteBuffer = 4096 // pooled: held only while writing
+	writeWait     = 5 * time.Second
+	closeWait     = time.Second
+	// maxFlushRounds bounds how long one writer stays on one connection
+	// before it lets the others go first.
+	maxFlushRounds = 4
+)
+
+// cursorFilter drops message frames a client already has: after a resume,
+// the frames that the replay sent and the hub sends again (the seam), and
+// any repeat. A visitor's position is per conversation (sequence numbers),
+// an agent's is one message ID. Frames other than messages pass.
+type cursorFilter struct {
+	agent  bool
+	lastID int64
+	seqs   []convSeq
+}
+
+type convSeq struct{ conv, seq int64 }
+
+func (cf *cursorFilter) pass(f *frame) bool {
+	if !f.msg {
+		return true
+	}
+	if cf.agent {
+		if f.id <= cf.lastID {
+			return false
+		}
+		cf.lastID = f.id
+		return true
+	}
+	for i := range cf.seqs {
+		if cf.seqs[i].conv == f.conv {
+			if f.seq <= cf.seqs[i].seq {
+				return false
+			}
+			cf.seqs[i].seq = f.seq
+			return true
+		}
+	}
+	cf.seqs = append(cf.seqs, convSeq{f.conv, f.seq})
+	return true
+}
+
+// at moves the visitor's position in conv forward to seq.
+func (cf *cursorFilter) at(conv, seq int64) {
+	for i := range cf.seqs {
+		if cf.seqs[i].conv == conv {
+			cf.seqs[i].seq = max(cf.seqs[i].seq, seq)
+			return
+		}
+	}
+	cf.seqs = append(cf.seqs, convSeq{conv, seq})
+}
+
+// wsConn is one WebSocket connection.
+type wsConn struct {
+	rt   *realtime
+	ws   *websocket.Conn
+	kind audience // which endpoint it came in on
+
+	born     int64        // unix nanoseconds
+	lastSeen atomic.Int64 // when the client last sent anything
+	lastPing int64        // the wheel's goroutine only
+	authed   atomic.Bool
+	dying    atomic.Bool
+	expires  atomic.Int64 // agents: when the session ends (unix nanoseconds)
+
+	// Set by the read loop before the connection is registered; read-only
+	// after.
+	sub     sub
+	peer    *peer
+	token   string // agents: to check the session is still there
+	preAuth *core.Agent
+	release func() // presence
+
+	mu        sync.Mutex // guards the queue and the flags below
+	queue     []*frame
+	scheduled bool // in the writer pool's run queue, or being flushed
+	held      bool // resuming: frames wait until the replay is written
+	closed    bool
+
+	wmu    sync.Mutex // held while writing; guards filter
+	filter cursorFilter
+}
+
+// serveWS upgrades a visitor or agent connection.
+func (rt *realtime) serveWS(aud audience) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !rt.c.originAllowed(r) {
+			httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, "origin not allowed")
+			return
+		}
+		if aud == audVisitor && !rt.allowRequest(w, r) {
+			return
+		}
+		if !rt.waitReady(r.Context()) {
+			httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "starting or stopping; retry")
+			return
+		}
+		var pre *core.Agent
+		var preExp time.Time
+		tok := bearerToken(r)
+		if aud == audAgent && tok != "" {
+			a, s, err := rt.c.authenticateAgent(r.Context(), tok)
+			if err != nil {
+				httpx.FromError(w, rt.log, err)
+				return
+			}
+			pre, preExp = &a, s.ExpiresAt
+		}
+		ws, err := rt.up.Upgrade(w, r, nil)
+		if err != nil {
+			return // Upgrade has answered
+		}
+		now := time.Now().UnixNano()
+		c := &wsConn{rt: rt, ws: ws, kind: aud, born: now, lastPing: now, preAuth: pre}
+		if pre != nil {
+			c.token = tok
+			c.expires.Store(preExp.UnixNano())
+		}
+		c.lastSeen.Store(now)
+		if !rt.conns.add(c) {
+			c.closeWith(closeGoingAway, "server shutting down")
+			return
+		}
+		rt.connWG.Add(1)
+		go c.serve()
+	}
+}
+
+func (c *wsConn) touch() { c.lastSeen.Store(time.Now().UnixNano()) }
+
+// serve is the connection's read loop: hello first, then frames until the
+// connection ends.
+//
+// It is kept small on purpose: an idle connection's goroutine sits in
+// ReadMessage, and its stack is what it uses there plus this frame. The
+// work a frame causes (store reads, commits) runs in onFrame, whose deeper
+// stack the runtime shrinks again at the next collections.
+func (c *wsConn) serve() {
+	defer c.rt.connWG.Done()
+	defer c.cleanup()
+	c.setup()
+	for {
+		typ, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		ok := false
+		if c.peer == nil {
+			ok = c.onFrameAside(typ, data)
+		} else {
+			ok = c.onFrame(typ, data)
+		}
+		if !ok {
+			return
+		}
+	}
+}
+
+// onFrameAside runs onFrame on a goroutine of its own and waits for it.
+// Until hello is done, frames go this way: authentication and the replay
+// read the store through deep call chains, and the stack they grow is
+// freed with that goroutine instead of staying with every idle connection
+// until collections shrink it.
+func (c *wsConn) onFrameAside(typ int, data []byte) bool {
+	done := make(chan bool, 1)
+	go func() { done <- c.onFrame(typ, data) }()
+	return <-done
+}
+
+func (c *wsConn) setup() {
+	c.ws.SetReadLimit(c.rt.c.cfg.MaxFrameBytes)
+	c.ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	c.ws.SetPingHandler(func(data string) error {
+		c.touch()
+		// A failed pong is not the reader's problem: a broken connection
+		// fails the next read.
+		_ = c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(closeWait))
+		return nil
+	})
+}
+
+// onFrame handles one frame and reports whether to read on.
+//
+//go:noinline
+func (c *wsConn) onFrame(typ int, data []byte) bool {
+	c.touch()
+	// An idle connection's only traffic is the answer to the server's ping:
+	// take it without the JSON decoder, so that it costs (and grows the
+	// stack by) next to nothing.
+	if typ == websocket.TextMessage && isFrameType(data, framePong) {
+		return true
+	}
+	if typ != websocket.TextMessage {
+		c.push(errorFrame(badFrame("frames are JSON text messages")))
+		return true
+	}
+	f, perr := decodeFrame(data)
+	if perr != nil {
+		c.push(errorFrame(perr))
+		return true
+	}
+	ctx := c.rt.ctx
+	if c.peer == nil {
+		if f.Type != frameHello {
+			c.fail(&protoError{Code: codeHelloRequired, Msg: "the first frame must be hello", Close: closeProtocol})
+			return false
+		}
+		if err := c.start(ctx, &f); err != nil {
+			c.fail(toProtoError(err, "", c.rt.log))
+			return false
+		}
+		return true
+	}
+	if reply := c.peer.handle(ctx, &f); reply != nil {
+		c.push(reply)
+	}
+	return true
+}
+
+// start authenticates a hello, registers the connection with the hub, and
+// writes the welcome, the replay and synced before any live frame.
+func (c *wsConn) start(ctx context.Context, f *inFrame) error {
+	rt := c.rt
+	p := &peer{rt: rt}
+	var convs []int64
+	if c.kind == audAgent {
+		a, err := c.agentHello(ctx, f.Token)
+		if err != nil {
+			return err
+		}
+		p.agent = &a
+		c.sub = sub{aud: audAgent, agentID: a.ID, out: c}
+		c.release = rt.svc.Presence().Connect(a.ID)
+		after := rt.hub.released.Load() // no cursor: from now on
+		if f.Cursor != nil {
+			after = *f.Cursor
+		}
+		c.filter = cursorFilter{agent: true, lastID: after}
+	} else {
+		v, err := rt.parseVisitor(f.Token)
+		if err != nil {
+			return &protoError{Code: codeUnauthorized, Msg: err.Error(), Close: closeUnauthorized}
+		}
+		p.vis = v
+		if f.ConversationID > 0 {
+			if _, err := rt.visitorConversation(ctx, v.identity, f.ConversationID); err != nil {
+				if errors.Is(err, core.ErrNotFound) {
+					return &protoError{Code: codeNotFound, Msg: "no such conversation", Close: closeNotFound}
+				}
+				return err
+			}
+			p.own(f.ConversationID)
+			convs = append(convs, f.ConversationID)
+			c.filter.at(f.ConversationID, f.LastSeq)
+		}
+		c.sub = sub{aud: audVisitor, identity: v.identity, out: c}
+	}
+	c.peer = p
+	c.mu.Lock()
+	c.held = true
+	c.mu.Unlock()
+	rt.hub.register(&c.sub, convs...)
+	c.authed.Store(true)
+
+	welcome := welcomeOut{Type: frameWelcome, PingIntervalMS: rt.c.cfg.PingInterval.Milliseconds(), MaxFrameBytes: rt.c.cfg.MaxFrameBytes}
+	if p.isAgent() {
+		welcome.Agent = &agentInfo{ID: p.agent.ID, Email: p.agent.Email, Name: p.agent.Name, Role: p.agent.Role}
+	} else {
+		welcome.Visitor = p.vis.info()
+	}
+	// The replay is written directly, ahead of anything queued; a client
+	// taking it in is alive, so it counts as activity.
+	write := func(f *frame) error {
+		c.touch()
+		return c.write(f)
+	}
+	c.wmu.Lock()
+	err := c.write(&frame{data: mustJSON(welcome)})
+	var cur cursorOut
+	if err == nil {
+		if p.isAgent() {
+			var last int64
+			last, err = p.replayAgent(ctx, c.filter.lastID, 0, write)
+			cur = agentCursor(max(last, c.filter.lastID))
+		} else {
+			var conv, seq int64
+			var replayed []int64
+			conv, seq, replayed, err = p.replayVisitor(ctx, f.ConversationID, f.LastSeq, 0, write)
+			for _, id := range replayed {
+				rt.hub.joinIdentity(p.vis.identity, id)
+			}
+			cur = visitorCursor(conv, seq)
+		}
+	}
+	if err == nil {
+		err = c.write(syncedFrame(cur))
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		return err
+	}
+	c.unhold()
+	return nil
+}
+
+func (c *wsConn) agentHello(ctx context.Context, tok string) (core.Agent, error) {
+	if tok == "" && c.preAuth != nil {
+		return *c.preAuth, nil
+	}
+	a, s, err := c.rt.c.authenticateAgent(ctx, tok)
+	if err != nil {
+		if errors.Is(err, errUnauthorized) {
+			return a, &protoError{Code: codeUnauthorized, Msg: errUnauthorized.Msg, Close: closeUnauthorized}
+		}
+		return a, err
+	}
+	c.token = tok
+	c.expires.Store(s.ExpiresAt.UnixNano())
+	return a, nil
+}
+
+// fail tells the client what went wrong and, when the error says so,
+// closes the connection with its code.
+func (c *wsConn) fail(e *protoError) {
+	c.wmu.Lock()
+	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	_ = c.ws.WriteMessage(websocket.TextMessage, errorFrame(e).data)
+	c.wmu.Unlock()
+	code := e.Close
+	if code == 0 {
+		code = closeProtocol
+		if e.Code == codeInternal || e.Code == codeUnavailable {
+			code = websocket.CloseInternalServerErr
+		}
+	}
+	c.closeWith(code, e.Code)
+}
+
+// push implements outlet: it queues f without blocking. A connection whose
+// queue is full is a slow consumer: it is dropped with closeSlowConsumer
+// and resumes when it reconnects.
+func (c *wsConn) push(f *frame) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue) >= c.rt.c.cfg.SendQueue {
+		c.closed, c.queue = true, nil
+		c.mu.Unlock()
+		c.rt.stats.slowConsumers.Add(1)
+		go c.closeWith(closeSlowConsumer, codeSlowConsumer)
+		return
+	}
+	c.queue = append(c.queue, f)
+	sched := !c.held && !c.scheduled
+	if sched {
+		c.scheduled = true
+	}
+	c.mu.Unlock()
+	if sched {
+		c.rt.writers.submit(c)
+	}
+}
+
+// unhold lets queued frames go once the replay is written.
+func (c *wsConn) unhold() {
+	c.mu.Lock()
+	c.held = false
+	sched := len(c.queue) > 0 && !c.scheduled && !c.closed
+	if sched {
+		c.scheduled = true
+	}
+	c.mu.Unlock()
+	if sched {
+		c.rt.writers.submit(c)
+	}
+}
+
+// write writes one frame unless the filter drops it. wmu must be held.
+func (c *wsConn) write(f *frame) error {
+	if !c.filter.pass(f) {
+		return nil
+	}
+	if err := c.ws.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+		return err
+	}
+	if err := c.ws.WriteMessage(websocket.TextMessage, f.data); err != nil {
+		return err
+	}
+	return nil
+}
+
+// flush writes the queue; called by a writer of the pool.
+func (c *wsConn) flush() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for round := 0; ; round++ {
+		c.mu.Lock()
+		batch := c.queue
+		if len(batch) == 0 || c.held || c.closed {
+			c.scheduled = false
+			c.mu.Unlock()
+			return
+		}
+		if round == maxFlushRounds {
+			c.mu.Unlock()
+			c.rt.writers.submit(c) // still scheduled: others first
+			return
+		}
+		c.queue = nil
+		c.mu.Unlock()
+		for _, f := range batch {
+			if err := c.write(f); err != nil {
+				c.mu.Lock()
+				c.closed, c.queue, c.scheduled = true, nil, false
+				c.mu.Unlock()
+				_ = c.ws.Close()
+				return
+			}
+		}
+	}
+}
+
+// closeWith sends a close frame with code (best effort, bounded by
+// closeWait) and closes the connection; its read loop then ends and cleans
+// up. Only the first call does anything.
+func (c *wsConn) closeWith(code int, reason string) {
+	if !c.dying.CompareAndSwap(false, true) {
+		return
+	}
+	c.mu.Lock()
+	c.closed, c.queue = true, nil
+	c.mu.Unlock()
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeWait))
+	_ = c.ws.Close()
+}
+
+// cleanup runs when the read loop ends.
+func (c *wsConn) cleanup() {
+	if c.peer != nil {
+		c.rt.hub.unregister(&c.sub)
+	}
+	if c.release != nil {
+		c.release()
+	}
+	c.rt.conns.remove(c)
+	c.mu.Lock()
+	c.closed, c.queue = true, nil
+	c.mu.Unlock()
+	_ = c.ws.Close()
+}
+
+// writerPool is the shared pool of goroutines that write connections'
+// queues. A connection is in the run queue at most once (its scheduled
+// flag), so the run queue never holds more than the connections.
+type writerPool struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	ready []*wsConn
+	head  int
+	stop  bool
+	wg    sync.WaitGroup
+}
+
+func newWriterPool() *writerPool {
+	p := &writerPool{}
+	p.cond.L = &p.mu
+	return p
+}
+
+func (p *writerPool) start(n int) {
+	for range n {
+		p.wg.Add(1)
+		go p.work()
+	}
+}
+
+func (p *writerPool) submit(c *wsConn) {
+	p.mu.Lock()
+	p.ready = append(p.ready, c)
+	p.mu.Unlock()
+	p.cond.Signal()
+}
+
+func (p *writerPool) work() {
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		for p.head == len(p.ready) && !p.stop {
+			p.cond.Wait()
+		}
+		if p.stop {
+			p.mu.Unlock()
+			return
+		}
+		c := p.ready[p.head]
+		p.ready[p.head] = nil
+		p.head++
+		if p.head == len(p.ready) {
+			p.ready, p.head = p.ready[:0], 0
+		} else if p.head > 1024 && p.head*2 > len(p.ready) {
+			n := copy(p.ready, p.ready[p.head:])
+			clear(p.ready[n:])
+			p.ready, p.head = p.ready[:n], 0
+		}
+		p.mu.Unlock()
+		c.flush()
+	}
+}
+
+// close stops the writers and waits for them.
+func (p *writerPool) close() {
+	p.mu.Lock()
+	p.stop = true
+	p.mu.Unlock()
+	p.cond.Broadcast()
+	p.wg.Wait()
+}
+
+// connSet holds the node's WebSocket connections, for the wheel and for
+// shutdown.
+type connSet struct {
+	shards [16]struct {
+		mu sync.Mutex
+		m  map[*wsConn]struct{}
+	}
+	closed atomic.Bool
+	n      atomic.Int64
+}
+
+func newConnSet() *connSet {
+	s := &connSet{}
+	for i := range s.shards {
+		s.shards[i].m = map[*wsConn]struct{}{}
+	}
+	return s
+}
+
+func (s *connSet) shard(c *wsConn) int { return int(uint64(c.born) % uint64(len(s.shards))) }
+
+func (s *connSet) add(c *wsConn) bool {
+	sh := &s.shards[s.shard(c)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if s.closed.Load() {
+		return false
+	}
+	sh.m[c] = struct{}{}
+	s.n.Add(1)
+	return true
+}
+
+func (s *connSet) remove(c *wsConn) {
+	sh := &s.shards[s.shard(c)]
+	sh.mu.Lock()
+	if _, ok := sh.m[c]; ok {
+		delete(sh.m, c)
+		s.n.Add(-1)
+	}
+	sh.mu.Unlock()
+}
+
+// snapshot appends every connection to buf.
+func (s *connSet) snapshot(buf []*wsConn) []*wsConn {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for c := range sh.m {
+			buf = append(buf, c)
+		}
+		sh.mu.Unlock()
+	}
+	return buf
+}
+
+// closeAll refuses new connections and snapshots the current ones.
+func (s *connSet) closeAll(buf []*wsConn) []*wsConn {
+	for i := range s.shards {
+		s.shards[i].mu.Lock()
+	}
+	s.closed.Store(true)
+	for i := range s.shards {
+		s.shards[i].mu.Unlock()
+	}
+	return s.snapshot(buf)
+}

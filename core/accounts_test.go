@@ -1,0 +1,242 @@
+package core_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/core"
+)
+
+type nopNotifier struct{}
+
+func (nopNotifier) Publish(context.Context, ...core.Update)   {}
+func (nopNotifier) Deliver(context.Context, core.OutboxEntry) {}
+
+type accounts struct {
+	svc                *core.Service
+	store              core.Store
+	presence           *core.MemoryPresence
+	admin, alice, carl core.Agent
+}
+
+// newAccounts returns a Service on a fresh SQLite store with one admin and
+// two agents (all with the password "password-<name>").
+func newAccounts(t *testing.T) *accounts {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	p := core.NewMemoryPresence()
+	svc := core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8},
+		core.Deps{Store: st, Presence: p, Notifier: nopNotifier{}})
+	// Seeded at bcrypt's lowest cost: the default cost takes most of a
+	// second per hash under the race detector.
+	var created []core.Agent
+	for _, sd := range []struct {
+		name string
+		role core.Role
+	}{{"root", core.RoleAdmin}, {"alice", core.RoleAgent}, {"carl", core.RoleAgent}} {
+		hash, err := bcrypt.GenerateFromPassword([]byte("password-"+sd.name), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := st.CreateAgent(ctx, core.Agent{Email: sd.name + "@example.com", Name: strings.ToUpper(sd.name[:1]) + sd.name[1:],
+			Role: sd.role, PasswordHash: string(hash), Active: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created = append(created, a)
+	}
+	return &accounts{svc: svc, store: st, presence: p, admin: created[0], alice: created[1], carl: created[2]}
+}
+
+func (a *accounts) session(t *testing.T, agentID int64, hash string) {
+	t.Helper()
+	if err := a.store.CreateSession(context.Background(), core.Session{TokenHash: hash, AgentID: agentID,
+		CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (a *accounts) hasSession(hash string) bool {
+	_, err := a.store.Session(context.Background(), hash)
+	return err == nil
+}
+
+func isErr(t *testing.T, what string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Errorf("%s: error %v, want %v", what, err, want)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestCreateAgent(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name     string
+		by       int64
+		agent    core.Agent
+		password string
+		want     error
+	}{
+		{"not an admin", a.alice.ID, core.Agent{Email: "x@example.com", Name: "X"}, "long-enough", core.ErrForbidden},
+		{"unknown actor", 999, core.Agent{Email: "x@example.com", Name: "X"}, "long-enough", core.ErrForbidden},
+		{"bad email", a.admin.ID, core.Agent{Email: "not an email", Name: "X"}, "long-enough", core.ErrInvalid},
+		{"display-name email", a.admin.ID, core.Agent{Email: "X <x@example.com>", Name: "X"}, "long-enough", core.ErrInvalid},
+		{"empty name", a.admin.ID, core.Agent{Email: "x@example.com", Name: "  "}, "long-enough", core.ErrInvalid},
+		{"control in name", a.admin.ID, core.Agent{Email: "x@example.com", Name: "a\nb"}, "long-enough", core.ErrInvalid},
+		{"bad role", a.admin.ID, core.Agent{Email: "x@example.com", Name: "X", Role: "root"}, "long-enough", core.ErrInvalid},
+		{"short password", a.admin.ID, core.Agent{Email: "x@example.com", Name: "X"}, "short", core.ErrInvalid},
+		{"taken email", a.admin.ID, core.Agent{Email: "ALICE@example.com", Name: "X"}, "long-enough", core.ErrConflict},
+	} {
+		if _, err := a.svc.CreateAgent(ctx, tc.by, tc.agent, tc.password); !errors.Is(err, tc.want) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	got, err := a.svc.CreateAgent(ctx, a.admin.ID, core.Agent{Email: "Dora@Example.com", Name: " Dora "}, "long-enough")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID == 0 || got.Email != "dora@example.com" || got.Name != "Dora" || got.Role != core.RoleAgent || !got.Active {
+		t.Fatalf("created %+v", got)
+	}
+	stored, err := a.store.AgentByEmail(ctx, "dora@example.com")
+	if err != nil || !stored.CheckPassword("long-enough") {
+		t.Fatalf("stored %+v, %v", stored, err)
+	}
+}
+
+func TestUpdateAgentRules(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+
+	// An agent renames themselves, but changes nothing else.
+	got, err := a.svc.UpdateAgent(ctx, a.alice.ID, a.alice.ID, core.AgentChange{Name: ptr(" Alice L. ")})
+	if err != nil || got.Name != "Alice L." {
+		t.Fatalf("rename self: %+v, %v", got, err)
+	}
+	_, err = a.svc.UpdateAgent(ctx, a.alice.ID, a.alice.ID, core.AgentChange{Role: ptr(core.RoleAdmin)})
+	isErr(t, "promote self", err, core.ErrForbidden)
+	_, err = a.svc.UpdateAgent(ctx, a.alice.ID, a.carl.ID, core.AgentChange{Name: ptr("C")})
+	isErr(t, "rename another", err, core.ErrForbidden)
+	_, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{Role: ptr(core.Role("owner"))})
+	isErr(t, "bad role", err, core.ErrInvalid)
+	_, err = a.svc.UpdateAgent(ctx, a.admin.ID, 999, core.AgentChange{Name: ptr("X")})
+	isErr(t, "missing agent", err, core.ErrNotFound)
+
+	// The only admin can neither demote nor deactivate themselves.
+	_, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.admin.ID, core.AgentChange{Role: ptr(core.RoleAgent)})
+	isErr(t, "demote the last admin", err, core.ErrConflict)
+	_, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.admin.ID, core.AgentChange{Active: ptr(false)})
+	isErr(t, "deactivate the last admin", err, core.ErrConflict)
+	if cur, _ := a.store.Agent(ctx, a.admin.ID); cur.Role != core.RoleAdmin || !cur.Active {
+		t.Fatalf("refused change was applied: %+v", cur)
+	}
+
+	// With a second admin, the first may step down.
+	if _, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{Role: ptr(core.RoleAdmin)}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.admin.ID, core.AgentChange{Role: ptr(core.RoleAgent)})
+	if err != nil || got.Role != core.RoleAgent {
+		t.Fatalf("demote with another admin: %+v, %v", got, err)
+	}
+	// An inactive admin does not count.
+	_, err = a.svc.UpdateAgent(ctx, a.alice.ID, a.alice.ID, core.AgentChange{Active: ptr(false)})
+	isErr(t, "alice is now the last admin", err, core.ErrConflict)
+}
+
+func TestDeactivateRequeuesAndRevokes(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	// Carl is at his console and takes a conversation.
+	releaseCarl := a.presence.Connect(a.carl.ID)
+	defer releaseCarl()
+	in, err := a.svc.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v1",
+		Message: core.Message{Kind: core.KindText, Text: "hello"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := a.store.Conversation(ctx, in.Conversation.ID); c.AssigneeID != a.carl.ID {
+		t.Fatalf("conversation not routed to carl: %+v", c)
+	}
+	a.session(t, a.carl.ID, "carl-1")
+	a.session(t, a.alice.ID, "alice-1")
+	releaseAlice := a.presence.Connect(a.alice.ID)
+	defer releaseAlice()
+
+	got, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.carl.ID, core.AgentChange{Active: ptr(false), Name: ptr("Carl (left)")})
+	if err != nil || got.Active || got.Name != "Carl (left)" {
+		t.Fatalf("deactivate: %+v, %v", got, err)
+	}
+	stored, _ := a.store.Agent(ctx, a.carl.ID)
+	if stored.Active || stored.Name != "Carl (left)" {
+		t.Fatalf("stored %+v", stored)
+	}
+	// Carl's console is still connected, but the conversation goes to Alice.
+	if c, _ := a.store.Conversation(ctx, in.Conversation.ID); c.AssigneeID != a.alice.ID || c.Status != core.StatusOpen {
+		t.Fatalf("conversation after deactivation: %+v, want it with alice", c)
+	}
+	if a.hasSession("carl-1") || !a.hasSession("alice-1") {
+		t.Fatal("deactivation must revoke carl's sessions and only his")
+	}
+	// Reactivated, he is routed to again.
+	if _, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.carl.ID, core.AgentChange{Active: ptr(true)}); err != nil {
+		t.Fatal(err)
+	}
+	if avail, _ := a.presence.Available(ctx); len(avail) != 2 {
+		t.Fatalf("available after reactivation = %v, want alice and carl", avail)
+	}
+}
+
+func TestPasswords(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	a.session(t, a.alice.ID, "alice-1")
+	a.session(t, a.alice.ID, "alice-2")
+	a.session(t, a.carl.ID, "carl-1")
+
+	isErr(t, "wrong current", a.svc.ChangePassword(ctx, a.alice.ID, "nope", "new-password-1"), core.ErrForbidden)
+	isErr(t, "too short", a.svc.ChangePassword(ctx, a.alice.ID, "password-alice", "short"), core.ErrInvalid)
+	if !a.hasSession("alice-1") {
+		t.Fatal("a refused change revoked sessions")
+	}
+	if err := a.svc.ChangePassword(ctx, a.alice.ID, "password-alice", "new-password-1"); err != nil {
+		t.Fatal(err)
+	}
+	if stored, _ := a.store.Agent(ctx, a.alice.ID); !stored.CheckPassword("new-password-1") || stored.Name != "Alice" {
+		t.Fatalf("after change: %+v", stored)
+	}
+	if a.hasSession("alice-1") || a.hasSession("alice-2") || !a.hasSession("carl-1") {
+		t.Fatal("a password change revokes the agent's sessions, and only theirs")
+	}
+
+	isErr(t, "reset by an agent", a.svc.ResetPassword(ctx, a.alice.ID, a.carl.ID, "new-password-2"), core.ErrForbidden)
+	isErr(t, "reset a missing agent", a.svc.ResetPassword(ctx, a.admin.ID, 999, "new-password-2"), core.ErrNotFound)
+	if err := a.svc.ResetPassword(ctx, a.admin.ID, a.carl.ID, "new-password-2"); err != nil {
+		t.Fatal(err)
+	}
+	if stored, _ := a.store.Agent(ctx, a.carl.ID); !stored.CheckPassword("new-password-2") {
+		t.Fatal("reset did not set the password")
+	}
+	if a.hasSession("carl-1") {
+		t.Fatal("a reset revokes the agent's sessions")
+	}
+}
