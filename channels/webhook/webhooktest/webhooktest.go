@@ -67,6 +67,10 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 		select {
 		case <-block:
 		case <-req.Context().Done():
+		}
+		// Both may be ready at once: a request whose client has gone (a
+		// killed kefu) was not delivered, whatever select picked.
+		if req.Context().Err() != nil {
 			return
 		}
 	}
