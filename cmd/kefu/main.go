@@ -28,8 +28,11 @@ import (
 	"github.com/kefuhq/kefu/node"
 
 	// Channel types shipped in the binary register themselves.
+	_ "github.com/kefuhq/kefu/channels/slack"
 	_ "github.com/kefuhq/kefu/channels/web"
 	_ "github.com/kefuhq/kefu/channels/webhook"
+	_ "github.com/kefuhq/kefu/channels/wechat"
+	_ "github.com/kefuhq/kefu/channels/wecom"
 	_ "github.com/kefuhq/kefu/channels/whatsapp"
 )
 

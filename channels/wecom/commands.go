@@ -1,0 +1,174 @@
+package wecom
+
+import (
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// Op is what an agent's text asks for.
+type Op string
+
+const (
+	OpReply    Op = "reply"    // a plain reply: to the selected or only conversation
+	OpAnswer   Op = "answer"   // "#123 text": answer 123 (and select it)
+	OpSelect   Op = "select"   // "#123" alone: select 123
+	OpOn       Op = "on"       // /on
+	OpOff      Op = "off"      // /off
+	OpList     Op = "list"     // /list
+	OpTake     Op = "take"     // /take 123
+	OpClose    Op = "close"    // /close [123]
+	OpTransfer Op = "transfer" // /transfer 123 bob
+	OpHelp     Op = "help"     // /help
+	OpUsage    Op = "usage"    // a known command with bad arguments; Text says how to use it
+	OpUnknown  Op = "unknown"  // "/something" else; Text is the word
+	OpEmpty    Op = "empty"    // nothing but spaces
+)
+
+// Command is an agent's text, parsed.
+type Command struct {
+	Op   Op
+	Conv int64  // the conversation named (#123, /take 123…); 0 when none
+	Who  string // /transfer's target agent
+	Text string // the reply (OpReply, OpAnswer), or a usage hint (OpUsage)
+}
+
+// Usage lines, also the /help text.
+var usage = map[Op]string{
+	OpTake:     "/take 123 — take conversation #123",
+	OpClose:    "/close [123] — close #123 (or the conversation a plain reply would go to)",
+	OpTransfer: "/transfer 123 bob — give #123 to bob (an agent's name or the part of their email before @; \"me\" is you)",
+}
+
+// maxConvDigits bounds a conversation number.
+const maxConvDigits = 15
+
+// ParseCommand reads an agent's text message. Full-width "＃" and "／" (as
+// Chinese keyboards type them) count as "#" and "/", and the ideographic
+// space as a space. A reply that must start with "/" or "#" can be sent
+// as "#123 /text".
+func ParseCommand(s string) Command {
+	s = strings.TrimFunc(s, unicode.IsSpace)
+	if s == "" {
+		return Command{Op: OpEmpty}
+	}
+	switch {
+	case strings.HasPrefix(s, "＃"):
+		s = "#" + strings.TrimPrefix(s, "＃")
+	case strings.HasPrefix(s, "／"):
+		s = "/" + strings.TrimPrefix(s, "／")
+	}
+	switch s[0] {
+	case '#':
+		digits, rest := leadingDigits(s[1:])
+		if digits == "" || (rest != "" && !startsWithSpace(rest)) {
+			return Command{Op: OpReply, Text: s} // "#hashtag": just text
+		}
+		n, ok := convNumber(digits)
+		if !ok {
+			return Command{Op: OpReply, Text: s}
+		}
+		text := strings.TrimFunc(rest, unicode.IsSpace)
+		if text == "" {
+			return Command{Op: OpSelect, Conv: n}
+		}
+		return Command{Op: OpAnswer, Conv: n, Text: text}
+	case '/':
+		return parseSlash(s[1:])
+	}
+	return Command{Op: OpReply, Text: s}
+}
+
+func parseSlash(s string) Command {
+	fields := strings.FieldsFunc(s, unicode.IsSpace)
+	if len(fields) == 0 {
+		return Command{Op: OpUnknown, Text: "/"}
+	}
+	word, args := strings.ToLower(fields[0]), fields[1:]
+	switch word {
+	case "on", "off", "list", "help":
+		if len(args) > 0 {
+			return Command{Op: OpUsage, Text: "/" + word + " takes no arguments"}
+		}
+		return Command{Op: Op(word)}
+	case "take":
+		if len(args) != 1 {
+			return Command{Op: OpUsage, Text: usage[OpTake]}
+		}
+		n, ok := convArg(args[0])
+		if !ok {
+			return Command{Op: OpUsage, Text: usage[OpTake]}
+		}
+		return Command{Op: OpTake, Conv: n}
+	case "close":
+		switch len(args) {
+		case 0:
+			return Command{Op: OpClose}
+		case 1:
+			if n, ok := convArg(args[0]); ok {
+				return Command{Op: OpClose, Conv: n}
+			}
+		}
+		return Command{Op: OpUsage, Text: usage[OpClose]}
+	case "transfer":
+		if len(args) != 2 {
+			return Command{Op: OpUsage, Text: usage[OpTransfer]}
+		}
+		n, ok := convArg(args[0])
+		if !ok || len(args[1]) > 254 {
+			return Command{Op: OpUsage, Text: usage[OpTransfer]}
+		}
+		return Command{Op: OpTransfer, Conv: n, Who: args[1]}
+	}
+	if len(word) > 32 {
+		word = word[:32]
+	}
+	return Command{Op: OpUnknown, Text: "/" + strings.ToValidUTF8(word, "")}
+}
+
+// convArg reads "123" or "#123" (or "＃123").
+func convArg(s string) (int64, bool) {
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "＃"), "#")
+	digits, rest := leadingDigits(s)
+	if rest != "" {
+		return 0, false
+	}
+	return convNumber(digits)
+}
+
+func convNumber(digits string) (int64, bool) {
+	if digits == "" || len(digits) > maxConvDigits {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	return n, err == nil && n > 0
+}
+
+func leadingDigits(s string) (digits, rest string) {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+func startsWithSpace(s string) bool {
+	for _, r := range s {
+		return unicode.IsSpace(r)
+	}
+	return false
+}
+
+// helpText answers /help.
+const helpText = `kefu commands:
+#123 text — answer conversation #123 (and select it)
+#123 — select #123: plain replies go there
+text — a plain reply: to the conversation you selected, or to your only open one
+/on — available: new conversations are assigned to you
+/off — away: no new conversations
+/list — your conversations and the queue
+` + "/take 123 — take conversation #123\n" +
+	"/close [123] — close #123 (or the one a plain reply would go to)\n" +
+	"/transfer 123 bob — give #123 to bob (name, or email before @; \"me\" is you)\n" +
+	"/help — this list\n" +
+	"Images you send go to the conversation a plain reply would go to."

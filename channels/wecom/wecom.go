@@ -1,0 +1,302 @@
+// Package wecom is kefu's Work WeChat channel (type "wecom"): agents answer
+// customers from the Work WeChat (企业微信) app on their phones. It is an
+// agent-side channel: it has no customers of its own.
+//
+//   - Notifications: an agent with wecom_userid gets an app message when a
+//     conversation is assigned or transferred to them (with the customer
+//     messages that waited) and for each new customer message in their
+//     conversations: "[#123 WeChat · 张三] text", plus images. The channel
+//     learns of these by following the message log (bridge.FollowHandler),
+//     from a durable cursor.
+//   - Notifications and command answers go out through this channel's
+//     outbox, one key per WeCom user: they are committed before they are
+//     sent, survive a restart, keep their order per agent, and one agent's
+//     rate limit (Work WeChat takes about 30 app messages per minute per
+//     member) or failure delays only that agent. Sending from the follower
+//     directly would stall every agent's notifications behind one failing
+//     one, since the follower does not move on until a message is handled.
+//   - Replies and commands arrive as the app's callbacks at /webhooks/NAME,
+//     always encrypted: msg_signature is checked in constant time with a
+//     fresh timestamp, the body decrypted with the EncodingAESKey and its
+//     CorpID checked. A bad one is answered 403 and nothing is stored.
+//   - "#123 text" answers conversation 123; a plain reply goes to the
+//     conversation the agent last selected ("#123 …" or "/take 123") or, with
+//     no selection, to their only open one; when a notification from another
+//     conversation arrived since, kefu asks for "#123" and sends nothing.
+//     Commands: /on, /off, /list, /take 123, /close [123],
+//     /transfer 123 bob, /help. Replies go through core.Service.Reply, the
+//     console's path.
+//
+// Setup, YAML, commands and limits: docs/channels/wecom.md.
+package wecom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/silenceper/wechat/v2/credential"
+
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/channels"
+	"github.com/kefuhq/kefu/channels/wechat/wxapi"
+	"github.com/kefuhq/kefu/config"
+	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/httpx"
+	"github.com/kefuhq/kefu/media"
+)
+
+// Type is the channel type name.
+const Type = "wecom"
+
+// DefaultAPIBase is Work WeChat's API.
+const DefaultAPIBase = "https://" + wxapi.WorkHost
+
+// Limits kefu applies.
+const (
+	// MaxBodyBytes caps a callback body.
+	MaxBodyBytes = 64 << 10
+	// maxEchoStr bounds the URL check's echostr.
+	maxEchoStr = 1024
+	// perMinute and burst rate-limit app messages to one member: Work
+	// WeChat accepts about 30 per minute per member per app.
+	perMinute = 30
+	burst     = 20
+	// backlogSize is how many waiting customer messages an assignment
+	// notification shows.
+	backlogSize = 10
+	// agentsTTL is how long the agent list is cached.
+	agentsTTL = 5 * time.Second
+)
+
+// Config is the channel's section of kefu.yaml.
+type Config struct {
+	// CorpID is the company's Work WeChat id (企业ID), "ww…".
+	CorpID string `yaml:"corp_id"`
+	// AgentID is the self-built app's AgentId (应用 AgentId).
+	AgentID int64 `yaml:"agent_id"`
+	// Secret is the app's Secret.
+	Secret string `yaml:"secret"`
+	// Token is the token of the app's API callback (接收消息 → API接收).
+	Token string `yaml:"token"`
+	// EncodingAESKey is the 43-character key of the app's API callback.
+	EncodingAESKey string `yaml:"encoding_aes_key"`
+	// APIBase is Work WeChat's API base URL (a proxy or a test server).
+	// Every wecom instance in one process must use the same one.
+	APIBase string `yaml:"api_base"`
+	// ChannelNames are the names agents see for customer channel
+	// instances in notifications ("[#123 WeChat · 张三]"), keyed by
+	// instance name. Instances not listed show a name for their usual
+	// instance name (wechat → WeChat, whatsapp → WhatsApp…) or the
+	// instance name itself.
+	ChannelNames map[string]string `yaml:"channel_names"`
+}
+
+// Validate implements config.Section: every problem at once.
+func (c *Config) Validate() error {
+	errs := []error{
+		config.Required("corp_id", c.CorpID),
+		config.Required("secret", c.Secret),
+		config.Required("token", c.Token),
+		config.Required("encoding_aes_key", c.EncodingAESKey),
+		config.URL("api_base", c.APIBase),
+	}
+	if c.AgentID <= 0 {
+		errs = append(errs, config.Errorf("agent_id", "required: the app's AgentId, a positive number"))
+	}
+	if c.EncodingAESKey != "" {
+		if err := wxapi.CheckAESKey(c.EncodingAESKey); err != nil {
+			errs = append(errs, config.Errorf("encoding_aes_key", "%s", err))
+		}
+	}
+	if c.APIBase != "" {
+		if _, err := wxapi.ParseBase(c.APIBase); err != nil {
+			errs = append(errs, config.Errorf("api_base", "must be an absolute http(s) URL without query"))
+		}
+	}
+	keys := make([]string, 0, len(c.ChannelNames))
+	for k := range c.ChannelNames {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if v := c.ChannelNames[k]; strings.TrimSpace(v) == "" || len(v) > 64 {
+			errs = append(errs, config.Errorf("channel_names."+k, "must be 1 to 64 bytes"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func init() {
+	channels.Register(Type, func() config.Section {
+		return &Config{APIBase: DefaultAPIBase}
+	}, func(name string, sec config.Section, deps channels.Deps) (channels.Channel, error) {
+		return New(name, *sec.(*Config), deps)
+	})
+}
+
+// Channel is one Work WeChat app.
+type Channel struct {
+	name    string
+	cfg     Config
+	svc     *core.Service
+	store   core.Store
+	media   *media.Store
+	log     *slog.Logger
+	now     func() time.Time
+	kicker  *bridge.Notifier // nil without a bus: entries wait for the outbox sweep
+	tokens  *wxapi.Tokens
+	limiter *httpx.Limiter
+
+	agentsMu sync.Mutex
+	agents   []core.Agent
+	agentsAt time.Time
+
+	releaseOnce sync.Once
+	release     func()
+}
+
+// New builds a channel instance. It routes qyapi.weixin.qq.com to
+// cfg.APIBase for the whole process until Close (or the end of Run).
+func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
+	if cfg.APIBase == "" {
+		cfg.APIBase = DefaultAPIBase
+	}
+	if deps.Service == nil || deps.Media == nil {
+		return nil, errors.New("wecom: Service and Media are required")
+	}
+	release, err := wxapi.Route(wxapi.WorkHost, cfg.APIBase)
+	if err != nil {
+		return nil, fmt.Errorf("wecom: %w", err)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	cache := wxapi.NewCache()
+	handle := credential.NewWorkAccessToken(cfg.CorpID, cfg.Secret, strconv.FormatInt(cfg.AgentID, 10), credential.CacheKeyWorkPrefix, cache)
+	c := &Channel{
+		name:    name,
+		cfg:     cfg,
+		svc:     deps.Service,
+		store:   deps.Service.Store(),
+		media:   deps.Media,
+		log:     log.With("channel", name),
+		now:     time.Now,
+		tokens:  wxapi.NewTokens(cache, "gettoken", handle.GetAccessTokenContext),
+		limiter: httpx.NewLimiter(perMinute, time.Minute, burst),
+		release: release,
+	}
+	if deps.Bus != nil {
+		c.kicker = bridge.NewNotifier(bridge.NotifierConfig{Node: deps.NodeID, Publisher: deps.Bus.Publisher(), Logger: c.log})
+	}
+	if deps.PublicURL != "" {
+		c.log.Info("wecom: the URL for the app's API callback (接收消息)", "url", strings.TrimRight(deps.PublicURL, "/")+"/webhooks/"+name)
+	}
+	return c, nil
+}
+
+// Name implements channels.Channel.
+func (c *Channel) Name() string { return c.name }
+
+// Type implements channels.Channel.
+func (c *Channel) Type() string { return Type }
+
+// Run implements channels.Runner. The channel has no loop of its own (the
+// node runs its follower and its outbox delivery); Run holds the
+// instance's api_base route while the node runs and releases it when ctx
+// ends.
+func (c *Channel) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return c.Close()
+}
+
+// Close releases the api_base route. It is idempotent.
+func (c *Channel) Close() error {
+	c.releaseOnce.Do(c.release)
+	return nil
+}
+
+// Check implements channels.Checker: the channel is unusable when something
+// replaced the library's HTTP client, or when Work WeChat refused the last
+// access-token request (a wrong corp_id or secret, a server IP that is not
+// among the app's trusted IPs). It makes no network call.
+func (c *Channel) Check(context.Context) error {
+	if !wxapi.Installed() {
+		return errors.New("silenceper/wechat's HTTP client was replaced; api_base is not honoured")
+	}
+	var ae *wxapi.APIError
+	if err := c.tokens.LastError(); errors.As(err, &ae) && ae.Code != wxapi.CodeSystemBusy {
+		return fmt.Errorf("access token request refused by Work WeChat: %w", err)
+	}
+	return nil
+}
+
+// agentsList returns the agents, cached for agentsTTL.
+func (c *Channel) agentsList(ctx context.Context) ([]core.Agent, error) {
+	c.agentsMu.Lock()
+	defer c.agentsMu.Unlock()
+	if c.agents != nil && c.now().Sub(c.agentsAt) < agentsTTL {
+		return c.agents, nil
+	}
+	as, err := c.store.Agents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.agents, c.agentsAt = as, c.now()
+	return as, nil
+}
+
+// forgetAgents drops the cached agent list.
+func (c *Channel) forgetAgents() {
+	c.agentsMu.Lock()
+	c.agents = nil
+	c.agentsMu.Unlock()
+}
+
+// agentByID returns the agent with id (ok false when there is none).
+func (c *Channel) agentByID(ctx context.Context, id int64) (core.Agent, bool, error) {
+	as, err := c.agentsList(ctx)
+	if err != nil {
+		return core.Agent{}, false, err
+	}
+	for _, a := range as {
+		if a.ID == id {
+			return a, true, nil
+		}
+	}
+	return core.Agent{}, false, nil
+}
+
+// agentByUserID returns the agent whose wecom_userid is userID (Work
+// WeChat user ids are case-insensitive). The list is read afresh when the
+// user is not found, so a newly mapped agent works at once.
+func (c *Channel) agentByUserID(ctx context.Context, userID string) (core.Agent, bool, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		as, err := c.agentsList(ctx)
+		if err != nil {
+			return core.Agent{}, false, err
+		}
+		for _, a := range as {
+			if a.WeComUserID != "" && strings.EqualFold(a.WeComUserID, userID) {
+				return a, true, nil
+			}
+		}
+		c.forgetAgents()
+	}
+	return core.Agent{}, false, nil
+}
+
+var (
+	_ channels.Channel     = (*Channel)(nil)
+	_ channels.Runner      = (*Channel)(nil)
+	_ channels.Checker     = (*Channel)(nil)
+	_ bridge.Sender        = (*Channel)(nil)
+	_ bridge.FollowHandler = (*Channel)(nil)
+)
