@@ -26,6 +26,7 @@ import (
 	natsbus "github.com/kefuhq/kefu/adapters/bus/nats"
 	redisbus "github.com/kefuhq/kefu/adapters/bus/redis"
 	"github.com/kefuhq/kefu/adapters/media/local"
+	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/bridge"
 	"github.com/kefuhq/kefu/channels"
@@ -167,6 +168,14 @@ func openStore(ctx context.Context, c config.Store, log *slog.Logger) (core.Stor
 	switch c.Driver {
 	case "sqlite":
 		return sqlite.Open(ctx, sqlite.Options{Path: c.DSN, Sync: c.Sync, Logger: log})
+	case "postgres":
+		// store.sync does not apply: PostgreSQL's own settings
+		// (synchronous_commit) decide what a commit survives.
+		s, err := postgres.Open(ctx, postgres.Options{DSN: c.DSN, Logger: log})
+		if err != nil { // not a typed nil in the interface
+			return nil, err
+		}
+		return s, nil
 	default:
 		return nil, fmt.Errorf("store.driver %q is not available in this build", c.Driver)
 	}

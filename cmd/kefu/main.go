@@ -4,6 +4,8 @@
 //	kefu [serve] [-c FILE]      run a node (the default command)
 //	kefu config check -c FILE   check a config file, print every problem, exit 1 if any
 //	kefu version                print the version
+//	kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
+//	                            copy a SQLite store's data into PostgreSQL
 //	kefu telegram set-webhook -c FILE [--channel NAME]
 //	                            register a Telegram channel's webhook with Telegram
 //
@@ -13,18 +15,23 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
 	"time"
 
+	"github.com/kefuhq/kefu/adapters/store/postgres"
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/channels/telegram" // also registers the telegram channel type
 	"github.com/kefuhq/kefu/config"
+	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/node"
 
 	// Channel types shipped in the binary register themselves.
@@ -57,6 +64,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return configCheck(args[1:], stdout, stderr)
+	case "migrate":
+		if len(args) == 0 || args[0] != "sqlite-to-postgres" {
+			fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
+			return 2
+		}
+		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "kefu", buildVersion())
 		return 0
@@ -81,6 +94,8 @@ func usage(w io.Writer) {
   kefu [serve] [-c FILE]       run a node (default; KEFU_CONFIG=FILE works too)
   kefu config check -c FILE    check a config file and print every problem
   kefu version                 print the version
+  kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
+                               copy a SQLite store's data into PostgreSQL
   kefu telegram set-webhook -c FILE [--channel NAME]
                                register a Telegram channel's webhook with Telegram
 `)
@@ -209,4 +224,66 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// migrateSQLiteToPostgres is `kefu migrate sqlite-to-postgres`: it copies
+// every row of a SQLite store (IDs and sequence numbers kept) into a
+// PostgreSQL database, so that a deployment moving to store.driver: postgres
+// keeps its history. Stop the nodes using the SQLite file first. The target
+// must be empty unless -force, which replaces what it holds.
+func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("migrate sqlite-to-postgres", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	from := fs.String("from", "data/kefu.db", "the SQLite database file (store.dsn of the sqlite store)")
+	to := fs.String("to", "", "the PostgreSQL URL (postgres://…); its schema is created or migrated")
+	force := fs.Bool("force", false, "replace whatever the target database already holds")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *to == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
+		return 2
+	}
+	if _, err := os.Stat(*from); err != nil {
+		fmt.Fprintln(stderr, "kefu migrate:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "kefu migrate:", err)
+		return 1
+	}
+	// Opening the SQLite store brings its schema to this kefu's version.
+	quiet := slog.New(slog.DiscardHandler)
+	ss, err := sqlite.Open(ctx, sqlite.Options{Path: *from, Logger: quiet})
+	if err != nil {
+		return fail(err)
+	}
+	if err := ss.Close(); err != nil {
+		return fail(err)
+	}
+	src, err := sql.Open("sqlite", *from+"?_busy_timeout=10000&_query_only=on")
+	if err != nil {
+		return fail(err)
+	}
+	defer func() { _ = src.Close() }()
+	dst, err := postgres.Open(ctx, postgres.Options{DSN: *to, Logger: quiet})
+	if err != nil {
+		return fail(err)
+	}
+	defer func() { _ = dst.Close() }()
+	start := time.Now()
+	counts, err := postgres.ImportSQLite(ctx, src, dst, postgres.ImportOptions{Force: *force})
+	if errors.Is(err, core.ErrConflict) {
+		return fail(fmt.Errorf("%s already holds data; -force replaces it", *to))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	for _, c := range counts {
+		fmt.Fprintf(stdout, "%-14s %d\n", c.Table, c.Rows)
+	}
+	fmt.Fprintf(stdout, "copied %s to PostgreSQL in %s\n", *from, time.Since(start).Round(time.Millisecond))
+	return 0
 }
