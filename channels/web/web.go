@@ -213,6 +213,7 @@ func (c *Channel) Type() string { return Type }
 func (c *Channel) Mount(mux *http.ServeMux) {
 	c.rt.mount(mux)
 	c.api.mount(mux)
+	c.mountWidget(mux)
 }
 
 // Run implements channels.Runner: it feeds the hub from the bus and runs
