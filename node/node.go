@@ -150,6 +150,7 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 			n.windows[inst.Name] = w.ReplyWindow()
 		}
 	}
+	n.shareTemplates()
 	n.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	n.mux.HandleFunc("GET /readyz", n.serveReady)
 	n.mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
@@ -216,6 +217,32 @@ func (n *Node) seedAgents(ctx context.Context) error {
 		return fmt.Errorf("create configured agents: %w", err)
 	}
 	return nil
+}
+
+// shareTemplates lets channels that offer message templates to agents (the
+// web console) list those of the customer channels that have them
+// (WhatsApp), by instance name.
+func (n *Node) shareTemplates() {
+	type lister interface{ Templates() []string }
+	type user interface {
+		UseTemplates(func(channel string) []string)
+	}
+	byName := map[string]lister{}
+	for _, ch := range n.channels {
+		if l, ok := ch.(lister); ok {
+			byName[ch.Name()] = l
+		}
+	}
+	for _, ch := range n.channels {
+		if u, ok := ch.(user); ok {
+			u.UseTemplates(func(channel string) []string {
+				if l, ok := byName[channel]; ok {
+					return l.Templates()
+				}
+				return nil
+			})
+		}
+	}
 }
 
 // Service returns the node's core service.

@@ -237,7 +237,7 @@ func (p *peer) sendContent(ctx context.Context, f *inFrame) (core.Message, error
 		return core.Message{}, errNoUpload(f.ID)
 	case err != nil:
 		return core.Message{}, err
-	case !p.isAgent() && rec.Visitor != p.scope():
+	case !p.isAgent() && rec.Visitor != p.rt.visitorScope(p.vis):
 		return core.Message{}, errNoUpload(f.ID)
 	}
 	m := rec.Media

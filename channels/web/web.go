@@ -213,6 +213,7 @@ func (c *Channel) Type() string { return Type }
 func (c *Channel) Mount(mux *http.ServeMux) {
 	c.rt.mount(mux)
 	c.api.mount(mux)
+	c.mountConsole(mux)
 	c.mountWidget(mux)
 }
 

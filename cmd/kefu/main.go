@@ -4,10 +4,10 @@
 //	kefu [serve] [-c FILE]      run a node (the default command)
 //	kefu config check -c FILE   check a config file, print every problem, exit 1 if any
 //	kefu version                print the version
-//	kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
-//	                            copy a SQLite store's data into PostgreSQL
 //	kefu telegram set-webhook -c FILE [--channel NAME]
 //	                            register a Telegram channel's webhook with Telegram
+//	kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
+//	                            copy a SQLite store's data into PostgreSQL
 //
 // With no config file (and no KEFU_CONFIG), kefu serve runs the built-in
 // default: the web channel on :8080 with SQLite under ./data.
@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -64,12 +65,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return configCheck(args[1:], stdout, stderr)
-	case "migrate":
-		if len(args) == 0 || args[0] != "sqlite-to-postgres" {
-			fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
-			return 2
-		}
-		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "kefu", buildVersion())
 		return 0
@@ -79,6 +74,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return telegramSetWebhook(args[1:], stdout, stderr)
+	case "migrate":
+		if len(args) == 0 || args[0] != "sqlite-to-postgres" {
+			fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
+			return 2
+		}
+		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -94,10 +95,10 @@ func usage(w io.Writer) {
   kefu [serve] [-c FILE]       run a node (default; KEFU_CONFIG=FILE works too)
   kefu config check -c FILE    check a config file and print every problem
   kefu version                 print the version
-  kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
-                               copy a SQLite store's data into PostgreSQL
   kefu telegram set-webhook -c FILE [--channel NAME]
                                register a Telegram channel's webhook with Telegram
+  kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
+                               copy a SQLite store's data into PostgreSQL
 `)
 }
 
@@ -141,12 +142,46 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("kefu cannot start", "err", err)
 		return 1
 	}
+	if err := announce(ctx, n, cfg, stderr); err != nil {
+		log.Error("kefu cannot start", "err", err)
+		_ = n.Close()
+		return 1
+	}
 	if err := n.Run(ctx); err != nil {
 		log.Error("kefu stopped with an error", "err", err)
 		return 1
 	}
 	log.Info("kefu stopped")
 	return 0
+}
+
+// announce tells the operator where to go: the console and the demo page
+// (when a web channel is enabled), and on a fresh deployment the admin
+// account created for them, with its password. The password is printed
+// here, once, to stderr, and never logged: the store keeps only its hash.
+func announce(ctx context.Context, n *node.Node, cfg *config.Config, w io.Writer) error {
+	email, password, err := n.EnsureFirstAdmin(ctx)
+	if err != nil {
+		return err
+	}
+	web := false
+	for _, inst := range cfg.EnabledChannels() {
+		web = web || inst.Type == "web"
+	}
+	base := n.BaseURL()
+	var b strings.Builder
+	if web {
+		fmt.Fprintf(&b, "\nkefu is up.\n  console:  %s/console/\n  demo:     %s/demo   (the visitor widget on a sample page: chat with yourself)\n", base, base)
+	}
+	if password != "" {
+		fmt.Fprintf(&b, "\nFirst start: an admin account was created.\n  email:    %s\n  password: %s\n", email, password)
+		b.WriteString("This password is shown only this once. Log in to the console and create your own accounts.\n")
+	}
+	if b.Len() > 0 {
+		b.WriteString("\n")
+		_, _ = io.WriteString(w, b.String())
+	}
+	return nil
 }
 
 func configCheck(args []string, stdout, stderr io.Writer) int {
@@ -195,35 +230,6 @@ func telegramSetWebhook(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// printConfigError prints a config error, one problem per line.
-func printConfigError(w io.Writer, err error) {
-	var errs *config.Errors
-	if errors.As(err, &errs) {
-		for _, e := range *errs {
-			fmt.Fprintln(w, e.Error())
-		}
-		return
-	}
-	fmt.Fprintln(w, err)
-}
-
-func displayPath(p string) string {
-	if p == "" {
-		return "(built-in defaults)"
-	}
-	return p
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 // migrateSQLiteToPostgres is `kefu migrate sqlite-to-postgres`: it copies
@@ -286,4 +292,33 @@ func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "copied %s to PostgreSQL in %s\n", *from, time.Since(start).Round(time.Millisecond))
 	return 0
+}
+
+// printConfigError prints a config error, one problem per line.
+func printConfigError(w io.Writer, err error) {
+	var errs *config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range *errs {
+			fmt.Fprintln(w, e.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
+
+func displayPath(p string) string {
+	if p == "" {
+		return "(built-in defaults)"
+	}
+	return p
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
 }
