@@ -30,6 +30,7 @@ import (
 
 	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/bench"
 	"github.com/kefuhq/kefu/channels/telegram" // also registers the telegram channel type
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
@@ -80,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
+	case "bench":
+		return bench.Main(args, stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -99,6 +102,7 @@ func usage(w io.Writer) {
                                register a Telegram channel's webhook with Telegram
   kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
                                copy a SQLite store's data into PostgreSQL
+  kefu bench SCENARIO -url URL load a server: idle, handshake, throughput, longpoll, reference
 `)
 }
 

@@ -1,0 +1,269 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"math/rand"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/kefuhq/kefu/channels/web"
+	"github.com/kefuhq/kefu/node/nodetest"
+)
+
+func TestHistBuckets(t *testing.T) {
+	prev := -1
+	for v := uint64(0); v < 1<<20; v++ {
+		b := bucketOf(v)
+		if b != prev && b != prev+1 {
+			t.Fatalf("bucket of %d is %d after %d", v, b, prev)
+		}
+		if bucketLow(b) > v || bucketLow(b+1) <= v {
+			t.Fatalf("%d in bucket %d [%d, %d)", v, b, bucketLow(b), bucketLow(b+1))
+		}
+		prev = b
+	}
+	if b := bucketOf(1<<64 - 1); b >= histBuckets {
+		t.Fatalf("largest value in bucket %d of %d", b, histBuckets)
+	}
+}
+
+func TestHistQuantiles(t *testing.T) {
+	var h Hist
+	if h.Quantile(.99) != 0 || h.Summary().Count != 0 {
+		t.Fatal("empty histogram not zero")
+	}
+	r := rand.New(rand.NewSource(1))
+	vals := make([]int64, 100000)
+	for i := range vals {
+		vals[i] = r.Int63n(1_000_000) // µs
+		h.Record(time.Duration(vals[i]) * time.Microsecond)
+	}
+	sort.Slice(vals, func(i, j int) bool { return vals[i] < vals[j] })
+	for _, q := range []float64{.5, .95, .99, .999} {
+		want := float64(vals[int(q*float64(len(vals)))-1])
+		got := float64(h.Quantile(q).Microseconds())
+		if got < want || got > want*1.07+1 {
+			t.Errorf("p%g = %v µs, want %v µs within 7 %%", q*100, got, want)
+		}
+	}
+	if h.Max() != time.Duration(vals[len(vals)-1])*time.Microsecond || h.Quantile(1) != h.Max() {
+		t.Errorf("max %v, p100 %v, want %v µs", h.Max(), h.Quantile(1), vals[len(vals)-1])
+	}
+	var a, b Hist
+	a.Record(time.Millisecond)
+	b.Record(3 * time.Millisecond)
+	b.Record(5 * time.Millisecond)
+	a.Merge(&b)
+	if a.Count() != 3 || a.Max() != 5*time.Millisecond || a.Mean() != 3*time.Millisecond || a.Quantile(0) != time.Millisecond {
+		t.Errorf("merged: %+v", a.Summary())
+	}
+	var z Hist
+	z.Record(-time.Second) // clock skew: counted as 0
+	if z.Quantile(.5) != 0 {
+		t.Error("negative latency not clamped")
+	}
+}
+
+func TestHistRecordAllocs(t *testing.T) {
+	var h Hist
+	if n := testing.AllocsPerRun(100, func() { h.Record(1234 * time.Microsecond) }); n != 0 {
+		t.Errorf("Record allocates %v times", n)
+	}
+	buf := make([]byte, 0, 256)
+	if n := testing.AllocsPerRun(100, func() { buf = appendSend(buf[:0], 123456, 100) }); n != 0 {
+		t.Errorf("appendSend allocates %v times", n)
+	}
+}
+
+func TestAppendSendAndParse(t *testing.T) {
+	b := appendSend(nil, 4711, 100)
+	var f struct{ Type, ID, Text string }
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	if f.Type != "send" || f.ID != "b4711" || len(f.Text) != 100 || !strings.HasPrefix(f.Text, "kb:4711;") {
+		t.Fatalf("frame %s", b)
+	}
+	if g, ok := intField(b, textKey); !ok || g != 4711 {
+		t.Fatalf("text key: %d %v", g, ok)
+	}
+	if g, ok := intField([]byte(`{"type":"ack","id":"b42","message":{"id":9}}`), idKey); !ok || g != 42 {
+		t.Fatalf("id key: %d %v", g, ok)
+	}
+	if _, ok := intField([]byte(`{"type":"ack","id":"x"}`), idKey); ok {
+		t.Fatal("parsed an id that is not the bench's")
+	}
+}
+
+func TestParse(t *testing.T) {
+	c, err := Parse(strings.Fields("throughput -url http://127.0.0.1:8080/ -visitors 5 -agents 2 -m 200 -rate 500 -agent-email a@x -agent-password p -json out.json -pid 42 -idle 10"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Scenario != "throughput" || c.URL != "http://127.0.0.1:8080" || c.Visitors != 5 || c.Agents != 2 || c.Messages != 200 ||
+		c.Rate != 500 || c.JSON != "out.json" || c.PID != 42 || c.Idle != 10 || c.Window != 1 || c.Size != 100 {
+		t.Fatalf("parsed %+v", c)
+	}
+	c, err = Parse(strings.Fields("idle -url http://h:1 -n 19000 -procs 4 -srcs 8 -hold 30s"), io.Discard)
+	if err != nil || c.Conns != 19000 || c.Procs != 4 || c.Srcs != 8 || c.Hold != 30*time.Second {
+		t.Fatalf("parsed %+v, %v", c, err)
+	}
+	c, err = Parse(strings.Fields("reference -url http://h:1 -scenarios handshake,idle"), io.Discard)
+	if err != nil || strings.Join(c.Scenarios, ",") != "handshake,idle" {
+		t.Fatalf("parsed %+v, %v", c, err)
+	}
+	if _, err := Parse([]string{"reference-server", "-addr", "127.0.0.1:0"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{
+		"", "-url http://h:1", "nosuch -url http://h:1", "idle", "idle -url ftp://h", "idle -url http://h:1 -n 0",
+		"throughput -url http://h:1", // no agent credentials
+		"idle -url http://h:1 extra", "idle -url http://h:1 -srcs 300", "throughput -url http://h:1 -agent-email a -agent-password b -size 5",
+		"reference -url http://h:1 -scenarios longpoll", "idle -url http://h:1 -rate -1",
+	} {
+		if _, err := Parse(strings.Fields(bad), io.Discard); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	m, err := parseMetrics(bufio.NewScanner(strings.NewReader("# HELP x\ngo_goroutines 12\nprocess_resident_memory_bytes 1.5e+07\nfoo{a=\"b\"} 3\n")))
+	if err != nil || m["go_goroutines"] != 12 || m["process_resident_memory_bytes"] != 1.5e7 || len(m) != 2 {
+		t.Fatalf("%v %v", m, err)
+	}
+	if _, _, err := procStat(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const (
+	agentEmail = "bench@example.com"
+	agentPass  = "bench-password-1"
+)
+
+// TestEndToEnd runs throughput and idle against a real in-process node:
+// every message is accounted for. It never asserts on timing.
+func TestEndToEnd(t *testing.T) {
+	n := nodetest.Start(t, `
+routing: {offline_reply: ""}
+agents:
+  - {email: `+agentEmail+`, name: Bench, role: agent, password: `+agentPass+`}
+channels:
+  web:
+    enabled: true
+    limits: {requests_per_minute: 1000000, messages_per_minute: 1000000, conversations_per_hour: 1000000}
+`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	cfg, err := Parse(strings.Fields("throughput -url "+n.URL+" -visitors 5 -agents 1 -m 200 -idle 10 -agent-email "+agentEmail+" -agent-password "+agentPass), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := rep.Results[0].Throughput
+	checkAccounted(t, tp, 200)
+	if tp.IdleHeld != 10 || tp.Server.Error != "" || tp.Server.Source != "/metrics" || tp.Server.GoroutinesAfter <= 0 {
+		t.Errorf("report: %+v", tp)
+	}
+
+	cfg, err = Parse(strings.Fields("idle -url "+n.URL+" -n 50 -c 10 -settle 100ms -hold 200ms -srcs 2"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := rep.Results[0].Idle
+	if idle.Opened != 50 || idle.Failed != 0 || idle.Server.Error != "" || idle.Server.RSSAfterMB <= 0 || idle.Server.GoroutinesAfter <= 0 || idle.HoldSeconds <= 0 {
+		t.Errorf("idle report: %+v", idle)
+	}
+
+	// The report prints and encodes with every field.
+	var sb strings.Builder
+	rep.WriteTable(&sb)
+	for _, want := range []string{"RSS per connection", "goroutines per connection", "idle CPU"} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, sb.String())
+		}
+	}
+	file := filepath.Join(t.TempDir(), "out.json")
+	cfg.JSON = file
+	if b, err := json.Marshal(rep); err != nil || !strings.Contains(string(b), `"rss_per_conn_kb"`) {
+		t.Errorf("json %s %v", b, err)
+	}
+}
+
+func checkAccounted(t *testing.T, tp *ThroughputResult, n int64) {
+	t.Helper()
+	if tp.Sent != n || tp.Acked != n || tp.Refused != 0 || tp.Unanswered != 0 || tp.Delivered != n || tp.Lost != 0 ||
+		tp.Deliveries != n*int64(tp.Agents) || tp.Latency.Count != uint64(tp.Deliveries) || len(tp.Errors) != 0 {
+		t.Errorf("not every message accounted for: %+v", tp)
+	}
+	if tp.MessagesPerSec <= 0 || tp.Latency.MaxMS < tp.Latency.P50MS {
+		t.Errorf("figures missing: %+v", tp)
+	}
+}
+
+// TestLongPollAndReference runs longpoll against a node and throughput and
+// handshake against the reference relay (in-process here; the command
+// starts it in its own process).
+func TestLongPollAndReference(t *testing.T) {
+	n := nodetest.Start(t, `
+routing: {offline_reply: ""}
+agents:
+  - {email: `+agentEmail+`, name: Bench, role: agent, password: `+agentPass+`}
+channels:
+  web:
+    enabled: true
+    long_poll_timeout: 2s
+    limits: {requests_per_minute: 1000000, messages_per_minute: 1000000, conversations_per_hour: 1000000}
+`)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg, err := Parse(strings.Fields("longpoll -url "+n.URL+" -visitors 3 -agents 1 -m 60 -agent-email "+agentEmail+" -agent-password "+agentPass), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAccounted(t, rep.Results[0].Throughput, 60)
+
+	ref := httptest.NewServer(NewReferenceHandler())
+	defer ref.Close()
+	cfg, err = Parse(strings.Fields("throughput -url "+ref.URL+" -visitors 5 -agents 2 -m 300 -rate 2000 -agent-email x -agent-password y"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkAccounted(t, rep.Results[0].Throughput, 300)
+	cfg, err = Parse(strings.Fields("handshake -url "+ref.URL+" -c 4 -d 300ms"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := rep.Results[0].Handshake; hs.Established == 0 || hs.Failed != 0 || hs.Latency.Count != uint64(hs.Established) {
+		t.Errorf("handshake: %+v", hs)
+	}
+}

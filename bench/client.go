@@ -1,0 +1,284 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/kefuhq/kefu/channels/web/webtest"
+)
+
+// client reaches one server (kefu or the reference) through the protocol of
+// docs/protocol.md: sessions and long polling through webtest, and its own
+// lean WebSocket connections for the hot loop.
+type client struct {
+	base   string
+	wc     *webtest.Client
+	srcs   []net.IP // source addresses to spread WebSockets over (nil: any)
+	next   atomic.Uint64
+	dialer websocket.Dialer
+}
+
+func newClient(base string, srcs, offset int) *client {
+	c := &client{base: base}
+	tr := &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 30 * time.Second}
+	c.wc = &webtest.Client{Base: base, HTTP: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	if u, err := url.Parse(base); err == nil && srcs > 1 {
+		if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsLoopback() && ip.To4() != nil {
+			for i := 0; i < srcs; i++ {
+				c.srcs = append(c.srcs, net.IPv4(127, 0, 0, byte(1+(offset+i)%254)))
+			}
+		}
+	}
+	c.dialer = websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024,
+		NetDialContext: c.netDial}
+	return c
+}
+
+func (c *client) netDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 15 * time.Second}
+	if len(c.srcs) > 0 {
+		d.LocalAddr = &net.TCPAddr{IP: c.srcs[c.next.Add(1)%uint64(len(c.srcs))]}
+	}
+	return d.DialContext(ctx, network, addr)
+}
+
+// session starts a new anonymous visitor session and returns its token.
+func (c *client) session(ctx context.Context) (string, error) {
+	s, err := c.wc.StartSession(ctx, webtest.SessionRequest{})
+	if err != nil {
+		return "", err
+	}
+	return s.Token, nil
+}
+
+// login logs an agent in (POST /api/v1/auth/login) and returns its token.
+func (c *client) login(ctx context.Context, email, password string) (string, error) {
+	body, _ := json.Marshal(map[string]string{"email": email, "password": password})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/v1/auth/login", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.wc.HTTP.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("login %s: HTTP %d %s", email, resp.StatusCode, strings.TrimSpace(string(data)))
+	}
+	var a struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(data, &a); err != nil || a.Token == "" {
+		return "", fmt.Errorf("login %s: no token in %s", email, data)
+	}
+	return a.Token, nil
+}
+
+// wsConn is a lean protocol connection: a reused read buffer, frames
+// recognised by scanning bytes, no per-frame allocation.
+type wsConn struct {
+	ws  *websocket.Conn
+	wmu sync.Mutex
+	buf []byte
+}
+
+var (
+	pongFrame   = []byte(`{"type":"pong"}`)
+	typePing    = []byte(`"type":"ping"`)
+	typeSynced  = []byte(`"type":"synced"`)
+	typeWelcome = []byte(`"type":"welcome"`)
+	typeError   = []byte(`"type":"error"`)
+)
+
+// dial opens /ws/visitor or /ws/agent, says hello with token and waits for
+// synced (the replay, if any, is skipped).
+func (c *client) dial(ctx context.Context, path, token string) (*wsConn, error) {
+	cn, _, err := c.dialSynced(ctx, path, token)
+	return cn, err
+}
+
+// dialSynced is dial, also returning the agent cursor of the synced frame
+// (-1 if it has none).
+func (c *client) dialSynced(ctx context.Context, path, token string) (*wsConn, int64, error) {
+	u := "ws" + strings.TrimPrefix(c.base, "http") + path
+	ws, resp, err := c.dialer.DialContext(ctx, u, nil)
+	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+			return nil, -1, fmt.Errorf("handshake: HTTP %d", resp.StatusCode)
+		}
+		return nil, -1, err
+	}
+	cn := &wsConn{ws: ws}
+	hello, _ := json.Marshal(map[string]string{"type": "hello", "token": token})
+	if err := cn.write(hello); err != nil {
+		ws.Close()
+		return nil, -1, err
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+	welcomed := false
+	for {
+		f, err := cn.read()
+		if err != nil {
+			ws.Close()
+			return nil, -1, err
+		}
+		switch {
+		case bytes.Contains(f, typeWelcome):
+			welcomed = true
+		case bytes.Contains(f, typeError):
+			ws.Close()
+			return nil, -1, fmt.Errorf("hello refused: %s", f)
+		case bytes.Contains(f, typeSynced) && welcomed:
+			_ = ws.SetReadDeadline(time.Time{})
+			cur, ok := intField(f, cursorKey)
+			if !ok {
+				cur = -1
+			}
+			return cn, cur, nil
+		case bytes.Contains(f, typePing):
+			_ = cn.write(pongFrame)
+		}
+	}
+}
+
+// read returns the next text frame, valid until the next read.
+func (cn *wsConn) read() ([]byte, error) {
+	_, r, err := cn.ws.NextReader()
+	if err != nil {
+		return nil, err
+	}
+	b := cn.buf[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cap(b) <= 64<<10 {
+		cn.buf = b
+	}
+	return b, nil
+}
+
+func (cn *wsConn) write(b []byte) error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	_ = cn.ws.SetWriteDeadline(time.Now().Add(15 * time.Second))
+	return cn.ws.WriteMessage(websocket.TextMessage, b)
+}
+
+func (cn *wsConn) close() { _ = cn.ws.Close() }
+
+// hold answers pings until the connection ends.
+func (cn *wsConn) hold() {
+	for {
+		f, err := cn.read()
+		if err != nil {
+			return
+		}
+		if bytes.Contains(f, typePing) {
+			_ = cn.write(pongFrame)
+		}
+		if cap(cn.buf) > 4096 {
+			cn.buf = nil // an idle connection keeps only a small buffer
+		}
+	}
+}
+
+// openVisitor starts a session and connects a visitor WebSocket.
+func (c *client) openVisitor(ctx context.Context) (*wsConn, error) {
+	tok, err := c.session(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	return c.dial(ctx, "/ws/visitor", tok)
+}
+
+// errString shortens an error for counting by kind.
+func errString(err error) string {
+	var he *webtest.HTTPError
+	if errors.As(err, &he) {
+		return fmt.Sprintf("HTTP %d %s", he.Status, he.Err.Code)
+	}
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i < 60 {
+		s = s[i+2:]
+	}
+	if len(s) > 80 {
+		s = s[:80]
+	}
+	return s
+}
+
+// errCounts counts errors by kind.
+type errCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (e *errCounts) add(err error) {
+	e.mu.Lock()
+	if e.m == nil {
+		e.m = map[string]int{}
+	}
+	e.m[errString(err)]++
+	e.mu.Unlock()
+}
+
+func (e *errCounts) snapshot() map[string]int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]int, len(e.m))
+	for k, v := range e.m {
+		out[k] = v
+	}
+	return out
+}
+
+var cursorKey = []byte(`"cursor":`)
+
+// intField parses the non-negative integer following key in f.
+func intField(f, key []byte) (int64, bool) {
+	i := bytes.Index(f, key)
+	if i < 0 {
+		return 0, false
+	}
+	return parseDigits(f[i+len(key):])
+}
+
+func parseDigits(b []byte) (int64, bool) {
+	var v int64
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			break
+		}
+		v = v*10 + int64(c-'0')
+		n++
+	}
+	return v, n > 0 && n < 19
+}

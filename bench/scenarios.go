@@ -1,0 +1,580 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kefuhq/kefu/channels/web/webtest"
+)
+
+// IdleResult is the idle scenario's report.
+type IdleResult struct {
+	Requested   int            `json:"requested"`
+	Opened      int            `json:"opened"`
+	Failed      int            `json:"failed"`
+	Errors      map[string]int `json:"errors,omitempty"`
+	Procs       int            `json:"procs"`
+	Srcs        int            `json:"source_addresses"`
+	OpenSeconds float64        `json:"open_seconds"`
+	HoldSeconds float64        `json:"hold_seconds"`
+	Server      ServerFigures  `json:"server"`
+}
+
+// ServerFigures are the server process's figures around a scenario.
+type ServerFigures struct {
+	Source            string  `json:"source"` // /proc or /metrics
+	RSSBeforeMB       float64 `json:"rss_before_mb"`
+	RSSAfterMB        float64 `json:"rss_after_mb"`
+	RSSPerConnKB      float64 `json:"rss_per_conn_kb,omitempty"`
+	GoroutinesBefore  float64 `json:"goroutines_before"`
+	GoroutinesAfter   float64 `json:"goroutines_after"`
+	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
+	CPUPercent        float64 `json:"cpu_percent"` // of one core, over the measured period
+	Error             string  `json:"error,omitempty"`
+}
+
+// HandshakeResult is the handshake scenario's report.
+type HandshakeResult struct {
+	Established int            `json:"established"`
+	Failed      int            `json:"failed"`
+	Errors      map[string]int `json:"errors,omitempty"`
+	Dialers     int            `json:"dialers"`
+	Seconds     float64        `json:"seconds"`
+	PerSecond   float64        `json:"per_second"`
+	Latency     Latency        `json:"latency"`
+}
+
+// ThroughputResult is the throughput (and longpoll) scenario's report.
+// Every message is accounted for: Sent = Acked + Refused + Unanswered, and
+// Acked = Delivered + Lost (delivered: received by every agent connection).
+type ThroughputResult struct {
+	Transport      string         `json:"transport"` // websocket or longpoll
+	Mode           string         `json:"mode"`      // closed or open loop
+	TargetRate     float64        `json:"target_rate,omitempty"`
+	Visitors       int            `json:"visitors"`
+	Agents         int            `json:"agents"`
+	IdleHeld       int            `json:"idle_connections_held"`
+	Sent           int64          `json:"sent"`
+	Acked          int64          `json:"acked"`
+	Refused        int64          `json:"refused"`
+	Unanswered     int64          `json:"unanswered"`
+	Delivered      int64          `json:"delivered"`
+	Lost           int64          `json:"lost"`
+	Deliveries     int64          `json:"agent_deliveries"`
+	Errors         map[string]int `json:"errors,omitempty"`
+	Seconds        float64        `json:"seconds"`
+	MessagesPerSec float64        `json:"messages_per_second"`
+	Latency        Latency        `json:"latency"`
+	Server         ServerFigures  `json:"server"`
+}
+
+// target is one server under test.
+type target struct {
+	name string // kefu or reference
+	url  string
+	pid  int
+}
+
+func (t target) sampler(c *client) *sampler {
+	return &sampler{base: t.url, pid: t.pid, http: c.wc.HTTP}
+}
+
+func figures(before, after serverSample, conns int, errb, erra error) ServerFigures {
+	f := ServerFigures{Source: after.Source, GoroutinesBefore: before.Goroutines, GoroutinesAfter: after.Goroutines}
+	if err := errors.Join(errb, erra); err != nil {
+		f.Error = err.Error()
+		return f
+	}
+	f.RSSBeforeMB, f.RSSAfterMB = before.RSS/(1<<20), after.RSS/(1<<20)
+	if conns > 0 {
+		f.RSSPerConnKB = (after.RSS - before.RSS) / 1024 / float64(conns)
+		if before.Goroutines >= 0 && after.Goroutines >= 0 {
+			f.GoroutinesPerConn = (after.Goroutines - before.Goroutines) / float64(conns)
+		}
+	}
+	if d := after.At.Sub(before.At).Seconds(); d > 0 {
+		f.CPUPercent = 100 * (after.CPU - before.CPU) / d
+	}
+	return f
+}
+
+// openMany opens n visitor WebSockets with the given concurrency; each is
+// held (answering pings) until ctx ends.
+func openMany(ctx context.Context, c *client, n, dialers int, errs *errCounts) (opened []*wsConn) {
+	var mu sync.Mutex
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < min(dialers, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) && ctx.Err() == nil {
+				cn, err := c.openVisitor(ctx)
+				if err != nil {
+					errs.add(err)
+					continue
+				}
+				go cn.hold()
+				mu.Lock()
+				opened = append(opened, cn)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return opened
+}
+
+func closeAll(cs []*wsConn) {
+	for _, cn := range cs {
+		cn.close()
+	}
+}
+
+// runIdle opens cfg.Conns visitor connections (in this process, or spread
+// over cfg.Procs children) and measures the server around them.
+func runIdle(ctx context.Context, cfg Config, t target) (*IdleResult, error) {
+	c := newClient(t.url, cfg.Srcs, 0)
+	s := t.sampler(c)
+	before, errb := s.sample(ctx)
+	res := &IdleResult{Requested: cfg.Conns, Procs: cfg.Procs, Srcs: cfg.Srcs}
+	start := time.Now()
+	var release func()
+	if cfg.Procs > 1 {
+		opened, failed, errs, rel, err := spawnIdle(ctx, cfg, t.url)
+		if err != nil {
+			return nil, err
+		}
+		res.Opened, res.Failed, res.Errors, release = opened, failed, errs, rel
+	} else {
+		var errs errCounts
+		cs := openMany(ctx, c, cfg.Conns, cfg.Dialers, &errs)
+		res.Opened, res.Errors = len(cs), errs.snapshot()
+		res.Failed = cfg.Conns - len(cs)
+		release = func() { closeAll(cs) }
+	}
+	defer release()
+	res.OpenSeconds = time.Since(start).Seconds()
+	sleep(ctx, cfg.Settle)
+	mid, errm := s.sample(ctx)
+	sleep(ctx, cfg.Hold)
+	after, erra := s.sample(ctx)
+	res.HoldSeconds = after.At.Sub(mid.At).Seconds()
+	res.Server = figures(before, mid, res.Opened, errb, errm)
+	// Idle CPU is over the hold only, not the opening.
+	if erra == nil && errm == nil && res.HoldSeconds > 0 {
+		res.Server.CPUPercent = 100 * (after.CPU - mid.CPU) / res.HoldSeconds
+	}
+	return res, ctx.Err()
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// runHandshake establishes sessions (session start, WebSocket, hello,
+// welcome, synced) with cfg.Dialers concurrent dialers for cfg.Duration,
+// closing each one established.
+func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, error) {
+	c := newClient(t.url, cfg.Srcs, 0)
+	var errs errCounts
+	var ok, failed atomic.Int64
+	hists := make([]Hist, cfg.Dialers)
+	ctx2, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range hists {
+		wg.Add(1)
+		go func(h *Hist) {
+			defer wg.Done()
+			for ctx2.Err() == nil {
+				t0 := time.Now()
+				cn, err := c.openVisitor(ctx) // a handshake under way when the time is up finishes
+				if err != nil {
+					if ctx.Err() == nil {
+						failed.Add(1)
+						errs.add(err)
+					}
+					continue
+				}
+				h.Record(time.Since(t0))
+				ok.Add(1)
+				cn.close()
+			}
+		}(&hists[w])
+	}
+	wg.Wait()
+	el := time.Since(start).Seconds()
+	var all Hist
+	for i := range hists {
+		all.Merge(&hists[i])
+	}
+	return &HandshakeResult{Established: int(ok.Load()), Failed: int(failed.Load()), Errors: errs.snapshot(),
+		Dialers: cfg.Dialers, Seconds: el, PerSecond: float64(ok.Load()) / el, Latency: all.Summary()}, ctx.Err()
+}
+
+// Message states.
+const (
+	stUnsent uint32 = iota
+	stSent
+	stAcked
+	stRefused
+)
+
+// flow is one throughput run's bookkeeping, indexed by message number:
+// no per-message allocation.
+type flow struct {
+	t0       time.Time
+	n        int
+	agents   int
+	sendAt   []atomic.Int64 // ns after t0: intended (open loop) or actual send time
+	state    []atomic.Uint32
+	recv     []atomic.Uint32 // agent connections that received it
+	sent     atomic.Int64
+	acked    atomic.Int64
+	refused  atomic.Int64
+	deliv    atomic.Int64 // received by every agent
+	delivAll atomic.Int64 // receipts in all
+	last     atomic.Int64 // ns after t0 of the last receipt
+	errs     errCounts
+}
+
+func newFlow(n, agents int) *flow {
+	return &flow{n: n, agents: agents, sendAt: make([]atomic.Int64, n), state: make([]atomic.Uint32, n), recv: make([]atomic.Uint32, n)}
+}
+
+func (f *flow) answered(g int64, ok bool) {
+	if g < 0 || g >= int64(f.n) {
+		return
+	}
+	st := stAcked
+	if !ok {
+		st = stRefused
+	}
+	if f.state[g].CompareAndSwap(stSent, st) {
+		if ok {
+			f.acked.Add(1)
+		} else {
+			f.refused.Add(1)
+		}
+	}
+}
+
+// received records agent receipt of message g; seen is that agent's own
+// bitmap (so a repeated frame counts once).
+func (f *flow) received(g int64, seen []uint64, h *Hist) {
+	if g < 0 || g >= int64(f.n) || seen[g/64]&(1<<(g%64)) != 0 {
+		return
+	}
+	seen[g/64] |= 1 << (g % 64)
+	now := int64(time.Since(f.t0))
+	h.Record(time.Duration(now - f.sendAt[g].Load()))
+	f.delivAll.Add(1)
+	if int(f.recv[g].Add(1)) == f.agents {
+		f.deliv.Add(1)
+	}
+	for {
+		l := f.last.Load()
+		if now <= l || f.last.CompareAndSwap(l, now) {
+			break
+		}
+	}
+}
+
+// done reports whether every sent message is answered and every acked one
+// delivered.
+func (f *flow) done() bool {
+	a := f.acked.Load()
+	return a+f.refused.Load() == f.sent.Load() && f.deliv.Load() == a
+}
+
+var (
+	textKey = []byte(`"text":"kb:`)
+	idKey   = []byte(`"id":"b`)
+	typeAck = []byte(`"type":"ack"`)
+	typeMsg = []byte(`"type":"message"`)
+)
+
+// appendSend appends the send frame of message g with a text of size bytes.
+func appendSend(b []byte, g int64, size int) []byte {
+	b = append(b, `{"type":"send","id":"b`...)
+	b = strconv.AppendInt(b, g, 10)
+	b = append(b, `","text":"kb:`...)
+	n := len(b)
+	b = strconv.AppendInt(b, g, 10)
+	b = append(b, ';')
+	for i := len(b) - n + 3; i < size; i++ { // the text is "kb:" + g + ";" + padding
+		b = append(b, 'x')
+	}
+	return append(b, `"}`...)
+}
+
+// schedule is when message k of a sender (0-based within the sender's
+// share, sender v of V) is due, open loop at rate messages/s in all.
+func schedule(k, v, visitors int, rate float64) time.Duration {
+	return time.Duration(float64(k*visitors+v) / rate * float64(time.Second))
+}
+
+// runThroughput drives visitors → agents over WebSockets (or long polling
+// when lp is set) and accounts for every message.
+func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*ThroughputResult, error) {
+	c := newClient(t.url, cfg.Srcs, 0)
+	res := &ThroughputResult{Transport: "websocket", Mode: "closed", Visitors: cfg.Visitors, Agents: cfg.Agents}
+	if lp {
+		res.Transport = "longpoll"
+	}
+	if cfg.Rate > 0 {
+		res.Mode, res.TargetRate = "open", cfg.Rate
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Idle connections held during the run.
+	if cfg.Idle > 0 {
+		var errs errCounts
+		idle := openMany(ctx, c, cfg.Idle, cfg.Dialers, &errs)
+		defer closeAll(idle)
+		res.IdleHeld = len(idle)
+		if len(idle) < cfg.Idle {
+			return nil, fmt.Errorf("bench: opened %d of %d idle connections: %v", len(idle), cfg.Idle, errs.snapshot())
+		}
+	}
+
+	f := newFlow(cfg.Messages, cfg.Agents)
+	hists := make([]Hist, cfg.Agents)
+	var agentsWG sync.WaitGroup
+	var agentConns []*wsConn
+	for a := 0; a < cfg.Agents; a++ {
+		tok, err := c.login(ctx, cfg.Email, cfg.Password)
+		if err != nil {
+			return nil, err
+		}
+		cn, cur, err := c.dialSynced(ctx, "/ws/agent", tok)
+		if err != nil {
+			return nil, fmt.Errorf("agent connection: %w", err)
+		}
+		seen := make([]uint64, (cfg.Messages+63)/64)
+		agentsWG.Add(1)
+		if lp {
+			cn.close()
+			p := &webtest.Poller{Client: c.wc, Token: tok, Agent: true}
+			if cur >= 0 {
+				p.Cursor.Cursor = &cur
+			}
+			go func(h *Hist) { defer agentsWG.Done(); pollAgent(ctx, p, f, seen, h) }(&hists[a])
+		} else {
+			agentConns = append(agentConns, cn)
+			defer cn.close()
+			go func(h *Hist) { defer agentsWG.Done(); readAgent(cn, f, seen, h) }(&hists[a])
+		}
+	}
+
+	// Visitors: a session each, and a WebSocket (not for long polling).
+	type visitor struct {
+		cn  *wsConn
+		p   *webtest.Poller
+		sem chan struct{}
+	}
+	vs := make([]visitor, cfg.Visitors)
+	for i := range vs {
+		tok, err := c.session(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("visitor session: %w", err)
+		}
+		if lp {
+			vs[i].p = &webtest.Poller{Client: c.wc, Token: tok}
+			continue
+		}
+		if vs[i].cn, err = c.dial(ctx, "/ws/visitor", tok); err != nil {
+			return nil, fmt.Errorf("visitor connection: %w", err)
+		}
+		defer vs[i].cn.close()
+		vs[i].sem = make(chan struct{}, cfg.Window)
+	}
+
+	s := t.sampler(c)
+	before, errb := s.sample(ctx)
+	f.t0 = time.Now()
+	var sendWG sync.WaitGroup
+	for v := range vs {
+		vis := vs[v]
+		if vis.cn != nil {
+			go readVisitor(vis.cn, f, vis.sem)
+		}
+		sendWG.Add(1)
+		go func(v int) {
+			defer sendWG.Done()
+			buf := make([]byte, 0, cfg.Size+64)
+			for k, g := 0, int64(v); g < int64(cfg.Messages) && ctx.Err() == nil; k, g = k+1, g+int64(cfg.Visitors) {
+				if cfg.Rate > 0 {
+					due := schedule(k, v, cfg.Visitors, cfg.Rate)
+					if d := due - time.Since(f.t0); d > 0 {
+						time.Sleep(d)
+					}
+					f.sendAt[g].Store(int64(due))
+				} else if vis.sem != nil {
+					select {
+					case vis.sem <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				}
+				buf = appendSend(buf[:0], g, cfg.Size)
+				if cfg.Rate <= 0 {
+					f.sendAt[g].Store(int64(time.Since(f.t0)))
+				}
+				f.state[g].Store(stSent)
+				f.sent.Add(1)
+				if vis.cn != nil {
+					if err := vis.cn.write(buf); err != nil {
+						f.errs.add(err)
+						return
+					}
+					continue
+				}
+				sendLP(ctx, vis.p, buf, g, f)
+			}
+		}(v)
+	}
+	sendWG.Wait()
+	deadline := time.Now().Add(cfg.Drain)
+	for !f.done() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	after, erra := s.sample(ctx)
+	cancel()
+	for _, vis := range vs {
+		if vis.cn != nil {
+			vis.cn.close()
+		}
+	}
+	closeAll(agentConns)
+	agentsWG.Wait() // agents stop when their connections close or ctx ends
+
+	res.Sent, res.Acked, res.Refused = f.sent.Load(), f.acked.Load(), f.refused.Load()
+	res.Unanswered = res.Sent - res.Acked - res.Refused
+	res.Delivered, res.Deliveries = f.deliv.Load(), f.delivAll.Load()
+	res.Lost = res.Acked - res.Delivered
+	if res.Lost < 0 { // delivered before its ack arrived, ack never came
+		res.Lost = 0
+	}
+	res.Errors = f.errs.snapshot()
+	res.Seconds = time.Duration(f.last.Load()).Seconds()
+	if res.Seconds > 0 {
+		res.MessagesPerSec = float64(res.Delivered) / res.Seconds
+	}
+	var all Hist
+	for i := range hists {
+		all.Merge(&hists[i])
+	}
+	res.Latency = all.Summary()
+	res.Server = figures(before, after, 0, errb, erra)
+	return res, nil
+}
+
+// readVisitor takes acks and refusals off a visitor connection.
+func readVisitor(cn *wsConn, f *flow, sem chan struct{}) {
+	for {
+		fr, err := cn.read()
+		if err != nil {
+			return
+		}
+		var ok bool
+		switch {
+		case bytes.Contains(fr, typeAck):
+			ok = true
+		case bytes.Contains(fr, typeError):
+			ok = false
+		case bytes.Contains(fr, typePing):
+			_ = cn.write(pongFrame)
+			continue
+		default:
+			continue // its own message frame, receipts…
+		}
+		g, found := intField(fr, idKey)
+		if !found {
+			f.errs.add(fmt.Errorf("visitor frame without a send id: %.120s", fr))
+			continue
+		}
+		if !ok {
+			f.errs.add(fmt.Errorf("refused: %.120s", fr))
+		}
+		f.answered(g, ok)
+		if sem != nil {
+			select {
+			case <-sem:
+			default:
+			}
+		}
+	}
+}
+
+// readAgent records the bench's messages arriving on an agent connection.
+func readAgent(cn *wsConn, f *flow, seen []uint64, h *Hist) {
+	for {
+		fr, err := cn.read()
+		if err != nil {
+			return
+		}
+		if bytes.Contains(fr, typePing) {
+			_ = cn.write(pongFrame)
+			continue
+		}
+		if !bytes.Contains(fr, typeMsg) {
+			continue
+		}
+		if g, ok := intField(fr, textKey); ok {
+			f.received(g, seen, h)
+		}
+	}
+}
+
+// pollAgent long-polls for the bench's messages until ctx ends.
+func pollAgent(ctx context.Context, p *webtest.Poller, f *flow, seen []uint64, h *Hist) {
+	for ctx.Err() == nil {
+		fs, err := p.Poll(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.errs.add(fmt.Errorf("agent poll: %w", err))
+				sleep(ctx, 100*time.Millisecond)
+			}
+			continue
+		}
+		for _, fr := range fs {
+			if fr.Type == "message" && fr.Message != nil && len(fr.Message.Text) > 3 && fr.Message.Text[:3] == "kb:" {
+				if g, ok := parseDigits([]byte(fr.Message.Text[3:])); ok {
+					f.received(g, seen, h)
+				}
+			}
+		}
+	}
+}
+
+// sendLP posts one send frame over long polling and records its answer.
+func sendLP(ctx context.Context, p *webtest.Poller, frame []byte, g int64, f *flow) {
+	fs, err := p.PostRaw(ctx, frame)
+	if err != nil {
+		f.errs.add(err)
+		f.answered(g, false)
+		return
+	}
+	for _, fr := range fs {
+		switch fr.Type {
+		case "ack":
+			f.answered(g, true)
+		case "error":
+			f.errs.add(fmt.Errorf("refused: %.120s", fr.Raw))
+			f.answered(g, false)
+		}
+	}
+}
