@@ -1495,10 +1495,15 @@ func testFeed(t *testing.T, s core.Store) {
 	a := ingest(t, s, "web", "a", "1", t0)
 	b := ingest(t, s, "web", "b", "2", t0)
 	n := appendMsg(t, s, a.Conversation.ID, core.Message{SenderKind: core.SenderAgent, SenderID: 1,
-		Visibility: core.Internal, Kind: core.KindText, Text: "note", CreatedAt: at(time.Second)})
+		Visibility: core.Internal, Kind: core.KindText, Text: "note", DedupKey: "c:agent-1:n1", CreatedAt: at(time.Second)})
 	all, err := s.Feed(ctx, 0, 10)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Followers (Slack) recognise the messages they wrote themselves by
+	// their key, so the feed carries it.
+	if len(all) == 3 && all[2].DedupKey != "c:agent-1:n1" {
+		t.Errorf("feed lost the dedup key: %q", all[2].DedupKey)
 	}
 	want := []int64{a.Message.ID, b.Message.ID, n.Message.ID}
 	if got := ids(all, func(m core.Message) int64 { return m.ID }); !slices.Equal(got, want) {

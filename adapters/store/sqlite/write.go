@@ -20,60 +20,19 @@ func conflict(format string, args ...any) error {
 	return fmt.Errorf("sqlite: %w: %s", core.ErrConflict, fmt.Sprintf(format, args...))
 }
 
-// checkMessage validates m's content and fills the defaults every write
-// applies: Visibility public, Kind from the content, Status sent, CreatedAt
-// now. IDs are cleared; the write assigns them.
+// checkMessage applies core.PrepareMessage and the store's clock to m.
 func (s *Store) checkMessage(m *core.Message) error {
-	m.ID, m.ConversationID, m.Seq = 0, 0, 0
-	if m.Visibility == "" {
-		m.Visibility = core.Public
-	}
-	if m.Kind == "" {
-		switch {
-		case m.Event != nil:
-			m.Kind = core.KindEvent
-		case m.Media != nil && strings.HasPrefix(m.Media.Type, "image/"):
-			m.Kind = core.KindImage
-		case m.Media != nil:
-			m.Kind = core.KindFile
-		default:
-			m.Kind = core.KindText
-		}
-	}
-	if m.Status == "" {
-		m.Status = core.MsgSent
-	}
-	switch {
-	case m.Text == "" && m.Media == nil && m.Event == nil:
-		return invalid("empty message")
-	case m.SenderKind != core.SenderContact && m.SenderKind != core.SenderAgent &&
-		m.SenderKind != core.SenderBot && m.SenderKind != core.SenderSystem:
-		return invalid("sender kind %q", m.SenderKind)
-	case m.Visibility != core.Public && m.Visibility != core.Internal:
-		return invalid("visibility %q", m.Visibility)
-	case !m.Status.Valid():
-		return invalid("message status %q", m.Status)
-	case m.Kind != core.KindText && m.Kind != core.KindImage && m.Kind != core.KindFile && m.Kind != core.KindEvent &&
-		m.Kind != core.KindTemplate:
-		return invalid("content kind %q", m.Kind)
-	case (m.Kind == core.KindEvent) != (m.Event != nil):
-		return invalid("an event message needs kind %q and an event", core.KindEvent)
-	case (m.Kind == core.KindImage || m.Kind == core.KindFile) && m.Media == nil:
-		return invalid("a %s message needs media", m.Kind)
+	if err := core.PrepareMessage(m); err != nil {
+		return fmt.Errorf("sqlite: %w", err)
 	}
 	m.CreatedAt = s.nowOr(m.CreatedAt)
 	return nil
 }
 
-// eventMessage fills the parts of a caller's event message it left out: an
-// Event of type t, sent by kefu, public, at the time of the change.
+// eventMessage fills the parts of a caller's event message it left out
+// (core.FillEvent), dated at the time of the change.
 func (s *Store) eventMessage(m core.Message, t core.EventType, at time.Time) (core.Message, error) {
-	if m.Event == nil && m.Kind == "" && m.Text == "" && m.Media == nil {
-		m.Event = &core.Event{Type: t}
-	}
-	if m.SenderKind == "" {
-		m.SenderKind = core.SenderSystem
-	}
+	m = core.FillEvent(m, t)
 	if m.CreatedAt.IsZero() {
 		m.CreatedAt = at
 	}
