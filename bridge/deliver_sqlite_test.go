@@ -85,6 +85,13 @@ func TestDeliverWithSQLite(t *testing.T) {
 	kicker.Deliver(ctx, *blocked.Outbox)
 	eventually(t, "the failed attempt to be recorded", func() bool {
 		e, err := store.OutboxEntry(ctx, flaky.Outbox.ID)
+		if err == nil && e.Attempts == 0 {
+			// Kicks are idempotent; a kick that lands while the key's
+			// previous lane is finishing waits for a sweep, which this
+			// test's frozen clock never runs, so kick again.
+			kicker.Deliver(ctx, *flaky.Outbox)
+			time.Sleep(5 * time.Millisecond)
+		}
 		return err == nil && e.Attempts == 1
 	})
 	// "four" waits behind "three": same conversation, same key.

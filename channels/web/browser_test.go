@@ -98,6 +98,17 @@ func (b *browserTab) do(what string, actions ...chromedp.Action[chromedp.Void]) 
 	}
 }
 
+// click clicks the element expr finds, from inside the page: the
+// conversation list re-renders live, so a node looked up first and clicked
+// after may be gone by then.
+func (b *browserTab) click(what, expr string) {
+	b.t.Helper()
+	b.waitFor(what, expr+" !== null")
+	if v := b.eval("(" + expr + ").click(), true"); v != true {
+		b.fail("%s: %s: click did not run", b.name, what)
+	}
+}
+
 func (b *browserTab) eval(expr string) any {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
@@ -285,7 +296,7 @@ func TestBrowserWidgetAndConsole(t *testing.T) {
 	item := `[...document.querySelectorAll('[data-testid="conversation-item"]')]
 		.find(e => e.querySelector('[data-testid="conversation-preview"]').textContent === ` + jsQuote(hello) + `)`
 	agent.waitFor("the conversation in the list", item)
-	agent.do("open the conversation", chromedp.Click(chromedp.JSPath(item)))
+	agent.click("open the conversation", item)
 	agent.waitFor("the visitor's text", `[...document.querySelectorAll('[data-testid="message"][data-sender="contact"] [data-testid="message-text"]')]
 		.some(e => e.textContent === `+jsQuote(hello)+`)`)
 
@@ -366,7 +377,7 @@ func TestBrowserWidgetAndConsole(t *testing.T) {
 	zhang := `[...document.querySelectorAll('[data-testid="conversation-item"]')]
 		.find(e => e.querySelector('[data-testid="conversation-name"]').textContent === "张三")`
 	agent.waitFor("张三's conversation", zhang)
-	agent.do("open 张三's conversation", chromedp.Click(chromedp.JSPath(zhang)))
+	agent.click("open 张三's conversation", zhang)
 	agent.waitFor("张三's messages", `[...document.querySelectorAll('[data-testid="message-text"]')].some(e => e.textContent === "订单号 20261122-0042")`)
 	agent.waitFor("the unread count cleared", zhang+`.querySelector('[data-testid="unread-badge"]') === null`)
 	agent.do("reply on WhatsApp", chromedp.SendKeys(chromedp.CSS(`[data-testid="composer-input"]`), "您好，我们马上查一下。"),
@@ -426,7 +437,7 @@ func TestBrowserConsoleAdmin(t *testing.T) {
 	if v := admin.eval(item + `.querySelector('[data-testid="unread-badge"]').textContent`); v != "70" {
 		t.Errorf("unread badge %v, want 70", v)
 	}
-	admin.do("open it", chromedp.Click(chromedp.JSPath(item)))
+	admin.click("open it", item)
 	lines := `[...document.querySelectorAll('[data-testid="message"][data-sender="contact"]')].length`
 	admin.waitFor("the newest page", lines+` > 0 && !document.querySelector('[data-testid="load-older"]').hidden`)
 	first := admin.eval(lines)
