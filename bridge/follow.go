@@ -110,7 +110,11 @@ func (f *Follower) load(ctx context.Context) (after int64, since time.Time, err 
 	return after, since, nil
 }
 
+// save stores the cursor. It outlives ctx: on a clean stop the messages
+// already handled must not be handled again after the restart.
 func (f *Follower) save(ctx context.Context, after int64, since time.Time) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	return f.cfg.Store.PutSetting(ctx, f.key, strconv.FormatInt(after, 10)+" "+since.UTC().Format(time.RFC3339Nano))
 }
 
@@ -155,7 +159,7 @@ func (f *Follower) Run(ctx context.Context) error {
 		}
 		next, err := f.drain(ctx, after, since)
 		if next != after {
-			if serr := f.save(ctx, next, since); serr != nil && ctx.Err() == nil {
+			if serr := f.save(ctx, next, since); serr != nil {
 				f.log.Warn("follower: saving the cursor failed; messages may be handled again", "err", serr)
 			}
 			after = next
