@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -13,9 +14,18 @@ import (
 // Config is a parsed `kefu bench` command line.
 type Config struct {
 	Scenario string
-	URL      string // the kefu server, e.g. http://127.0.0.1:8080
+	URL      string // the kefu server, e.g. http://127.0.0.1:8080 (the first of URLs)
 	JSON     string // write the report here as JSON too
-	PID      int    // the server's process id (0: read /metrics)
+	PID      int    // the server's process id (0: read /metrics; the first of PIDs)
+
+	// URLs are the servers the load is spread over: the nodes of one
+	// cluster (-url a,b,c). Visitors go round-robin over them and agent
+	// connections too, so messages cross nodes.
+	URLs []string
+	// PIDs are the servers' process ids, one per URL in the same order
+	// (-pid 1,2,3), or none: each server's figures then come from its
+	// /metrics.
+	PIDs []int
 
 	Conns     int           // idle: connections to open
 	Procs     int           // idle: client processes
@@ -69,9 +79,10 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	}
 	fs := flag.NewFlagSet("bench "+c.Scenario, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.URL, "url", "", "the kefu server's base URL, e.g. http://127.0.0.1:8080 (required)")
+	fs.StringVar(&c.URL, "url", "", "the kefu server's base URL, e.g. http://127.0.0.1:8080 (required); a comma-separated list spreads the load over a cluster's nodes")
 	fs.StringVar(&c.JSON, "json", "", "also write the report as JSON to this file")
-	fs.IntVar(&c.PID, "pid", 0, "the server's process id, for RSS and CPU from /proc (default: its /metrics)")
+	var pids string
+	fs.StringVar(&pids, "pid", "", "the server's process id, for RSS and CPU from /proc (default: its /metrics); with several -url, one per URL, comma-separated")
 	fs.IntVar(&c.Conns, "n", c.Conns, "idle: WebSocket connections to open")
 	fs.IntVar(&c.Procs, "procs", c.Procs, "idle: client processes to spread the connections over (one process holds at most the open-file limit)")
 	fs.IntVar(&c.Srcs, "srcs", c.Srcs, "loopback source addresses 127.0.0.1… to spread connections over (loopback servers only)")
@@ -99,6 +110,9 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("bench: unexpected argument %q", fs.Arg(0))
 	}
+	if err := c.parsePIDs(pids); err != nil {
+		return c, err
+	}
 	c.Scenarios = nil
 	for _, s := range strings.Split(sc, ",") {
 		switch s = strings.TrimSpace(s); s {
@@ -116,12 +130,22 @@ func (c *Config) check() error {
 	if c.Scenario == "reference-server" {
 		return nil
 	}
-	u, err := url.Parse(c.URL)
-	if c.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("bench: -url must be the server's base URL like http://127.0.0.1:8080, got %q", c.URL)
+	c.URLs = nil
+	for _, s := range strings.Split(c.URL, ",") {
+		u, err := url.Parse(s)
+		if s == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("bench: -url must be the server's base URL like http://127.0.0.1:8080 (or a comma-separated list of them), got %q", c.URL)
+		}
+		c.URLs = append(c.URLs, strings.TrimRight(s, "/"))
 	}
-	c.URL = strings.TrimRight(c.URL, "/")
+	c.URL = c.URLs[0]
 	var errs []error
+	if len(c.PIDs) > 0 && len(c.PIDs) != len(c.URLs) {
+		errs = append(errs, fmt.Errorf("bench: -pid gives %d process ids for %d -url servers: give one per server, in the same order, or none", len(c.PIDs), len(c.URLs)))
+	}
+	if len(c.URLs) > 1 && c.Scenario == "reference" {
+		errs = append(errs, errors.New("bench: reference compares one server with the reference relay: give one -url"))
+	}
 	pos := func(name string, v int) {
 		if v < 1 {
 			errs = append(errs, fmt.Errorf("bench: %s must be at least 1", name))
@@ -150,6 +174,23 @@ func (c *Config) check() error {
 		errs = append(errs, errors.New("bench: "+c.Scenario+" needs -agent-email and -agent-password (an agent of the server)"))
 	}
 	return errors.Join(errs...)
+}
+
+// parsePIDs reads -pid: empty, one process id, or a comma-separated list.
+func (c *Config) parsePIDs(s string) error {
+	c.PIDs, c.PID = nil, 0
+	if s == "" {
+		return nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid < 1 {
+			return fmt.Errorf("bench: -pid must be a process id or a comma-separated list of them, got %q", s)
+		}
+		c.PIDs = append(c.PIDs, pid)
+	}
+	c.PID = c.PIDs[0]
+	return nil
 }
 
 func contains(ss []string, s string) bool {

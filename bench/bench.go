@@ -9,6 +9,11 @@
 // reference (the same client against a bare gorilla/websocket relay in its
 // own process, for ratios). The server must allow the load: raise the web
 // channel's limits (see BENCHMARKS.md, "How to run").
+//
+// Given several servers (-url a,b,c: the nodes of one cluster, each with
+// its -pid), idle, handshake, throughput and longpoll spread visitors,
+// dialers and agent connections over them round-robin, so messages cross
+// nodes, and report each node's figures and their sums.
 package bench
 
 import (
@@ -101,9 +106,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 // Run runs cfg's scenario and returns its report.
 func Run(ctx context.Context, cfg Config, stderr io.Writer) (*Report, error) {
 	rep := &Report{Date: time.Now().UTC(), Machine: machine()}
-	kefu := target{name: "kefu", url: cfg.URL, pid: cfg.PID}
+	kefu := target{name: "kefu", urls: cfg.URLs, pids: cfg.PIDs}
+	if len(kefu.urls) == 0 { // a Config not from Parse
+		kefu.urls = []string{cfg.URL}
+		if cfg.PID > 0 {
+			kefu.pids = []int{cfg.PID}
+		}
+	}
 	run := func(sc string, t target) error {
-		r := Result{Scenario: sc, Target: t.name, URL: t.url}
+		r := Result{Scenario: sc, Target: t.name, URL: t.url()}
 		var err error
 		switch sc {
 		case "idle":
@@ -128,7 +139,7 @@ func Run(ctx context.Context, cfg Config, stderr io.Writer) (*Report, error) {
 		return rep, err
 	}
 	defer stopRef()
-	ref := target{name: "reference", url: refURL, pid: refPID}
+	ref := target{name: "reference", urls: []string{refURL}, pids: []int{refPID}}
 	for _, sc := range cfg.Scenarios {
 		if err := run(sc, kefu); err != nil {
 			return rep, err
@@ -204,12 +215,23 @@ func (r *Report) WriteTable(w io.Writer) {
 		row := func(k string, format string, v ...any) {
 			fmt.Fprintf(tw, "  %s\t"+format+"\n", append([]any{k}, v...)...)
 		}
-		srv := func(s ServerFigures) {
+		srv := func(s ServerFigures, nodes []NodeFigures) {
+			for _, n := range nodes {
+				if n.Error != "" {
+					row("node "+n.URL, "%s", n.Error)
+					continue
+				}
+				row("node "+n.URL, "CPU %.0f %% of a core, RSS %.1f → %.1f MB", n.CPUPercent, n.RSSBeforeMB, n.RSSAfterMB)
+			}
 			if s.Error != "" {
 				row("server", "%s", s.Error)
 				return
 			}
-			row("server RSS MB", "%.1f → %.1f (%s)", s.RSSBeforeMB, s.RSSAfterMB, s.Source)
+			if len(nodes) > 0 {
+				row("servers RSS MB", "%.1f → %.1f, %d nodes summed (%s)", s.RSSBeforeMB, s.RSSAfterMB, len(nodes), s.Source)
+			} else {
+				row("server RSS MB", "%.1f → %.1f (%s)", s.RSSBeforeMB, s.RSSAfterMB, s.Source)
+			}
 			if s.GoroutinesAfter >= 0 {
 				row("server goroutines", "%.0f → %.0f", s.GoroutinesBefore, s.GoroutinesAfter)
 			}
@@ -218,7 +240,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		case res.Idle != nil:
 			x := res.Idle
 			row("connections", "%d of %d opened (%d failed) in %.1fs, %d procs, %d source addrs", x.Opened, x.Requested, x.Failed, x.OpenSeconds, x.Procs, x.Srcs)
-			srv(x.Server)
+			srv(x.Server, x.Nodes)
 			row("RSS per connection", "%.2f KB", x.Server.RSSPerConnKB)
 			row("goroutines per connection", "%.2f", x.Server.GoroutinesPerConn)
 			row("idle CPU", "%.2f %% of a core over %.1fs", x.Server.CPUPercent, x.HoldSeconds)
@@ -238,9 +260,13 @@ func (r *Report) WriteTable(w io.Writer) {
 			row("load", "%s, %s, %d visitors → %d agents, %d idle connections held", x.Transport, mode, x.Visitors, x.Agents, x.IdleHeld)
 			row("messages", "sent %d, acked %d, refused %d, unanswered %d", x.Sent, x.Acked, x.Refused, x.Unanswered)
 			row("delivered", "%d to every agent (%d receipts), lost %d", x.Delivered, x.Deliveries, x.Lost)
+			row("duplicates, out of order", "%d, %d (agent frames received twice, or below the last id)", x.Duplicates, x.OutOfOrder)
+			if x.Transport == "websocket" {
+				row("agent reconnects", "%d (connections the server dropped, resumed from their cursor)", x.AgentReconnects)
+			}
 			row("messages/s", "%.0f over %.2fs", x.MessagesPerSec, x.Seconds)
 			latRow(row, x.Latency)
-			srv(x.Server)
+			srv(x.Server, x.Nodes)
 			row("server CPU", "%.0f %% of a core", x.Server.CPUPercent)
 			errRows(row, x.Errors)
 		}

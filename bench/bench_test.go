@@ -4,17 +4,24 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "github.com/kefuhq/kefu/channels/web"
+	"github.com/kefuhq/kefu/internal/testenv"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
 
@@ -112,6 +119,15 @@ func TestParse(t *testing.T) {
 		c.Rate != 500 || c.JSON != "out.json" || c.PID != 42 || c.Idle != 10 || c.Window != 1 || c.Size != 100 {
 		t.Fatalf("parsed %+v", c)
 	}
+	c, err = Parse(strings.Fields("throughput -url http://a:1/,http://b:2,https://c:3 -pid 7,8,9 -agents 3 -agent-email a@x -agent-password p"), io.Discard)
+	if err != nil || strings.Join(c.URLs, " ") != "http://a:1 http://b:2 https://c:3" || c.URL != "http://a:1" ||
+		len(c.PIDs) != 3 || c.PIDs[2] != 9 || c.PID != 7 {
+		t.Fatalf("parsed %+v, %v", c, err)
+	}
+	c, err = Parse(strings.Fields("handshake -url http://a:1,http://b:2"), io.Discard)
+	if err != nil || len(c.URLs) != 2 || len(c.PIDs) != 0 || c.PID != 0 {
+		t.Fatalf("parsed %+v, %v", c, err)
+	}
 	c, err = Parse(strings.Fields("idle -url http://h:1 -n 19000 -procs 4 -srcs 8 -hold 30s"), io.Discard)
 	if err != nil || c.Conns != 19000 || c.Procs != 4 || c.Srcs != 8 || c.Hold != 30*time.Second {
 		t.Fatalf("parsed %+v, %v", c, err)
@@ -128,6 +144,11 @@ func TestParse(t *testing.T) {
 		"throughput -url http://h:1", // no agent credentials
 		"idle -url http://h:1 extra", "idle -url http://h:1 -srcs 300", "throughput -url http://h:1 -agent-email a -agent-password b -size 5",
 		"reference -url http://h:1 -scenarios longpoll", "idle -url http://h:1 -rate -1",
+		"idle -url http://a:1,http://b:2 -pid 5", // a pid for one server of two
+		"idle -url http://a:1 -pid 5,6",          // more pids than servers
+		"idle -url http://a:1 -pid x", "idle -url http://a:1 -pid 0", "idle -url http://a:1,",
+		"idle -url http://a:1,,http://b:2", "idle -url http://a:1,ftp://b",
+		"reference -url http://a:1,http://b:2", // the reference compares one server
 	} {
 		if _, err := Parse(strings.Fields(bad), io.Discard); err == nil {
 			t.Errorf("%q parsed", bad)
@@ -148,20 +169,22 @@ func TestParseMetrics(t *testing.T) {
 const (
 	agentEmail = "bench@example.com"
 	agentPass  = "bench-password-1"
+	// nodeConfig lets the bench's load through the web channel's limits.
+	nodeConfig = `
+routing: {offline_reply: ""}
+agents:
+  - {email: ` + agentEmail + `, name: Bench, role: agent, password: ` + agentPass + `}
+channels:
+  web:
+    enabled: true
+    limits: {requests_per_minute: 1000000, messages_per_minute: 1000000, conversations_per_hour: 1000000}
+`
 )
 
 // TestEndToEnd runs throughput and idle against a real in-process node:
 // every message is accounted for. It never asserts on timing.
 func TestEndToEnd(t *testing.T) {
-	n := nodetest.Start(t, `
-routing: {offline_reply: ""}
-agents:
-  - {email: `+agentEmail+`, name: Bench, role: agent, password: `+agentPass+`}
-channels:
-  web:
-    enabled: true
-    limits: {requests_per_minute: 1000000, messages_per_minute: 1000000, conversations_per_hour: 1000000}
-`)
+	n := nodetest.Start(t, nodeConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -265,5 +288,228 @@ channels:
 	}
 	if hs := rep.Results[0].Handshake; hs.Established == 0 || hs.Failed != 0 || hs.Latency.Count != uint64(hs.Established) {
 		t.Errorf("handshake: %+v", hs)
+	}
+}
+
+// cutProxy forwards TCP to a server and cuts the first agent WebSocket
+// (GET /ws/agent) once it has carried cutAfter bytes to the client, as a
+// server dropping a slow consumer does.
+type cutProxy struct {
+	ln       net.Listener
+	target   string
+	cutAfter int64 // never cuts when it is above what the test sends
+	cut      atomic.Bool
+	accepted atomic.Int64 // TCP connections accepted
+}
+
+func newCutProxy(t *testing.T, target string, cutAfter int64) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target, cutAfter: cutAfter}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.accepted.Add(1)
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) serve(c net.Conn) {
+	defer c.Close()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	br := bufio.NewReader(c)
+	line, err := br.Peek(16)
+	if err != nil {
+		return
+	}
+	down := io.Writer(c)
+	if strings.HasPrefix(string(line), "GET /ws/agent ") && p.cut.CompareAndSwap(false, true) {
+		down = &cutWriter{w: c, left: p.cutAfter, conns: []net.Conn{c, up}}
+	}
+	go func() { _, _ = io.Copy(up, br); up.Close() }()
+	_, _ = io.Copy(down, up)
+}
+
+// cutWriter closes its connections once left bytes have gone through.
+type cutWriter struct {
+	w     io.Writer
+	left  int64
+	conns []net.Conn
+}
+
+func (cw *cutWriter) Write(b []byte) (int, error) {
+	if int64(len(b)) > cw.left {
+		b = b[:cw.left]
+	}
+	n, err := cw.w.Write(b)
+	cw.left -= int64(n)
+	if err == nil && cw.left == 0 {
+		for _, c := range cw.conns {
+			c.Close()
+		}
+		return n, io.ErrClosedPipe
+	}
+	return n, err
+}
+
+// TestAgentReconnects: an agent connection the server ends mid-run (here a
+// proxy cuts it) is reopened with its cursor and what it missed is
+// replayed, so every message is still accounted for as delivered.
+func TestAgentReconnects(t *testing.T) {
+	n := nodetest.Start(t, nodeConfig)
+	u, err := url.Parse(n.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newCutProxy(t, u.Host, 20<<10) // well inside 300 message frames of ~500 bytes
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg, err := Parse(strings.Fields("throughput -url http://"+p.ln.Addr().String()+" -visitors 5 -agents 1 -m 300 -window 2 -agent-email "+agentEmail+" -agent-password "+agentPass), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := rep.Results[0].Throughput
+	if !p.cut.Load() || tp.AgentReconnects < 1 {
+		t.Fatalf("the agent connection was not cut and reopened: cut %v, %+v", p.cut.Load(), tp)
+	}
+	checkAccounted(t, tp, 300)
+	var sb strings.Builder
+	rep.WriteTable(&sb)
+	if !strings.Contains(sb.String(), "agent reconnects") {
+		t.Errorf("table lacks the reconnects:\n%s", sb.String())
+	}
+}
+
+// TestCluster spreads throughput, handshake and idle over three in-process
+// nodes on one PostgreSQL schema and one Redis bus (-url a,b,c): visitors
+// and agent connections go round-robin over the nodes, so two of every
+// message's three agent deliveries cross nodes, and every message is still
+// accounted for, once and in order on every agent connection. Each node is
+// reached through a counting proxy, which shows the load was spread. It
+// never asserts on timing.
+func TestCluster(t *testing.T) {
+	dsn := testenv.PostgresSchema(t)
+	redisURL := testenv.Redis(t)
+	ns := "bench" + strconv.FormatUint(rand.Uint64(), 36)
+	testenv.CleanRedis(t, redisURL, ns+":") // runs after the nodes stop
+	var urls []string
+	var proxies []*cutProxy
+	for i := range 3 {
+		n := nodetest.Start(t, fmt.Sprintf(`
+node_id: bench-%d
+store: {driver: postgres, dsn: %q}
+bus: {driver: redis, url: %q, namespace: %s}
+`, i, dsn, redisURL, ns)+nodeConfig)
+		u, err := url.Parse(n.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newCutProxy(t, u.Host, 1<<62) // counts, never cuts
+		proxies = append(proxies, p)
+		urls = append(urls, "http://"+p.ln.Addr().String())
+	}
+	list := strings.Join(urls, ",")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	rep := runArgs(ctx, t, "throughput -url "+list+" -visitors 6 -agents 3 -m 300 -window 2 -idle 6 -agent-email "+agentEmail+" -agent-password "+agentPass)
+	tp := rep.Results[0].Throughput
+	checkAccounted(t, tp, 300)
+	if tp.Duplicates != 0 || tp.OutOfOrder != 0 {
+		t.Errorf("agents received %d duplicates and %d frames out of order", tp.Duplicates, tp.OutOfOrder)
+	}
+	if rep.Results[0].URL != list || len(tp.Nodes) != 3 || tp.Server.Error != "" || tp.Server.GoroutinesAfter <= 0 {
+		t.Fatalf("report: %+v", rep.Results[0])
+	}
+	for i, n := range tp.Nodes {
+		if n.URL != urls[i] || n.Error != "" || n.RSSAfterMB <= 0 || n.Source != "/metrics" {
+			t.Errorf("node %d: %+v", i, n)
+		}
+		// Each node held 2 visitor and 1 agent WebSockets and 2 idle ones.
+		if got := proxies[i].accepted.Load(); got < 5 {
+			t.Errorf("node %d accepted %d connections, want the load spread (at least 5)", i, got)
+		}
+	}
+	var sb strings.Builder
+	rep.WriteTable(&sb)
+	for _, want := range []string{"node " + urls[2], "3 nodes summed", "duplicates, out of order", "0, 0 (agent frames"} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, sb.String())
+		}
+	}
+
+	before := make([]int64, 3)
+	for i, p := range proxies {
+		before[i] = p.accepted.Load()
+	}
+	rep = runArgs(ctx, t, "handshake -url "+list+" -c 3 -d 300ms")
+	if hs := rep.Results[0].Handshake; hs.Established == 0 || hs.Failed != 0 {
+		t.Errorf("handshake: %+v", hs)
+	}
+	for i, p := range proxies {
+		if p.accepted.Load() == before[i] {
+			t.Errorf("node %d served no handshake", i)
+		}
+	}
+
+	rep = runArgs(ctx, t, "idle -url "+list+" -n 30 -c 6 -settle 100ms -hold 200ms")
+	idle := rep.Results[0].Idle
+	if idle.Opened != 30 || idle.Failed != 0 || len(idle.Nodes) != 3 || idle.Server.Error != "" || idle.Server.RSSAfterMB <= 0 {
+		t.Errorf("idle report: %+v", idle)
+	}
+}
+
+// runArgs parses a `kefu bench` command line and runs it.
+func runArgs(ctx context.Context, t *testing.T, args string) *Report {
+	t.Helper()
+	cfg, err := Parse(strings.Fields(args), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// TestNodesFigures: several servers' figures are summed, one server's
+// error names it and fails the sum, and connections are shared out
+// round-robin.
+func TestNodesFigures(t *testing.T) {
+	tg := target{name: "kefu", urls: []string{"http://a", "http://b"}}
+	ns := tg.connect(1)
+	if ns.client(0) != ns.clients[0] || ns.client(3) != ns.clients[1] || ns.share(5, 0) != 3 || ns.share(5, 1) != 2 {
+		t.Fatal("round-robin")
+	}
+	at := time.Now()
+	snap := func(d time.Duration, rss, cpu, g float64, err error) snapshot {
+		s := serverSample{At: at.Add(d), RSS: rss * (1 << 20), CPU: cpu, Goroutines: g, Source: "/proc"}
+		return snapshot{s: []serverSample{s, s}, errs: []error{nil, err}}
+	}
+	total, per := ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, nil), 4)
+	if len(per) != 2 || total.Error != "" || total.RSSBeforeMB != 20 || total.RSSAfterMB != 24 || total.CPUPercent != 100 ||
+		total.GoroutinesAfter != 18 || total.RSSPerConnKB != 1024 || total.GoroutinesPerConn != 2 || per[1].CPUPercent != 50 {
+		t.Fatalf("total %+v, per node %+v", total, per)
+	}
+	total, per = ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, errors.New("gone")), 0)
+	if !strings.Contains(total.Error, "http://b: gone") || per[0].Error != "" || per[1].Error == "" {
+		t.Fatalf("total %+v, per node %+v", total, per)
 	}
 }

@@ -109,13 +109,16 @@ var (
 // dial opens /ws/visitor or /ws/agent, says hello with token and waits for
 // synced (the replay, if any, is skipped).
 func (c *client) dial(ctx context.Context, path, token string) (*wsConn, error) {
-	cn, _, err := c.dialSynced(ctx, path, token)
+	cn, _, err := c.dialSynced(ctx, path, token, -1, nil)
 	return cn, err
 }
 
-// dialSynced is dial, also returning the agent cursor of the synced frame
-// (-1 if it has none).
-func (c *client) dialSynced(ctx context.Context, path, token string) (*wsConn, int64, error) {
+// dialSynced is dial with an agent cursor in the hello (cursor < 0: none,
+// from now on), also returning the agent cursor of the synced frame (-1 if
+// it has none). replay, if not nil, is given every other frame before
+// synced (the replay of what follows the cursor); each is valid only
+// during the call.
+func (c *client) dialSynced(ctx context.Context, path, token string, cursor int64, replay func([]byte)) (*wsConn, int64, error) {
 	u := "ws" + strings.TrimPrefix(c.base, "http") + path
 	ws, resp, err := c.dialer.DialContext(ctx, u, nil)
 	if err != nil {
@@ -126,8 +129,12 @@ func (c *client) dialSynced(ctx context.Context, path, token string) (*wsConn, i
 		return nil, -1, err
 	}
 	cn := &wsConn{ws: ws}
-	hello, _ := json.Marshal(map[string]string{"type": "hello", "token": token})
-	if err := cn.write(hello); err != nil {
+	hello := map[string]any{"type": "hello", "token": token}
+	if cursor >= 0 {
+		hello["cursor"] = cursor
+	}
+	helloB, _ := json.Marshal(hello)
+	if err := cn.write(helloB); err != nil {
 		ws.Close()
 		return nil, -1, err
 	}
@@ -154,6 +161,8 @@ func (c *client) dialSynced(ctx context.Context, path, token string) (*wsConn, i
 			return cn, cur, nil
 		case bytes.Contains(f, typePing):
 			_ = cn.write(pongFrame)
+		case welcomed && replay != nil:
+			replay(f)
 		}
 	}
 }

@@ -95,12 +95,16 @@ func spawnIdle(ctx context.Context, cfg Config, url string) (opened, failed int,
 	return opened, failed, errs, release, nil
 }
 
-// idleChild is `kefu bench idle-child`: open the connections, print a
+// idleChild is `kefu bench idle-child`: open the connections (spread over
+// the -url list), print a
 // childReport line, hold them until stdin closes.
 func idleChild(ctx context.Context, cfg Config, stdout io.Writer) int {
-	c := newClient(cfg.URL, cfg.Srcs, cfg.SrcOffset)
+	var clients []*client // one per server (-url a,b,c), connections round-robin
+	for _, u := range cfg.URLs {
+		clients = append(clients, newClient(u, cfg.Srcs, cfg.SrcOffset))
+	}
 	var errs errCounts
-	cs := openMany(ctx, c, cfg.Conns, cfg.Dialers, &errs)
+	cs := openMany(ctx, clients, cfg.Conns, cfg.Dialers, &errs)
 	b, _ := json.Marshal(childReport{Opened: len(cs), Failed: cfg.Conns - len(cs), Errors: errs.snapshot()})
 	fmt.Fprintf(stdout, "%s\n", b)
 	_, _ = io.Copy(io.Discard, os.Stdin)

@@ -24,6 +24,7 @@ type IdleResult struct {
 	OpenSeconds float64        `json:"open_seconds"`
 	HoldSeconds float64        `json:"hold_seconds"`
 	Server      ServerFigures  `json:"server"`
+	Nodes       []NodeFigures  `json:"nodes,omitempty"`
 }
 
 // ServerFigures are the server process's figures around a scenario.
@@ -53,36 +54,38 @@ type HandshakeResult struct {
 // ThroughputResult is the throughput (and longpoll) scenario's report.
 // Every message is accounted for: Sent = Acked + Refused + Unanswered, and
 // Acked = Delivered + Lost (delivered: received by every agent connection).
+// Duplicates and OutOfOrder are broken guarantees (docs/protocol.md, "Order
+// and delivery"): they must stay 0, on one node as across a cluster.
 type ThroughputResult struct {
-	Transport      string         `json:"transport"` // websocket or longpoll
-	Mode           string         `json:"mode"`      // closed or open loop
-	TargetRate     float64        `json:"target_rate,omitempty"`
-	Visitors       int            `json:"visitors"`
-	Agents         int            `json:"agents"`
-	IdleHeld       int            `json:"idle_connections_held"`
-	Sent           int64          `json:"sent"`
-	Acked          int64          `json:"acked"`
-	Refused        int64          `json:"refused"`
-	Unanswered     int64          `json:"unanswered"`
-	Delivered      int64          `json:"delivered"`
-	Lost           int64          `json:"lost"`
-	Deliveries     int64          `json:"agent_deliveries"`
+	Transport  string  `json:"transport"` // websocket or longpoll
+	Mode       string  `json:"mode"`      // closed or open loop
+	TargetRate float64 `json:"target_rate,omitempty"`
+	Visitors   int     `json:"visitors"`
+	Agents     int     `json:"agents"`
+	IdleHeld   int     `json:"idle_connections_held"`
+	// AgentReconnects counts agent connections the server ended during the
+	// run (a slow consumer's is dropped) that the bench reopened with
+	// their cursor, as a client does: what they missed was replayed.
+	AgentReconnects int   `json:"agent_reconnects"`
+	Sent            int64 `json:"sent"`
+	Acked           int64 `json:"acked"`
+	Refused         int64 `json:"refused"`
+	Unanswered      int64 `json:"unanswered"`
+	Delivered       int64 `json:"delivered"`
+	Lost            int64 `json:"lost"`
+	Deliveries      int64 `json:"agent_deliveries"`
+	// Duplicates counts message frames an agent connection received again
+	// (a message is sent to each connection once, replay included).
+	Duplicates int64 `json:"duplicates"`
+	// OutOfOrder counts message frames whose id was not above the last one
+	// the agent connection had received (agents receive in id order).
+	OutOfOrder     int64          `json:"out_of_order"`
 	Errors         map[string]int `json:"errors,omitempty"`
 	Seconds        float64        `json:"seconds"`
 	MessagesPerSec float64        `json:"messages_per_second"`
 	Latency        Latency        `json:"latency"`
 	Server         ServerFigures  `json:"server"`
-}
-
-// target is one server under test.
-type target struct {
-	name string // kefu or reference
-	url  string
-	pid  int
-}
-
-func (t target) sampler(c *client) *sampler {
-	return &sampler{base: t.url, pid: t.pid, http: c.wc.HTTP}
+	Nodes          []NodeFigures  `json:"nodes,omitempty"`
 }
 
 func figures(before, after serverSample, conns int, errb, erra error) ServerFigures {
@@ -104,9 +107,10 @@ func figures(before, after serverSample, conns int, errb, erra error) ServerFigu
 	return f
 }
 
-// openMany opens n visitor WebSockets with the given concurrency; each is
-// held (answering pings) until ctx ends.
-func openMany(ctx context.Context, c *client, n, dialers int, errs *errCounts) (opened []*wsConn) {
+// openMany opens n visitor WebSockets with the given concurrency, spread
+// round-robin over cs (the servers); each is held (answering pings) until
+// ctx ends.
+func openMany(ctx context.Context, cs []*client, n, dialers int, errs *errCounts) (opened []*wsConn) {
 	var mu sync.Mutex
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -114,8 +118,8 @@ func openMany(ctx context.Context, c *client, n, dialers int, errs *errCounts) (
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for next.Add(1) <= int64(n) && ctx.Err() == nil {
-				cn, err := c.openVisitor(ctx)
+			for k := next.Add(1); k <= int64(n) && ctx.Err() == nil; k = next.Add(1) {
+				cn, err := cs[(k-1)%int64(len(cs))].openVisitor(ctx)
 				if err != nil {
 					errs.add(err)
 					continue
@@ -140,21 +144,20 @@ func closeAll(cs []*wsConn) {
 // runIdle opens cfg.Conns visitor connections (in this process, or spread
 // over cfg.Procs children) and measures the server around them.
 func runIdle(ctx context.Context, cfg Config, t target) (*IdleResult, error) {
-	c := newClient(t.url, cfg.Srcs, 0)
-	s := t.sampler(c)
-	before, errb := s.sample(ctx)
+	ns := t.connect(cfg.Srcs)
+	before := ns.sample(ctx)
 	res := &IdleResult{Requested: cfg.Conns, Procs: cfg.Procs, Srcs: cfg.Srcs}
 	start := time.Now()
 	var release func()
 	if cfg.Procs > 1 {
-		opened, failed, errs, rel, err := spawnIdle(ctx, cfg, t.url)
+		opened, failed, errs, rel, err := spawnIdle(ctx, cfg, t.url())
 		if err != nil {
 			return nil, err
 		}
 		res.Opened, res.Failed, res.Errors, release = opened, failed, errs, rel
 	} else {
 		var errs errCounts
-		cs := openMany(ctx, c, cfg.Conns, cfg.Dialers, &errs)
+		cs := openMany(ctx, ns.clients, cfg.Conns, cfg.Dialers, &errs)
 		res.Opened, res.Errors = len(cs), errs.snapshot()
 		res.Failed = cfg.Conns - len(cs)
 		release = func() { closeAll(cs) }
@@ -162,14 +165,20 @@ func runIdle(ctx context.Context, cfg Config, t target) (*IdleResult, error) {
 	defer release()
 	res.OpenSeconds = time.Since(start).Seconds()
 	sleep(ctx, cfg.Settle)
-	mid, errm := s.sample(ctx)
+	mid := ns.sample(ctx)
 	sleep(ctx, cfg.Hold)
-	after, erra := s.sample(ctx)
-	res.HoldSeconds = after.At.Sub(mid.At).Seconds()
-	res.Server = figures(before, mid, res.Opened, errb, errm)
+	after := ns.sample(ctx)
+	res.HoldSeconds = after.s[0].At.Sub(mid.s[0].At).Seconds()
+	res.Server, res.Nodes = ns.figures(before, mid, res.Opened)
 	// Idle CPU is over the hold only, not the opening.
-	if erra == nil && errm == nil && res.HoldSeconds > 0 {
-		res.Server.CPUPercent = 100 * (after.CPU - mid.CPU) / res.HoldSeconds
+	hold, holdNodes := ns.figures(mid, after, 0)
+	if res.Server.Error == "" && hold.Error == "" {
+		res.Server.CPUPercent = hold.CPUPercent
+	}
+	for i := range res.Nodes {
+		if res.Nodes[i].Error == "" && holdNodes[i].Error == "" {
+			res.Nodes[i].CPUPercent = holdNodes[i].CPUPercent
+		}
 	}
 	return res, ctx.Err()
 }
@@ -185,7 +194,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // welcome, synced) with cfg.Dialers concurrent dialers for cfg.Duration,
 // closing each one established.
 func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, error) {
-	c := newClient(t.url, cfg.Srcs, 0)
+	ns := t.connect(cfg.Srcs)
 	var errs errCounts
 	var ok, failed atomic.Int64
 	hists := make([]Hist, cfg.Dialers)
@@ -195,7 +204,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	var wg sync.WaitGroup
 	for w := range hists {
 		wg.Add(1)
-		go func(h *Hist) {
+		go func(h *Hist, c *client) {
 			defer wg.Done()
 			for ctx2.Err() == nil {
 				t0 := time.Now()
@@ -211,7 +220,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 				ok.Add(1)
 				cn.close()
 			}
-		}(&hists[w])
+		}(&hists[w], ns.client(w))
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
@@ -246,6 +255,8 @@ type flow struct {
 	deliv    atomic.Int64 // received by every agent
 	delivAll atomic.Int64 // receipts in all
 	last     atomic.Int64 // ns after t0 of the last receipt
+	dup      atomic.Int64 // frames of a message the agent connection had already
+	disorder atomic.Int64 // message frames not above the connection's last id
 	errs     errCounts
 }
 
@@ -273,7 +284,11 @@ func (f *flow) answered(g int64, ok bool) {
 // received records agent receipt of message g; seen is that agent's own
 // bitmap (so a repeated frame counts once).
 func (f *flow) received(g int64, seen []uint64, h *Hist) {
-	if g < 0 || g >= int64(f.n) || seen[g/64]&(1<<(g%64)) != 0 {
+	if g < 0 || g >= int64(f.n) {
+		return
+	}
+	if seen[g/64]&(1<<(g%64)) != 0 {
+		f.dup.Add(1)
 		return
 	}
 	seen[g/64] |= 1 << (g % 64)
@@ -303,6 +318,8 @@ var (
 	idKey   = []byte(`"id":"b`)
 	typeAck = []byte(`"type":"ack"`)
 	typeMsg = []byte(`"type":"message"`)
+	// msgIDKey leads a message frame's message ID (the agent cursor).
+	msgIDKey = []byte(`"message":{"id":`)
 )
 
 // appendSend appends the send frame of message g with a text of size bytes.
@@ -326,9 +343,11 @@ func schedule(k, v, visitors int, rate float64) time.Duration {
 }
 
 // runThroughput drives visitors → agents over WebSockets (or long polling
-// when lp is set) and accounts for every message.
+// when lp is set) and accounts for every message. With several servers
+// (a cluster's nodes), visitors and agent connections are spread over them
+// round-robin, so a message crosses nodes to reach the agents elsewhere.
 func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*ThroughputResult, error) {
-	c := newClient(t.url, cfg.Srcs, 0)
+	ns := t.connect(cfg.Srcs)
 	res := &ThroughputResult{Transport: "websocket", Mode: "closed", Visitors: cfg.Visitors, Agents: cfg.Agents}
 	if lp {
 		res.Transport = "longpoll"
@@ -342,7 +361,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	// Idle connections held during the run.
 	if cfg.Idle > 0 {
 		var errs errCounts
-		idle := openMany(ctx, c, cfg.Idle, cfg.Dialers, &errs)
+		idle := openMany(ctx, ns.clients, cfg.Idle, cfg.Dialers, &errs)
 		defer closeAll(idle)
 		res.IdleHeld = len(idle)
 		if len(idle) < cfg.Idle {
@@ -353,13 +372,14 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	f := newFlow(cfg.Messages, cfg.Agents)
 	hists := make([]Hist, cfg.Agents)
 	var agentsWG sync.WaitGroup
-	var agentConns []*wsConn
+	var agentLinks []*agentLink
 	for a := 0; a < cfg.Agents; a++ {
+		c := ns.client(a)
 		tok, err := c.login(ctx, cfg.Email, cfg.Password)
 		if err != nil {
 			return nil, err
 		}
-		cn, cur, err := c.dialSynced(ctx, "/ws/agent", tok)
+		cn, cur, err := c.dialSynced(ctx, "/ws/agent", tok, -1, nil)
 		if err != nil {
 			return nil, fmt.Errorf("agent connection: %w", err)
 		}
@@ -373,9 +393,10 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 			}
 			go func(h *Hist) { defer agentsWG.Done(); pollAgent(ctx, p, f, seen, h) }(&hists[a])
 		} else {
-			agentConns = append(agentConns, cn)
-			defer cn.close()
-			go func(h *Hist) { defer agentsWG.Done(); readAgent(cn, f, seen, h) }(&hists[a])
+			l := &agentLink{c: c, token: tok, cn: cn, cursor: cur}
+			agentLinks = append(agentLinks, l)
+			defer l.close()
+			go func(h *Hist) { defer agentsWG.Done(); l.read(ctx, f, seen, h) }(&hists[a])
 		}
 	}
 
@@ -387,6 +408,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	}
 	vs := make([]visitor, cfg.Visitors)
 	for i := range vs {
+		c := ns.client(i)
 		tok, err := c.session(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("visitor session: %w", err)
@@ -402,8 +424,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		vs[i].sem = make(chan struct{}, cfg.Window)
 	}
 
-	s := t.sampler(c)
-	before, errb := s.sample(ctx)
+	before := ns.sample(ctx)
 	f.t0 = time.Now()
 	var sendWG sync.WaitGroup
 	for v := range vs {
@@ -451,19 +472,25 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	for !f.done() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
-	after, erra := s.sample(ctx)
+	after := ns.sample(ctx)
 	cancel()
 	for _, vis := range vs {
 		if vis.cn != nil {
 			vis.cn.close()
 		}
 	}
-	closeAll(agentConns)
+	for _, l := range agentLinks {
+		l.close()
+	}
 	agentsWG.Wait() // agents stop when their connections close or ctx ends
+	for _, l := range agentLinks {
+		res.AgentReconnects += l.reconnects
+	}
 
 	res.Sent, res.Acked, res.Refused = f.sent.Load(), f.acked.Load(), f.refused.Load()
 	res.Unanswered = res.Sent - res.Acked - res.Refused
 	res.Delivered, res.Deliveries = f.deliv.Load(), f.delivAll.Load()
+	res.Duplicates, res.OutOfOrder = f.dup.Load(), f.disorder.Load()
 	res.Lost = res.Acked - res.Delivered
 	if res.Lost < 0 { // delivered before its ack arrived, ack never came
 		res.Lost = 0
@@ -478,7 +505,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		all.Merge(&hists[i])
 	}
 	res.Latency = all.Summary()
-	res.Server = figures(before, after, 0, errb, erra)
+	res.Server, res.Nodes = ns.figures(before, after, 0)
 	return res, nil
 }
 
@@ -519,23 +546,107 @@ func readVisitor(cn *wsConn, f *flow, sem chan struct{}) {
 	}
 }
 
-// readAgent records the bench's messages arriving on an agent connection.
-func readAgent(cn *wsConn, f *flow, seen []uint64, h *Hist) {
+// agentLink is one agent's WebSocket for a throughput run. When the
+// server drops it (a slow consumer's queue overflowed, docs/protocol.md),
+// it reconnects with the cursor of the last message it received, as a
+// real client does, and the server replays what it missed.
+type agentLink struct {
+	c      *client
+	token  string
+	cursor int64 // the last message ID received (-1: none yet, from now on)
+
+	mu     sync.Mutex
+	cn     *wsConn
+	closed bool
+
+	reconnects int // read's goroutine; read after it ends
+}
+
+// close ends the link: its read loop returns and does not reconnect.
+func (l *agentLink) close() {
+	l.mu.Lock()
+	l.closed = true
+	cn := l.cn
+	l.mu.Unlock()
+	if cn != nil {
+		cn.close()
+	}
+}
+
+// read records the bench's messages arriving for the agent until the link
+// is closed or ctx ends.
+func (l *agentLink) read(ctx context.Context, f *flow, seen []uint64, h *Hist) {
+	l.mu.Lock()
+	cn := l.cn
+	l.mu.Unlock()
 	for {
 		fr, err := cn.read()
 		if err != nil {
-			return
+			if cn = l.redial(ctx, f, seen, h); cn == nil {
+				return
+			}
+			continue
 		}
 		if bytes.Contains(fr, typePing) {
 			_ = cn.write(pongFrame)
 			continue
 		}
-		if !bytes.Contains(fr, typeMsg) {
+		l.message(fr, f, seen, h)
+	}
+}
+
+// message records fr if it is one of the bench's messages.
+func (l *agentLink) message(fr []byte, f *flow, seen []uint64, h *Hist) {
+	if !bytes.Contains(fr, typeMsg) {
+		return
+	}
+	if id, ok := intField(fr, msgIDKey); ok {
+		if id > l.cursor {
+			l.cursor = id
+		} else if l.cursor >= 0 {
+			f.disorder.Add(1)
+		}
+	}
+	if g, ok := intField(fr, textKey); ok {
+		f.received(g, seen, h)
+	}
+}
+
+// redial replaces a connection the server ended; nil once the link is
+// closed, ctx ends or the server refuses.
+func (l *agentLink) redial(ctx context.Context, f *flow, seen []uint64, h *Hist) *wsConn {
+	for attempt := 0; ; attempt++ {
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed || ctx.Err() != nil {
+			return nil
+		}
+		if attempt == 5 {
+			f.errs.add(errors.New("agent reconnect failed 5 times"))
+			return nil
+		}
+		// The replay before synced is what the agent missed: recorded too.
+		cn, cur, err := l.c.dialSynced(ctx, "/ws/agent", l.token, l.cursor,
+			func(fr []byte) { l.message(fr, f, seen, h) })
+		if err != nil {
+			f.errs.add(fmt.Errorf("agent reconnect: %w", err))
+			sleep(ctx, 100*time.Millisecond)
 			continue
 		}
-		if g, ok := intField(fr, textKey); ok {
-			f.received(g, seen, h)
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			cn.close()
+			return nil
 		}
+		l.cn = cn
+		l.reconnects++
+		l.mu.Unlock()
+		if cur > l.cursor {
+			l.cursor = cur
+		}
+		return cn
 	}
 }
 

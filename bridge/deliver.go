@@ -172,7 +172,8 @@ type DelivererConfig struct {
 	// SendTimeout bounds one Send. Default 30 s.
 	SendTimeout time.Duration
 	// ShutdownTimeout is how long Run waits for sends in flight when its
-	// ctx ends before cancelling them, and again after. Default 10 s.
+	// ctx ends before cancelling them, and again after. Default 10 s. A
+	// Deliverer whose lease was lost cancels them at once (see Run).
 	ShutdownTimeout time.Duration
 	// GiveUpAfter is how long after its commit an entry that keeps failing
 	// transiently is given up: its message is marked failed ("not delivered
@@ -247,10 +248,10 @@ const (
 //
 // Within one process an entry is never sent twice at once. A cluster needs
 // more: kicks go to one node (DeliverTopic is a work topic), but every node
-// that runs a Deliverer for the channel sweeps, and two nodes can find the
-// same due entry. Until the store can lease an entry to one node, run a
-// channel's Deliverer on one node at a time (under the cluster lease that
-// single-node work runs under).
+// that ran a Deliverer for the channel would sweep, and two nodes could find
+// the same due entry. So a channel's Deliverer runs on one node at a time,
+// under the cluster lease "deliver.CHANNEL" (RunLeased; node.Run does this),
+// a fresh Deliverer each time the lease comes to a node.
 type Deliverer struct {
 	cfg     DelivererConfig
 	log     *slog.Logger
@@ -306,9 +307,13 @@ func NewDeliverer(cfg DelivererConfig) (*Deliverer, error) {
 // sweeps the outbox at once and every SweepInterval, and sends what is due.
 // When ctx ends it stops taking work, waits up to ShutdownTimeout for sends
 // in flight to finish and be recorded, then cancels the rest (they are
-// recorded as failed attempts) and waits up to ShutdownTimeout again. It
-// returns nil after a clean stop, and an error if it could not subscribe or
-// a Sender ignored the cancellation. Run may be called once.
+// recorded as failed attempts) and waits up to ShutdownTimeout again. When
+// ctx ends because the Deliverer's lease was lost (its cause is
+// ErrLeaseLost, see RunLeased), there is no grace: another node may start
+// sending the same entries a third of the lease's TTL later, so sends in
+// flight are cancelled at once, and only their recording is waited for.
+// It returns nil after a clean stop, and an error if it could not
+// subscribe or a Sender ignored the cancellation. Run may be called once.
 func (d *Deliverer) Run(ctx context.Context) error {
 	if !d.running.CompareAndSwap(false, true) {
 		return errors.New("bridge: Deliverer.Run called twice")
@@ -333,6 +338,11 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		loops.Go(func() { d.consume(ctx, kicks) })
 	}
 	<-ctx.Done()
+	leaseLost := errors.Is(context.Cause(ctx), ErrLeaseLost)
+	if leaseLost {
+		d.log.Warn("deliver: lease lost; cancelling sends in flight at once")
+		cancelSends()
+	}
 	loops.Wait()
 
 	d.mu.Lock()
@@ -345,13 +355,15 @@ func (d *Deliverer) Run(ctx context.Context) error {
 
 	done := make(chan struct{})
 	go func() { d.lanes.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(d.cfg.ShutdownTimeout):
+	if !leaseLost {
+		select {
+		case <-done:
+			return nil
+		case <-time.After(d.cfg.ShutdownTimeout):
+		}
+		d.log.Warn("deliver: cancelling sends still running at shutdown")
+		cancelSends()
 	}
-	d.log.Warn("deliver: cancelling sends still running at shutdown")
-	cancelSends()
 	select {
 	case <-done:
 		return nil

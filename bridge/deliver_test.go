@@ -156,6 +156,7 @@ type harness struct {
 	kicker  *bridge.Notifier
 	reg     *prometheus.Registry
 	cancel  context.CancelFunc
+	end     context.CancelCauseFunc // ends Run's ctx with a cause
 	done    chan error
 	stopped bool
 }
@@ -190,8 +191,8 @@ func (h *harness) start(opts ...func(*bridge.DelivererConfig)) {
 		t.Fatal(err)
 	}
 	sweeps := h.store.sweeps()
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel, h.done = cancel, make(chan error, 1)
+	ctx, end := context.WithCancelCause(context.Background())
+	h.cancel, h.end, h.done = func() { end(nil) }, end, make(chan error, 1)
 	go func() { h.done <- d.Run(ctx) }()
 	// The first sweep runs after the subscription is made.
 	eventually(t, "the first sweep", func() bool { return h.store.sweeps() > sweeps })
@@ -662,6 +663,32 @@ func TestDeliverShutdownIsBounded(t *testing.T) {
 			t.Fatalf("Run = %v, want an error about sends still running", err)
 		}
 	})
+}
+
+// TestDeliverLeaseLostCancelsSendsAtOnce: a Deliverer whose lease was lost
+// gives its sends in flight no grace period (here an hour): another node
+// may take the lease over and send the same entries a third of the TTL
+// later.
+func TestDeliverLeaseLostCancelsSendsAtOnce(t *testing.T) {
+	for _, cause := range []error{bridge.ErrLeaseLost, bridge.ErrLeaseTaken} {
+		t.Run(cause.Error(), func(t *testing.T) {
+			h := newHarness(t)
+			h.sender.honourCtx = true
+			h.start(func(c *bridge.DelivererConfig) { c.ShutdownTimeout = time.Hour })
+			e := h.store.addReply(channel, 1, "hi", h.clock.Now())
+			h.sender.gate(e.ID) // never opened: only the cancellation ends the send
+			h.kick(e)
+			eventually(t, "the send to start", func() bool { return len(h.sender.attemptsOf(e.ID)) == 1 })
+			h.end(cause)
+			if err := h.stop(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			// The cancelled attempt is recorded; the new holder sends it.
+			if got, ok := h.store.entry(e.ID); !ok || got.Attempts != 1 {
+				t.Errorf("entry %+v, want kept with one failed attempt", got)
+			}
+		})
+	}
 }
 
 func TestDeliverPoisonsUnreadableKicks(t *testing.T) {

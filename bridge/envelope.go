@@ -28,6 +28,9 @@ const (
 	KindUpdates Kind = "updates"
 	// KindDeliver carries one outbox kick. Topic: DeliverTopic(channel).
 	KindDeliver Kind = "deliver"
+	// KindPresence carries one node's presence news (PresenceState).
+	// Topic: PresenceTopic.
+	KindPresence Kind = "presence"
 )
 
 // Metadata keys set on every bus message kefu publishes. Backends carry
@@ -51,12 +54,17 @@ var ErrMalformedEnvelope = errors.New("malformed envelope")
 //
 //	{"v":1,"kind":"updates","node":"kefu-1","updates":[{"type":"message",…}]}
 //	{"v":1,"kind":"deliver","node":"kefu-1","outbox":{"id":42,"channel":"wa","key":"c:7"}}
+//	{"v":1,"kind":"presence","node":"kefu-1","presence":{"op":"delta","epoch":…,"seq":7,"every_ms":5000,"agents":[[3,1]]}}
 type Envelope struct {
-	V       int           `json:"v"`
-	Kind    Kind          `json:"kind"`
-	Node    string        `json:"node,omitempty"` // node_id of the publisher, for logs
+	V    int    `json:"v"`
+	Kind Kind   `json:"kind"`
+	Node string `json:"node,omitempty"` // node_id of the publisher (for presence: whose state it is)
+	// Updates is the body of KindUpdates.
 	Updates []core.Update `json:"updates,omitempty"`
-	Outbox  *OutboxKick   `json:"outbox,omitempty"`
+	// Outbox is the body of KindDeliver.
+	Outbox *OutboxKick `json:"outbox,omitempty"`
+	// Presence is the body of KindPresence.
+	Presence *PresenceState `json:"presence,omitempty"`
 }
 
 // OutboxKick names a committed outbox entry whose delivery should start.
@@ -88,6 +96,9 @@ func (env Envelope) Validate() error {
 	case env.V != EnvelopeVersion:
 		return fmt.Errorf("%w: unsupported version %d (this node reads %d)", ErrMalformedEnvelope, env.V, EnvelopeVersion)
 	}
+	if env.Presence != nil && env.Kind != KindPresence {
+		return fmt.Errorf("%w: kind %q with a presence body", ErrMalformedEnvelope, env.Kind)
+	}
 	switch env.Kind {
 	case KindUpdates:
 		if env.Outbox != nil {
@@ -112,6 +123,18 @@ func (env Envelope) Validate() error {
 			return fmt.Errorf("%w: outbox.id %d is not positive", ErrMalformedEnvelope, env.Outbox.ID)
 		case env.Outbox.Channel == "":
 			return fmt.Errorf("%w: outbox.channel is empty", ErrMalformedEnvelope)
+		}
+	case KindPresence:
+		switch {
+		case len(env.Updates) != 0 || env.Outbox != nil:
+			return fmt.Errorf("%w: kind %q with updates or an outbox kick", ErrMalformedEnvelope, env.Kind)
+		case env.Presence == nil:
+			return fmt.Errorf("%w: kind %q without presence", ErrMalformedEnvelope, env.Kind)
+		case env.Node == "":
+			return fmt.Errorf("%w: kind %q without node", ErrMalformedEnvelope, env.Kind)
+		}
+		if err := env.Presence.validate(); err != nil {
+			return fmt.Errorf("%w: presence: %s", ErrMalformedEnvelope, err)
 		}
 	case "":
 		return fmt.Errorf("%w: missing kind", ErrMalformedEnvelope)
@@ -192,7 +215,15 @@ func EncodePayload(env Envelope) ([]byte, error) {
 // Decode reads the envelope in msg's payload. Errors wrap
 // ErrMalformedEnvelope. When msg carries MetaKind, it must agree with the
 // payload.
+//
+// A message that a Notifier published on an in-process bus carries the
+// envelope it was encoded from (local.go); Decode returns that one without
+// reading the payload. It may be shared with the topic's other in-process
+// subscriptions: treat what Decode returns as read-only.
 func Decode(msg *message.Message) (Envelope, error) {
+	if env, ok := decoded(msg); ok {
+		return env, nil
+	}
 	env, err := DecodePayload(msg.Payload)
 	if err != nil {
 		return Envelope{}, err

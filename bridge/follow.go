@@ -50,7 +50,8 @@ type FollowerConfig struct {
 // written before are skipped, so that enabling Slack does not replay years
 // of history into a channel.
 //
-// In a cluster exactly one node should run a given follower (a lease).
+// In a cluster exactly one node runs a given follower: node.Run runs it
+// under the cluster lease "follow.NAME" (RunLeased).
 type Follower struct {
 	cfg  FollowerConfig
 	log  *slog.Logger

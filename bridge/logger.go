@@ -12,15 +12,15 @@ import (
 //
 // It is watermill.NewSlogLogger with one difference that matters on the
 // hot path: it asks l whether a level is enabled before it converts the
-// fields, so the Trace and Debug lines GoChannel and the router write for
-// every message cost nothing when they are off.
+// fields, so the Trace and Debug lines watermill's publishers, subscribers
+// and router write for every message cost nothing when they are off.
 func NewWatermillLogger(l *slog.Logger) watermill.LoggerAdapter {
 	return newWatermillLogger(l, slog.LevelInfo)
 }
 
 // NewQuietWatermillLogger is NewWatermillLogger with watermill's Info lines
-// logged at Debug, for components that log at Info per message (GoChannel
-// logs each message published to a topic nobody subscribes to).
+// logged at Debug, for components whose Info lines can come once per
+// message; the Redis and NATS buses use it.
 func NewQuietWatermillLogger(l *slog.Logger) watermill.LoggerAdapter {
 	return newWatermillLogger(l, slog.LevelDebug)
 }

@@ -61,12 +61,14 @@ func NewNotifier(cfg NotifierConfig) *Notifier {
 	return &Notifier{node: cfg.Node, pub: cfg.Publisher, log: cfg.Logger, metrics: cfg.Metrics}
 }
 
-// Publish sends updates, in order, as one envelope on UpdatesTopic.
+// Publish sends updates, in order, as one envelope on UpdatesTopic. The
+// envelope holds a copy of updates (see local.go): the caller may change
+// what they point to afterwards.
 func (n *Notifier) Publish(ctx context.Context, updates ...core.Update) {
 	if len(updates) == 0 {
 		return
 	}
-	n.publish(ctx, UpdatesTopic, UpdatesEnvelope(n.node, updates...))
+	n.publish(ctx, UpdatesTopic, UpdatesEnvelope(n.node, snapshotUpdates(updates)...))
 }
 
 // Deliver sends a kick for e on its channel's work topic.
@@ -77,6 +79,7 @@ func (n *Notifier) Deliver(ctx context.Context, e core.OutboxEntry) {
 func (n *Notifier) publish(ctx context.Context, topic string, env Envelope) {
 	msg, err := Encode(env, CorrelationID(ctx))
 	if err == nil {
+		attachDecoded(msg, env)
 		err = n.pub.Publish(topic, msg)
 	}
 	if err != nil {

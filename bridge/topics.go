@@ -8,6 +8,10 @@ const (
 	// UpdatesTopic is a fan-out topic: batches of core.Update (envelope kind
 	// "updates") that every node passes to the sockets it holds.
 	UpdatesTopic = "kefu.updates"
+	// PresenceTopic is a fan-out topic: what each node knows of its own
+	// sockets and of agents' /on and away flags (envelope kind "presence"),
+	// which every node merges into the cluster's presence (presence.go).
+	PresenceTopic = "kefu.presence"
 	// PoisonTopic is a work topic: messages a handler could not process after
 	// its retries, with the reason in the metadata key
 	// middleware.ReasonForPoisonedKey. Nothing in kefu consumes it; operators

@@ -31,6 +31,8 @@ import (
 //   - Mounter: serves routes of its own (the web channel's widget and API).
 //   - bridge.Sender: delivers outgoing messages from the outbox.
 //   - Runner: runs a loop (polling, a socket to the provider).
+//   - Exclusive: its Runner's loop must run on one node of a cluster at a
+//     time.
 //   - Checker: reports whether it is usable, for /readyz.
 //   - Windowed: has a reply window.
 //   - bridge.FollowHandler: follows every conversation's messages for
@@ -59,6 +61,18 @@ type Runner interface {
 	Run(ctx context.Context) error
 }
 
+// Exclusive is a Runner whose loop, as configured, must run on one node of
+// a cluster at a time: Telegram's long polling (Telegram refuses a second
+// poller), Slack's Socket Mode. When Exclusive reports true, the node runs
+// Run under the cluster lease "run.NAME" (bridge.RunLeased) instead of on
+// every node: Run is then called on the node that holds the lease, and
+// called again, on this node or another, after its lease moved, so it must
+// be safe to call more than once. A Runner that is not Exclusive (or
+// reports false) runs on every node, once.
+type Exclusive interface {
+	Exclusive() bool
+}
+
 // Checker is a channel that can tell whether it is usable.
 type Checker interface {
 	Check(ctx context.Context) error
@@ -79,6 +93,10 @@ type Deps struct {
 	// TrustedProxies are server.trusted_proxies: the peers whose
 	// X-Forwarded-For is believed (see httpx.ClientIP).
 	TrustedProxies []netip.Prefix
+	// PushTopics are the topics (app bundle ids) of the enabled pushers
+	// (push.apns.topic): the only ones a customer's app may register a
+	// device for. Empty: push is off.
+	PushTopics []string
 }
 
 // Factory builds an instance from its decoded, validated config section.

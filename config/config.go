@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,9 @@ const (
 
 	SyncNormal = "normal" // store.sync: safe against kill -9 (default)
 	SyncFull   = "full"   // store.sync: also safe against power loss
+
+	MediaLocal    = "local"    // media.driver: a local folder, media.dir (default)
+	MediaPostgres = "postgres" // media.driver: the PostgreSQL store's database, for clusters
 
 	BusMemory = "memory" // bus.driver: in-process (default)
 	BusRedis  = "redis"  // bus.driver: Redis Streams
@@ -79,7 +83,11 @@ type Store struct {
 
 // Media is the media: section.
 type Media struct {
-	Dir      string `yaml:"dir"`       // local folder for media; default "data/media"
+	// Driver is where files are kept: local (the folder dir, one node) or
+	// postgres (tables in the database of store.dsn, which every node of a
+	// cluster shares; needs store.driver postgres). Default local.
+	Driver   string `yaml:"driver"`
+	Dir      string `yaml:"dir"`       // local folder for media (driver local); default "data/media"
 	MaxBytes int64  `yaml:"max_bytes"` // largest accepted file; default 20971520 (20 MiB)
 }
 
@@ -87,6 +95,11 @@ type Media struct {
 type Bus struct {
 	Driver string `yaml:"driver"` // memory | redis | nats; default memory
 	URL    string `yaml:"url"`    // redis:// or rediss:// URL for redis, nats:// URL for nats; unused for memory
+	// Namespace keeps this deployment's topics apart from another's on a
+	// shared server: the Redis stream keys get the prefix "NAMESPACE:", and
+	// the NATS JetStream stream is named NAMESPACE instead of KEFU. Every
+	// node of one deployment must use the same value. Default: none.
+	Namespace string `yaml:"namespace"`
 }
 
 // Routing is the routing: section.
@@ -139,7 +152,7 @@ func defaults(lookupEnv func(string) (string, bool)) *Config {
 		Server:   Server{Addr: ":8080"},
 		NodeID:   nodeID,
 		Store:    Store{Driver: StoreSQLite, DSN: "data/kefu.db", Sync: SyncNormal},
-		Media:    Media{Dir: "data/media", MaxBytes: 20 << 20},
+		Media:    Media{Driver: MediaLocal, Dir: "data/media", MaxBytes: 20 << 20},
 		Bus:      Bus{Driver: BusMemory},
 		Routing:  Routing{Strategy: StrategyLeastBusy, MaxOpenPerAgent: 8, ReopenWithin: 168 * time.Hour, OfflineReply: DefaultOfflineReply},
 		Log:      Log{Level: "info", Format: LogText},
@@ -163,6 +176,9 @@ func (c *Config) Validate() error {
 	}
 	if strings.TrimSpace(c.NodeID) == "" {
 		errs = append(errs, Errorf("node_id", "required"))
+	}
+	if c.Media.Driver == MediaPostgres && c.Store.Driver != StorePostgres {
+		errs = append(errs, Errorf("media.driver", "postgres keeps files in the PostgreSQL store's database and needs store.driver: postgres; store.driver is %q", c.Store.Driver))
 	}
 	for _, ci := range c.EnabledChannels() {
 		if ci.Config != nil {
@@ -240,11 +256,12 @@ func (s *Store) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Validate checks dir and max_bytes.
+// Validate checks driver, dir and max_bytes. That driver postgres has a
+// postgres store is checked by Config.Validate.
 func (m *Media) Validate() error {
-	var errs []error
-	if m.Dir == "" {
-		errs = append(errs, Errorf("dir", "required"))
+	errs := []error{OneOf("driver", m.Driver, MediaLocal, MediaPostgres)}
+	if m.Dir == "" && m.Driver == MediaLocal {
+		errs = append(errs, Errorf("dir", "required when driver is local"))
 	}
 	if m.MaxBytes <= 0 {
 		errs = append(errs, Errorf("max_bytes", "must be greater than 0; got %d", m.MaxBytes))
@@ -252,8 +269,11 @@ func (m *Media) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Validate checks driver and url.
+// Validate checks driver, url and namespace.
 func (b *Bus) Validate() error {
+	if b.Namespace != "" && !namespaceRE.MatchString(b.Namespace) {
+		return Errorf("namespace", "only letters, digits, '-' and '_', at most 32; got %q", b.Namespace)
+	}
 	var schemes []string
 	switch b.Driver {
 	case BusMemory:
@@ -275,6 +295,8 @@ func (b *Bus) Validate() error {
 	}
 	return nil
 }
+
+var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
 // redact hides the password of a URL-like string for an error message.
 func redact(s string) string {

@@ -24,12 +24,30 @@ type Presence interface {
 	SetAway(agentID int64, away bool)
 	// Connected reports whether the agent has a live console connection.
 	Connected(agentID int64) bool
+	// ConnectContact records one live realtime connection (WebSocket or
+	// long poll) of a customer contact; the returned function ends it.
+	ConnectContact(contactID int64) (release func())
+	// ContactConnected reports whether the contact has a live realtime
+	// connection.
+	ContactConnected(contactID int64) bool
+}
+
+// PresenceWatcher is a Presence that tells when an agent may have become
+// available (connected, /on, back from away), on this node or, for a
+// clustered presence, on any node. The Service uses it to drain the queue.
+// A Presence without it is only polled.
+type PresenceWatcher interface {
+	// OnChange sets the function called whenever an agent may have become
+	// available; it replaces any earlier one. f is called outside the
+	// presence's locks, possibly concurrently, and may call back into it.
+	OnChange(f func(agentID int64))
 }
 
 // MemoryPresence is the in-process Presence.
 type MemoryPresence struct {
-	mu     sync.Mutex
-	agents map[int64]*agentPresence
+	mu       sync.Mutex
+	agents   map[int64]*agentPresence
+	contacts map[int64]int // live connections per contact
 	// changed, when set, is called (outside the lock) whenever an agent may
 	// have become available.
 	changed func(agentID int64)
@@ -45,7 +63,7 @@ func (a *agentPresence) available() bool { return !a.away && (a.conns > 0 || a.o
 
 // NewMemoryPresence returns an empty presence.
 func NewMemoryPresence() *MemoryPresence {
-	return &MemoryPresence{agents: map[int64]*agentPresence{}}
+	return &MemoryPresence{agents: map[int64]*agentPresence{}, contacts: map[int64]int{}}
 }
 
 // OnChange sets a function called whenever an agent may have become
@@ -117,4 +135,31 @@ func (p *MemoryPresence) Connected(agentID int64) bool {
 	return a != nil && a.conns > 0
 }
 
-var _ Presence = (*MemoryPresence)(nil)
+// ConnectContact implements Presence.
+func (p *MemoryPresence) ConnectContact(contactID int64) func() {
+	p.mu.Lock()
+	p.contacts[contactID]++
+	p.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			p.mu.Lock()
+			if p.contacts[contactID]--; p.contacts[contactID] <= 0 {
+				delete(p.contacts, contactID)
+			}
+			p.mu.Unlock()
+		})
+	}
+}
+
+// ContactConnected implements Presence.
+func (p *MemoryPresence) ContactConnected(contactID int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.contacts[contactID] > 0
+}
+
+var (
+	_ Presence        = (*MemoryPresence)(nil)
+	_ PresenceWatcher = (*MemoryPresence)(nil)
+)

@@ -90,8 +90,8 @@ func NewService(cfg Config, d Deps) *Service {
 	if s.window == nil {
 		s.window = func(string) time.Duration { return 0 }
 	}
-	if mp, ok := d.Presence.(*MemoryPresence); ok {
-		mp.OnChange(func(int64) { s.capacityChanged(context.Background()) })
+	if w, ok := d.Presence.(PresenceWatcher); ok {
+		w.OnChange(func(int64) { s.capacityChanged(context.Background()) })
 	}
 	return s
 }

@@ -149,6 +149,9 @@ type Store interface {
 	// for cursors such as an agent-side channel's place in the message log.
 	PutSetting(ctx context.Context, key, value string) error
 
+	// LeaseStore keeps cluster leases (core/lease.go).
+	LeaseStore
+
 	// CreateSession stores an agent's login session. Only a hash of the
 	// session's token is ever stored.
 	CreateSession(ctx context.Context, s Session) error
@@ -161,6 +164,9 @@ type Store interface {
 	RevokeSessions(ctx context.Context, agentID int64) (int, error)
 	// DeleteExpiredSessions removes sessions that expired before now.
 	DeleteExpiredSessions(ctx context.Context, now time.Time) (int, error)
+
+	// DeviceStore keeps mobile apps' push tokens (core/device.go).
+	DeviceStore
 
 	// Ping checks that the store is usable (for /readyz).
 	Ping(ctx context.Context) error

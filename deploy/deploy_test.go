@@ -165,7 +165,7 @@ func TestCompose(t *testing.T) {
 	dotenv := readDotenv(t)
 	services, _ := compose["services"].(obj)
 
-	// Three kefu nodes, distinct node ids, the one cluster config, the shared media volume.
+	// Three kefu nodes, distinct node ids, the one cluster config, media in PostgreSQL.
 	nodes := kefuServices(t, compose)
 	if len(nodes) != 3 {
 		t.Fatalf("%d kefu services, want 3", len(nodes))
@@ -181,9 +181,6 @@ func TestCompose(t *testing.T) {
 		if !strings.Contains(vols, "./kefu.cluster.yaml:/etc/kefu/kefu.yaml") {
 			t.Errorf("%s: kefu.cluster.yaml not mounted at /etc/kefu/kefu.yaml: %s", name, vols)
 		}
-		if !strings.Contains(vols, "kefu-media:/var/lib/kefu/media") {
-			t.Errorf("%s: media volume not shared: %s", name, vols)
-		}
 		if env["KEFU_CONFIG"] != "/etc/kefu/kefu.yaml" {
 			t.Errorf("%s: KEFU_CONFIG=%q", name, env["KEFU_CONFIG"])
 		}
@@ -196,6 +193,9 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s and %s share node_id %q", name, other, cfg.NodeID)
 		}
 		ids[cfg.NodeID] = name
+		if cfg.Media.Driver != "postgres" || cfg.Store.Driver != "postgres" {
+			t.Errorf("%s: media.driver %q store.driver %q: a file one node stored must be served by the others", name, cfg.Media.Driver, cfg.Store.Driver)
+		}
 		if !strings.Contains(cfg.Store.DSN, ":"+dotenv["POSTGRES_PASSWORD"]+"@") {
 			t.Errorf("%s: store.dsn %q does not carry POSTGRES_PASSWORD", name, cfg.Store.DSN)
 		}
@@ -206,9 +206,6 @@ func TestCompose(t *testing.T) {
 		if !strings.Contains(deps, "postgres") || !strings.Contains(deps, "redis") {
 			t.Errorf("%s: depends_on %s", name, deps)
 		}
-	}
-	if _, ok := get(compose, "volumes").(obj)["kefu-media"]; !ok {
-		t.Error("volume kefu-media not declared")
 	}
 
 	// Redis: AOF on, fsync every second, no eviction.
@@ -497,8 +494,12 @@ func TestHelmChart(t *testing.T) {
 	}
 	kefuYAML := str(get(cm, "data", "kefu.yaml"))
 	cfg := parseKefu(t, "ConfigMap kefu.yaml", []byte(kefuYAML), podEnv)
-	if cfg.NodeID != podEnv["KEFU_NODE_ID"] || cfg.Store.Driver != "postgres" || cfg.Bus.Driver != "redis" {
-		t.Errorf("chart config: node_id %q store %q bus %q", cfg.NodeID, cfg.Store.Driver, cfg.Bus.Driver)
+	if cfg.NodeID != podEnv["KEFU_NODE_ID"] || cfg.Store.Driver != "postgres" || cfg.Bus.Driver != "redis" || cfg.Media.Driver != "postgres" {
+		t.Errorf("chart config: node_id %q store %q bus %q media %q", cfg.NodeID, cfg.Store.Driver, cfg.Bus.Driver, cfg.Media.Driver)
+	}
+	// Media in PostgreSQL: no media volume, and no warning about one.
+	if vols := fmt.Sprint(get(dep, "spec", "template", "spec", "volumes")); strings.Contains(vols, "name:media") {
+		t.Errorf("media volume mounted although media.driver is postgres: %s", vols)
 	}
 	wc := webConfig(t, cfg)
 
@@ -541,7 +542,8 @@ func TestHelmChartOptions(t *testing.T) {
 		"media":               obj{"persistence": obj{"existingClaim": "kefu-media"}},
 		"ingress":             obj{"enabled": false},
 		"podDisruptionBudget": obj{"enabled": false},
-		"config":              obj{"bus": obj{"driver": "nats", "url": "nats://nats:4222"}},
+		"config": obj{"bus": obj{"driver": "nats", "url": "nats://nats:4222"},
+			"media": obj{"driver": "local"}},
 	})
 	for _, kind := range []string{"Secret", "Ingress", "PodDisruptionBudget"} {
 		if len(m[kind]) != 0 {

@@ -10,8 +10,9 @@
 // provider's media URL, which channels call as soon as a message arrives
 // because provider URLs expire.
 //
-// Backends live in adapters/media: local (a folder, the default) and memory
-// (tests). Each passes the contract suite in media/mediatest.
+// Backends live in adapters/media: local (a folder, the default), postgres
+// (the store's PostgreSQL database, for clusters: config media.driver) and
+// memory (tests). Each passes the contract suite in media/mediatest.
 package media
 
 import (
@@ -25,9 +26,10 @@ import (
 
 // Backend stores opaque objects by key. It is the seam between the media
 // policy (Store) and where bytes live: adapters/media/local keeps them in a
-// folder on one machine. Clustered deployments, where every node must read
-// what any node saved, will add a backend over the shared store or an
-// S3-compatible bucket behind this same interface; nothing above it changes.
+// folder on one machine; adapters/media/postgres in the PostgreSQL database
+// every node of a cluster shares, so each node reads what any node saved. An
+// S3-compatible bucket would go behind this same interface; nothing above it
+// changes.
 //
 // Contract, for every implementation (media/mediatest checks it):
 //   - Safe for concurrent use by any number of goroutines.
@@ -43,10 +45,12 @@ import (
 //     (it survives a crash of the process and of the machine) once Put
 //     returns nil.
 //   - Open returns the object's bytes and size. The caller closes the
-//     reader. The reader may also implement io.Seeker (local's does), which
-//     HTTP handlers use to serve ranges; callers find out by type
-//     assertion. ctx bounds the opening, not the reading.
-//   - Delete removes the object. Readers opened before may go on reading.
+//     reader. The reader may also implement io.Seeker (local's and
+//     postgres's do), which HTTP handlers use to serve ranges; callers find
+//     out by type assertion. ctx bounds the opening, not the reading.
+//   - Delete removes the object. Readers opened before may go on reading
+//     (postgres's for an hour; a later read fails with an error, never with
+//     a short object).
 //   - Open and Delete of a missing key return an error wrapping
 //     core.ErrNotFound.
 //   - ctx cancellation abandons the call; a Put whose ctx is cancelled

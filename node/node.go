@@ -25,7 +25,6 @@ import (
 	"github.com/kefuhq/kefu/adapters/bus/memory"
 	natsbus "github.com/kefuhq/kefu/adapters/bus/nats"
 	redisbus "github.com/kefuhq/kefu/adapters/bus/redis"
-	"github.com/kefuhq/kefu/adapters/media/local"
 	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/bridge"
@@ -33,6 +32,8 @@ import (
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/media"
+	"github.com/kefuhq/kefu/push"
+	"github.com/kefuhq/kefu/push/apns"
 )
 
 // ShutdownTimeout bounds how long a stopping node waits for in-flight
@@ -45,6 +46,15 @@ type Options struct {
 	Registry *prometheus.Registry // nil: a new registry with Go and process collectors
 	// Listener, when set, is served instead of listening on server.addr.
 	Listener net.Listener
+	// LeaseTTL is the TTL of the cluster leases that single-node work runs
+	// under (see node/lease.go); 0: bridge.DefaultLeaseTTL. Tests shorten it.
+	LeaseTTL time.Duration
+	// Clock is the time source of the push fallback's waits; nil: the wall
+	// clock. Tests pass a fake one.
+	Clock bridge.Clock
+	// APNsClient, when set, replaces the APNs HTTP/2 client (tests pass
+	// the fake APNs server's, which trusts its certificate).
+	APNsClient *http.Client
 }
 
 // Node is one running kefu process.
@@ -59,11 +69,18 @@ type Node struct {
 	media    *media.Store
 	svc      *core.Service
 	notifier *bridge.Notifier
+	presence *bridge.ClusterPresence // nil on the in-process bus
 	channels []channels.Channel
 	senders  map[string]bridge.Sender
+	pushers  []*push.Fallback
+	pushTo   []string // the pushers' names (push.NAME), by index
+	topics   []string // the pushers' topics: the apps customers may register devices for
 	windows  map[string]time.Duration
 	mux      *http.ServeMux
 	ln       net.Listener
+	leases   *bridge.HeldLeases // the cluster leases this node holds
+	leaseTTL time.Duration
+	leaseClk bridge.Clock // times the leases; nil: the wall clock (tests set it)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -95,7 +112,7 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 	if n.bus, err = openBus(ctx, cfg.Bus, cfg.NodeID, n.log); err != nil {
 		return nil, err
 	}
-	if n.mediaB, err = local.New(cfg.Media.Dir); err != nil {
+	if n.mediaB, err = openMedia(ctx, cfg.Media, cfg.Store, n.log); err != nil {
 		return nil, err
 	}
 	if n.media, err = media.New(n.mediaB, media.Options{MaxBytes: cfg.Media.MaxBytes}); err != nil {
@@ -106,7 +123,17 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 		return nil, err
 	}
 	n.notifier = bridge.NewNotifier(bridge.NotifierConfig{Node: cfg.NodeID, Publisher: n.bus.Publisher(), Logger: n.log, Metrics: n.metrics})
-	presence := core.NewMemoryPresence()
+	var presence core.Presence = core.NewMemoryPresence()
+	if n.bus.Features().ConsumerGroups {
+		// A bus shared by nodes: presence is shared over it too, so that
+		// routing and push see every node's sockets. The in-process bus
+		// serves one node, whose memory presence is already complete.
+		n.presence, err = bridge.NewClusterPresence(bridge.PresenceConfig{Node: cfg.NodeID, Bus: n.bus, Logger: n.log, Metrics: n.metrics})
+		if err != nil {
+			return nil, err
+		}
+		presence = n.presence
+	}
 	n.svc = core.NewService(core.Config{
 		Strategy:        strategy,
 		MaxOpenPerAgent: cfg.Routing.MaxOpenPerAgent,
@@ -124,13 +151,16 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 	if err := n.seedAgents(ctx); err != nil {
 		return nil, err
 	}
+	if err := n.buildPushers(opt); err != nil {
+		return nil, err
+	}
 
 	n.mux = http.NewServeMux()
 	trusted, err := cfg.Server.TrustedPrefixes()
 	if err != nil {
 		return nil, err
 	}
-	deps := channels.Deps{Service: n.svc, Bus: n.bus, Media: n.media, Logger: n.log, PublicURL: cfg.Server.PublicURL, NodeID: cfg.NodeID, TrustedProxies: trusted}
+	deps := channels.Deps{Service: n.svc, Bus: n.bus, Media: n.media, Logger: n.log, PublicURL: cfg.Server.PublicURL, NodeID: cfg.NodeID, TrustedProxies: trusted, PushTopics: n.topics}
 	for _, inst := range cfg.EnabledChannels() {
 		ch, err := channels.New(inst, deps)
 		if err != nil {
@@ -155,6 +185,9 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err err
 	n.mux.HandleFunc("GET /readyz", n.serveReady)
 	n.mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 	n.registerGauges()
+	if err := n.initLeases(opt); err != nil {
+		return nil, err
+	}
 
 	n.ln = opt.Listener
 	if n.ln == nil {
@@ -187,13 +220,20 @@ func openBus(ctx context.Context, c config.Bus, nodeID string, log *slog.Logger)
 	case "memory":
 		return memory.New(log), nil
 	case "redis":
-		b, err := redisbus.New(ctx, redisbus.Options{URL: c.URL, NodeID: nodeID, Logger: log})
+		prefix := ""
+		if c.Namespace != "" {
+			prefix = c.Namespace + ":"
+		}
+		b, err := redisbus.New(ctx, redisbus.Options{URL: c.URL, NodeID: nodeID, Prefix: prefix, Logger: log,
+			// Presence is read live (fan-out from the stream's end) and
+			// repaired by snapshots: old entries serve nobody.
+			MaxLens: map[string]int64{bridge.PresenceTopic: 10_000}})
 		if err != nil { // not a typed nil in the interface
 			return nil, err
 		}
 		return b, nil
 	case "nats":
-		b, err := natsbus.New(ctx, natsbus.Options{URL: c.URL, NodeID: nodeID, Logger: log})
+		b, err := natsbus.New(ctx, natsbus.Options{URL: c.URL, NodeID: nodeID, Stream: c.Namespace, Logger: log})
 		if err != nil {
 			return nil, err
 		}
@@ -215,6 +255,45 @@ func (n *Node) seedAgents(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("create configured agents: %w", err)
+	}
+	return nil
+}
+
+// buildPushers builds the push fallback of each enabled pusher (push.apns).
+func (n *Node) buildPushers(opt Options) error {
+	enabled := n.cfg.EnabledPushers()
+	if len(enabled) == 0 {
+		return nil
+	}
+	metrics, err := push.NewMetrics(n.reg)
+	if err != nil {
+		return err
+	}
+	// The fallback runs under a lease: what it sends after a stop must end
+	// well inside the TTL/3 before another node may take over.
+	leaseTTL := opt.LeaseTTL
+	if leaseTTL == 0 {
+		leaseTTL = bridge.DefaultLeaseTTL
+	}
+	for _, pi := range enabled {
+		c, ok := pi.Config.(*apns.Config)
+		if !ok {
+			return fmt.Errorf("push.%s: pusher type %q is not available in this build", pi.Name, pi.Type)
+		}
+		client, err := apns.New(c, apns.Options{HTTPClient: opt.APNsClient})
+		if err != nil {
+			return fmt.Errorf("push.%s: %w", pi.Name, err)
+		}
+		fb, err := push.New(push.Config{
+			Pusher: client, Store: n.store, Presence: n.svc.Presence(), Bus: n.bus,
+			FallbackAfter: c.FallbackAfter, StopGrace: leaseTTL / 6, Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics,
+		})
+		if err != nil {
+			return fmt.Errorf("push.%s: %w", pi.Name, err)
+		}
+		n.pushers = append(n.pushers, fb)
+		n.pushTo = append(n.pushTo, pi.Name)
+		n.topics = append(n.topics, c.Topic)
 	}
 	return nil
 }
@@ -267,26 +346,54 @@ func (n *Node) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 	g, gctx := errgroup.WithContext(workCtx)
+	// Work that must run on one node of the cluster at a time runs under a
+	// lease (node/lease.go); a fresh Deliverer or Follower each time the
+	// lease comes to this node.
+	var leased []leasedWork
 	for name, s := range n.senders {
-		d, err := bridge.NewDeliverer(bridge.DelivererConfig{
+		dc := bridge.DelivererConfig{
 			Channel: name, Sender: s, Store: n.store, Notify: n.notifier, Bus: n.bus, Logger: n.log, Metrics: n.metrics,
-		})
-		if err != nil {
-			return err
 		}
-		g.Go(func() error { return d.Run(gctx) })
-	}
-	for _, ch := range n.channels {
-		if r, ok := ch.(channels.Runner); ok {
-			g.Go(func() error { return r.Run(gctx) })
+		if err := dc.Validate(); err != nil {
+			return fmt.Errorf("deliver %s: %w", name, err)
 		}
-		if h, ok := ch.(bridge.FollowHandler); ok {
-			f, err := bridge.NewFollower(bridge.FollowerConfig{Name: ch.Name(), Handler: h, Store: n.store, Bus: n.bus, Logger: n.log})
+		leased = append(leased, leasedWork{name: "deliver." + name, run: func(ctx context.Context) error {
+			d, err := bridge.NewDeliverer(dc)
 			if err != nil {
 				return err
 			}
-			g.Go(func() error { return f.Run(gctx) })
+			return d.Run(ctx)
+		}})
+	}
+	for _, ch := range n.channels {
+		if r, ok := ch.(channels.Runner); ok {
+			if e, ok := ch.(channels.Exclusive); ok && e.Exclusive() {
+				leased = append(leased, leasedWork{name: "run." + ch.Name(), run: r.Run})
+			} else {
+				g.Go(func() error { return r.Run(gctx) })
+			}
 		}
+		if h, ok := ch.(bridge.FollowHandler); ok {
+			fc := bridge.FollowerConfig{Name: ch.Name(), Handler: h, Store: n.store, Bus: n.bus, Logger: n.log}
+			if _, err := bridge.NewFollower(fc); err != nil {
+				return err
+			}
+			leased = append(leased, leasedWork{name: "follow." + ch.Name(), run: func(ctx context.Context) error {
+				f, err := bridge.NewFollower(fc)
+				if err != nil {
+					return err
+				}
+				return f.Run(ctx)
+			}})
+		}
+	}
+	for i, p := range n.pushers {
+		// Every node receives the fan-out updates: one pushes.
+		leased = append(leased, leasedWork{name: "push." + n.pushTo[i], run: p.Run})
+	}
+	n.runLeased(gctx, g, leased)
+	if n.presence != nil {
+		g.Go(func() error { return n.presence.Run(gctx) })
 	}
 	if err := n.svc.Drain(ctx); err != nil {
 		n.log.Warn("routing: initial drain failed", "err", err)
@@ -349,6 +456,11 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	for _, p := range n.pushers {
+		if err := p.Check(ctx); err != nil {
+			problems = append(problems, "push: "+err.Error())
+		}
+	}
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		for _, p := range problems {
@@ -360,8 +472,17 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 }
 
 // registerGauges exports the outbox depth and the queue length, read from
-// the store when /metrics is scraped.
+// the store when /metrics is scraped, and the nodes whose sockets presence
+// counts.
 func (n *Node) registerGauges() {
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kefu_presence_nodes", Help: "Nodes whose sockets this node's presence counts, itself included (1 on the in-process bus).",
+	}, func() float64 {
+		if n.presence == nil {
+			return 1
+		}
+		return float64(n.presence.Nodes())
+	}))
 	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kefu_outbox_depth", Help: "Outbound entries not yet delivered.",
 	}, func() float64 {

@@ -314,7 +314,13 @@ func TestClusteredBusesFromConfig(t *testing.T) {
 		{"nats", testenv.NATS(t)},
 	} {
 		t.Run(bus.driver, func(t *testing.T) {
-			n := nodetest.Start(t, fmt.Sprintf("node_id: test-%s-%d\nbus: {driver: %s, url: %q}\n", bus.driver, time.Now().UnixNano(), bus.driver, bus.url))
+			ns := testenv.Name("nodetest")
+			if bus.driver == "redis" {
+				testenv.CleanRedis(t, bus.url, ns+":")
+			} else {
+				testenv.CleanNATSStream(t, bus.url, ns)
+			}
+			n := nodetest.Start(t, fmt.Sprintf("node_id: test-%s-%d\nbus: {driver: %s, url: %q, namespace: %s}\n", bus.driver, time.Now().UnixNano(), bus.driver, bus.url, ns))
 			resp, err := http.Get(n.URL + "/readyz")
 			if err != nil {
 				t.Fatal(err)

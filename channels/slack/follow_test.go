@@ -146,6 +146,10 @@ func TestRateLimitHonoured(t *testing.T) {
 	h.fake.FailNext("chat.postMessage", slacktest.Failure{Status: http.StatusTooManyRequests, RetryAfter: 1})
 	h.customer("c1", "Zhang San", "hello again", time.Time{})
 	h.fake.Wait("chat.postMessage", 10*time.Second, func(cs []slacktest.Call) bool { return len(cs) >= 3 })
+	// The fake records the call before kefu reads the 429: a call made in
+	// between could not have known. Wait until kefu has read it.
+	limited := h.fake.Calls("chat.postMessage")[2].At
+	waitFor(t, "the 429 to close the gate", func() bool { return !h.ch.RateLimitedUntil().Before(limited.Add(time.Second)) })
 	h.waitMapped(conv.ID)
 	if code, _ := h.post(reply(strangerSlack, posts[0].TS, "me too").Payload(), time.Now(), 0); code != http.StatusOK {
 		t.Fatal("unmapped reply not answered 200")

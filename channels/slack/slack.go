@@ -209,6 +209,13 @@ func (c *Channel) botUser() string {
 // Run implements channels.Runner. It learns the bot's identity, posts
 // ephemeral notices and, with app_token set, runs the Socket Mode loop. It
 // returns nil when ctx is done; Slack being unreachable never stops it.
+//
+// With app_token set the channel is Exclusive: events then arrive only over
+// the socket, so the node that holds the cluster lease "run.NAME" runs all
+// of Run (it handles the events, so it needs the bot's identity and posts
+// the notices they queue), and Run is called again wherever the lease
+// moves. Without app_token, events arrive over HTTP at any node, and every
+// node runs Run.
 func (c *Channel) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { c.whoAmI(ctx) })
@@ -219,6 +226,10 @@ func (c *Channel) Run(ctx context.Context) error {
 	wg.Wait()
 	return nil
 }
+
+// Exclusive implements channels.Exclusive: Socket Mode runs on one node of
+// a cluster at a time.
+func (c *Channel) Exclusive() bool { return c.cfg.AppToken != "" }
 
 // whoAmI calls auth.test until it succeeds, to learn the bot's user id.
 func (c *Channel) whoAmI(ctx context.Context) {
@@ -265,6 +276,7 @@ var (
 	_ channels.Channel     = (*Channel)(nil)
 	_ channels.Mounter     = (*Channel)(nil)
 	_ channels.Runner      = (*Channel)(nil)
+	_ channels.Exclusive   = (*Channel)(nil)
 	_ channels.Checker     = (*Channel)(nil)
 	_ bridge.FollowHandler = (*Channel)(nil)
 )

@@ -17,10 +17,11 @@ import (
 // acknowledged once its event is handled. An envelope whose handling fails
 // (the store is down) is not acknowledged, so Slack sends it again.
 //
-// Socket Mode is work that runs once in a cluster (DESIGN.md: under a
-// lease). Slack hands each event to one of an app's open connections, so
-// several nodes connected at once would still handle each event once; the
-// conversation follower, though, must run on one node.
+// Socket Mode is work that runs once in a cluster, under the lease
+// "run.NAME" (see Run and Exclusive). Slack hands each event to one of an
+// app's open connections, so several nodes connected at once would still
+// handle each event once; one connection keeps it simple. The conversation
+// follower runs under a lease of its own ("follow.NAME").
 func (c *Channel) runSocketMode(ctx context.Context) {
 	client := slack.New(c.cfg.BotToken, slack.OptionAPIURL(c.cfg.APIBase), slack.OptionAppLevelToken(c.cfg.AppToken))
 	for attempt := 0; ctx.Err() == nil; attempt++ {

@@ -220,8 +220,10 @@ func (c *Channel) Mode() string { return c.cfg.Mode }
 // set_webhook is on (retrying until Telegram accepts), and returns.
 //
 // Telegram lets one client poll a bot at a time (a second getUpdates gets
-// 409), so in a cluster polling must run on one node: the lease that
-// single-node work runs under is to wrap Run (or Poller.Run) there.
+// 409), so in polling mode the channel is Exclusive: the node runs Run under
+// the cluster lease "run.NAME", on one node at a time, and may call it again
+// after the lease moved (each call polls from the oldest unconfirmed update).
+// In webhook mode every node runs it.
 func (c *Channel) Run(ctx context.Context) error {
 	switch {
 	case c.poller != nil:
@@ -231,6 +233,10 @@ func (c *Channel) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Exclusive implements channels.Exclusive: polling runs on one node of a
+// cluster at a time.
+func (c *Channel) Exclusive() bool { return c.poller != nil }
 
 // registerWebhook calls setWebhook until it succeeds or ctx ends.
 func (c *Channel) registerWebhook(ctx context.Context) {
@@ -330,9 +336,10 @@ func clip(s string, n int) string {
 }
 
 var (
-	_ channels.Channel = (*Channel)(nil)
-	_ channels.Runner  = (*Channel)(nil)
-	_ channels.Checker = (*Channel)(nil)
-	_ http.Handler     = (*Channel)(nil)
-	_ bridge.Sender    = (*Channel)(nil)
+	_ channels.Channel   = (*Channel)(nil)
+	_ channels.Runner    = (*Channel)(nil)
+	_ channels.Exclusive = (*Channel)(nil)
+	_ channels.Checker   = (*Channel)(nil)
+	_ http.Handler       = (*Channel)(nil)
+	_ bridge.Sender      = (*Channel)(nil)
 )

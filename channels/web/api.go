@@ -21,7 +21,8 @@ import (
 // Files: api.go (routing, authentication, decoding, shared views),
 // api_auth.go (login, logout, me, passwords), api_throttle.go (login
 // throttling), api_conversations.go (conversations and messages),
-// api_agents.go (agents), api_media.go (uploads and agents' downloads).
+// api_agents.go (agents), api_media.go (uploads and agents' downloads),
+// devices.go (push device tokens).
 
 const (
 	// apiPrefix is where the API lives.
@@ -85,6 +86,10 @@ func (a *api) routes() {
 	a.handle("POST /api/v1/uploads", a.upload)
 	a.handle("GET /api/v1/media/{key}", a.getMedia)
 	a.handle("GET /api/v1/media/{key}/preview", a.getMediaPreview)
+
+	a.handle("POST /api/v1/devices", a.postDevice)
+	a.handle("GET /api/v1/devices", a.listDevices)
+	a.handle("DELETE /api/v1/devices/{token}", a.deleteDevice)
 
 	a.handle("GET /api/v1/agents", a.listAgents)
 	a.handle("POST /api/v1/agents", apiAdminOnly(a.createAgent))

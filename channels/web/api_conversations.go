@@ -30,9 +30,6 @@ const (
 	apiPreviewRunes = 140
 	// apiMaxClientID is the longest client_id.
 	apiMaxClientID = 64
-	// apiUnreadScan is how many of a conversation's newest entries the
-	// unread count looks at; it never counts more.
-	apiUnreadScan = 100
 	// apiMaxTemplateName bounds a template name.
 	apiMaxTemplateName = 200
 )
@@ -57,7 +54,7 @@ type apiConversationView struct {
 	WindowEnds *time.Time `json:"window_ends"`
 	// Unread counts the customer's messages no agent has read yet (see
 	// the read marker) since the last reply to them, among the
-	// conversation's newest apiUnreadScan entries.
+	// conversation's newest core.UnreadScan entries.
 	Unread     int        `json:"unread"`
 	QueuedAt   *time.Time `json:"queued_at"`
 	CreatedAt  *time.Time `json:"created_at"`
@@ -150,45 +147,9 @@ func (a *api) conversationViews(ctx context.Context, cs []core.Conversation) ([]
 }
 
 // unreadCounts counts, for each conversation, the customer's messages
-// agents have not read yet (their status is not read: the read marker moves
-// it) since the agents' last reply, among its newest apiUnreadScan entries.
-//
-// A conversation whose newest message is a reply to the customer, or the
-// customer's and read, has none, which takes no read: only conversations
-// waiting for an agent cost one read each.
+// agents have not read yet (core.UnreadCounts).
 func (a *api) unreadCounts(ctx context.Context, cs []core.Conversation, last map[int64]core.Message) (map[int64]int, error) {
-	out := make(map[int64]int)
-	for _, c := range cs {
-		m, ok := last[c.ID]
-		if !ok || apiEndsUnread(m) {
-			continue
-		}
-		ms, err := a.store.Messages(ctx, core.MessageQuery{ConversationID: c.ID, BeforeSeq: math.MaxInt64, Limit: apiUnreadScan})
-		if err != nil {
-			return nil, err
-		}
-		n := 0
-		for i := len(ms) - 1; i >= 0 && !apiEndsUnread(ms[i]); i-- {
-			if ms[i].SenderKind == core.SenderContact {
-				n++
-			}
-		}
-		if n > 0 {
-			out[c.ID] = n
-		}
-	}
-	return out, nil
-}
-
-// apiEndsUnread reports whether m ends the run of unread customer messages
-// (counted back from the newest): a reply to the customer (an agent's or a
-// bot's public message), or a customer message agents have read. Events and
-// notes do not.
-func apiEndsUnread(m core.Message) bool {
-	if m.SenderKind == core.SenderContact {
-		return m.Status == core.MsgRead
-	}
-	return m.Visibility == core.Public && m.Kind != core.KindEvent
+	return core.UnreadCounts(ctx, a.store, cs, last, false)
 }
 
 // windowEnds is when c's reply window closes, or nil.

@@ -16,6 +16,23 @@ type peer struct {
 	agent *core.Agent // nil for a visitor
 	vis   visitor
 	owned []int64 // conversations known to be the visitor's
+	// contact is the visitor's contact, once a conversation shows it (a
+	// new visitor has none until their first message); onContact, when
+	// set, is called the first time it is known.
+	contact   int64
+	onContact func(contactID int64)
+}
+
+// learnContact notes the visitor's contact from one of their
+// conversations: an identity belongs to one contact, so the first is it.
+func (p *peer) learnContact(id int64) {
+	if p.contact != 0 || id <= 0 {
+		return
+	}
+	p.contact = id
+	if p.onContact != nil {
+		p.onContact(id)
+	}
 }
 
 func (p *peer) isAgent() bool { return p.agent != nil }
@@ -94,6 +111,7 @@ func (p *peer) send(ctx context.Context, f *inFrame) (*frame, error) {
 		return nil, err
 	}
 	p.own(res.Conversation.ID)
+	p.learnContact(res.Conversation.ContactID)
 	// Join the identity's live connections to a new conversation now, so
 	// that what follows the ack (typing, receipts) reaches them too.
 	p.rt.hub.joinIdentity(p.vis.identity, res.Conversation.ID)
@@ -134,6 +152,7 @@ func (p *peer) typing(ctx context.Context, f *inFrame) error {
 			}
 			t.ConversationID = c.ID
 			p.own(c.ID)
+			p.learnContact(c.ContactID)
 		} else if err := p.owns(ctx, t.ConversationID); err != nil {
 			return err
 		}
@@ -156,10 +175,12 @@ func (p *peer) owns(ctx context.Context, id int64) error {
 	if slices.Contains(p.owned, id) {
 		return nil
 	}
-	if _, err := p.rt.visitorConversation(ctx, p.vis.identity, id); err != nil {
+	c, err := p.rt.visitorConversation(ctx, p.vis.identity, id)
+	if err != nil {
 		return err
 	}
 	p.own(id)
+	p.learnContact(c.ContactID)
 	return nil
 }
 
@@ -202,6 +223,7 @@ func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, em
 			return 0, 0, nil, err
 		}
 		parts = append(parts, part{c.ID, 0})
+		p.learnContact(c.ContactID)
 	}
 	curConv, curSeq = conv, seq
 	n := 0

@@ -105,10 +105,12 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 	var filter cursorFilter
 	var convs []int64
 	if conv > 0 {
-		if _, err := rt.visitorConversation(ctx, v.identity, conv); err != nil {
+		c, err := rt.visitorConversation(ctx, v.identity, conv)
+		if err != nil {
 			httpx.FromError(w, rt.log, err)
 			return
 		}
+		p.learnContact(c.ContactID)
 		filter.at(conv, after)
 		convs = append(convs, conv)
 	}
@@ -128,6 +130,12 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, id := range replayed {
 		rt.hub.joinIdentity(v.identity, id)
+	}
+	if id := p.contact; id > 0 {
+		// Like an agent's, a polling visitor's contact counts as connected
+		// between polls too.
+		end := rt.contactLeases.begin(id, func() func() { return rt.svc.Presence().ConnectContact(id) }, 2*rt.c.cfg.PingInterval)
+		defer end()
 	}
 	if len(frames) == 0 {
 		frames = rt.await(ctx, wt)
@@ -171,7 +179,7 @@ func (rt *realtime) pollAgent(w http.ResponseWriter, r *http.Request) {
 	end := rt.leases.begin(a.ID, func() func() { return rt.svc.Presence().Connect(a.ID) }, 2*rt.c.cfg.PingInterval)
 	defer end()
 	p := &peer{rt: rt, agent: &a}
-	wt := newWaiter(cursorFilter{agent: true, lastID: after}, rt.c.cfg.SendQueue)
+	wt := newWaiter(cursorFilter{agent: true, lastID: after}, rt.c.cfg.AgentSendQueue)
 	s := &sub{aud: audAgent, agentID: a.ID, out: wt}
 	rt.hub.register(s)
 	defer rt.hub.unregister(s)

@@ -52,6 +52,8 @@ type realtime struct {
 	conns    *connSet
 	connWG   sync.WaitGroup // WebSocket read loops
 	leases   *leaseSet      // long-polling agents' presence
+	// contactLeases: long-polling visitors' presence, by contact
+	contactLeases *leaseSet
 
 	ipLimit     *httpx.Limiter // requests per IP on visitor endpoints
 	msgLimit    *httpx.Limiter // messages per visitor
@@ -83,14 +85,15 @@ func newRealtime(c *Channel) (*realtime, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	rt := &realtime{
 		c: c, svc: c.svc, store: c.store, log: c.log,
-		tokenKey: visitorTokenKey(c.secret),
-		writers:  newWriterPool(),
-		conns:    newConnSet(),
-		leases:   newLeaseSet(),
-		ready:    make(chan struct{}),
-		done:     make(chan struct{}),
-		stopping: make(chan struct{}),
-		ctx:      ctx, cancel: cancel,
+		tokenKey:      visitorTokenKey(c.secret),
+		writers:       newWriterPool(),
+		conns:         newConnSet(),
+		leases:        newLeaseSet(),
+		contactLeases: newLeaseSet(),
+		ready:         make(chan struct{}),
+		done:          make(chan struct{}),
+		stopping:      make(chan struct{}),
+		ctx:           ctx, cancel: cancel,
 		resequenceWait: resequenceBy,
 
 		ipLimit:     httpx.NewLimiter(cfg.Limits.RequestsPerMinute, time.Minute, cfg.Limits.RequestsPerMinute),
@@ -312,6 +315,7 @@ func (rt *realtime) wheel(ctx context.Context) {
 		buf = rt.conns.snapshot(buf[:0])
 		rt.tick(buf, now.UnixNano())
 		rt.leases.expire(now)
+		rt.contactLeases.expire(now)
 		if now.Sub(lastCheck) >= interval && !rt.checking.Load() {
 			lastCheck = now
 			var agents []*wsConn
@@ -395,6 +399,7 @@ func (rt *realtime) shutdown() {
 		rt.log.Warn("web: some connections did not end in time")
 	}
 	rt.leases.releaseAll()
+	rt.contactLeases.releaseAll()
 }
 
 // waitReady waits until run has started feeding the hub.
@@ -465,7 +470,7 @@ func (rt *realtime) preflight(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
-	h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+	h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
 	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
 	h.Set("Access-Control-Max-Age", "600")
 	w.WriteHeader(http.StatusNoContent)
@@ -524,9 +529,10 @@ func (n *nameCache) get(id int64) string {
 	return a.Name
 }
 
-// leaseSet keeps long-polling agents available for routing between polls:
-// an agent counts as connected while polling and for two ping intervals
-// after a poll ends.
+// leaseSet keeps long-polling clients present between polls: an agent (or
+// a visitor's contact) counts as connected while polling and for two ping
+// intervals after a poll ends. IDs are agents' or contacts', one kind per
+// set.
 type leaseSet struct {
 	mu sync.Mutex
 	m  map[int64]*lease

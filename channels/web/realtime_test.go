@@ -68,6 +68,7 @@ channels:
     allowed_origins: [%q]
     identity_secret: %q
     send_queue: 64
+    agent_send_queue: 64
 %s`, filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"), routing, web.RealtimeTestType, rtOrigin, rtIdSecret, extra)
 	if !strings.Contains(extra, "ping_interval:") {
 		yaml += "    ping_interval: 200ms\n"

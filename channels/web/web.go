@@ -55,9 +55,17 @@ type Config struct {
 	// PingInterval is how often the server pings each client; a client
 	// silent for two intervals is dropped.
 	PingInterval time.Duration `yaml:"ping_interval"`
-	// SendQueue is how many frames may wait for one connection; a client
-	// that falls further behind is dropped and resumes when it reconnects.
+	// SendQueue is how many frames may wait for one visitor connection; a
+	// client that falls further behind is dropped and resumes when it
+	// reconnects.
 	SendQueue int `yaml:"send_queue"`
+	// AgentSendQueue is the same for an agent's connection (WebSocket or
+	// long poll). Agents receive every customer message of the node, not
+	// one conversation's, so their queue absorbs the node's bursts: with
+	// the visitors' 256 a busy console was dropped and replayed over and
+	// over (BENCHMARKS.md). The queue holds pointers to frames shared by
+	// every connection, and only while the client is behind.
+	AgentSendQueue int `yaml:"agent_send_queue"`
 	// LongPollTimeout is how long a long poll waits for something to say.
 	LongPollTimeout time.Duration `yaml:"long_poll_timeout"`
 	// Limits are the abuse controls of the public endpoints and of login.
@@ -93,6 +101,7 @@ func DefaultConfig() *Config {
 		MaxFrameBytes:   64 << 10,
 		PingInterval:    25 * time.Second,
 		SendQueue:       256,
+		AgentSendQueue:  8192,
 		LongPollTimeout: 25 * time.Second,
 		Limits: Limits{
 			RequestsPerMinute:       300,
@@ -103,6 +112,18 @@ func DefaultConfig() *Config {
 			LoginWindow:             15 * time.Minute,
 		},
 	}
+}
+
+// maxAgentSendQueue bounds agent_send_queue: a console that falls a
+// million frames behind is better resumed from its cursor.
+const maxAgentSendQueue = 1 << 20
+
+// sendQueue is the send queue limit of a connection of audience aud.
+func (c *Config) sendQueue(aud audience) int {
+	if aud == audAgent {
+		return c.AgentSendQueue
+	}
+	return c.SendQueue
 }
 
 // Validate implements config.Section.
@@ -131,6 +152,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SendQueue < 8 {
 		errs = append(errs, config.Errorf("send_queue", "must be at least 8"))
+	}
+	if c.AgentSendQueue < 8 || c.AgentSendQueue > maxAgentSendQueue {
+		errs = append(errs, config.Errorf("agent_send_queue", "must be between 8 and %d", maxAgentSendQueue))
 	}
 	for k, v := range map[string]int{
 		"limits.requests_per_minute": c.Limits.RequestsPerMinute, "limits.messages_per_minute": c.Limits.MessagesPerMinute,
@@ -212,6 +236,7 @@ func (c *Channel) Type() string { return Type }
 // Mount implements channels.Mounter.
 func (c *Channel) Mount(mux *http.ServeMux) {
 	c.rt.mount(mux)
+	c.rt.mountVisitorDevices(mux)
 	c.api.mount(mux)
 	c.mountConsole(mux)
 	c.mountWidget(mux)

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/http"
 	"sync"
@@ -25,7 +26,7 @@ import (
 //   - no writer goroutine per connection: frames wait in a bounded
 //     per-connection queue of shared, pre-encoded frames, and a shared pool
 //     of writers flushes queues under each connection's write mutex, with a
-//     write deadline;
+//     write deadline, each queue in one write to the socket (writeBatch);
 //   - no timer per connection: one wheel (realtime.tick) pings, and closes
 //     connections that fell silent, that never said hello, or whose agent
 //     session ended.
@@ -106,7 +107,7 @@ type wsConn struct {
 	peer    *peer
 	token   string // agents: to check the session is still there
 	preAuth *core.Agent
-	release func() // presence
+	release func() // presence: the agent's console, or the visitor's contact
 
 	mu        sync.Mutex // guards the queue and the flags below
 	queue     []*frame
@@ -279,14 +280,21 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 			return &protoError{Code: codeUnauthorized, Msg: err.Error(), Close: closeUnauthorized}
 		}
 		p.vis = v
+		// The visitor's connection counts for their contact (push
+		// fallback asks whether they have a live socket on any node) from
+		// when a conversation shows who they are: here, in the replay, or
+		// at their first message.
+		p.onContact = func(id int64) { c.release = rt.svc.Presence().ConnectContact(id) }
 		if f.ConversationID > 0 {
-			if _, err := rt.visitorConversation(ctx, v.identity, f.ConversationID); err != nil {
+			conv, err := rt.visitorConversation(ctx, v.identity, f.ConversationID)
+			if err != nil {
 				if errors.Is(err, core.ErrNotFound) {
 					return &protoError{Code: codeNotFound, Msg: "no such conversation", Close: closeNotFound}
 				}
 				return err
 			}
 			p.own(f.ConversationID)
+			p.learnContact(conv.ContactID)
 			convs = append(convs, f.ConversationID)
 			c.filter.at(f.ConversationID, f.LastSeq)
 		}
@@ -382,7 +390,7 @@ func (c *wsConn) push(f *frame) {
 		c.mu.Unlock()
 		return
 	}
-	if len(c.queue) >= c.rt.c.cfg.SendQueue {
+	if len(c.queue) >= c.rt.c.cfg.sendQueue(c.kind) {
 		c.closed, c.queue = true, nil
 		c.mu.Unlock()
 		c.rt.stats.slowConsumers.Add(1)
@@ -447,16 +455,96 @@ func (c *wsConn) flush() {
 		}
 		c.queue = nil
 		c.mu.Unlock()
-		for _, f := range batch {
-			if err := c.write(f); err != nil {
-				c.mu.Lock()
-				c.closed, c.queue, c.scheduled = true, nil, false
-				c.mu.Unlock()
-				_ = c.ws.Close()
-				return
+		if err := c.writeBatch(batch); err != nil {
+			c.mu.Lock()
+			c.closed, c.queue, c.scheduled = true, nil, false
+			c.mu.Unlock()
+			_ = c.ws.Close()
+			return
+		}
+	}
+}
+
+// Write coalescing. A busy connection (an agent's, under load) has many
+// frames queued when a writer gets to it; writing them one WriteMessage at
+// a time costs a write(2) each, the largest share of the WebSocket side in
+// the throughput profile (BENCHMARKS.md). writeBatch instead lays the
+// queued frames out as WebSocket frames in one pooled buffer and writes it
+// to the socket at once.
+//
+// That is safe next to gorilla's own writes (hello replay and errors under
+// wmu, control frames from any goroutine) because no compression is
+// negotiated (the upgrader disables it), a server's frames are not masked,
+// gorilla keeps no partial frame between its writes, and one Write on a
+// net.Conn (TCP or TLS) is never interleaved with another's bytes.
+
+// maxWireBatch is how many bytes writeBatch gathers before writing; it is
+// also the largest buffer the pool keeps.
+const maxWireBatch = 64 << 10
+
+// wireBufs holds the buffers writeBatch gathers frames in: borrowed for one
+// flush only, so an idle connection holds none.
+var wireBufs = sync.Pool{New: func() any { b := make([]byte, 0, wsWriteBuffer); return &b }}
+
+// errWSClosing stops a batch on a connection being closed (its close frame
+// may be on the wire: nothing may follow it).
+var errWSClosing = errors.New("web: connection closing")
+
+// appendWireFrame appends payload as one final, unmasked text frame
+// (RFC 6455 section 5.2).
+func appendWireFrame(b, payload []byte) []byte {
+	n := len(payload)
+	switch {
+	case n < 126:
+		b = append(b, 0x81, byte(n))
+	case n <= 0xffff:
+		b = append(b, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x81, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, payload...)
+}
+
+// writeBatch writes the frames of batch that the cursor filter passes, in
+// order, in one write to the socket per maxWireBatch bytes. wmu must be
+// held.
+func (c *wsConn) writeBatch(batch []*frame) error {
+	bp := wireBufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	defer func() {
+		if cap(b) <= 2*maxWireBatch {
+			*bp = b[:0]
+			wireBufs.Put(bp)
+		}
+	}()
+	nc := c.ws.NetConn()
+	if err := nc.SetWriteDeadline(time.Now().Add(writeWait)); err != nil {
+		return err
+	}
+	flush := func() error {
+		if c.dying.Load() {
+			return errWSClosing
+		}
+		_, err := nc.Write(b)
+		b = b[:0]
+		return err
+	}
+	for _, f := range batch {
+		if !c.filter.pass(f) {
+			continue
+		}
+		b = appendWireFrame(b, f.data)
+		if len(b) >= maxWireBatch {
+			if err := flush(); err != nil {
+				return err
 			}
 		}
 	}
+	if len(b) == 0 {
+		return nil
+	}
+	return flush()
 }
 
 // closeWith sends a close frame with code (best effort, bounded by

@@ -73,3 +73,24 @@ func TestExampleDocumentsEveryChannel(t *testing.T) {
 		t.Fatalf("kefu.example.yaml has no section for channel types %s", strings.Join(missing, ", "))
 	}
 }
+
+// TestExampleDocumentsEveryPusher checks that every pusher type this binary
+// ships has a disabled section in kefu.example.yaml.
+func TestExampleDocumentsEveryPusher(t *testing.T) {
+	cfg, err := config.Load("../../kefu.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range config.PusherTypes() {
+		pi, ok := cfg.Push[typ]
+		switch {
+		case !ok:
+			t.Errorf("kefu.example.yaml has no push.%s section", typ)
+		case pi.Enabled:
+			t.Errorf("push.%s is enabled in the example", typ)
+		}
+	}
+	if len(config.PusherTypes()) == 0 {
+		t.Error("no pusher type is registered: is push/apns linked in?")
+	}
+}

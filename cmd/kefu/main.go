@@ -6,8 +6,8 @@
 //	kefu version                print the version
 //	kefu telegram set-webhook -c FILE [--channel NAME]
 //	                            register a Telegram channel's webhook with Telegram
-//	kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
-//	                            copy a SQLite store's data into PostgreSQL
+//	kefu migrate sqlite-to-postgres -from FILE -to URL [-media DIR] [-force]
+//	                            copy a SQLite store's data (and the media folder) into PostgreSQL
 //
 // With no config file (and no KEFU_CONFIG), kefu serve runs the built-in
 // default: the web channel on :8080 with SQLite under ./data.
@@ -28,12 +28,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kefuhq/kefu/adapters/media/local"
+	mediapg "github.com/kefuhq/kefu/adapters/media/postgres"
 	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/bench"
 	"github.com/kefuhq/kefu/channels/telegram" // also registers the telegram channel type
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/media"
 	"github.com/kefuhq/kefu/node"
 
 	// Channel types shipped in the binary register themselves.
@@ -77,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return telegramSetWebhook(args[1:], stdout, stderr)
 	case "migrate":
 		if len(args) == 0 || args[0] != "sqlite-to-postgres" {
-			fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
+			fmt.Fprintln(stderr, migrateUsage)
 			return 2
 		}
 		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
@@ -100,8 +103,8 @@ func usage(w io.Writer) {
   kefu version                 print the version
   kefu telegram set-webhook -c FILE [--channel NAME]
                                register a Telegram channel's webhook with Telegram
-  kefu migrate sqlite-to-postgres -from FILE -to URL [-force]
-                               copy a SQLite store's data into PostgreSQL
+  kefu migrate sqlite-to-postgres -from FILE -to URL [-media DIR] [-force]
+                               copy a SQLite store's data (and the media folder) into PostgreSQL
   kefu bench SCENARIO -url URL load a server: idle, handshake, throughput, longpoll, reference
 `)
 }
@@ -236,27 +239,38 @@ func telegramSetWebhook(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+const migrateUsage = "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-media DIR] [-force]"
+
 // migrateSQLiteToPostgres is `kefu migrate sqlite-to-postgres`: it copies
 // every row of a SQLite store (IDs and sequence numbers kept) into a
 // PostgreSQL database, so that a deployment moving to store.driver: postgres
-// keeps its history. Stop the nodes using the SQLite file first. The target
-// must be empty unless -force, which replaces what it holds.
+// keeps its history, and with -media the files of a media folder
+// (media.dir) into the same database, for media.driver: postgres. Stop the
+// nodes using the SQLite file first. The target must be empty unless
+// -force, which replaces what it holds; files it holds already are skipped.
 func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("migrate sqlite-to-postgres", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	from := fs.String("from", "data/kefu.db", "the SQLite database file (store.dsn of the sqlite store)")
 	to := fs.String("to", "", "the PostgreSQL URL (postgres://…); its schema is created or migrated")
 	force := fs.Bool("force", false, "replace whatever the target database already holds")
+	mediaDir := fs.String("media", "", "also copy this media folder (media.dir) into the database, for media.driver: postgres")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *to == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "usage: kefu migrate sqlite-to-postgres -from FILE -to URL [-force]")
+		fmt.Fprintln(stderr, migrateUsage)
 		return 2
 	}
 	if _, err := os.Stat(*from); err != nil {
 		fmt.Fprintln(stderr, "kefu migrate:", err)
 		return 1
+	}
+	if *mediaDir != "" {
+		if fi, err := os.Stat(*mediaDir); err != nil || !fi.IsDir() {
+			fmt.Fprintf(stderr, "kefu migrate: -media %s: not a folder\n", *mediaDir)
+			return 1
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -294,8 +308,32 @@ func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 	for _, c := range counts {
 		fmt.Fprintf(stdout, "%-14s %d\n", c.Table, c.Rows)
 	}
+	if *mediaDir != "" {
+		c, err := copyMediaToPostgres(ctx, *mediaDir, *to)
+		if err != nil {
+			return fail(fmt.Errorf("%w (the rows are copied; run the same command with -force to finish: "+
+				"files copied already are skipped)", err))
+		}
+		fmt.Fprintf(stdout, "%-14s %d (%d bytes; %d there already)\n", "media files", c.Copied, c.Bytes, c.Skipped)
+	}
 	fmt.Fprintf(stdout, "copied %s to PostgreSQL in %s\n", *from, time.Since(start).Round(time.Millisecond))
 	return 0
+}
+
+// copyMediaToPostgres copies every file of the media folder dir into the
+// media tables of the PostgreSQL database dsn names (migrated already).
+func copyMediaToPostgres(ctx context.Context, dir, dsn string) (media.CopyCount, error) {
+	src, err := local.New(dir)
+	if err != nil {
+		return media.CopyCount{}, err
+	}
+	defer func() { _ = src.Close() }()
+	dst, err := mediapg.Open(ctx, mediapg.Options{DSN: dsn, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return media.CopyCount{}, err
+	}
+	defer func() { _ = dst.Close() }()
+	return media.Copy(ctx, dst, src)
 }
 
 // printConfigError prints a config error, one problem per line.

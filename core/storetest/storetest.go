@@ -74,11 +74,13 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"EnsureSetting", testEnsureSetting},
 		{"PutSetting", testPutSetting},
 		{"Sessions", testSessions},
+		{"Devices", testDevices},
 		{"NotFound", testNotFound},
 		{"FailingWriteDoesNotFailOthers", testBatchIsolation},
 		{"CanceledContext", testCanceled},
 		{"Closed", testClosed},
 	}
+	tests = append(tests, leaseTests...)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, open(t))

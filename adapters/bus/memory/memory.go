@@ -1,8 +1,8 @@
-// Package memory is kefu's default bus: watermill's GoChannel inside one
-// process, for single-node deployments and tests. It implements bridge.Bus.
+// Package memory is kefu's default bus: an in-process pub/sub for
+// single-node deployments and tests. It implements bridge.Bus.
 //
 // One process is the whole cluster: work and fan-out topics share one
-// GoChannel, and a work topic has no consumer groups, so every subscription
+// namespace, and a work topic has no consumer groups, so every subscription
 // would receive every message. The Bus therefore allows one live
 // WorkSubscriber subscription per topic in the process (a second is an
 // error); fan-out topics take any number. Nothing survives a restart, and a
@@ -10,47 +10,57 @@
 // tolerates because the store holds everything the bus announces (clients
 // resume by sequence number, the outbox sweep finds lost kicks).
 //
-// # Order
+// # How a message travels
 //
-// GoChannel hands each published message to its subscribers from a
-// goroutine of its own, so on its own it does not keep order: of 5,000
-// messages published from one goroutine to one acking subscriber, 600 to
-// 1,000 arrived after a message published later (watermill's own test suite
-// declares GoChannel GuaranteedOrder: false). kefu needs order per
-// topic (updates for one conversation in sequence order), so this Bus stamps
-// each message with a per-topic sequence number as it publishes, and each
-// subscription passes messages on in that order, one at a time: the next
-// only after the current one is acked. A Nack makes GoChannel send the same
-// message again, which the subscription passes on before anything newer.
+// Each subscription has a queue and one goroutine. Publish appends a copy
+// of each message (its own Ack and Nack) to the queue of every subscription
+// of the topic and returns; it never waits for a subscriber and starts no
+// goroutine. The subscription's goroutine passes the queued messages on in
+// the order they were queued, one at a time: the next only after the
+// current one is acked. A Nack makes it pass on a fresh copy of the same
+// message before anything newer. So one subscription receives a topic's
+// messages in publish order (for messages published from one goroutine, or
+// ordered by a happens-before relation).
+//
+// The queue is not bounded: Publish is called on the commit path
+// (core.Notifier) and must not block on a slow consumer, and dropping would
+// only defer the work to the store's resume and sweep. A subscription that
+// stops reading holds what was published to it until its ctx ends or the
+// Bus is closed. kefu's consumers (the web channel's feed, push fallback,
+// the Deliverer) ack within microseconds to milliseconds.
+//
+// A message a bridge.Notifier published carries the envelope it was encoded
+// from; the copies keep it (bridge.CarryDecoded), so a subscriber's
+// bridge.Decode returns it without reading the JSON payload.
+//
+// This replaced watermill's GoChannel, which started one goroutine per
+// message and subscription and waited in it for the ack, and did not keep
+// order on its own (BENCHMARKS.md, "Profile-driven changes").
 package memory
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/kefuhq/kefu/bridge"
 )
 
-// seqKey is the metadata key of the per-topic sequence number. It is set by
-// the publisher and removed before a subscriber sees the message.
-const seqKey = "_kefu_memory_seq"
+// keepBatch is the largest queue capacity a subscription keeps for reuse
+// once drained; a larger one (left by a burst) is released to the GC.
+const keepBatch = 4096
 
 // Bus is the in-process bridge.Bus. Create it with New; close it with Close.
 type Bus struct {
-	gc      *gochannel.GoChannel
-	log     *slog.Logger
 	closed  atomic.Bool
 	closing chan struct{}
-	subs    sync.WaitGroup // forwarding goroutines, one per subscription
+	subs    sync.WaitGroup // subscription goroutines
 
-	mu     sync.Mutex // guards topics, closed transitions, subs.Add
+	mu     sync.RWMutex // guards topics, closed transitions, subs.Add
 	topics map[string]*topic
 
 	pub    publisher
@@ -58,49 +68,27 @@ type Bus struct {
 	fanout subscriber
 }
 
-// topic is the publishing state of one topic. Its mutex serialises
-// publishing and subscribing on the topic, so that sequence numbers follow
-// publish order and a new subscription knows the first number it will get.
+// topic is one topic's subscriptions. Publish reads the list without a
+// lock; Subscribe and the end of a subscription replace it under mu.
 type topic struct {
 	mu     sync.Mutex
-	seq    uint64 // last sequence number stamped
-	worker bool   // a WorkSubscriber subscription is live
+	list   atomic.Pointer[[]*subscription]
+	worker bool // a WorkSubscriber subscription is live
 }
 
-// New returns an in-process Bus. logger receives GoChannel's logs (its
-// per-message Info logs are lowered to Debug); nil: slog.Default().
+// subscription is one Subscribe call: a queue filled by Publish and drained,
+// in order, by the subscription's goroutine.
+type subscription struct {
+	mu    sync.Mutex
+	queue []*message.Message
+	wake  chan struct{} // capacity 1: the queue became non-empty
+}
+
+// New returns an in-process Bus. It logs nothing; logger is accepted so
+// that callers construct every backend alike, and may be nil.
 func New(logger *slog.Logger) *Bus {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	wl := bridge.NewQuietWatermillLogger(logger)
+	_ = logger
 	b := &Bus{
-		// The GoChannel config, field by field:
-		//  - Persistent false: a persistent GoChannel keeps every message in
-		//    a slice forever (memory grows without bound in a long-running
-		//    process) and replays them out of order; kefu needs neither,
-		//    since the store is the durable copy.
-		//  - BlockPublishUntilSubscriberAck false: Publish must not wait for
-		//    consumers (core.Notifier is called on the commit path). With it,
-		//    the slowest subscriber of a topic would set the pace of every
-		//    publisher and every other subscriber of it, and GoChannel holds
-		//    its subscribers lock while it waits, so a Subscribe to any topic
-		//    would wait for that ack, and every publish behind the Subscribe.
-		//    Order comes from the sequence numbers instead (see Order above).
-		//  - OutputChannelBuffer 256: lets a burst be handed to a
-		//    subscription's forwarding goroutine without a rendezvous per
-		//    message. It does not bound anything: GoChannel keeps one
-		//    goroutine per message a subscription has not yet acked.
-		//  - PreserveContext false: contexts do not cross a networked bus,
-		//    so they do not cross this one either; handlers behave the same
-		//    on every backend.
-		gc: gochannel.NewGoChannel(gochannel.Config{
-			OutputChannelBuffer:            256,
-			Persistent:                     false,
-			BlockPublishUntilSubscriberAck: false,
-			PreserveContext:                false,
-		}, wl),
-		log:     logger,
 		closing: make(chan struct{}),
 		topics:  map[string]*topic{},
 	}
@@ -136,40 +124,57 @@ func (b *Bus) Close() error {
 	b.closed.Store(true)
 	close(b.closing)
 	b.mu.Unlock()
-	err := b.gc.Close()
 	b.subs.Wait()
-	return err
-}
-
-func (b *Bus) topic(name string) *topic {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t, ok := b.topics[name]
-	if !ok {
-		t = &topic{}
-		b.topics[name] = t
-	}
-	return t
+	return nil
 }
 
 func (b *Bus) publish(name string, msgs ...*message.Message) error {
 	if b.closed.Load() {
 		return fmt.Errorf("memory bus: publish to %q: %w", name, bridge.ErrBusClosed)
 	}
-	t := b.topic(name)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]*message.Message, len(msgs))
-	for i, m := range msgs {
-		t.seq++
-		c := m.Copy()
-		c.Metadata.Set(seqKey, strconv.FormatUint(t.seq, 10))
-		out[i] = c
+	if len(msgs) == 0 {
+		return nil
 	}
-	if err := b.gc.Publish(name, out...); err != nil {
-		return fmt.Errorf("memory bus: publish to %q: %w: %w", name, bridge.ErrBusClosed, err)
+	b.mu.RLock()
+	t := b.topics[name]
+	b.mu.RUnlock()
+	if t == nil {
+		return nil // nobody has ever subscribed: dropped, as documented
+	}
+	list := t.list.Load()
+	if list == nil {
+		return nil
+	}
+	for _, s := range *list {
+		s.push(msgs)
 	}
 	return nil
+}
+
+// push queues a copy of each message, so that each subscription has its own
+// Ack and Nack and its own metadata map.
+func (s *subscription) push(msgs []*message.Message) {
+	s.mu.Lock()
+	wasEmpty := len(s.queue) == 0
+	for _, m := range msgs {
+		s.queue = append(s.queue, copyMessage(m))
+	}
+	s.mu.Unlock()
+	if wasEmpty {
+		select {
+		case s.wake <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
+
+// take swaps the queue for spare (emptied) and returns what was queued.
+func (s *subscription) take(spare []*message.Message) []*message.Message {
+	s.mu.Lock()
+	got := s.queue
+	s.queue = spare
+	s.mu.Unlock()
+	return got
 }
 
 func (b *Bus) subscribe(ctx context.Context, name string, work bool) (<-chan *message.Message, error) {
@@ -178,10 +183,14 @@ func (b *Bus) subscribe(ctx context.Context, name string, work bool) (<-chan *me
 		b.mu.Unlock()
 		return nil, fmt.Errorf("memory bus: subscribe to %q: %w", name, bridge.ErrBusClosed)
 	}
+	t, ok := b.topics[name]
+	if !ok {
+		t = &topic{}
+		b.topics[name] = t
+	}
 	b.subs.Add(1)
 	b.mu.Unlock()
 
-	t := b.topic(name)
 	t.mu.Lock()
 	if work && t.worker {
 		t.mu.Unlock()
@@ -189,91 +198,114 @@ func (b *Bus) subscribe(ctx context.Context, name string, work bool) (<-chan *me
 		return nil, fmt.Errorf("memory bus: work topic %q already has a subscriber in this process "+
 			"(the memory bus has no consumer groups; subscribe to a work topic once)", name)
 	}
-	src, err := b.gc.Subscribe(ctx, name)
-	if err != nil {
-		t.mu.Unlock()
-		b.subs.Done()
-		return nil, fmt.Errorf("memory bus: subscribe to %q: %w: %w", name, bridge.ErrBusClosed, err)
-	}
 	if work {
 		t.worker = true
 	}
-	first := t.seq + 1
+	s := &subscription{wake: make(chan struct{}, 1)}
+	t.replace(func(old []*subscription) []*subscription { return append(old, s) })
 	t.mu.Unlock()
 
 	out := make(chan *message.Message)
-	go b.forward(ctx, t, work, first, src, out)
+	go b.run(ctx, t, s, work, out)
 	return out, nil
 }
 
-// forward passes the messages of one subscription on in sequence order,
-// one at a time, until the subscription ends.
-func (b *Bus) forward(ctx context.Context, t *topic, work bool, next uint64, src <-chan *message.Message, out chan<- *message.Message) {
+// replace sets the topic's list to edit(a copy of the current list).
+// Called with t.mu held.
+func (t *topic) replace(edit func([]*subscription) []*subscription) {
+	var cur []*subscription
+	if p := t.list.Load(); p != nil {
+		cur = *p
+	}
+	next := edit(append([]*subscription(nil), cur...))
+	t.list.Store(&next)
+}
+
+// run passes the messages of one subscription on in order, one at a time,
+// until the subscription ends.
+func (b *Bus) run(ctx context.Context, t *topic, s *subscription, work bool, out chan<- *message.Message) {
 	defer b.subs.Done()
 	defer close(out)
-	if work {
-		// Let the topic take a new work subscriber before out is closed, so
-		// a consumer that sees the close can subscribe again at once.
-		defer func() {
-			t.mu.Lock()
-			t.worker = false
-			t.mu.Unlock()
-		}()
-	}
-	early := map[uint64]*message.Message{} // arrived before their turn
-	for {
-		m, ok := early[next]
-		if ok {
-			delete(early, next)
-		} else {
-			var in *message.Message
-			select {
-			case in, ok = <-src:
-				if !ok {
-					return
+	// Leave the topic (and let it take a new work subscriber) before out is
+	// closed, so a consumer that sees the close can subscribe again at once.
+	defer func() {
+		t.mu.Lock()
+		t.replace(func(l []*subscription) []*subscription {
+			for i, x := range l {
+				if x == s {
+					return append(l[:i], l[i+1:]...)
 				}
+			}
+			return l
+		})
+		if work {
+			t.worker = false
+		}
+		t.mu.Unlock()
+	}()
+	var batch []*message.Message
+	for {
+		batch = s.take(batch[:0])
+		if len(batch) == 0 {
+			select {
+			case <-s.wake:
+				continue
 			case <-ctx.Done():
 				return
 			case <-b.closing:
 				return
 			}
-			seq, err := strconv.ParseUint(in.Metadata.Get(seqKey), 10, 64)
-			if err != nil || seq < next {
-				// Not from this Bus's publisher, or already passed on: cannot happen.
-				b.log.Error("memory bus: message out of sequence dropped", "uuid", in.UUID, "seq", in.Metadata.Get(seqKey), "next", next)
-				in.Ack()
-				continue
+		}
+		for i, m := range batch {
+			batch[i] = nil
+			if !b.deliver(ctx, m, out) {
+				return
 			}
-			early[seq] = in
-			continue
 		}
-		// m is GoChannel's copy for this subscription; its Ack and Nack go
-		// straight back to GoChannel. On Nack GoChannel sends a fresh copy,
-		// with the sequence number still set.
-		delete(m.Metadata, seqKey)
-		select {
-		case out <- m:
-		case <-ctx.Done():
-			return
-		case <-b.closing:
-			return
-		}
-		select {
-		case <-m.Acked():
-			next++
-		case <-m.Nacked():
-		case <-ctx.Done():
-			return
-		case <-b.closing:
-			return
+		if cap(batch) > keepBatch {
+			batch = nil
 		}
 	}
 }
 
+// deliver passes m on and waits for its Ack; on Nack it passes on a fresh
+// copy, until one is acked. It returns false when the subscription ends.
+func (b *Bus) deliver(ctx context.Context, m *message.Message, out chan<- *message.Message) bool {
+	for {
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return false
+		case <-b.closing:
+			return false
+		}
+		select {
+		case <-m.Acked():
+			return true
+		case <-m.Nacked():
+			m = copyMessage(m)
+		case <-ctx.Done():
+			return false
+		case <-b.closing:
+			return false
+		}
+	}
+}
+
+// copyMessage copies m without its Ack and Nack or its context, but with
+// the envelope a bridge.Notifier attached to it, so that the subscriber's
+// bridge.Decode skips the JSON (contexts do not cross a bus; the envelope is
+// an in-process shortcut for what the payload holds).
+func copyMessage(m *message.Message) *message.Message {
+	c := m.Copy()
+	bridge.CarryDecoded(m, c)
+	return c
+}
+
 type publisher struct{ b *Bus }
 
-// Publish stamps and hands the messages to GoChannel, which passes them to
-// the subscriptions that exist now. It does not wait for them.
+// Publish queues a copy of the messages for each subscription of topic that
+// exists now, in order. It does not wait for them.
 func (p publisher) Publish(topic string, msgs ...*message.Message) error {
 	return p.b.publish(topic, msgs...)
 }

@@ -49,22 +49,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	url := testenv.NATS(t)
 	e := &env{url: url, stream: fmt.Sprintf("KEFUTEST_%d_%s", time.Now().UnixNano(), strconv.FormatUint(rand.Uint64(), 36))}
-	t.Cleanup(func() {
-		nc, err := natsgo.Connect(url)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer nc.Close()
-		js, err := nc.JetStream()
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		if err := js.DeleteStream(e.stream); err != nil && !errors.Is(err, natsgo.ErrStreamNotFound) {
-			t.Errorf("cleanup: delete stream %s: %v", e.stream, err)
-		}
-	})
+	testenv.CleanNATSStream(t, url, e.stream)
 	return e
 }
 

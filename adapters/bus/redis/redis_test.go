@@ -45,35 +45,8 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	url := testenv.Redis(t)
 	e := &env{url: url, prefix: fmt.Sprintf("kefutest:%d:%s:", time.Now().UnixNano(), strconv.FormatUint(rand.Uint64(), 36))}
-	t.Cleanup(func() { e.cleanup(t) })
+	testenv.CleanRedis(t, url, e.prefix)
 	return e
-}
-
-// cleanup deletes every key under the prefix.
-func (e *env) cleanup(t *testing.T) {
-	opts, err := goredis.ParseURL(e.url)
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	c := goredis.NewClient(opts)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	iter := c.Scan(ctx, 0, e.prefix+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
-		t.Errorf("cleanup: scan: %v", err)
-		return
-	}
-	if len(keys) > 0 {
-		if err := c.Del(ctx, keys...).Err(); err != nil {
-			t.Errorf("cleanup: del: %v", err)
-		}
-	}
 }
 
 // options returns the Options of a new node in this namespace.

@@ -1,8 +1,8 @@
 // Package local is kefu's default media backend: objects as files in one
 // folder on the local disk (config media.dir). It implements media.Backend
 // for single-node deployments. Clustered deployments need every node to read
-// what any node saved; they will use a backend over the shared store or an
-// S3-compatible bucket behind the same media.Backend interface instead.
+// what any node saved: they use adapters/media/postgres (media.driver:
+// postgres), or mount one folder on every node.
 //
 // # Layout
 //
@@ -302,3 +302,35 @@ var (
 	_ media.Backend = (*Backend)(nil)
 	_ io.Closer     = (*Backend)(nil)
 )
+
+// Keys implements media.Lister: it calls fn with the key of every object in
+// the folder (files at the place their key puts them; anything else, such
+// as temporary files, is not an object).
+func (b *Backend) Keys(ctx context.Context, fn func(key string) error) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	return fs.WalkDir(b.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("media/local: list: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p == tmpDir {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		if _, file, err := objectPath(d.Name()); err != nil || file != p {
+			return nil
+		}
+		return fn(d.Name())
+	})
+}
+
+var _ media.Lister = (*Backend)(nil)

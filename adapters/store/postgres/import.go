@@ -15,7 +15,7 @@ import (
 // SQLiteSchemaVersion is the schema version of adapters/store/sqlite that
 // ImportSQLite reads. A source at another version is refused: open it once
 // with the kefu that matches this one (which migrates it) first.
-const SQLiteSchemaVersion = 3
+const SQLiteSchemaVersion = 5
 
 // ImportOptions configures ImportSQLite.
 type ImportOptions struct {
@@ -44,7 +44,7 @@ type importTable struct {
 }
 
 // importTables are kefu's tables in an order that satisfies their foreign
-// keys.
+// keys. Leases are not copied: they name the nodes that ran the source.
 var importTables = []importTable{
 	{name: "contacts", cols: []string{"id", "name", "created_at"}, order: "id",
 		times: []string{"created_at"}, identity: true},
@@ -64,6 +64,8 @@ var importTables = []importTable{
 	{name: "settings", cols: []string{"key", "value"}, order: "key"},
 	{name: "sessions", cols: []string{"token_hash", "agent_id", "created_at", "expires_at", "ip", "user_agent"},
 		order: "token_hash", times: []string{"created_at", "expires_at"}},
+	{name: "devices", cols: []string{"token", "owner", "topic", "environment", "created_at", "updated_at"},
+		order: "token", times: []string{"created_at", "updated_at"}},
 }
 
 // ImportSQLite copies every row of a kefu SQLite database (src, opened with

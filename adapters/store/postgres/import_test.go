@@ -39,6 +39,11 @@ func fillSQLite(t *testing.T, s core.Store) {
 	_, err = s.EnsureSetting(ctx, "web.secret", "s3cret")
 	must(err)
 	must(s.PutSetting(ctx, "slack.cursor", "42"))
+	_, err = s.RegisterDevice(ctx, core.Device{Token: "abababababababababababababababababababababababababababababababab", Owner: core.AgentDevices(alice.ID),
+		Topic: "com.example.console", Environment: core.PushSandbox, UpdatedAt: t0})
+	must(err)
+	_, err = s.RegisterDevice(ctx, core.Device{Token: "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd", Owner: core.IdentityDevices("web", "u:42"), UpdatedAt: at(time.Minute)})
+	must(err)
 
 	// WhatsApp: text and image in, a delivered reply (sent, then read), a
 	// note, an assignment, a failed reply and its resend, then resolved.
@@ -115,6 +120,7 @@ type snapshot struct {
 	Queue         []core.Conversation
 	OpenCounts    map[int64]int
 	LastMessages  map[int64]core.Message
+	Devices       [][]core.Device
 }
 
 func takeSnapshot(t *testing.T, s core.Store) snapshot {
@@ -142,6 +148,11 @@ func takeSnapshot(t *testing.T, s core.Store) snapshot {
 	}
 	sn.Conversations, err = s.Conversations(ctx, core.ConversationFilter{Limit: 500})
 	must(err)
+	for _, o := range []core.DeviceOwner{core.AgentDevices(1), core.IdentityDevices("web", "u:42")} {
+		ds, err := s.Devices(ctx, o)
+		must(err)
+		sn.Devices = append(sn.Devices, ds)
+	}
 	sn.Messages = map[int64][]core.Message{}
 	var convIDs, contactIDs []int64
 	for _, c := range sn.Conversations {
@@ -198,7 +209,7 @@ func TestImportSQLite(t *testing.T) {
 		got[c.Table] = c.Rows
 	}
 	wantCounts := map[string]int64{"contacts": 3, "identities": 3, "agents": 2, "conversations": 4,
-		"messages": 13, "outbox": 3, "settings": 2, "sessions": 2}
+		"messages": 13, "outbox": 3, "settings": 2, "sessions": 2, "devices": 2}
 	if !reflect.DeepEqual(got, wantCounts) {
 		t.Errorf("counts = %v, want %v", got, wantCounts)
 	}

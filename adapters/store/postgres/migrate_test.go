@@ -36,7 +36,7 @@ func TestMigrateFromEmpty(t *testing.T) {
 		t.Errorf("version %d, latest %d", current, target)
 	}
 	for _, table := range []string{"contacts", "identities", "conversations", "messages", "agents", "outbox",
-		"settings", "sessions", "write_lock"} {
+		"settings", "sessions", "write_lock", "leases", "devices", "media_objects", "media_blobs", "media_parts"} {
 		var n int
 		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.tables
 			WHERE table_schema = current_schema() AND table_name = $1`, table).Scan(&n); err != nil || n != 1 {

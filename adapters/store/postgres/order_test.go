@@ -197,7 +197,8 @@ func firstDiff(a, b []int64) int {
 }
 
 // TestCapacityAcrossNodes: agents taking conversations from three nodes at
-// once never exceed max_open_per_agent, and each conversation goes to one.
+// once never exceed max_open_per_agent, each conversation goes to one, and
+// the assignments refused leave no hole in the message IDs.
 func TestCapacityAcrossNodes(t *testing.T) {
 	dsn := freshSchema(t)
 	ctx := context.Background()
@@ -270,4 +271,13 @@ func TestCapacityAcrossNodes(t *testing.T) {
 	if total != len(agents)*maxOpen {
 		t.Errorf("%d conversations assigned, want %d (every agent full)", total, len(agents)*maxOpen)
 	}
+	// The many refused assignments drew no message IDs.
+	ms, err := nodes[1].Feed(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != convs+total {
+		t.Errorf("feed has %d messages, want %d customer messages and %d assignment events", len(ms), convs, total)
+	}
+	checkDense(t, ms)
 }

@@ -34,6 +34,15 @@ const (
 		$14::bigint, $15::text, $16::text, $17::text, $18::text, $19::bigint, $20::timestamptz`
 	// msgAt is the message's CreatedAt parameter.
 	msgAt = `$20::timestamptz`
+	// msgNew holds when the message's dedup key ($17) is free. An INSERT
+	// draws its ID before ON CONFLICT finds the key taken, so a duplicate
+	// would burn an ID; a source row filtered by msgNew draws none. IDs must
+	// stay dense: a hole is waited for by every node's sequencer
+	// (channels/web) as an update still in flight, holding back every
+	// conversation's updates for its full wait. Writes run one at a time
+	// under the write_lock, so the check cannot race; ON CONFLICT stays as
+	// the guarantee.
+	msgNew = `NOT EXISTS (SELECT 1 FROM messages x WHERE x.dedup_key = $17::text)`
 )
 
 // withMessage wraps a statement that writes one conversation row and
@@ -46,7 +55,7 @@ const (
 func withMessage(conv string) string {
 	return `WITH c AS (` + conv + `), m AS (
 		INSERT INTO messages (conversation_id, seq, ` + msgDataCols + `)
-		SELECT c.id, c.last_seq, ` + msgVals + ` FROM c
+		SELECT c.id, c.last_seq, ` + msgVals + ` FROM c WHERE ` + msgNew + `
 		ON CONFLICT (dedup_key) DO NOTHING
 		RETURNING id)
 	SELECT ` + convCols + `, COALESCE((SELECT id FROM m), 0) FROM c`
@@ -62,7 +71,7 @@ var (
 		WHERE id = $21 RETURNING *
 	), m AS (
 		INSERT INTO messages (conversation_id, seq, ` + msgDataCols + `)
-		SELECT c.id, c.last_seq, ` + msgVals + ` FROM c
+		SELECT c.id, c.last_seq, ` + msgVals + ` FROM c WHERE ` + msgNew + `
 		ON CONFLICT (dedup_key) DO NOTHING
 		RETURNING id
 	), o AS (
@@ -105,7 +114,7 @@ var (
 	// sqlMsgIns: a message with an explicit conversation ($21) and sequence
 	// number ($22).
 	sqlMsgIns = `INSERT INTO messages (conversation_id, seq, ` + msgDataCols + `)
-		VALUES ($21, $22, ` + msgVals + `)
+		SELECT $21::bigint, $22::bigint, ` + msgVals + ` WHERE ` + msgNew + `
 		ON CONFLICT (dedup_key) DO NOTHING
 		RETURNING id`
 )

@@ -335,7 +335,9 @@ func (s *Store) Append(ctx context.Context, a core.Append) (core.Appended, error
 // The conversation changes only if its assignee is still a.From (a
 // conditional UPDATE), so of two nodes racing to take it one wins. The
 // capacity check counts the agent's open conversations under a lock on the
-// agent's row, so max_open_per_agent holds across nodes.
+// agent's row, so max_open_per_agent holds across nodes. It runs before the
+// event is inserted: a refusal after the insert would roll back an ID
+// already drawn, and message IDs must stay dense (see msgNew).
 func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, error) {
 	if a.AgentID < 0 || a.From < 0 {
 		return core.Changed{}, invalid("agent id %d, from %d", a.AgentID, a.From)
@@ -362,6 +364,20 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 	}
 	var out core.Changed
 	err = s.do(ctx, func(w *wtx) error {
+		if a.AgentID != 0 && a.MaxOpen > 0 {
+			if _, err := w.exec(sqlAgentLock, a.AgentID); err != nil {
+				return dbErr(err, "lock agent %d", a.AgentID)
+			}
+			// A statement of its own, after the lock: its snapshot sees
+			// every assignment committed before the lock was granted.
+			var n int
+			if err := w.queryRow(sqlOpenCount, a.AgentID, a.ConversationID).Scan(&n); err != nil {
+				return dbErr(err, "count open conversations")
+			}
+			if n >= a.MaxOpen {
+				return fmt.Errorf("postgres: agent %d has %d open conversations: %w", a.AgentID, n, core.ErrCapacity)
+			}
+		}
 		e := ev
 		c, dup, err := w.withMsg(sqlAssign, &e, []any{a.ConversationID, nullInt(a.AgentID), string(status), ts(at),
 			nullInt(a.From)})
@@ -372,20 +388,6 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 			return dbErr(err, "assign conversation %d to %d", a.ConversationID, a.AgentID)
 		case dup:
 			return conflict("event's dedup key %q taken", e.DedupKey)
-		}
-		if a.AgentID != 0 && a.MaxOpen > 0 {
-			if _, err := w.exec(sqlAgentLock, a.AgentID); err != nil {
-				return dbErr(err, "lock agent %d", a.AgentID)
-			}
-			// A statement of its own, after the lock: its snapshot sees
-			// every assignment committed before the lock was granted.
-			var n int
-			if err := w.queryRow(sqlOpenCount, a.AgentID, c.ID).Scan(&n); err != nil {
-				return dbErr(err, "count open conversations")
-			}
-			if n >= a.MaxOpen {
-				return fmt.Errorf("postgres: agent %d has %d open conversations: %w", a.AgentID, n, core.ErrCapacity)
-			}
 		}
 		out = core.Changed{Conversation: c, Event: e}
 		return nil

@@ -6,7 +6,8 @@
 // Options.MaxBatch), runs them in one BEGIN IMMEDIATE transaction, each under
 // its own SAVEPOINT so that one write's failure is only its own, and answers
 // the callers after COMMIT. Reads use a separate pool of read-only
-// connections, which WAL lets run beside the writer.
+// connections, which WAL lets run beside the writer, and WAL checkpoints run
+// from a connection of their own, off the writer's path (checkpoint.go).
 //
 // The schema is versioned with goose; Open applies the embedded migrations.
 package sqlite
@@ -47,6 +48,12 @@ type Options struct {
 	// MaxBatch is the most writes committed in one transaction. 0 means
 	// DefaultMaxBatch; 1 commits every write on its own (no group commit).
 	MaxBatch int
+	// CheckpointInterval is the least time between two WAL checkpoints run
+	// by the background checkpointer (checkpoint.go). 0 means
+	// DefaultCheckpointInterval; a negative value turns the checkpointer off
+	// and leaves checkpoints to SQLite's automatic one, run inside the
+	// commit that takes the WAL past 1,000 pages.
+	CheckpointInterval time.Duration
 	// Logger receives migration and failure logs; nil means slog.Default().
 	Logger *slog.Logger
 	// Now is the clock for times a caller leaves zero; nil means time.Now.
@@ -76,6 +83,19 @@ type Store struct {
 	rst   [numRStmts]*sql.Stmt
 	batch int
 	cache *convCache // the writer's; see convCache
+
+	leases leaseTable // the cluster leases, kept off the writer; see lease.go
+
+	// The checkpointer (nil channels when it is off).
+	ckDB   *sql.DB       // its connection
+	wrote  chan struct{} // the writer's note that a batch was committed
+	ckStop chan struct{} // closed by Close
+	ckDone chan struct{} // closed when the checkpointer has returned
+	ck     ckStats
+
+	// What the writer has done, for tests: batches committed (or failed)
+	// and the writes in them.
+	commits, committed atomic.Int64
 
 	// mu guards closed and sending on ops: Close takes it exclusively, so no
 	// caller sends on a closed channel.
@@ -118,6 +138,10 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
+	background := o.CheckpointInterval > 0
 	if err := os.MkdirAll(filepath.Dir(o.Path), 0o750); err != nil {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
@@ -140,10 +164,16 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// The writer. _txlock=immediate makes every transaction BEGIN IMMEDIATE,
 	// so the write lock is taken up front and never upgraded mid-transaction.
 	// temp_store(memory) keeps the sub-journal that each op's savepoint
-	// writes in memory; on disk it costs a write per page per op.
+	// writes in memory; on disk it costs a write per page per op. With the
+	// checkpointer on, the writer's own automatic checkpoint is only a
+	// backstop (backstopPages).
+	wal := ""
+	if background {
+		wal = fmt.Sprintf("&_pragma=wal_autocheckpoint(%d)", backstopPages)
+	}
 	var err error
 	s.w, err = sql.Open("sqlite", o.Path+"?_txlock=immediate&_busy_timeout=10000"+
-		"&_journal_mode=WAL&_foreign_keys=on&_pragma=temp_store(memory)&_synchronous="+syncMode)
+		"&_journal_mode=WAL&_foreign_keys=on&_pragma=temp_store(memory)&_synchronous="+syncMode+wal)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
 	}
@@ -155,6 +185,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
 	}
 	if err := s.migrate(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.clearLeases(ctx); err != nil {
 		return nil, err
 	}
 	for i, q := range wstmtSQL {
@@ -177,8 +210,30 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		}
 	}
 
+	// The checkpointer's connection: it writes the database file, synced at
+	// the writer's level.
+	if background {
+		s.ckDB, err = sql.Open("sqlite", o.Path+"?_busy_timeout=10000&_synchronous="+syncMode)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+		}
+		s.ckDB.SetMaxOpenConns(1)
+		s.ckDB.SetMaxIdleConns(1)
+		s.ckDB.SetConnMaxLifetime(0)
+		s.ckDB.SetConnMaxIdleTime(0)
+		if err := s.ckDB.PingContext(ctx); err != nil {
+			return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+		}
+		s.wrote = make(chan struct{}, 1)
+		s.ckStop = make(chan struct{})
+		s.ckDone = make(chan struct{})
+	}
+
 	ok = true
 	go s.writer()
+	if background {
+		go s.checkpointer(s.ckDB, o.CheckpointInterval, s.ckStop)
+	}
 	return s, nil
 }
 
@@ -222,6 +277,10 @@ func (s *Store) Close() error {
 		close(s.ops)
 		s.mu.Unlock()
 		<-s.done
+		if s.ckStop != nil {
+			close(s.ckStop)
+			<-s.ckDone
+		}
 		s.closeErr = s.closeDBs()
 	})
 	return s.closeErr
@@ -241,6 +300,9 @@ func (s *Store) closeDBs() error {
 	}
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
+	}
+	if s.ckDB != nil {
+		errs = append(errs, s.ckDB.Close())
 	}
 	if s.w != nil {
 		errs = append(errs, s.w.Close())

@@ -184,7 +184,7 @@ func TestMigrateFromEmpty(t *testing.T) {
 	if current != target || current < 3 {
 		t.Errorf("version %d, latest %d", current, target)
 	}
-	for _, table := range []string{"contacts", "identities", "conversations", "messages", "agents", "outbox", "settings", "sessions"} {
+	for _, table := range []string{"contacts", "identities", "conversations", "messages", "agents", "outbox", "settings", "sessions", "leases", "devices"} {
 		var n int
 		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?`,
 			table).Scan(&n); err != nil || n != 1 {

@@ -265,6 +265,20 @@ func (c *Client) StartSession(ctx context.Context, req SessionRequest) (*Session
 	return &s, nil
 }
 
+// Login is POST /api/v1/auth/login: it returns the agent's bearer token.
+func (c *Client) Login(ctx context.Context, email, password string) (string, error) {
+	var out struct {
+		Token string `json:"token"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/api/v1/auth/login", "", map[string]string{"email": email, "password": password}, &out); err != nil {
+		return "", err
+	}
+	if out.Token == "" {
+		return "", errors.New("webtest: login answered no token")
+	}
+	return out.Token, nil
+}
+
 // History is the answer of GET /api/v1/visitor/messages.
 type History struct {
 	Conversation *Conversation `json:"conversation"`

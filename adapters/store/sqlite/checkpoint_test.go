@@ -1,0 +1,137 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/kefuhq/kefu/core"
+)
+
+func ingestN(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for i := range n {
+		_, err := s.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "v" + strconv.Itoa(i%4),
+			Message: core.Message{Kind: core.KindText, Text: "hello", DedupKey: "c:t:" + strconv.Itoa(i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func autocheckpoint(t *testing.T, s *Store) int {
+	t.Helper()
+	var n int
+	if err := s.w.QueryRowContext(context.Background(), "PRAGMA wal_autocheckpoint").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCheckpointer: with the checkpointer on, the writer's automatic
+// checkpoint is only the backstop, and committed writes get checkpointed by
+// the checkpointer's own connection; Close stops it.
+func TestCheckpointer(t *testing.T) {
+	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
+		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	if got := autocheckpoint(t, s); got != backstopPages {
+		t.Errorf("writer's wal_autocheckpoint = %d, want the backstop %d", got, backstopPages)
+	}
+	ingestN(t, s, 40)
+
+	// Wait (bounded) for a checkpoint that copied every frame in the WAL:
+	// the writer is idle now, so the checkpointer's next run must do it.
+	deadline := time.Now().Add(20 * time.Second)
+	for s.ck.runs.Load() == 0 || s.ck.log.Load() == 0 || s.ck.copied.Load() != s.ck.log.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no complete checkpoint: runs %d, log %d, copied %d", s.ck.runs.Load(), s.ck.log.Load(), s.ck.copied.Load())
+		}
+		s.noteWrite()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err, _ := s.ck.lastError.Load().(error); err != nil {
+		t.Errorf("checkpoint error: %v", err)
+	}
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.ckDone:
+	default:
+		t.Error("the checkpointer is still running after Close")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestCheckpointerOff: a negative interval leaves checkpoints to SQLite's
+// automatic one at commit, and the store works as before.
+func TestCheckpointerOff(t *testing.T) {
+	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
+		CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	if s.ckDB != nil || s.wrote != nil {
+		t.Error("checkpointer started with CheckpointInterval < 0")
+	}
+	if got := autocheckpoint(t, s); got != 1000 {
+		t.Errorf("writer's wal_autocheckpoint = %d, want SQLite's default 1000", got)
+	}
+	ingestN(t, s, 10)
+	s.noteWrite() // must not block or panic without a checkpointer
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckpointFails: a checkpoint that cannot run reports an error and
+// is recorded, and the checkpointer carries on until stopped.
+func TestCheckpointFails(t *testing.T) {
+	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
+		CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+
+	bad, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "other.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = bad.Close() // every query on it fails
+	if err := s.checkpoint(bad); err == nil {
+		t.Fatal("checkpoint on a closed connection: no error")
+	}
+
+	// The loop records the failure and keeps serving notes until stopped.
+	s.wrote, s.ckDone = make(chan struct{}, 1), make(chan struct{})
+	stop := make(chan struct{})
+	go s.checkpointer(bad, time.Millisecond, stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for s.ck.lastError.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the failed checkpoint was not recorded")
+		}
+		s.noteWrite()
+		time.Sleep(time.Millisecond)
+	}
+	s.noteWrite()
+	close(stop)
+	<-s.ckDone
+	if s.ck.runs.Load() != 0 {
+		t.Errorf("failed checkpoints counted as runs: %d", s.ck.runs.Load())
+	}
+	s.wrote, s.ckDone = nil, nil
+}

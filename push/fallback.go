@@ -1,0 +1,535 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/core"
+)
+
+// Defaults of Config.
+const (
+	DefaultFallbackAfter = 5 * time.Second
+	// DefaultCollapse is the default Config.Collapse.
+	DefaultCollapse = 2 * time.Second
+	DefaultRetries  = 5
+	DefaultBackoff  = time.Second
+	// MaxBackoff caps the wait between retries of one push.
+	MaxBackoff     = time.Minute
+	DefaultWorkers = 4
+	// PushTimeout bounds one call to the Pusher.
+	PushTimeout = 30 * time.Second
+	// DefaultStopGrace is the default Config.StopGrace.
+	DefaultStopGrace = 2 * time.Second
+)
+
+// Config configures a Fallback.
+type Config struct {
+	Pusher   Pusher        // required
+	Store    core.Store    // required: devices, messages, names, unread counts
+	Presence core.Presence // required: who has a live socket (on any node)
+	// Bus carries the updates Run consumes (bridge.UpdatesTopic, a fan-out
+	// topic). Required by Run.
+	Bus bridge.Bus
+	// FallbackAfter is how long a message sent over a live socket may stay
+	// unacknowledged before it goes out as a push too (push.apns.fallback_after).
+	// Default DefaultFallbackAfter.
+	FallbackAfter time.Duration
+	// Collapse is the burst window: a message for a recipient without a
+	// socket waits this long (at most FallbackAfter) so that the messages
+	// that follow it go out as one notification carrying the newest, and a
+	// conversation gets at most one notification per Collapse. Default
+	// DefaultCollapse.
+	Collapse time.Duration
+	// Retries is how many times a push refused for a temporary reason
+	// (*RetryError) is tried again; default DefaultRetries. Negative: never.
+	Retries int
+	// Backoff is the first wait before a retry, doubling up to MaxBackoff,
+	// unless the provider says how long to wait. Default DefaultBackoff.
+	Backoff time.Duration
+	// Workers is how many pushes run at once. Default DefaultWorkers.
+	Workers int
+	// StopGrace bounds how long Run takes to return once its ctx has
+	// ended: the pushes in flight and those still pending (see Run) get
+	// this long, then their ctx is cancelled. Under a cluster lease it must
+	// stay well inside the lease's TTL/3 (the node passes TTL/6). Default
+	// DefaultStopGrace.
+	StopGrace time.Duration
+	// Clock is the time source for every wait. Default bridge.RealClock.
+	Clock   bridge.Clock
+	Logger  *slog.Logger
+	Metrics *Metrics // nil: not counted
+}
+
+// side says who a pending notification is for.
+type side uint8
+
+const (
+	toAgent   side = iota // the conversation's assignee: a customer wrote
+	toContact             // the customer: an agent or a bot wrote
+)
+
+func (s side) String() string {
+	if s == toAgent {
+		return "agent"
+	}
+	return "contact"
+}
+
+type key struct {
+	conv int64
+	to   side
+}
+
+// entry is a notification waiting for its time: the newest message the
+// recipient has not acknowledged in one conversation.
+type entry struct {
+	key
+	conv  core.Conversation
+	msg   core.Message
+	since time.Time // when the oldest unacknowledged message of the entry arrived
+	due   time.Time
+}
+
+// Fallback decides, for every new message, whether its recipient needs a
+// push, and sends it through the Pusher to the recipient's devices:
+//
+//   - a customer's message is for the conversation's assignee (an agent's
+//     devices); an agent's or a bot's public message is for the customer
+//     (the devices of the conversation's identity);
+//   - a recipient with no live socket (on any node) is pushed to once the
+//     Collapse window has passed, carrying the newest message;
+//   - a recipient with a live socket is pushed to when the message is still
+//     unacknowledged FallbackAfter after it arrived (a half-open socket
+//     looks alive);
+//   - an acknowledgement (a delivered or read receipt for the message or a
+//     later one, the message's status moving to delivered or read, or the
+//     recipient writing in the conversation) cancels the pending push, and
+//     a message whose stored status says the recipient has it is never
+//     pushed.
+//
+// Tokens the provider reports gone are removed from the store. A provider
+// refusing kefu's credentials makes Check fail (for /readyz) until a push
+// succeeds; the reason is logged once.
+//
+// Run consumes the fan-out updates topic, so every node would push: in a
+// cluster exactly one node may run it (under a lease).
+type Fallback struct {
+	cfg Config
+	log *slog.Logger
+
+	running atomic.Bool // a Run is under way
+
+	mu      sync.Mutex
+	pending map[key]*entry
+	sent    map[key]time.Time // when each conversation side was last pushed to
+	kick    chan struct{}     // the schedule changed
+
+	healthMu sync.Mutex
+	authErr  error // the provider refused kefu's credentials, until a push succeeds
+}
+
+// New checks cfg, applies its defaults and returns a Fallback.
+func New(cfg Config) (*Fallback, error) {
+	var errs []error
+	if cfg.Pusher == nil {
+		errs = append(errs, errors.New("Pusher is nil"))
+	}
+	if cfg.Store == nil {
+		errs = append(errs, errors.New("Store is nil"))
+	}
+	if cfg.Presence == nil {
+		errs = append(errs, errors.New("Presence is nil"))
+	}
+	if cfg.FallbackAfter < 0 || cfg.Collapse < 0 || cfg.Backoff < 0 || cfg.Workers < 0 || cfg.StopGrace < 0 {
+		errs = append(errs, errors.New("negative duration or worker count"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("push.New: %w", err)
+	}
+	if cfg.FallbackAfter == 0 {
+		cfg.FallbackAfter = DefaultFallbackAfter
+	}
+	if cfg.Collapse == 0 {
+		cfg.Collapse = DefaultCollapse
+	}
+	cfg.Collapse = min(cfg.Collapse, cfg.FallbackAfter)
+	if cfg.Retries == 0 {
+		cfg.Retries = DefaultRetries
+	}
+	if cfg.Backoff == 0 {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = DefaultStopGrace
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = bridge.RealClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Fallback{
+		cfg: cfg, log: cfg.Logger.With("component", "push"),
+		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1),
+	}, nil
+}
+
+// Run consumes bridge.UpdatesTopic and pushes what needs pushing until ctx
+// is done. Under a cluster lease it runs once per tenure, and each run
+// starts afresh: what an earlier run had pending, or had pushed, is
+// forgotten (another node may have held the lease meanwhile, and the
+// messages it waited for may have been answered since).
+//
+// When ctx ends (a clean stop, or the lease lost), the pushes still pending
+// are not dropped, since the next holder of the lease never saw the updates
+// they came from: each goes out at its due time, or StopGrace/2 after the
+// stop if that is sooner, unless the store shows its message delivered or
+// read by then. Run returns nil once those and the pushes in flight have
+// ended, within StopGrace (then their ctx is cancelled).
+//
+// Run must not be called again before it has returned; a concurrent call
+// fails.
+func (f *Fallback) Run(ctx context.Context) error {
+	if f.cfg.Bus == nil {
+		return errors.New("push: Run needs a Bus")
+	}
+	if !f.running.CompareAndSwap(false, true) {
+		return errors.New("push: Run is already running")
+	}
+	defer f.running.Store(false)
+	msgs, err := f.cfg.Bus.FanoutSubscriber().Subscribe(ctx, bridge.UpdatesTopic)
+	if err != nil {
+		return fmt.Errorf("push: subscribe to updates: %w", err)
+	}
+	return f.run(ctx, msgs)
+}
+
+// reset forgets every pending and recent push: a new tenure starts from
+// what it observes.
+func (f *Fallback) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.pending)
+	clear(f.sent)
+	select {
+	case <-f.kick:
+	default:
+	}
+}
+
+// run is Run's tenure over msgs: it starts afresh, loops, and hands over.
+// Pushes run on their own ctx, which outlives ctx by at most StopGrace (see
+// stop).
+func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error {
+	f.reset()
+	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, f.cfg.Workers)
+	// push delivers es in the background, each not before notBefore
+	// (zero: at once).
+	push := func(es []*entry, notBefore func(*entry) time.Time) {
+		for _, e := range es {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if notBefore != nil {
+					select {
+					case <-f.cfg.Clock.At(notBefore(e)):
+					case <-wctx.Done():
+						return
+					}
+				}
+				select {
+				case slots <- struct{}{}:
+				case <-wctx.Done():
+					return
+				}
+				defer func() { <-slots }()
+				f.deliver(wctx, e)
+			}()
+		}
+	}
+	err := f.loop(ctx, msgs, push)
+	f.stop(&wg, cancelWork, push)
+	return err
+}
+
+// loop observes msgs and starts the pushes that fall due, until ctx ends
+// (nil) or msgs ends on its own (an error).
+func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push func([]*entry, func(*entry) time.Time)) error {
+	var (
+		timer   <-chan time.Time
+		armedAt time.Time
+	)
+	for {
+		if t, ok := f.next(); !ok {
+			timer, armedAt = nil, time.Time{}
+		} else if timer == nil || !t.Equal(armedAt) {
+			timer, armedAt = f.cfg.Clock.At(t), t
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case msg, ok := <-msgs:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("push: the updates subscription ended")
+			}
+			env, err := bridge.Decode(msg)
+			if err != nil || env.Kind != bridge.KindUpdates {
+				f.log.Warn("push: dropped a malformed updates envelope", "uuid", msg.UUID, "err", err)
+				msg.Ack()
+				continue
+			}
+			for _, u := range env.Updates {
+				f.Observe(u)
+			}
+			msg.Ack()
+		case <-f.kick:
+		case <-timer:
+			timer = nil
+			push(f.takeDue(f.cfg.Clock.Now()), nil)
+		}
+	}
+}
+
+// stop hands over at the end of a run: it starts the pushes still pending
+// (each at its due time or half the grace from now, whichever is sooner) and
+// waits for them and those in flight, cancelling them after StopGrace.
+func (f *Fallback) stop(wg *sync.WaitGroup, cancelWork context.CancelFunc, push func([]*entry, func(*entry) time.Time)) {
+	now := f.cfg.Clock.Now()
+	latest := now.Add(f.cfg.StopGrace / 2)
+	f.mu.Lock()
+	pending := make([]*entry, 0, len(f.pending))
+	for k, e := range f.pending {
+		pending = append(pending, e)
+		delete(f.pending, k)
+	}
+	f.mu.Unlock()
+	if len(pending) > 0 {
+		f.log.Info("push: stopping; sending the pending notifications within the grace", "pending", len(pending), "grace", f.cfg.StopGrace)
+		push(pending, func(e *entry) time.Time {
+			if e.due.Before(latest) {
+				return e.due
+			}
+			return latest
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-f.cfg.Clock.At(now.Add(f.cfg.StopGrace)):
+		cancelWork()
+		<-done
+	}
+}
+
+// Observe takes one committed update into account: a new message schedules
+// a push for its recipient, an acknowledgement cancels one. Run calls it for
+// every update on the bus; it does not block.
+func (f *Fallback) Observe(u core.Update) {
+	now := f.cfg.Clock.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch u.Type {
+	case core.UpdateMessage:
+		if u.Message == nil || u.Conversation == nil {
+			return
+		}
+		f.message(now, *u.Conversation, *u.Message)
+	case core.UpdateReceipt:
+		if r := u.Receipt; r != nil && (r.Status == core.MsgDelivered || r.Status == core.MsgRead) {
+			to := toAgent // an agent's receipt acknowledges the customer's messages
+			if r.ByContact {
+				to = toContact
+			}
+			f.ack(now, key{r.ConversationID, to}, r.UpToSeq)
+		}
+	case core.UpdateStatus:
+		if m := u.Message; m != nil && (m.Status == core.MsgDelivered || m.Status == core.MsgRead) {
+			f.ack(now, key{m.ConversationID, recipientOf(*m)}, m.Seq)
+		}
+	case core.UpdateConversation:
+		if c := u.Conversation; c != nil {
+			for _, to := range []side{toAgent, toContact} {
+				if e := f.pending[key{c.ID, to}]; e != nil {
+					e.conv = *c
+				}
+			}
+		}
+	}
+}
+
+// recipientOf is the side a message is for.
+func recipientOf(m core.Message) side {
+	if m.SenderKind == core.SenderContact {
+		return toAgent
+	}
+	return toContact
+}
+
+// message handles a new message or event (f.mu held).
+func (f *Fallback) message(now time.Time, c core.Conversation, m core.Message) {
+	for _, to := range []side{toAgent, toContact} {
+		if e := f.pending[key{c.ID, to}]; e != nil {
+			e.conv = c
+		}
+	}
+	switch {
+	case m.SenderKind == core.SenderContact && m.Visibility == core.Public && m.Kind != core.KindEvent:
+		// The customer is writing: they have seen what came before.
+		f.ack(now, key{c.ID, toContact}, m.Seq)
+		if c.AssigneeID != 0 {
+			f.schedule(now, key{c.ID, toAgent}, c, m)
+		}
+	case m.Outgoing():
+		if m.SenderKind == core.SenderAgent && m.SenderID == c.AssigneeID {
+			f.ack(now, key{c.ID, toAgent}, m.Seq)
+		}
+		f.schedule(now, key{c.ID, toContact}, c, m)
+	case m.SenderKind == core.SenderAgent && m.SenderID == c.AssigneeID && m.SenderID != 0:
+		// A note by the assignee: they are looking at the conversation.
+		f.ack(now, key{c.ID, toAgent}, m.Seq)
+	}
+}
+
+// schedule records m as the newest message for k's recipient (f.mu held).
+func (f *Fallback) schedule(now time.Time, k key, c core.Conversation, m core.Message) {
+	delay := f.cfg.Collapse
+	if f.connected(k.to, c) {
+		delay = f.cfg.FallbackAfter
+	}
+	due := now.Add(delay)
+	if last, ok := f.sent[k]; ok && due.Before(last.Add(f.cfg.Collapse)) {
+		due = last.Add(f.cfg.Collapse)
+	}
+	e := f.pending[k]
+	if e == nil {
+		e = &entry{key: k, since: now, due: due}
+		f.pending[k] = e
+	} else if due.Before(e.due) {
+		e.due = due
+	}
+	e.conv = c
+	if m.Seq > e.msg.Seq {
+		e.msg = m
+	}
+	f.wake()
+}
+
+// ack cancels k's pending push when its newest message is at or below
+// upTo (f.mu held). An acknowledgement of older messages only shows that
+// the socket works: the newer ones get FallbackAfter from now.
+func (f *Fallback) ack(now time.Time, k key, upTo int64) {
+	e := f.pending[k]
+	switch {
+	case e == nil:
+	case e.msg.Seq <= upTo:
+		delete(f.pending, k)
+		f.cfg.Metrics.skipped("acked")
+		f.wake()
+	case upTo > 0 && f.connected(k.to, e.conv):
+		e.since, e.due = now, now.Add(f.cfg.FallbackAfter)
+		f.wake()
+	}
+}
+
+func (f *Fallback) wake() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// connected reports whether the recipient on side to of c has a live
+// socket on any node.
+func (f *Fallback) connected(to side, c core.Conversation) bool {
+	if to == toAgent {
+		return c.AssigneeID != 0 && f.cfg.Presence.Connected(c.AssigneeID)
+	}
+	return f.cfg.Presence.ContactConnected(c.ContactID)
+}
+
+// next returns the earliest due time.
+func (f *Fallback) next() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var t time.Time
+	for _, e := range f.pending {
+		if t.IsZero() || e.due.Before(t) {
+			t = e.due
+		}
+	}
+	return t, !t.IsZero()
+}
+
+// takeDue removes and returns the entries due at now. One whose recipient
+// has (again) a live socket gets until FallbackAfter after its first
+// message to acknowledge it.
+func (f *Fallback) takeDue(now time.Time) []*entry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*entry
+	for k, e := range f.pending {
+		if e.due.After(now) {
+			continue
+		}
+		if late := e.since.Add(f.cfg.FallbackAfter); now.Before(late) && f.connected(k.to, e.conv) {
+			e.due = late
+			continue
+		}
+		delete(f.pending, k)
+		f.sent[k] = now
+		out = append(out, e)
+	}
+	for k, t := range f.sent {
+		if !now.Before(t.Add(f.cfg.Collapse)) {
+			delete(f.sent, k)
+		}
+	}
+	return out
+}
+
+// Check reports whether the provider accepts kefu's credentials: it fails
+// from a push refused with ErrProviderAuth until a push succeeds. For
+// /readyz.
+func (f *Fallback) Check(context.Context) error {
+	f.healthMu.Lock()
+	defer f.healthMu.Unlock()
+	if f.authErr != nil {
+		return fmt.Errorf("push provider refuses kefu's credentials: %w", f.authErr)
+	}
+	return nil
+}
+
+// setHealth records the outcome of a push for Check, logging a change once.
+func (f *Fallback) setHealth(authErr error) {
+	f.healthMu.Lock()
+	was := f.authErr
+	f.authErr = authErr
+	f.healthMu.Unlock()
+	switch {
+	case authErr != nil && was == nil:
+		f.cfg.Metrics.setUnhealthy(true)
+		f.log.Error("push: the provider refuses kefu's credentials; no push will be sent until the key is fixed (see docs/push.md)", "err", authErr)
+	case authErr == nil && was != nil:
+		f.cfg.Metrics.setUnhealthy(false)
+		f.log.Info("push: the provider accepts kefu's credentials again")
+	}
+}

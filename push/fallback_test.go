@@ -1,0 +1,717 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/kefuhq/kefu/adapters/bus/memory"
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/fakeclock"
+)
+
+// The decision flow, driven by hand: updates from a real core.Service on a
+// real store go to Observe, the fake clock moves, and flush delivers what is
+// due, so every test knows exactly what the Fallback has seen.
+
+var t0 = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+const (
+	fallbackAfter = 5 * time.Second
+	collapse      = 2 * time.Second
+)
+
+// recorder is a core.Notifier that keeps what the Service publishes.
+type recorder struct {
+	mu  sync.Mutex
+	ups []core.Update
+}
+
+func (r *recorder) Publish(_ context.Context, ups ...core.Update) {
+	r.mu.Lock()
+	r.ups = append(r.ups, ups...)
+	r.mu.Unlock()
+}
+func (r *recorder) Deliver(context.Context, core.OutboxEntry) {}
+
+func (r *recorder) take() []core.Update {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ups := r.ups
+	r.ups = nil
+	return ups
+}
+
+// fakePusher records pushes and answers with scripted errors.
+type fakePusher struct {
+	mu     sync.Mutex
+	pushed []Notification
+	errs   []error // the next answers; nil = accepted
+}
+
+func (p *fakePusher) Push(_ context.Context, n Notification) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.errs) > 0 {
+		err := p.errs[0]
+		p.errs = p.errs[1:]
+		if err != nil {
+			return err
+		}
+	}
+	p.pushed = append(p.pushed, n)
+	return nil
+}
+
+func (p *fakePusher) got() []Notification {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Notification(nil), p.pushed...)
+}
+
+type harness struct {
+	t        *testing.T
+	ctx      context.Context
+	store    *sqlite.Store
+	presence *core.MemoryPresence
+	svc      *core.Service
+	rec      *recorder
+	clock    *fakeclock.Clock
+	pusher   *fakePusher
+	f        *Fallback
+	metrics  *Metrics
+	alice    core.Agent
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	h := &harness{t: t, ctx: ctx, store: st, presence: core.NewMemoryPresence(), rec: &recorder{},
+		clock: fakeclock.New(t0), pusher: &fakePusher{}}
+	h.svc = core.NewService(core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Hour},
+		core.Deps{Store: st, Presence: h.presence, Notifier: h.rec, Now: h.clock.Now, Logger: quiet()})
+	if h.alice, err = st.CreateAgent(ctx, core.Agent{Email: "alice@example.com", Name: "Alice", Role: core.RoleAgent, Active: true, PasswordHash: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if h.metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	h.f, err = New(Config{Pusher: h.pusher, Store: st, Presence: h.presence, FallbackAfter: fallbackAfter,
+		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// skipped is kefu_push_skipped_total{reason}.
+func (h *harness) skipped(reason string) float64 {
+	h.t.Helper()
+	var m dto.Metric
+	if err := h.metrics.skips.WithLabelValues(reason).Write(&m); err != nil {
+		h.t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// wantAcked checks that the pending push was cancelled by the
+// acknowledgement itself (the Fallback's own decision), not by the stored
+// status at send time.
+func (h *harness) wantAcked() {
+	h.t.Helper()
+	if acked, seen := h.skipped("acked"), h.skipped("seen"); acked != 1 || seen != 0 {
+		h.t.Errorf("skipped: acked %v, seen %v; want the acknowledgement to cancel the push (acked 1, seen 0)", acked, seen)
+	}
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// observe passes everything the Service published to the Fallback.
+func (h *harness) observe() {
+	for _, u := range h.rec.take() {
+		h.f.Observe(u)
+	}
+}
+
+// advance moves the clock and delivers what is due.
+func (h *harness) advance(d time.Duration) {
+	h.observe()
+	h.clock.Advance(d)
+	for _, e := range h.f.takeDue(h.clock.Now()) {
+		h.f.deliver(h.ctx, e)
+	}
+}
+
+// conversation starts a conversation of visitor "u:42" on "web", assigned to
+// Alice, and registers the visitor's device and Alice's.
+func (h *harness) conversation() core.Conversation {
+	h.t.Helper()
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:42", Name: "Zhang San",
+		Message: core.Message{Kind: core.KindText, Text: "Where is my order?"}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.register(core.IdentityDevices("web", "u:42"), 1)
+	h.register(core.AgentDevices(h.alice.ID), 2)
+	h.observe()
+	h.advance(fallbackAfter) // the first message's push to Alice, if any, is out of the way
+	h.pusher.mu.Lock()
+	h.pusher.pushed = nil
+	h.pusher.mu.Unlock()
+	return c
+}
+
+func token(n int) string { return fmt.Sprintf("%064x", n) }
+
+func (h *harness) register(owner core.DeviceOwner, n int) {
+	h.t.Helper()
+	if _, err := h.store.RegisterDevice(h.ctx, core.Device{Token: token(n), Owner: owner}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) agentSays(c core.Conversation, text string) core.Message {
+	h.t.Helper()
+	m, err := h.svc.Reply(h.ctx, h.alice.ID, c.ID, core.Message{Kind: core.KindText, Text: text})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return m
+}
+
+func (h *harness) customerSays(text string) core.Message {
+	h.t.Helper()
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:42", Message: core.Message{Kind: core.KindText, Text: text}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return in.Message
+}
+
+func (h *harness) wantPushes(n int) []Notification {
+	h.t.Helper()
+	got := h.pusher.got()
+	if len(got) != n {
+		h.t.Fatalf("%d pushes, want %d: %+v", len(got), n, got)
+	}
+	return got
+}
+
+func TestSocketClosedPushesWithinFallbackAfter(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	m := h.agentSays(c, "Found it!")
+	h.advance(collapse - time.Millisecond)
+	h.wantPushes(0)
+	h.advance(time.Millisecond) // collapse ≤ fallback_after
+	n := h.wantPushes(1)[0]
+	if n.Device.Token != token(1) || n.Title != "Alice" || n.Body != "Found it!" || n.Badge != 1 ||
+		n.ConversationID != c.ID || n.Seq != m.Seq || n.MessageID != m.ID || n.CollapseID() != fmt.Sprint(c.ID) {
+		t.Errorf("notification %+v", n)
+	}
+	h.advance(time.Hour)
+	h.wantPushes(1) // once
+}
+
+func TestSocketOpenAndAckedNoPush(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	release := h.presence.ConnectContact(c.ContactID)
+	defer release()
+	m := h.agentSays(c, "Found it!")
+	h.advance(time.Second)
+	// The app acknowledges what it received: a delivered receipt.
+	if err := h.svc.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: m.Seq, Status: core.MsgDelivered, ByContact: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(time.Hour)
+	h.wantPushes(0)
+	h.wantAcked()
+}
+
+func TestSocketOpenWithoutAckPushes(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	release := h.presence.ConnectContact(c.ContactID)
+	defer release()
+	m := h.agentSays(c, "Found it!")
+	h.advance(fallbackAfter - time.Millisecond)
+	h.wantPushes(0)
+	h.advance(time.Millisecond)
+	if n := h.wantPushes(1)[0]; n.Seq != m.Seq {
+		t.Errorf("pushed seq %d, want %d", n.Seq, m.Seq)
+	}
+}
+
+func TestAckBeforeDeadlineCancels(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ack  func(h *harness, c core.Conversation, m core.Message)
+	}{
+		{"status update", func(h *harness, _ core.Conversation, m core.Message) {
+			if _, err := h.svc.UpdateStatus(h.ctx, core.StatusUpdate{MessageID: m.ID, Status: core.MsgDelivered}); err != nil {
+				h.t.Fatal(err)
+			}
+		}},
+		{"read receipt for a later seq", func(h *harness, c core.Conversation, m core.Message) {
+			later := h.agentSays(c, "And here is the tracking number.")
+			h.advance(time.Second)
+			if err := h.svc.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: later.Seq, Status: core.MsgRead, ByContact: true}); err != nil {
+				h.t.Fatal(err)
+			}
+		}},
+		{"the customer writes", func(h *harness, _ core.Conversation, _ core.Message) {
+			h.customerSays("thanks")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			c := h.conversation()
+			release := h.presence.ConnectContact(c.ContactID)
+			defer release()
+			m := h.agentSays(c, "Found it!")
+			h.advance(time.Second)
+			tc.ack(h, c, m)
+			h.advance(time.Hour)
+			for _, n := range h.pusher.got() {
+				if n.Device.Token == token(1) {
+					t.Fatalf("the customer was pushed to after acknowledging: %+v", n)
+				}
+			}
+			h.wantAcked()
+		})
+	}
+}
+
+func TestPartialAckLeavesNewerMessage(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	release := h.presence.ConnectContact(c.ContactID)
+	defer release()
+	m1 := h.agentSays(c, "one")
+	h.advance(time.Second)
+	m2 := h.agentSays(c, "two")
+	h.advance(time.Second)
+	if err := h.svc.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: m1.Seq, Status: core.MsgDelivered, ByContact: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(fallbackAfter - time.Millisecond) // m2 gets its own fallback_after from the ack
+	h.wantPushes(0)
+	h.advance(time.Millisecond)
+	if n := h.wantPushes(1)[0]; n.Seq != m2.Seq {
+		t.Errorf("pushed seq %d, want %d", n.Seq, m2.Seq)
+	}
+}
+
+func TestSeenMessageIsNotPushed(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	m := h.agentSays(c, "Found it!")
+	h.observe()
+	// The receipt's update never reaches this Fallback (another node's bus
+	// hiccup), but the store has it.
+	if _, err := h.store.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: m.Seq, Status: core.MsgRead, ByContact: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(time.Hour)
+	h.wantPushes(0)
+}
+
+func TestBurstCollapses(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	var last core.Message
+	for i := range 20 { // 20 messages in a second
+		last = h.agentSays(c, fmt.Sprintf("message %d", i+1))
+		h.advance(50 * time.Millisecond)
+	}
+	h.advance(collapse)
+	got := h.wantPushes(1)
+	if n := got[0]; n.Seq != last.Seq || n.Body != "message 20" || n.Badge != 20 {
+		t.Errorf("collapsed notification %+v, want the newest message and badge 20", n)
+	}
+	// A conversation gets at most one notification per window.
+	h.agentSays(c, "one more")
+	h.advance(time.Millisecond)
+	h.wantPushes(1)
+	h.advance(collapse)
+	h.wantPushes(2)
+}
+
+func TestCustomerMessagePushesAssignee(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	m := h.customerSays("Hello? 你好")
+	h.advance(collapse)
+	got := h.wantPushes(1)
+	if n := got[0]; n.Device.Token != token(2) || n.Title != "Zhang San" || n.Body != "Hello? 你好" || n.Seq != m.Seq || n.Badge != 2 {
+		t.Errorf("notification %+v", n)
+	}
+
+	// With the console open, the console's delivered receipt cancels it.
+	release := h.presence.Connect(h.alice.ID)
+	defer release()
+	m = h.customerSays("still there?")
+	h.advance(time.Second)
+	if err := h.svc.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: m.Seq, Status: core.MsgDelivered}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(time.Hour)
+	h.wantPushes(1)
+}
+
+func TestNoRecipientNoDeviceNoPush(t *testing.T) {
+	h := newHarness(t)
+	// Unassigned: nobody to push to.
+	if _, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "a:1", Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+		t.Fatal(err)
+	}
+	h.advance(time.Hour)
+	// Assigned, but the agent has no device.
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "a:2", Message: core.Message{Kind: core.KindText, Text: "hi"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.customerSays("again")
+	h.agentSays(c, "hello") // the visitor a:2 has no device either
+	h.advance(time.Hour)
+	h.wantPushes(0)
+}
+
+func TestPushOutcomes(t *testing.T) {
+	t.Run("gone removes the token", func(t *testing.T) {
+		h := newHarness(t)
+		c := h.conversation()
+		h.pusher.errs = []error{fmt.Errorf("%w: 410 Unregistered", ErrGone)}
+		h.agentSays(c, "Found it!")
+		h.advance(collapse)
+		h.wantPushes(0)
+		ds, err := h.store.Devices(h.ctx, core.IdentityDevices("web", "u:42"))
+		if err != nil || len(ds) != 0 {
+			t.Fatalf("devices after 410: %v, %v", ds, err)
+		}
+	})
+	t.Run("temporary refusal retried with backoff", func(t *testing.T) {
+		h := newHarness(t)
+		c := h.conversation()
+		h.pusher.errs = []error{&RetryError{Err: errors.New("429")}, &RetryError{Err: errors.New("500")}}
+		h.agentSays(c, "Found it!")
+		h.observe()
+		h.clock.Advance(collapse)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for _, e := range h.f.takeDue(h.clock.Now()) {
+				h.f.deliver(h.ctx, e)
+			}
+		}()
+		for _, wait := range []time.Duration{DefaultBackoff, 2 * DefaultBackoff} {
+			if !h.clock.WaitFor(h.clock.Now().Add(wait), done) {
+				t.Fatal("no retry was scheduled")
+			}
+			h.clock.Advance(wait)
+		}
+		<-done
+		h.wantPushes(1)
+	})
+	t.Run("provider auth failure makes Check fail until a push succeeds", func(t *testing.T) {
+		h := newHarness(t)
+		c := h.conversation()
+		if err := h.f.Check(h.ctx); err != nil {
+			t.Fatal(err)
+		}
+		h.pusher.errs = []error{fmt.Errorf("%w: 403 InvalidProviderToken", ErrProviderAuth)}
+		h.agentSays(c, "one")
+		h.advance(collapse)
+		if err := h.f.Check(h.ctx); err == nil || !strings.Contains(err.Error(), "InvalidProviderToken") {
+			t.Fatalf("Check = %v, want the provider's refusal", err)
+		}
+		h.agentSays(c, "two")
+		h.advance(collapse)
+		h.wantPushes(1)
+		if err := h.f.Check(h.ctx); err != nil {
+			t.Fatalf("Check after a successful push = %v", err)
+		}
+	})
+}
+
+func TestBody(t *testing.T) {
+	long := strings.Repeat("é", MaxBody) // 2 bytes each
+	for _, tc := range []struct {
+		name string
+		m    core.Message
+		want string
+	}{
+		{"text", core.Message{Kind: core.KindText, Text: "hi"}, "hi"},
+		{"image", core.Message{Kind: core.KindImage}, "[image]"},
+		{"image with caption", core.Message{Kind: core.KindImage, Text: "the box"}, "[image] the box"},
+		{"file", core.Message{Kind: core.KindFile}, "[file]"},
+	} {
+		if got := Body(tc.m); got != tc.want {
+			t.Errorf("%s: Body = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	got := Body(core.Message{Kind: core.KindText, Text: long})
+	if len(got) > MaxBody || !strings.HasSuffix(got, "…") || !strings.HasPrefix(long, strings.TrimSuffix(got, "…")) {
+		t.Errorf("truncated body: %d bytes, %q…", len(got), got[:10])
+	}
+	for _, s := range []string{"abc", "日本語のテキスト", strings.Repeat("🙂", 300)} {
+		for n := 4; n < 40; n++ {
+			if got := truncate(s, n); len(got) > n && len(s) > n || !validUTF8(got) {
+				t.Fatalf("truncate(%q, %d) = %q", s, n, got)
+			}
+		}
+	}
+}
+
+func validUTF8(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
+
+// tenure runs the Fallback's loop (Run without its subscription) on a
+// channel the test feeds, as one lease tenure does.
+type tenure struct {
+	h        *harness
+	msgs     chan *message.Message
+	cancel   context.CancelFunc
+	err      error
+	finished chan struct{} // closed when run has returned err
+}
+
+func (h *harness) startTenure() *tenure {
+	ctx, cancel := context.WithCancel(h.ctx)
+	tn := &tenure{h: h, msgs: make(chan *message.Message), cancel: cancel, finished: make(chan struct{})}
+	go func() {
+		tn.err = h.f.run(ctx, tn.msgs)
+		close(tn.finished)
+	}()
+	return tn
+}
+
+// feed hands what the Service published to the running loop, as the bus
+// would.
+func (tn *tenure) feed() {
+	tn.h.t.Helper()
+	ups := tn.h.rec.take()
+	if len(ups) == 0 {
+		return
+	}
+	msg, err := bridge.Encode(bridge.UpdatesEnvelope("n1", ups...), "")
+	if err != nil {
+		tn.h.t.Fatal(err)
+	}
+	tn.msgs <- msg
+}
+
+// stop ends the tenure (a clean stop or a lost lease), moves the clock by
+// wait once the hand-over waits for it (0: not at all), and returns what
+// run returned once it has.
+func (tn *tenure) stop(wait time.Duration) error {
+	tn.h.t.Helper()
+	tn.cancel()
+	if wait > 0 {
+		if !tn.h.clock.WaitFor(tn.h.clock.Now().Add(wait), tn.finished) {
+			tn.h.t.Fatal("the hand-over did not wait")
+		}
+		tn.h.clock.Advance(wait)
+	}
+	<-tn.finished
+	return tn.err
+}
+
+// waitArmed returns once the loop waits for time t: it has observed what
+// was fed.
+func (tn *tenure) waitArmed(t time.Time) {
+	tn.h.t.Helper()
+	if !tn.h.clock.WaitFor(t, tn.finished) {
+		tn.h.t.Fatal("the loop ended")
+	}
+}
+
+func TestHandOverSendsPendingOnce(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	// Tenure 1: a reply for a customer without a socket waits for its
+	// collapse window when the lease is lost.
+	tn := h.startTenure()
+	m := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	if err := tn.stop(DefaultStopGrace / 2); err != nil { // due after the grace: sent at half of it
+		t.Fatal(err)
+	}
+	// The next holder never saw that update: this node sent it on its way
+	// out, within the grace.
+	if n := h.wantPushes(1)[0]; n.MessageID != m.ID {
+		t.Fatalf("pushed %+v at the hand-over, want message %d", n, m.ID)
+	}
+
+	// Tenure 2, later: nothing of tenure 1 is left to fire again.
+	h.clock.Advance(time.Minute)
+	tn = h.startTenure()
+	h.customerSays("thanks, got it") // pushes Alice, not the customer
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(time.Hour)
+	if err := tn.stop(0); err != nil { // nothing pending; the push in flight ends
+		t.Fatal(err)
+	}
+	got := h.pusher.got()
+	if len(got) != 2 || got[1].Device.Token != token(2) {
+		t.Fatalf("pushes %+v, want the hand-over's and one to Alice", got)
+	}
+}
+
+func TestHandOverWaitsForAcknowledgement(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	release := h.presence.ConnectContact(c.ContactID)
+	defer release()
+	tn := h.startTenure()
+	m := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(fallbackAfter))
+	// The socket's receipt is stored, but its update never reaches this
+	// loop (the stream stops): the hand-over checks the store before it
+	// pushes.
+	if err := h.svc.MarkUpTo(h.ctx, core.Receipt{ConversationID: c.ID, UpToSeq: m.Seq, Status: core.MsgDelivered, ByContact: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+		t.Fatal(err)
+	}
+	h.wantPushes(0)
+	if seen := h.skipped("seen"); seen != 1 {
+		t.Errorf("skipped seen %v, want 1", seen)
+	}
+}
+
+// blockingPusher accepts nothing until its ctx ends.
+type blockingPusher struct{ started chan struct{} }
+
+func (p *blockingPusher) Push(ctx context.Context, _ Notification) error {
+	p.started <- struct{}{}
+	<-ctx.Done()
+	return &RetryError{Err: ctx.Err()}
+}
+
+func TestHandOverBoundedByGrace(t *testing.T) {
+	h := newHarness(t)
+	bp := &blockingPusher{started: make(chan struct{}, 1)}
+	var err error
+	h.f, err = New(Config{Pusher: bp, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
+		Collapse: collapse, StopGrace: 3 * time.Second, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.conversation() // the first message's push to Alice waited for no Run
+	tn := h.startTenure()
+	h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	stopAt := h.clock.Now()
+	tn.cancel()
+	if !h.clock.WaitFor(stopAt.Add(1500*time.Millisecond), tn.finished) {
+		t.Fatal("the hand-over does not wait")
+	}
+	h.clock.Advance(1500 * time.Millisecond) // half the grace: the push starts
+	select {
+	case <-bp.started:
+	case <-tn.finished:
+		t.Fatal("run returned without pushing")
+	}
+	select {
+	case <-tn.finished:
+		t.Fatalf("run returned %v before the grace ended", tn.err)
+	default:
+	}
+	if !h.clock.WaitFor(stopAt.Add(3*time.Second), tn.finished) {
+		t.Fatal("no grace deadline")
+	}
+	h.clock.Advance(1500 * time.Millisecond) // the grace is over: the push is cancelled
+	<-tn.finished
+	if tn.err != nil {
+		t.Fatal(tn.err)
+	}
+}
+
+func TestRunOnceAtATime(t *testing.T) {
+	h := newHarness(t)
+	h.f.cfg.Bus = memory.New(quiet())
+	ctx, cancel := context.WithCancel(h.ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.f.Run(ctx) }()
+	for !h.f.running.Load() {
+		runtime.Gosched()
+	}
+	if err := h.f.Run(ctx); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Errorf("a second Run = %v, want an error", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := h.f.Run(ctx); err != nil { // ended at once: ctx is done
+		t.Errorf("Run after the first returned = %v", err)
+	}
+}
+
+// pusherFunc is a Pusher from a function.
+type pusherFunc func(context.Context, Notification) error
+
+func (p pusherFunc) Push(ctx context.Context, n Notification) error { return p(ctx, n) }
+
+func TestGoneRemovesOnlyThePushedRegistration(t *testing.T) {
+	h := newHarness(t)
+	other := core.IdentityDevices("web", "u:43")
+	var err error
+	h.f, err = New(Config{Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
+		Clock: h.clock, Logger: quiet(), Metrics: h.metrics,
+		Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+			if n.Device.Owner != core.IdentityDevices("web", "u:42") {
+				return nil
+			}
+			// While the push is on its way, the phone changes users: the
+			// token now belongs to u:43, whose registration is valid.
+			if _, err := h.store.RegisterDevice(ctx, core.Device{Token: n.Device.Token, Owner: other}); err != nil {
+				return err
+			}
+			return fmt.Errorf("%w: 400 DeviceTokenNotForTopic", ErrGone)
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.conversation()
+	h.agentSays(c, "Found it!")
+	h.advance(collapse)
+	ds, err := h.store.Devices(h.ctx, other)
+	if err != nil || len(ds) != 1 || ds[0].Token != token(1) {
+		t.Fatalf("u:43's devices after the gone answer for u:42's registration: %v, %v", ds, err)
+	}
+}
