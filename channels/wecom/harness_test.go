@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,6 +57,22 @@ type harness struct {
 	srv      *httptest.Server
 	cfg      wecom.Config
 	agents   map[string]core.Agent
+	// beforeEnqueue, when set, runs before the channel queues an outbox
+	// entry: what the agent could do the moment a notification is queued.
+	beforeEnqueue atomic.Pointer[func(core.OutboxEntry)]
+}
+
+// hookStore lets a test act just before the channel's outbox writes.
+type hookStore struct {
+	core.Store
+	h *harness
+}
+
+func (s hookStore) Enqueue(ctx context.Context, e core.OutboxEntry) (core.OutboxEntry, error) {
+	if f := s.h.beforeEnqueue.Load(); f != nil {
+		(*f)(e)
+	}
+	return s.Store.Enqueue(ctx, e)
 }
 
 func newHarness(t *testing.T) *harness {
@@ -81,7 +98,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	h.presence = core.NewMemoryPresence()
 	h.svc = core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour},
-		core.Deps{Store: st, Presence: h.presence, Notifier: nopNotifier{}, Logger: quiet})
+		core.Deps{Store: hookStore{Store: st, h: h}, Presence: h.presence, Notifier: nopNotifier{}, Logger: quiet})
 	for _, a := range []core.Agent{
 		{Email: "alice@example.com", Name: "Alice", Role: core.RoleAgent, WeComUserID: "alice"},
 		{Email: "bob@example.com", Name: "Bob", Role: core.RoleAgent, WeComUserID: "bob"},

@@ -178,7 +178,7 @@ func (c *Channel) followCustomer(ctx context.Context, m core.Message, conv core.
 	if err != nil {
 		return err
 	}
-	if m.ID <= st.Max || m.ID <= st.Conv[conv.ID] {
+	if m.ID <= st.Max || m.ID < st.Conv[conv.ID] {
 		return nil // handled before a restart, or shown in a backlog
 	}
 	label := "[" + c.label(ctx, conv) + "] "
@@ -186,12 +186,25 @@ func (c *Channel) followCustomer(ctx context.Context, m core.Message, conv core.
 	if m.Kind == core.KindImage && m.Media != nil {
 		notes = append(notes, note{To: a.WeComUserID, Media: m.Media})
 	}
+	return c.notifyShown(ctx, a.ID, st, conv.ID, m.ID, notes)
+}
+
+// notifyShown sends an agent notes that show them conversation conv up to
+// message id, and records it in st. What the agent is shown is saved before
+// the notes are queued: once they can read them, a plain reply must already
+// know about them (target asks "which conversation?" rather than guess).
+// That id was handled (Max) is saved after, so that a crash in between
+// notifies again rather than never.
+func (c *Channel) notifyShown(ctx context.Context, agentID int64, st seen, conv, id int64, notes []note) error {
+	st.record(conv, id)
+	if err := c.saveSeen(ctx, agentID, st); err != nil {
+		return err
+	}
 	if err := c.enqueue(ctx, notes...); err != nil {
 		return err
 	}
-	st.Max = m.ID
-	st.record(conv.ID, m.ID)
-	return c.saveSeen(ctx, a.ID, st)
+	st.Max = id
+	return c.saveSeen(ctx, agentID, st)
 }
 
 // assigneeAt returns who handled conv when m came: the current assignee,
@@ -297,12 +310,7 @@ func (c *Channel) notifyAssigned(ctx context.Context, m core.Message, conv core.
 			images = append(images, note{To: a.WeComUserID, Media: e.Media})
 		}
 	}
-	if err := c.enqueue(ctx, append(textNotes(a.WeComUserID, label, b.String()), images...)...); err != nil {
-		return err
-	}
-	st.Max = m.ID
-	st.record(conv.ID, m.ID)
-	return c.saveSeen(ctx, a.ID, st)
+	return c.notifyShown(ctx, a.ID, st, conv.ID, m.ID, append(textNotes(a.WeComUserID, label, b.String()), images...))
 }
 
 // notifyAside tells agent id about a change to a conversation they had

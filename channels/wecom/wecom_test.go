@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,6 +182,47 @@ func TestNotificationsAndReplyRules(t *testing.T) {
 		}
 	}
 	h.quietFor("alice", n)
+}
+
+// A reply the agent sends the moment a notification is queued (before it is
+// even delivered) must already count it: kefu asks which conversation
+// rather than send to the selected one. (The state used to be saved after
+// the notification was queued; a quick agent's reply went to the wrong
+// customer.)
+func TestReplyRacingANotification(t *testing.T) {
+	h := newHarness(t)
+	h.says("alice", "/on")
+	n := h.expect("alice", 0, "You are on")
+	c1 := h.customer("c1", "hello")
+	n = h.expect("alice", n, "assigned to you")
+	c2 := h.customer("c2", "hi there")
+	n = h.expect("alice", n, "assigned to you")
+	h.says("alice", fmt.Sprintf("#%d Hello two", c2.ID))
+	waitFor(t, "reply to #2", func() bool { return len(h.agentTexts(c2.ID)) == 1 })
+
+	var once sync.Once
+	replied := make(chan error, 1)
+	hook := func(e core.OutboxEntry) {
+		if !strings.Contains(string(e.Payload), "ping") {
+			return
+		}
+		once.Do(func() {
+			resp, err := h.app.Post(h.srv.Client(), h.srv.URL, h.app.Text("alice", "quick plain reply", ""))
+			if err == nil {
+				resp.Body.Close()
+			}
+			replied <- err
+		})
+	}
+	h.beforeEnqueue.Store(&hook)
+	h.customer("c1", "ping")
+	if err := <-replied; err != nil {
+		t.Fatal(err)
+	}
+	h.expect("alice", n, fmt.Sprintf("New messages from #%d arrived since you selected #%d. Nothing was sent", c1.ID, c2.ID))
+	if got := h.agentTexts(c2.ID); !slices.Equal(got, []string{"Hello two"}) {
+		t.Fatalf("#2 agent messages = %q: the reply went to the selected conversation", got)
+	}
 }
 
 func TestImages(t *testing.T) {
