@@ -30,6 +30,9 @@ type fakeSender struct {
 	// script: the results of an entry's successive attempts; once it runs
 	// out, attempts succeed.
 	script map[int64][]error
+	// scriptText is script for the entries of messages with a text, for
+	// entries whose ID is not known before they can be sent.
+	scriptText map[string][]error
 	// gates make Send wait (a slow provider) until the gate is closed, or
 	// until ctx ends when honourCtx is set.
 	gates     map[int64]chan struct{}
@@ -49,7 +52,7 @@ type sendAttempt struct {
 }
 
 func newFakeSender(clock *fakeClock) *fakeSender {
-	return &fakeSender{clock: clock, script: map[int64][]error{}, gates: map[int64]chan struct{}{},
+	return &fakeSender{clock: clock, script: map[int64][]error{}, scriptText: map[string][]error{}, gates: map[int64]chan struct{}{},
 		panicOn: map[int64]bool{}, inflight: map[string]int{}}
 }
 
@@ -67,7 +70,11 @@ func (f *fakeSender) Send(ctx context.Context, out bridge.Outgoing) (bridge.Send
 		}
 	}
 	var err error
-	if s := f.script[id]; n < len(s) {
+	s, ok := f.script[id]
+	if !ok {
+		s = f.scriptText[out.Message.Text]
+	}
+	if n < len(s) {
 		err = s[n]
 	}
 	gate, honour, panics, jitter := f.gates[id], f.honourCtx, f.panicOn[id], f.jitter
@@ -109,6 +116,13 @@ func (f *fakeSender) fail(id int64, errs ...error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.script[id] = errs
+}
+
+// failText is fail for the entries of messages with text.
+func (f *fakeSender) failText(text string, errs ...error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scriptText[text] = errs
 }
 
 func (f *fakeSender) gate(id int64) chan struct{} {
