@@ -459,7 +459,12 @@ func (c *wsConn) flush() {
 			c.mu.Lock()
 			c.closed, c.queue, c.scheduled = true, nil, false
 			c.mu.Unlock()
-			_ = c.ws.Close()
+			if !errors.Is(err, errWSClosing) {
+				// closeWith, which stopped this batch, closes the
+				// connection once its close frame is written: closing
+				// here could cut that frame off.
+				_ = c.ws.Close()
+			}
 			return
 		}
 	}

@@ -149,12 +149,17 @@ func TestFlushCoalesced(t *testing.T) {
 		t.Fatalf("after flush: closed %v scheduled %v queue %d", p.c.closed, p.c.scheduled, len(p.c.queue))
 	}
 
-	// A connection being closed writes nothing more and is marked closed.
+	// A connection being closed (closeWith) writes nothing more and is
+	// marked closed, but is left open for closeWith's close frame.
 	p.c.dying.Store(true)
 	p.queue(&frame{data: []byte(`{"n":"after close"}`)})
 	p.c.flush()
 	if !p.c.closed || p.c.scheduled || p.c.queue != nil {
 		t.Fatalf("dying: closed %v scheduled %v queue %v", p.c.closed, p.c.scheduled, p.c.queue)
+	}
+	closeFrame := websocket.FormatCloseMessage(closeSlowConsumer, codeSlowConsumer)
+	if err := p.c.ws.WriteControl(websocket.CloseMessage, closeFrame, time.Now().Add(closeWait)); err != nil {
+		t.Fatalf("the flush that saw the connection dying closed it: %v", err)
 	}
 	select {
 	case got := <-p.got:
