@@ -261,7 +261,7 @@ func (rt *realtime) serveSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var v visitor
-	resumed := false
+	resumed, fresh := false, false
 	if req.Token != "" {
 		if v, err = rt.parseVisitor(req.Token); err != nil && req.Identity == nil {
 			httpx.FromError(w, rt.log, err)
@@ -284,6 +284,7 @@ func (rt *realtime) serveSession(w http.ResponseWriter, r *http.Request) {
 			httpx.FromError(w, rt.log, err)
 			return
 		}
+		fresh = true // a new random identity: no conversation to look up
 	}
 	if req.Name != "" {
 		v.name = req.Name
@@ -301,13 +302,15 @@ func (rt *realtime) serveSession(w http.ResponseWriter, r *http.Request) {
 		LongPollTimeoutMS: rt.c.cfg.LongPollTimeout.Milliseconds(),
 		MaxFrameBytes:     rt.c.cfg.MaxFrameBytes,
 	}
-	cur, err := rt.newestConversation(r.Context(), v.identity)
-	switch {
-	case err == nil:
-		resp.Conversation, resp.LastSeq = viewConversation(cur), cur.LastSeq
-	case !errors.Is(err, core.ErrNotFound):
-		httpx.FromError(w, rt.log, err)
-		return
+	if !fresh {
+		cur, err := rt.newestConversation(r.Context(), v.identity)
+		switch {
+		case err == nil:
+			resp.Conversation, resp.LastSeq = viewConversation(cur), cur.LastSeq
+		case !errors.Is(err, core.ErrNotFound):
+			httpx.FromError(w, rt.log, err)
+			return
+		}
 	}
 	exp := rt.c.now().Add(rt.c.cfg.VisitorTokenTTL).Truncate(time.Second)
 	resp.Token, resp.ExpiresAt = rt.signVisitor(v, exp), exp.UTC()

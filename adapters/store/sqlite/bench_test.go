@@ -84,3 +84,35 @@ func BenchmarkIngest(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkConversationsByIdentity: a visitor's newest conversation, as the
+// web channel reads it at every session start and WebSocket hello (core's
+// Conversations with a channel and an external id), for identities with
+// and without one.
+func BenchmarkConversationsByIdentity(b *testing.B) {
+	ctx := context.Background()
+	s := open(b, filepath.Join(b.TempDir(), "kefu.db"), sqlite.Options{Sync: "normal"})
+	const ids = 1024
+	for i := range ids {
+		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v" + strconv.Itoa(i),
+			Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := next.Add(1) % (2 * ids) // half of them have no conversation
+			cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: "v" + strconv.FormatInt(n, 10), Limit: 1})
+			want := 0
+			if n < ids {
+				want = 1
+			}
+			if err != nil || len(cs) != want {
+				b.Errorf("%d: %d conversations, %v", n, len(cs), err)
+				return
+			}
+		}
+	})
+}

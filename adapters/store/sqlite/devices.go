@@ -81,7 +81,7 @@ func (s *Store) Devices(ctx context.Context, owner core.DeviceOwner) ([]core.Dev
 	if s.isClosed.Load() {
 		return nil, core.ErrClosed
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE owner = ?
+	rows, err := s.query(ctx, `SELECT `+deviceCols+` FROM devices WHERE owner = ?
 		ORDER BY updated_at DESC, token`, string(owner))
 	if err != nil {
 		return nil, s.readErr(err, "devices")

@@ -67,7 +67,7 @@ func queryList[T any](ctx context.Context, s *Store, scan func(scanner) (T, erro
 	if s.isClosed.Load() {
 		return nil, core.ErrClosed
 	}
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.query(ctx, q, args...)
 	if err != nil {
 		return nil, s.readErr(err, "%s", what)
 	}

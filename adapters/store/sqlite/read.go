@@ -131,7 +131,7 @@ func (s *Store) Conversations(ctx context.Context, f core.ConversationFilter) ([
 	if s.isClosed.Load() {
 		return nil, core.ErrClosed
 	}
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.query(ctx, q, args...)
 	if err != nil {
 		return nil, s.readErr(err, "conversations")
 	}

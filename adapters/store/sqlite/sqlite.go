@@ -81,6 +81,7 @@ type Store struct {
 	r     *sql.DB // read-only connections
 	wst   [numWStmts]*sql.Stmt
 	rst   [numRStmts]*sql.Stmt
+	adhoc adhocStmts // ad hoc reads' statements; see adhoc.go
 	batch int
 	cache *convCache // the writer's; see convCache
 
@@ -298,6 +299,7 @@ func (s *Store) closeDBs() error {
 			errs = append(errs, st.Close())
 		}
 	}
+	errs = append(errs, s.adhoc.close())
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
 	}
