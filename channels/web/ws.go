@@ -314,31 +314,45 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		welcome.Visitor = p.vis.info()
 	}
 	// The replay is written directly, ahead of anything queued; a client
-	// taking it in is alive, so it counts as activity.
+	// taking it in is alive, so it counts as activity. The welcome, the
+	// replay and synced go out in as few writes as writeBatch makes (one,
+	// for a connection with nothing to replay).
+	var pending []*frame
+	size := 0
 	write := func(f *frame) error {
 		c.touch()
-		return c.write(f)
+		pending = append(pending, f)
+		if size += len(f.data); size < maxWireBatch {
+			return nil
+		}
+		err := c.writeBatch(pending)
+		pending, size = pending[:0], 0
+		return err
 	}
 	c.wmu.Lock()
-	err := c.write(&frame{data: mustJSON(welcome)})
+	pending = append(pending, &frame{data: mustJSON(welcome)})
 	var cur cursorOut
-	if err == nil {
-		if p.isAgent() {
-			var last int64
-			last, err = p.replayAgent(ctx, c.filter.lastID, 0, write)
-			cur = agentCursor(max(last, c.filter.lastID))
-		} else {
-			var conv, seq int64
-			var replayed []int64
-			conv, seq, replayed, err = p.replayVisitor(ctx, f.ConversationID, f.LastSeq, 0, write)
-			for _, id := range replayed {
-				rt.hub.joinIdentity(p.vis.identity, id)
-			}
-			cur = visitorCursor(conv, seq)
+	var err error
+	if p.isAgent() {
+		var last int64
+		last, err = p.replayAgent(ctx, c.filter.lastID, 0, write)
+		cur = agentCursor(max(last, c.filter.lastID))
+	} else {
+		var conv, seq int64
+		var replayed []int64
+		conv, seq, replayed, err = p.replayVisitor(ctx, f.ConversationID, f.LastSeq, 0, write)
+		for _, id := range replayed {
+			rt.hub.joinIdentity(p.vis.identity, id)
 		}
+		cur = visitorCursor(conv, seq)
 	}
 	if err == nil {
-		err = c.write(syncedFrame(cur))
+		pending = append(pending, syncedFrame(cur))
+	}
+	if len(pending) > 0 {
+		if werr := c.writeBatch(pending); err == nil {
+			err = werr
+		}
 	}
 	c.wmu.Unlock()
 	if err != nil {
