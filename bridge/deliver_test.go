@@ -71,7 +71,7 @@ func (f *fakeSender) Send(ctx context.Context, out bridge.Outgoing) (bridge.Send
 	}
 	var err error
 	s, ok := f.script[id]
-	if !ok {
+	if !ok && out.Message != nil {
 		s = f.scriptText[out.Message.Text]
 	}
 	if n < len(s) {
