@@ -191,13 +191,19 @@ func Encode(env Envelope, correlationID string) (*message.Message, error) {
 	if err != nil {
 		return nil, err
 	}
+	return envelopeMessage(env, correlationID, payload), nil
+}
+
+// envelopeMessage is Encode's message around payload (nil for an
+// in-process bus, see local.go).
+func envelopeMessage(env Envelope, correlationID string, payload []byte) *message.Message {
 	msg := message.NewMessage(watermill.NewUUID(), payload)
 	msg.Metadata.Set(MetaKind, string(env.Kind))
 	if correlationID == "" {
 		correlationID = watermill.NewUUID()
 	}
 	msg.Metadata.Set(MetaCorrelationID, correlationID)
-	return msg, nil
+	return msg
 }
 
 // EncodePayload validates env and returns its JSON encoding.

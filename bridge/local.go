@@ -22,6 +22,17 @@ import (
 // topic: subscribers treat what Decode returns as read-only (kefu's do:
 // they copy what they keep or only read it).
 
+// EnvelopeCarrier is implemented by the Publisher of an in-process Bus
+// whose subscribers receive copies of the published message with the
+// envelope a Notifier attached (CarryDecoded), and which sends nothing
+// anywhere else. A Notifier publishing through one that answers true
+// leaves the JSON payload out: encoding it was about 5 % of the server's
+// CPU in a closed-loop run, for bytes nobody read. Decode still reads a
+// payload when a message has no attached envelope.
+type EnvelopeCarrier interface {
+	CarriesEnvelopes() bool
+}
+
 // decodedKey keys the attached envelope in a message's context.
 type decodedKey struct{}
 

@@ -14,9 +14,9 @@ import (
 )
 
 // TestInProcessDecodeSkipsJSON: on the memory bus, what a Notifier
-// published reaches every subscription as the envelope it encoded: equal to
-// what the payload says, shared by the subscriptions, and untouched by the
-// publisher's later changes.
+// published reaches every subscription as the envelope itself, with no JSON
+// payload: equal to what the payload would say, shared by the
+// subscriptions, and untouched by the publisher's later changes.
 func TestInProcessDecodeSkipsJSON(t *testing.T) {
 	bus := memory.New(quietLogger())
 	defer bus.Close()
@@ -41,7 +41,14 @@ func TestInProcessDecodeSkipsJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fromJSON, err := bridge.DecodePayload(msg.Payload)
+		if len(msg.Payload) != 0 {
+			t.Errorf("the in-process bus got a JSON payload of %d bytes", len(msg.Payload))
+		}
+		payload, err := bridge.EncodePayload(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromJSON, err := bridge.DecodePayload(payload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,6 +63,35 @@ func TestInProcessDecodeSkipsJSON(t *testing.T) {
 	}
 	if envs[0].Updates[0].Message != envs[1].Updates[0].Message {
 		t.Error("the subscriptions decoded the JSON instead of sharing the attached envelope")
+	}
+}
+
+// recordingPublisher keeps what is published, as a networked bus would
+// send it.
+type recordingPublisher struct{ got []*message.Message }
+
+func (p *recordingPublisher) Publish(_ string, msgs ...*message.Message) error {
+	p.got = append(p.got, msgs...)
+	return nil
+}
+
+func (p *recordingPublisher) Close() error { return nil }
+
+// TestNotifierEncodesForOtherBuses: through a publisher that is not an
+// in-process EnvelopeCarrier, a Notifier's messages carry the JSON payload
+// that Decode reads on another node.
+func TestNotifierEncodesForOtherBuses(t *testing.T) {
+	pub := &recordingPublisher{}
+	n := bridge.NewNotifier(bridge.NotifierConfig{Node: "kefu-1", Publisher: pub, Logger: quietLogger()})
+	n.Deliver(context.Background(), core.OutboxEntry{ID: 4, Channel: "wa", Key: "c:1"})
+	if len(pub.got) != 1 {
+		t.Fatalf("published %d messages", len(pub.got))
+	}
+	wire := message.NewMessage(pub.got[0].UUID, pub.got[0].Payload)
+	wire.Metadata = pub.got[0].Metadata
+	env, err := bridge.Decode(wire)
+	if err != nil || env.Outbox == nil || env.Outbox.ID != 4 || env.Node != "kefu-1" {
+		t.Fatalf("Decode = %+v, %v", env, err)
 	}
 }
 

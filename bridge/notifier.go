@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -48,6 +49,9 @@ type Notifier struct {
 	pub     message.Publisher
 	log     *slog.Logger
 	metrics *Metrics
+	// inProcess: pub is an EnvelopeCarrier, so the envelope attached to a
+	// message is all its subscribers read; the JSON payload is left out.
+	inProcess bool
 }
 
 // NewNotifier returns a Notifier.
@@ -58,7 +62,11 @@ func NewNotifier(cfg NotifierConfig) *Notifier {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Notifier{node: cfg.Node, pub: cfg.Publisher, log: cfg.Logger, metrics: cfg.Metrics}
+	n := &Notifier{node: cfg.Node, pub: cfg.Publisher, log: cfg.Logger, metrics: cfg.Metrics}
+	if c, ok := cfg.Publisher.(EnvelopeCarrier); ok && c.CarriesEnvelopes() {
+		n.inProcess = true
+	}
+	return n
 }
 
 // Publish sends updates, in order, as one envelope on UpdatesTopic. The
@@ -77,7 +85,20 @@ func (n *Notifier) Deliver(ctx context.Context, e core.OutboxEntry) {
 }
 
 func (n *Notifier) publish(ctx context.Context, topic string, env Envelope) {
-	msg, err := Encode(env, CorrelationID(ctx))
+	if env.V == 0 {
+		env.V = EnvelopeVersion
+	}
+	var msg *message.Message
+	var err error
+	if n.inProcess {
+		if err = env.Validate(); err == nil {
+			msg = envelopeMessage(env, CorrelationID(ctx), nil)
+		} else {
+			err = fmt.Errorf("encode: %w", err)
+		}
+	} else {
+		msg, err = Encode(env, CorrelationID(ctx))
+	}
 	if err == nil {
 		attachDecoded(msg, env)
 		err = n.pub.Publish(topic, msg)

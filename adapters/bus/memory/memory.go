@@ -310,6 +310,11 @@ func (p publisher) Publish(topic string, msgs ...*message.Message) error {
 	return p.b.publish(topic, msgs...)
 }
 
+// CarriesEnvelopes implements bridge.EnvelopeCarrier: subscribers get
+// copies that keep the envelope a bridge.Notifier attached, and nothing
+// leaves the process, so the Notifier need not encode a payload.
+func (publisher) CarriesEnvelopes() bool { return true }
+
 // Close does nothing: the Bus owns the publisher (see bridge.Bus).
 func (publisher) Close() error { return nil }
 
@@ -328,7 +333,8 @@ func (s subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messag
 func (subscriber) Close() error { return nil }
 
 var (
-	_ bridge.Bus         = (*Bus)(nil)
-	_ message.Publisher  = publisher{}
-	_ message.Subscriber = subscriber{}
+	_ bridge.Bus             = (*Bus)(nil)
+	_ message.Publisher      = publisher{}
+	_ bridge.EnvelopeCarrier = publisher{}
+	_ message.Subscriber     = subscriber{}
 )
