@@ -37,6 +37,8 @@ type ckStats struct {
 	log       atomic.Int64 // WAL frames at the last one
 	copied    atomic.Int64 // of which copied into the database file
 	lastError atomic.Value // error of the last failed checkpoint, if any
+	restarts  atomic.Int64 // RESTART checkpoints completed
+	restartAt atomic.Int64 // WAL frames that call for one: restartPages
 }
 
 // checkpointer runs a PASSIVE checkpoint on db after writes have been
@@ -66,13 +68,33 @@ func (s *Store) checkpointer(db *sql.DB, every time.Duration, stop <-chan struct
 	}
 }
 
+// restartPages is the WAL length at which the checkpointer, once a PASSIVE
+// checkpoint has copied the WAL, restarts it (see checkpoint).
+const restartPages = 4096
+
 // checkpoint runs one PASSIVE checkpoint. A busy result (the writer's
 // backstop checkpoint is running) is not an error: the next one catches up.
+//
+// Under a steady stream of writes a PASSIVE checkpoint never lets the WAL
+// start over: SQLite rewinds it only when a write transaction begins with
+// every frame already copied, and by the time the checkpointer is done the
+// writer has appended more. The WAL then grew to the backstop, and the
+// writer's own checkpoint, inside a COMMIT, did the copying and the fsync
+// with every write queued behind it: the stalls behind the p99 of an open
+// loop run (BENCHMARKS.md). So once the WAL is restartPages long, a
+// RESTART checkpoint follows the PASSIVE one: it waits for the writer's
+// current transaction, copies the few frames committed since, syncs, and
+// makes the next writer rewind the WAL; the writer waits only for that.
 func (s *Store) checkpoint(db *sql.DB) error {
-	var busy, log, copied int64
-	err := db.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &log, &copied)
+	busy, log, copied, err := walCheckpoint(db, "PASSIVE")
+	if at := s.ck.restartAt.Load(); err == nil && busy == 0 && at > 0 && log >= at {
+		busy, log, copied, err = walCheckpoint(db, "RESTART")
+		if err == nil && busy == 0 {
+			s.ck.restarts.Add(1)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("sqlite: checkpoint: %w", err)
+		return err
 	}
 	if busy == 0 {
 		s.ck.runs.Add(1)
@@ -80,6 +102,14 @@ func (s *Store) checkpoint(db *sql.DB) error {
 		s.ck.copied.Store(copied)
 	}
 	return nil
+}
+
+func walCheckpoint(db *sql.DB, mode string) (busy, log, copied int64, err error) {
+	err = db.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &log, &copied)
+	if err != nil {
+		err = fmt.Errorf("sqlite: checkpoint: %w", err)
+	}
+	return busy, log, copied, err
 }
 
 // noteWrite tells the checkpointer that a batch was committed. It never

@@ -74,6 +74,63 @@ func TestCheckpointer(t *testing.T) {
 	}
 }
 
+// TestCheckpointerRewindsTheWAL: under writes that never pause, the
+// checkpointer's RESTART lets the WAL start over long before the writer's
+// backstop would (a PASSIVE checkpoint alone never does: the writer has
+// always appended more by the time it is done), and writes carry on.
+func TestCheckpointerRewindsTheWAL(t *testing.T) {
+	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
+		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	s.ck.restartAt.Store(64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				_, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v" + strconv.Itoa(w),
+					Message: core.Message{Kind: core.KindText, Text: "hello", DedupKey: "c:" + strconv.Itoa(w) + ":" + strconv.Itoa(i)}})
+				if err != nil && ctx.Err() == nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	// The WAL rewound: a later checkpoint found fewer frames than an
+	// earlier one.
+	deadline := time.Now().Add(20 * time.Second)
+	var most int64
+	for rewound := false; !rewound; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL never rewound: %d RESTART checkpoints, %d frames at most", s.ck.restarts.Load(), most)
+		}
+		if n := s.ck.log.Load(); n < most && s.ck.restarts.Load() > 0 {
+			rewound = true
+		} else {
+			most = max(most, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err, _ := s.ck.lastError.Load().(error); err != nil {
+		t.Errorf("checkpoint error: %v", err)
+	}
+	if most >= backstopPages {
+		t.Errorf("the WAL reached the backstop (%d frames)", most)
+	}
+}
+
 // TestCheckpointerOff: a negative interval leaves checkpoints to SQLite's
 // automatic one at commit, and the store works as before.
 func TestCheckpointerOff(t *testing.T) {

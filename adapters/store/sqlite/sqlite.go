@@ -225,6 +225,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		if err := s.ckDB.PingContext(ctx); err != nil {
 			return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
 		}
+		s.ck.restartAt.Store(restartPages)
 		s.wrote = make(chan struct{}, 1)
 		s.ckStop = make(chan struct{})
 		s.ckDone = make(chan struct{})
