@@ -68,6 +68,12 @@ func (s *Store) checkpointer(db *sql.DB, every time.Duration, stop <-chan struct
 	}
 }
 
+// ckBusyTimeout is how long (ms) the checkpointer's connection waits for a
+// lock. A PASSIVE checkpoint never waits; a RESTART one waits for the
+// writer's transaction in progress, then for readers, holding the write
+// lock meanwhile: keep it short.
+const ckBusyTimeout = 20
+
 // restartPages is the WAL length at which the checkpointer, once a PASSIVE
 // checkpoint has copied the WAL, restarts it (see checkpoint).
 const restartPages = 4096
@@ -85,9 +91,15 @@ const restartPages = 4096
 // RESTART checkpoint follows the PASSIVE one: it waits for the writer's
 // current transaction, copies the few frames committed since, syncs, and
 // makes the next writer rewind the WAL; the writer waits only for that.
+// It is tried only when the PASSIVE one copied every frame (no reader holds
+// an older snapshot), and it gives up after ckBusyTimeout: RESTART takes
+// the write lock and then waits for readers while holding it, so a long
+// read (a backup) would otherwise hold every write for the connection's
+// whole busy timeout. A RESTART that gives up reports busy, not an error,
+// and the next run tries again.
 func (s *Store) checkpoint(db *sql.DB) error {
 	busy, log, copied, err := walCheckpoint(db, "PASSIVE")
-	if at := s.ck.restartAt.Load(); err == nil && busy == 0 && at > 0 && log >= at {
+	if at := s.ck.restartAt.Load(); err == nil && busy == 0 && copied == log && at > 0 && log >= at {
 		busy, log, copied, err = walCheckpoint(db, "RESTART")
 		if err == nil && busy == 0 {
 			s.ck.restarts.Add(1)

@@ -192,3 +192,38 @@ func TestCheckpointFails(t *testing.T) {
 	}
 	s.wrote, s.ckDone = nil, nil
 }
+
+// TestCheckpointerLongRead: while a read transaction holds an old snapshot
+// (a backup, say), the checkpointer does not try to rewind the WAL, and
+// writes go on. (A RESTART checkpoint holds the write lock while it waits
+// for readers: with the connection's former 10 s busy timeout, the writes
+// here failed with "database is locked".)
+func TestCheckpointerLongRead(t *testing.T) {
+	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
+		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	s.ck.restartAt.Store(0) // none until the reader holds its snapshot
+	ingestN(t, s, 50)
+	tx, err := s.r.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	var n int
+	if err := tx.QueryRow("SELECT count(*) FROM messages").Scan(&n); err != nil || n != 50 {
+		t.Fatalf("read %d messages, %v", n, err)
+	}
+	s.ck.restartAt.Store(64)
+	for i := range 400 {
+		if _, err := s.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "x",
+			Message: core.Message{Kind: core.KindText, Text: "hello", DedupKey: "c:x:" + strconv.Itoa(i)}}); err != nil {
+			t.Fatalf("write %d with a reader open: %v", i, err)
+		}
+	}
+	if r := s.ck.restarts.Load(); r != 0 {
+		t.Errorf("%d RESTART checkpoints while a reader held an old snapshot", r)
+	}
+}

@@ -214,7 +214,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// The checkpointer's connection: it writes the database file, synced at
 	// the writer's level.
 	if background {
-		s.ckDB, err = sql.Open("sqlite", o.Path+"?_busy_timeout=10000&_synchronous="+syncMode)
+		s.ckDB, err = sql.Open("sqlite", o.Path+fmt.Sprintf("?_busy_timeout=%d&_synchronous=", ckBusyTimeout)+syncMode)
 		if err != nil {
 			return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
 		}
