@@ -287,9 +287,15 @@ func (c *Channel) notifyAssigned(ctx context.Context, m core.Message, conv core.
 	if err != nil {
 		return err
 	}
+	// What the agent was shown of conv. At or past m itself only when a
+	// crash came between notifyShown's two saves: show the backlog again.
+	shown := st.Conv[conv.ID]
+	if shown >= m.ID {
+		shown = 0
+	}
 	var backlog []core.Message
 	for _, e := range earlier {
-		if e.SenderKind == core.SenderContact && e.Visibility == core.Public && e.ID > st.Conv[conv.ID] {
+		if e.SenderKind == core.SenderContact && e.Visibility == core.Public && e.ID > shown {
 			backlog = append(backlog, e)
 		}
 	}

@@ -88,17 +88,18 @@ func (c *Channel) loadSelection(ctx context.Context, agentID int64) (selection, 
 }
 
 // selectConv makes conv the agent's selection, marked with where the
-// follower is now: its saved cursor, or the last notification it made for
-// the agent if that is later (the cursor is saved after each batch).
+// follower is now: its saved cursor, or the last notification it queued for
+// the agent if that is later (the cursor is saved after each batch). That
+// is seen.Max, saved once a notification is queued, not seen.Conv, saved
+// just before (notifyShown): a notification about to go out is newer than
+// the selection, so a plain reply after it still asks.
 func (c *Channel) selectConv(ctx context.Context, agentID, conv int64) error {
 	mark := c.cursor(ctx)
 	st, err := c.loadSeen(ctx, agentID)
 	if err != nil {
 		return err
 	}
-	for _, id := range st.Conv {
-		mark = max(mark, id)
-	}
+	mark = max(mark, st.Max)
 	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d", conv, mark))
 }
 
