@@ -59,8 +59,8 @@ func (c *adhocStmts) stmt(ctx context.Context, db *sql.DB, q string) (*sql.Stmt,
 		_ = st.Close()
 		return cur, nil
 	}
-	if c.closed {
-		_ = st.Close()
+	if c.closed || len(c.m) >= maxAdhocStmts {
+		_ = st.Close() // filled meanwhile by other first uses
 		return nil, nil
 	}
 	if c.m == nil {
