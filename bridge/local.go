@@ -10,13 +10,14 @@ import (
 
 // An in-process bus hands subscribers the publisher's message (a copy of
 // it), so the JSON round trip on that hop only turns an Envelope into bytes
-// and back. The Notifier therefore attaches the envelope it encoded to the
-// message it publishes, as a snapshot that shares nothing with the values
-// its caller passed in; an in-process Bus passes it on to its copies
-// (CarryDecoded), and Decode returns it without reading the payload. A
-// networked Bus sends only the payload and metadata, so on the other side
-// Decode reads the JSON as always. Either way Decode returns an equal
-// Envelope.
+// and back. So when its publisher is such a bus's (an EnvelopeCarrier), the
+// Notifier encodes no JSON and attaches the envelope to the message it
+// publishes instead, as a snapshot that shares nothing with the values its
+// caller passed in; the Bus passes it on to its copies (CarryDecoded), and
+// Decode returns it. Through any other publisher (a networked Bus sends
+// only the payload and metadata) the Notifier encodes the JSON and
+// attaches nothing, and Decode reads the JSON as always. Either way Decode
+// returns an equal Envelope.
 //
 // The attached envelope is shared by every in-process subscription of the
 // topic: subscribers treat what Decode returns as read-only (kefu's do:

@@ -70,13 +70,17 @@ func NewNotifier(cfg NotifierConfig) *Notifier {
 }
 
 // Publish sends updates, in order, as one envelope on UpdatesTopic. The
-// envelope holds a copy of updates (see local.go): the caller may change
-// what they point to afterwards.
+// caller may change what they point to afterwards: an in-process bus gets a
+// copy of them (see local.go), any other the JSON encoded before Publish
+// returns.
 func (n *Notifier) Publish(ctx context.Context, updates ...core.Update) {
 	if len(updates) == 0 {
 		return
 	}
-	n.publish(ctx, UpdatesTopic, UpdatesEnvelope(n.node, snapshotUpdates(updates)...))
+	if n.inProcess {
+		updates = snapshotUpdates(updates)
+	}
+	n.publish(ctx, UpdatesTopic, UpdatesEnvelope(n.node, updates...))
 }
 
 // Deliver sends a kick for e on its channel's work topic.
@@ -100,7 +104,9 @@ func (n *Notifier) publish(ctx context.Context, topic string, env Envelope) {
 		msg, err = Encode(env, CorrelationID(ctx))
 	}
 	if err == nil {
-		attachDecoded(msg, env)
+		if n.inProcess {
+			attachDecoded(msg, env)
+		}
 		err = n.pub.Publish(topic, msg)
 	}
 	if err != nil {
