@@ -262,7 +262,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 }
 
 // BenchmarkNotifierPath measures kefu's per-message bus hop as a node runs
-// it: bridge.Notifier.Publish of one message update (JSON encode, publish)
+// it: bridge.Notifier.Publish of one message update (snapshot, publish; no
+// JSON on this bus since bridge.EnvelopeCarrier)
 // from 4 goroutines at once (ns/op is per message), to one subscription on kefu.updates that
 // decodes each envelope (bridge.Decode) and acks it, as the web channel's
 // feed does.
