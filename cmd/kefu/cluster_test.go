@@ -419,10 +419,12 @@ func (c *cluster) runVisitor(sending, ctx context.Context, v int, log *visitorLo
 						log.mu.Lock()
 						log.conv = f.Message.ConversationID
 						log.mu.Unlock()
-						cur.ConversationID = max(cur.ConversationID, f.Message.ConversationID)
-						if f.Message.ConversationID == cur.ConversationID && f.Message.Seq > cur.LastSeq {
-							cur.LastSeq = f.Message.Seq
-						}
+						// The cursor moves with message frames only
+						// (docs/protocol.md, "Resume and cursors"): an
+						// agent's reply committed just before this
+						// message may still be on its way, and a cursor
+						// raised to this ack's seq would skip it on a
+						// resume elsewhere.
 					case f.Type == "error" && f.ID == text:
 						c.errorf("visitor %d: send %s refused: %s", v, text, f.Raw)
 						acked = true
