@@ -37,7 +37,7 @@ type ckStats struct {
 	log       atomic.Int64 // WAL frames at the last one
 	copied    atomic.Int64 // of which copied into the database file
 	lastError atomic.Value // error of the last failed checkpoint, if any
-	restarts  atomic.Int64 // RESTART checkpoints completed
+	restarts  atomic.Int64 // the writer's catch-up checkpoints that copied every frame (see rewind)
 	restartAt atomic.Int64 // WAL frames that call for one: restartPages
 }
 
@@ -69,13 +69,12 @@ func (s *Store) checkpointer(db *sql.DB, every time.Duration, stop <-chan struct
 }
 
 // ckBusyTimeout is how long (ms) the checkpointer's connection waits for a
-// lock. A PASSIVE checkpoint never waits; a RESTART one waits for the
-// writer's transaction in progress, then for readers, holding the write
-// lock meanwhile: keep it short.
+// lock. Its PASSIVE checkpoints never wait; the timeout only bounds the
+// locks it takes to open the database.
 const ckBusyTimeout = 20
 
-// restartPages is the WAL length at which the checkpointer, once a PASSIVE
-// checkpoint has copied the WAL, restarts it (see checkpoint).
+// restartPages is the WAL length at which the writer, once a checkpoint
+// has copied the WAL, catches up and lets it start over (see checkpoint).
 const restartPages = 4096
 
 // checkpoint runs one PASSIVE checkpoint. A busy result (the writer's
@@ -86,34 +85,78 @@ const restartPages = 4096
 // every frame already copied, and by the time the checkpointer is done the
 // writer has appended more. The WAL then grew to the backstop, and the
 // writer's own checkpoint, inside a COMMIT, did the copying and the fsync
-// with every write queued behind it: the stalls behind the p99 of an open
-// loop run (BENCHMARKS.md). So once the WAL is restartPages long, a
-// RESTART checkpoint follows the PASSIVE one: it waits for the writer's
-// current transaction, copies the few frames committed since, syncs, and
-// makes the next writer rewind the WAL; the writer waits only for that.
-// It is tried only when the PASSIVE one copied every frame (no reader holds
-// an older snapshot), and it gives up after ckBusyTimeout: RESTART takes
-// the write lock and then waits for readers while holding it, so a long
-// read (a backup) would otherwise hold every write for the connection's
-// whole busy timeout. A RESTART that gives up reports busy, not an error,
-// and the next run tries again.
+// with every write queued behind it. So once the WAL is restartPages long
+// and a checkpoint has copied every frame it found (no reader holds an
+// older snapshot), the checkpointer asks the writer to catch up (rewind):
+// between two batches the writer copies the few frames committed since,
+// and its next transaction starts the WAL over.
+//
+// A RESTART checkpoint from this connection did the same, and made the open
+// loop's tail (BENCHMARKS.md): it takes the write lock, and a writer that
+// finds the lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms…),
+// whether or not the lock has been released meanwhile. Commits took
+// 12–50 ms around every RESTART; with the catch-up on the writer's own
+// connection nothing waits for a lock.
 func (s *Store) checkpoint(db *sql.DB) error {
 	busy, log, copied, err := walCheckpoint(db, "PASSIVE")
-	if at := s.ck.restartAt.Load(); err == nil && busy == 0 && copied == log && at > 0 && log >= at {
-		busy, log, copied, err = walCheckpoint(db, "RESTART")
-		if err == nil && busy == 0 {
-			s.ck.restarts.Add(1)
-		}
-	}
 	if err != nil {
 		return err
 	}
-	if busy == 0 {
-		s.ck.runs.Add(1)
-		s.ck.log.Store(log)
-		s.ck.copied.Store(copied)
+	if busy != 0 {
+		return nil
 	}
+	s.ck.runs.Add(1)
+	s.ck.log.Store(log)
+	s.ck.copied.Store(copied)
+	at := s.ck.restartAt.Load()
+	if copied != log || at <= 0 || log < at {
+		return nil
+	}
+	// Leave the writer as little as possible to copy and sync: each pass
+	// copies what was committed during the one before, fewer frames each
+	// time, until a pass finds only a few new ones.
+	for range catchUpPasses {
+		_, next, copied, err := walCheckpoint(db, "PASSIVE")
+		if err != nil {
+			return err
+		}
+		if copied != next {
+			return nil // a reader holds an older snapshot: not now
+		}
+		grew := next - log
+		log = next
+		if grew <= catchUpFrames {
+			break
+		}
+	}
+	s.rewind.Store(true)
 	return nil
+}
+
+// The checkpointer's passes before it asks the writer to catch up, and
+// the new frames after which it stops early (see checkpoint).
+const (
+	catchUpPasses = 4
+	catchUpFrames = 64
+)
+
+// catchUp is the writer's side of rewinding the WAL (see checkpoint): run
+// between batches, on the writer's connection, once the checkpointer has
+// copied most of the WAL. Its PASSIVE checkpoint copies what was committed
+// since and syncs, and never waits for a lock: if a reader still uses the
+// WAL, fewer frames are copied and the WAL simply goes on; the
+// checkpointer asks again later.
+func (s *Store) catchUp() {
+	s.rewind.Store(false)
+	busy, log, copied, err := walCheckpoint(s.w, "PASSIVE")
+	if err != nil {
+		s.ck.lastError.Store(err)
+		s.log.Error("sqlite: checkpoint", "err", err)
+		return
+	}
+	if busy == 0 && copied == log {
+		s.ck.restarts.Add(1)
+	}
 }
 
 func walCheckpoint(db *sql.DB, mode string) (busy, log, copied int64, err error) {

@@ -75,9 +75,10 @@ func TestCheckpointer(t *testing.T) {
 }
 
 // TestCheckpointerRewindsTheWAL: under writes that never pause, the
-// checkpointer's RESTART lets the WAL start over long before the writer's
-// backstop would (a PASSIVE checkpoint alone never does: the writer has
-// always appended more by the time it is done), and writes carry on.
+// checkpointer and the writer's catch-up let the WAL start over long before
+// the writer's backstop would (a PASSIVE checkpoint from another connection
+// alone never does: the writer has always appended more by the time it is
+// done), and writes carry on.
 func TestCheckpointerRewindsTheWAL(t *testing.T) {
 	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
 		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
@@ -108,7 +109,7 @@ func TestCheckpointerRewindsTheWAL(t *testing.T) {
 	var most int64
 	for rewound := false; !rewound; {
 		if time.Now().After(deadline) {
-			t.Fatalf("the WAL never rewound: %d RESTART checkpoints, %d frames at most", s.ck.restarts.Load(), most)
+			t.Fatalf("the WAL never rewound: %d catch-ups, %d frames at most", s.ck.restarts.Load(), most)
 		}
 		if n := s.ck.log.Load(); n < most && s.ck.restarts.Load() > 0 {
 			rewound = true
@@ -194,10 +195,10 @@ func TestCheckpointFails(t *testing.T) {
 }
 
 // TestCheckpointerLongRead: while a read transaction holds an old snapshot
-// (a backup, say), the checkpointer does not try to rewind the WAL, and
-// writes go on. (A RESTART checkpoint holds the write lock while it waits
-// for readers: with the connection's former 10 s busy timeout, the writes
-// here failed with "database is locked".)
+// (a backup, say), the WAL is not rewound, and writes go on. (A RESTART
+// checkpoint, which the checkpointer once ran, holds the write lock while
+// it waits for readers: with the connection's former 10 s busy timeout,
+// the writes here failed with "database is locked".)
 func TestCheckpointerLongRead(t *testing.T) {
 	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
 		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
@@ -224,6 +225,6 @@ func TestCheckpointerLongRead(t *testing.T) {
 		}
 	}
 	if r := s.ck.restarts.Load(); r != 0 {
-		t.Errorf("%d RESTART checkpoints while a reader held an old snapshot", r)
+		t.Errorf("%d complete catch-ups while a reader held an old snapshot", r)
 	}
 }

@@ -93,6 +93,7 @@ type Store struct {
 	ckStop chan struct{} // closed by Close
 	ckDone chan struct{} // closed when the checkpointer has returned
 	ck     ckStats
+	rewind atomic.Bool // the checkpointer asks the writer to catch up (catchUp)
 
 	// What the writer has done, for tests: batches committed (or failed)
 	// and the writes in them.

@@ -111,6 +111,9 @@ func (s *Store) writer() {
 			o.done <- errs[i]
 		}
 		clear(batch)
+		if s.rewind.Load() {
+			s.catchUp()
+		}
 	}
 }
 
