@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -244,6 +245,12 @@ func (c *wsConn) onFrame(typ int, data []byte) bool {
 			return false
 		}
 		if err := c.start(ctx, &f); err != nil {
+			if errors.Is(err, errWSClosing) || errors.Is(err, errWSLost) {
+				// Closing, or gone: there is nobody to tell, and
+				// nothing went wrong on our side.
+				c.rt.log.Debug("web: connection lost during hello", "err", err)
+				return false
+			}
 			c.fail(toProtoError(err, "", c.rt.log))
 			return false
 		}
@@ -325,7 +332,7 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		if size += len(f.data); size < maxWireBatch {
 			return nil
 		}
-		err := c.writeBatch(pending)
+		err := lost(c.writeBatch(pending))
 		pending, size = pending[:0], 0
 		return err
 	}
@@ -350,7 +357,7 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		pending = append(pending, syncedFrame(cur))
 	}
 	if len(pending) > 0 {
-		if werr := c.writeBatch(pending); err == nil {
+		if werr := lost(c.writeBatch(pending)); err == nil {
 			err = werr
 		}
 	}
@@ -508,6 +515,19 @@ var wireBufs = sync.Pool{New: func() any { b := make([]byte, 0, wsWriteBuffer); 
 // errWSClosing stops a batch on a connection being closed (its close frame
 // may be on the wire: nothing may follow it).
 var errWSClosing = errors.New("web: connection closing")
+
+// errWSLost marks a write to the socket that failed: the client has gone
+// (or stopped reading), which is not the server's error.
+var errWSLost = errors.New("web: connection lost")
+
+// lost marks a failed socket write (see errWSLost); errWSClosing and nil
+// pass unchanged.
+func lost(err error) error {
+	if err == nil || errors.Is(err, errWSClosing) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", errWSLost, err)
+}
 
 // appendWireFrame appends payload as one final, unmasked text frame
 // (RFC 6455 section 5.2).

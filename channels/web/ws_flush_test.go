@@ -1,6 +1,7 @@
 package web
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -185,5 +186,21 @@ func TestAppendWireFrame(t *testing.T) {
 		if string(b[:3]) != "pre" || string(b[3:3+len(tc.head)]) != string(tc.head) || len(b) != 3+len(tc.head)+tc.n {
 			t.Errorf("length %d: header % x, total %d", tc.n, b[3:3+len(tc.head)], len(b))
 		}
+	}
+}
+
+// TestLost: a failed socket write during hello is the client gone
+// (errWSLost, logged at debug), a connection being closed stays
+// errWSClosing, and no error stays none.
+func TestLost(t *testing.T) {
+	if err := lost(nil); err != nil {
+		t.Errorf("lost(nil) = %v", err)
+	}
+	if err := lost(errWSClosing); err != errWSClosing {
+		t.Errorf("lost(errWSClosing) = %v", err)
+	}
+	err := lost(io.ErrClosedPipe)
+	if !errors.Is(err, errWSLost) || !errors.Is(err, io.ErrClosedPipe) {
+		t.Errorf("lost(io.ErrClosedPipe) = %v: want both errWSLost and the cause", err)
 	}
 }
