@@ -164,8 +164,21 @@ push:
 	if _, err := conn.WaitFor(wait, func(f webtest.Frame) bool { return f.Type == "receipt" && f.Seq == first.Seq }); err != nil {
 		t.Fatal(err) // (the app's own receipt comes back once it is stored)
 	}
-	// The app goes to the background: iOS cuts its socket.
+	// The app goes to the background: iOS cuts its socket. The replies
+	// below are meant for an app without one: wait until the server has
+	// seen it go (otherwise the fallback waits for an ack, fallback_after
+	// on the fake clock, which the loop below does not advance to).
 	_ = conn.Close()
+	c, err := svc.Store().Conversation(ctx, convID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(wait); svc.Presence().ContactConnected(c.ContactID); {
+		if time.Now().After(deadline) {
+			t.Fatal("the server never saw the app's socket close")
+		}
+		time.Sleep(time.Millisecond)
+	}
 
 	var gap []int64
 	for _, text := range []string{"It left the warehouse.", "Tracking: 1Z999.", "Anything else?"} {
