@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,9 +38,6 @@ type Service struct {
 	window func(channel string) time.Duration
 
 	drainMu sync.Mutex
-	// drainAgain asks the drain holding drainMu for one more round (see
-	// drain).
-	drainAgain atomic.Bool
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity clears it.
@@ -151,7 +147,7 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 	full := s.full
 	s.fullMu.Unlock()
 	if !full {
-		if err := s.drain(ctx, false); err != nil {
+		if err := s.Drain(ctx); err != nil {
 			s.log.Warn("routing: drain failed", "err", err)
 		}
 	}
@@ -182,40 +178,8 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 // Drain assigns waiting conversations, oldest first, to available agents
 // with capacity, until the queue is empty or nobody has room.
 func (s *Service) Drain(ctx context.Context) error {
-	return s.drain(ctx, true)
-}
-
-// drain runs drainQueue under drainMu, once more for every request that
-// came while it ran. A caller that does not wait (a new conversation's
-// Ingest) leaves its request to the drain already running, which reads
-// the queue again and so sees its conversation: a burst of new
-// conversations waits for one drain, not for each other's in turn (each
-// visitor's next message waited behind its Ingest). A caller that waits
-// returns after a round that began after its call.
-func (s *Service) drain(ctx context.Context, wait bool) error {
-	s.drainAgain.Store(true)
-	for {
-		if wait {
-			s.drainMu.Lock()
-			wait = false
-		} else if !s.drainMu.TryLock() {
-			return nil // the holder goes round again (drainAgain)
-		}
-		var err error
-		for err == nil && s.drainAgain.Swap(false) {
-			err = s.drainQueue(ctx)
-		}
-		s.drainMu.Unlock()
-		// A request that came after the last round and found the lock
-		// still held is this caller's to serve.
-		if err != nil || !s.drainAgain.Load() {
-			return err
-		}
-	}
-}
-
-// drainQueue is one drain round; drainMu must be held.
-func (s *Service) drainQueue(ctx context.Context) error {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
 	for {
 		avail, err := s.presence.Available(ctx)
 		if err != nil {

@@ -168,8 +168,8 @@ func TestQueueDrainsInOrder(t *testing.T) {
 }
 
 // gatedStore, once armed (gate > 0), holds each Assign until gate of them
-// are waiting at once, and refuses the assignment of conversation full as
-// if another node had just filled its agent up.
+// are waiting at once, and refuses the first assignment to agent full as
+// if another node had just filled that agent up.
 type gatedStore struct {
 	core.Store
 	mu      sync.Mutex
@@ -180,9 +180,9 @@ type gatedStore struct {
 	open    chan struct{}
 }
 
-func (g *gatedStore) arm(gate int, fullConv int64) {
+func (g *gatedStore) arm(gate int, full int64) {
 	g.mu.Lock()
-	g.gate, g.full, g.open = gate, fullConv, make(chan struct{})
+	g.gate, g.full, g.open = gate, full, make(chan struct{})
 	g.mu.Unlock()
 }
 
@@ -196,7 +196,7 @@ func (g *gatedStore) Assign(ctx context.Context, a core.Assignment) (core.Change
 	if g.waiting == g.gate {
 		close(g.open)
 	}
-	refuse := a.ConversationID == g.full && !g.refused
+	refuse := a.AgentID == g.full && !g.refused
 	g.refused = g.refused || refuse
 	open := g.open
 	g.mu.Unlock()
@@ -232,11 +232,10 @@ func TestQueueAssignedTogether(t *testing.T) {
 		defer f.presence.Connect(a.ID)()
 	}
 	// Round robin plans agents 0, 1, 2, 0, 1 for the five: five
-	// assignments at once (the gate). The oldest one's, to agent 0, is
-	// refused (agent 0 filled up), so it goes to the only agent left with
-	// room, agent 2.
+	// assignments at once (the gate). Agent 0's first one is refused, so
+	// that conversation goes to the only agent left with room, agent 2.
 	a0, a1, a2 := f.agents[0], f.agents[1], f.agents[2]
-	g.arm(5, convs[0])
+	g.arm(5, a0.ID)
 	if err := f.svc.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -248,71 +247,6 @@ func TestQueueAssignedTogether(t *testing.T) {
 	}
 	if q, _ := f.store.Queue(context.Background(), 10); len(q) != 0 {
 		t.Errorf("%d still waiting, want none", len(q))
-	}
-}
-
-// heldStore holds the first Assign until release is closed.
-type heldStore struct {
-	core.Store
-	once             sync.Once
-	entered, release chan struct{}
-}
-
-func (h *heldStore) Assign(ctx context.Context, a core.Assignment) (core.Changed, error) {
-	first := false
-	h.once.Do(func() { first = true })
-	if first {
-		close(h.entered)
-		<-h.release
-	}
-	return h.Store.Assign(ctx, a)
-}
-
-// TestIngestLeavesRoutingToTheRunningDrain: a new conversation's Ingest
-// does not wait for a drain in progress; that drain goes round once more
-// and assigns it before it returns.
-func TestIngestLeavesRoutingToTheRunningDrain(t *testing.T) {
-	h := &heldStore{entered: make(chan struct{}), release: make(chan struct{})}
-	f := newWrappedFixture(t, core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Hour}, 1, 0,
-		func(st core.Store) core.Store { h.Store = st; return h })
-	a := f.agents[0]
-	defer f.presence.Connect(a.ID)()
-	ingest := func(from string) (core.Ingested, error) {
-		return f.svc.Ingest(context.Background(), core.Inbound{Channel: "ext", ExternalID: from, Name: from,
-			Message: core.Message{Kind: core.KindText, Text: "hello", DedupKey: core.ProviderKey("ext", from)}})
-	}
-	first := make(chan error, 1)
-	var c0 core.Ingested
-	go func() {
-		var err error
-		c0, err = ingest("c0") // its drain holds at its assignment
-		first <- err
-	}()
-	<-h.entered
-	second := make(chan error, 1)
-	var c1 core.Ingested
-	go func() {
-		var err error
-		c1, err = ingest("c1")
-		second <- err
-	}()
-	select {
-	case err := <-second:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		close(h.release)
-		t.Fatal("the second Ingest waited for the drain in progress")
-	}
-	close(h.release)
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []int64{c0.Conversation.ID, c1.Conversation.ID} {
-		if c := f.conv(id); c.AssigneeID != a.ID {
-			t.Errorf("#%d not assigned when the first Ingest returned: %+v", id, c)
-		}
 	}
 }
 
