@@ -201,71 +201,21 @@ func (s *Service) Drain(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		full, err := s.assignQueue(ctx, queue, avail, counts)
-		if err != nil {
-			return err
-		}
-		if full {
-			s.setFull(true)
-			return nil
+		for _, c := range queue {
+			assigned, err := s.assignFromQueue(ctx, c, avail, counts)
+			if err != nil {
+				return err
+			}
+			if !assigned {
+				s.setFull(true)
+				return nil
+			}
 		}
 		if len(queue) < 100 {
 			s.setFull(false)
 			return nil
 		}
 	}
-}
-
-// assignQueue assigns the conversations of queue, oldest first, to the
-// available agents with room, and reports whether some were left waiting
-// because nobody had room. Each conversation's agent is chosen before any
-// is assigned, counting the ones chosen before it, and then the
-// assignments run at once, so that the store commits them together: one
-// after another, a burst of 200 new conversations took 200 commits in a
-// row, and their first messages waited for them (BENCHMARKS.md). An
-// assignment refused because its agent filled up meanwhile (on another
-// node) is tried again with the next choice, as assignFromQueue does.
-func (s *Service) assignQueue(ctx context.Context, queue []Conversation, avail []int64, counts map[int64]int) (full bool, err error) {
-	plan := make([]int64, 0, len(queue)) // the agent chosen for queue[i]
-	cands := make([]Candidate, len(avail))
-	for range queue {
-		for i, id := range avail {
-			cands[i] = Candidate{AgentID: id, Open: counts[id]}
-		}
-		order := s.picker.Order(cands, s.cfg.MaxOpenPerAgent)
-		if len(order) == 0 {
-			break
-		}
-		plan = append(plan, order[0])
-		counts[order[0]]++
-		s.picker.Assigned(order[0])
-	}
-	errs := make([]error, len(plan))
-	var wg sync.WaitGroup
-	for i, agentID := range plan {
-		wg.Go(func() {
-			_, errs[i] = s.assign(ctx, queue[i].ID, agentID, 0, s.cfg.MaxOpenPerAgent, EventAssigned, 0)
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		switch {
-		case err == nil, errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
-			// assigned, or taken or changed meanwhile: not waiting any more
-		case errors.Is(err, ErrCapacity):
-			counts[plan[i]] = s.cfg.MaxOpenPerAgent // its count moved under us
-			assigned, err := s.assignFromQueue(ctx, queue[i], avail, counts)
-			if err != nil {
-				return false, err
-			}
-			if !assigned {
-				return true, nil
-			}
-		default:
-			return false, err
-		}
-	}
-	return len(plan) < len(queue), nil
 }
 
 // assignFromQueue gives c to the first available agent with room. It

@@ -63,13 +63,6 @@ type fixture struct {
 
 func newFixture(t *testing.T, cfg core.Config, agents int, window time.Duration) *fixture {
 	t.Helper()
-	return newWrappedFixture(t, cfg, agents, window, nil)
-}
-
-// newWrappedFixture is newFixture with the service's store wrapped by wrap
-// (the fixture's own store stays the plain one).
-func newWrappedFixture(t *testing.T, cfg core.Config, agents int, window time.Duration, wrap func(core.Store) core.Store) *fixture {
-	t.Helper()
 	st, err := sqlite.Open(context.Background(), sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -77,12 +70,8 @@ func newWrappedFixture(t *testing.T, cfg core.Config, agents int, window time.Du
 	t.Cleanup(func() { st.Close() })
 	f := &fixture{t: t, store: st, presence: core.NewMemoryPresence(), notes: &recorder{},
 		clock: &clock{now: time.Date(2026, 11, 1, 9, 0, 0, 0, time.UTC)}}
-	var svcStore core.Store = st
-	if wrap != nil {
-		svcStore = wrap(st)
-	}
 	f.svc = core.NewService(cfg, core.Deps{
-		Store: svcStore, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now,
+		Store: st, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now,
 		Delivers: func(ch string) bool { return ch == "ext" },
 		Window:   func(ch string) time.Duration { return window },
 	})
@@ -164,89 +153,6 @@ func TestQueueDrainsInOrder(t *testing.T) {
 	}
 	if c := f.conv(convs[2]); c.AssigneeID != a.ID || c.Status != core.StatusOpen {
 		t.Fatalf("closing did not free capacity for the waiting conversation: %+v", c)
-	}
-}
-
-// gatedStore, once armed (gate > 0), holds each Assign until gate of them
-// are waiting at once, and refuses the first assignment to agent full as
-// if another node had just filled that agent up.
-type gatedStore struct {
-	core.Store
-	mu      sync.Mutex
-	gate    int
-	full    int64
-	waiting int
-	refused bool
-	open    chan struct{}
-}
-
-func (g *gatedStore) arm(gate int, full int64) {
-	g.mu.Lock()
-	g.gate, g.full, g.open = gate, full, make(chan struct{})
-	g.mu.Unlock()
-}
-
-func (g *gatedStore) Assign(ctx context.Context, a core.Assignment) (core.Changed, error) {
-	g.mu.Lock()
-	if g.gate == 0 {
-		g.mu.Unlock()
-		return g.Store.Assign(ctx, a)
-	}
-	g.waiting++
-	if g.waiting == g.gate {
-		close(g.open)
-	}
-	refuse := a.AgentID == g.full && !g.refused
-	g.refused = g.refused || refuse
-	open := g.open
-	g.mu.Unlock()
-	select {
-	case <-open:
-	case <-time.After(10 * time.Second):
-		return core.Changed{}, errors.New("test: the assignments were not made together")
-	}
-	if refuse {
-		return core.Changed{}, fmt.Errorf("%w: test: filled meanwhile", core.ErrCapacity)
-	}
-	return g.Store.Assign(ctx, a)
-}
-
-// TestQueueAssignedTogether: a drain makes its assignments at once (so the
-// store can commit them together), in the picker's order within capacity,
-// and gives a conversation whose agent filled up meanwhile to the next
-// agent with room.
-func TestQueueAssignedTogether(t *testing.T) {
-	g := &gatedStore{}
-	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 2, ReopenWithin: time.Hour}, 3, 0,
-		func(st core.Store) core.Store { g.Store = st; return g })
-	var convs []int64
-	for i := range 5 {
-		f.clock.Advance(time.Second)
-		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
-	}
-	// All three agents become available before one drain (the service's
-	// own drain on presence changes is detached, so it cannot start with
-	// only some of them).
-	f.presence.OnChange(func(int64) {})
-	for _, a := range f.agents {
-		defer f.presence.Connect(a.ID)()
-	}
-	// Round robin plans agents 0, 1, 2, 0, 1 for the five: five
-	// assignments at once (the gate). Agent 0's first one is refused, so
-	// that conversation goes to the only agent left with room, agent 2.
-	a0, a1, a2 := f.agents[0], f.agents[1], f.agents[2]
-	g.arm(5, a0.ID)
-	if err := f.svc.Drain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	want := map[int64]int64{convs[0]: a2.ID, convs[1]: a1.ID, convs[2]: a2.ID, convs[3]: a0.ID, convs[4]: a1.ID}
-	for _, id := range convs {
-		if c := f.conv(id); c.AssigneeID != want[id] || c.Status != core.StatusOpen {
-			t.Errorf("#%d: assignee %d (%s), want %d", id, c.AssigneeID, c.Status, want[id])
-		}
-	}
-	if q, _ := f.store.Queue(context.Background(), 10); len(q) != 0 {
-		t.Errorf("%d still waiting, want none", len(q))
 	}
 }
 
