@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,37 +80,6 @@ func BenchmarkIngest(b *testing.B) {
 					}
 				}
 			})
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ingests/s")
-		})
-	}
-}
-
-// BenchmarkIngestFewWriters: a few callers, each writing again as soon as
-// its write is committed (a closed loop). No write is on its way while
-// they wait, so lingering for one (writer.go) only delays them: the linger
-// turns itself off.
-func BenchmarkIngestFewWriters(b *testing.B) {
-	for _, writers := range []int{2, 4} {
-		b.Run("writers="+strconv.Itoa(writers), func(b *testing.B) {
-			ctx := context.Background()
-			s := open(b, filepath.Join(b.TempDir(), "kefu.db"), sqlite.Options{Sync: "normal"})
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			b.ResetTimer()
-			for range writers {
-				wg.Go(func() {
-					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
-						_, err := s.Ingest(ctx, core.Inbound{Channel: "wa", ExternalID: strconv.FormatInt(n%4096, 10),
-							Name: "Customer", Message: core.Message{Kind: core.KindText,
-								Text: "hello, I have a question", DedupKey: "p:wa:" + strconv.FormatInt(n, 10)}})
-						if err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ingests/s")
 		})
 	}

@@ -75,17 +75,12 @@ func (s *Store) do(ctx context.Context, fn func(w *wtx) error) error {
 const maxYields = 4
 
 // A busy writer lingers before committing a small batch (see writer):
-// for up to lingerFor (the runtime's timers may round it up to a
-// millisecond), when its batch has fewer than lingerBatch writes and the
-// first one arrived within lingerBusy of the previous commit. A linger
-// that gathers nothing makes the writer skip the next lingers it would
-// make, twice as many each time, from lingerSkipMin up to lingerSkipMax.
+// for lingerFor, when its batch has fewer than lingerBatch writes and the
+// first one arrived within lingerBusy of the previous commit.
 const (
-	lingerFor     = 200 * time.Microsecond
-	lingerBatch   = 16
-	lingerBusy    = time.Millisecond
-	lingerSkipMin = 16
-	lingerSkipMax = 1024
+	lingerFor   = 200 * time.Microsecond
+	lingerBatch = 16
+	lingerBusy  = time.Millisecond
 )
 
 // writer owns the writer connection. It takes the first waiting op and every
@@ -109,23 +104,17 @@ const (
 // averaged 2.5 writes, and commits (their WAL pages, their syscalls) were
 // most of the writer's work. So a writer that is busy (this batch's first
 // write came within lingerBusy of the previous commit, which had more than
-// one write) and has a small batch also waits for more, taking each write
-// as it arrives, until the batch has lingerBatch or lingerFor has passed.
-// At that load: 40,000 commits per 100,000 messages became 12,000, and the
-// server's CPU fell by a seventh (BENCHMARKS.md). Where no write is on its
-// way (a few callers, each waiting for this very batch) a linger only
-// delays them: one that gathers nothing turns lingering off for a while,
-// longer each time. A lone caller writing one thing after another, or a
-// store at rest, never waits.
+// one write) and has a small batch also waits lingerFor and takes what
+// arrived; a lone caller writing one thing after another never waits. At that load: 40,000
+// commits per 100,000 messages became 12,000, the server's CPU fell by a
+// seventh and p99 by a fifth; p50 rose by about 1.5 ms (BENCHMARKS.md). A
+// store at rest never lingers.
 func (s *Store) writer() {
 	defer close(s.done)
 	batch := make([]*op, 0, s.batch)
 	errs := make([]error, s.batch)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
 	var last time.Time // when the previous commit ended
 	prev := 0          // and how many writes it had
-	skip, backoff := 0, 0
 	for o := range s.ops {
 		busy := prev > 1 && time.Since(last) < lingerBusy
 		batch = append(batch[:0], o)
@@ -137,15 +126,9 @@ func (s *Store) writer() {
 			}
 			runtime.Gosched()
 		}
-		if busy && len(batch) < min(lingerBatch, s.batch) {
-			if skip > 0 {
-				skip--
-			} else if had := len(batch); len(s.linger(&batch, timer)) == had {
-				backoff = min(max(2*backoff, lingerSkipMin), lingerSkipMax)
-				skip = backoff
-			} else {
-				backoff = 0
-			}
+		if busy && len(batch) < lingerBatch {
+			time.Sleep(lingerFor)
+			batch = s.fill(batch)
 		}
 		clear(errs)
 		s.commit(batch, errs[:len(batch)])
@@ -161,25 +144,6 @@ func (s *Store) writer() {
 		last, prev = time.Now(), len(batch)
 		clear(batch)
 	}
-}
-
-// linger adds to *batch the ops that arrive within lingerFor, until it has
-// lingerBatch (or the batch size), and returns it.
-func (s *Store) linger(batch *[]*op, timer *time.Timer) []*op {
-	timer.Reset(lingerFor)
-	defer timer.Stop()
-	for len(*batch) < min(lingerBatch, s.batch) {
-		select {
-		case o, ok := <-s.ops:
-			if !ok {
-				return *batch
-			}
-			*batch = append(*batch, o)
-		case <-timer.C:
-			return *batch
-		}
-	}
-	return *batch
 }
 
 // fill appends the ops already queued to batch, up to the batch size,
