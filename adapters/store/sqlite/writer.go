@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"runtime"
-	"time"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -74,15 +73,6 @@ func (s *Store) do(ctx context.Context, fn func(w *wtx) error) error {
 // batch before committing it (see writer).
 const maxYields = 4
 
-// A busy writer lingers before committing a small batch (see writer):
-// for lingerFor, when its batch has fewer than lingerBatch writes and the
-// first one arrived within lingerBusy of the previous commit.
-const (
-	lingerFor   = 200 * time.Microsecond
-	lingerBatch = 16
-	lingerBusy  = time.Millisecond
-)
-
 // writer owns the writer connection. It takes the first waiting op and every
 // other one already queued, up to the batch size, and commits them together.
 // It returns when Close has closed ops and the queue is drained.
@@ -98,25 +88,11 @@ const (
 // write of every page it changed, so ten times fewer commits write far
 // fewer pages per message. When nothing else is runnable (a single write)
 // the yield returns at once, so an idle store adds no latency.
-//
-// Yielding gathers writers that are ready to run, not writes that are still
-// on their way: under an open-loop load of 5,000 messages/s the batches
-// averaged 2.5 writes, and commits (their WAL pages, their syscalls) were
-// most of the writer's work. So a writer that is busy (this batch's first
-// write came within lingerBusy of the previous commit, which had more than
-// one write) and has a small batch also waits lingerFor and takes what
-// arrived; a lone caller writing one thing after another never waits. At that load: 40,000
-// commits per 100,000 messages became 12,000, the server's CPU fell by a
-// seventh and p99 by a fifth; p50 rose by about 1.5 ms (BENCHMARKS.md). A
-// store at rest never lingers.
 func (s *Store) writer() {
 	defer close(s.done)
 	batch := make([]*op, 0, s.batch)
 	errs := make([]error, s.batch)
-	var last time.Time // when the previous commit ended
-	prev := 0          // and how many writes it had
 	for o := range s.ops {
-		busy := prev > 1 && time.Since(last) < lingerBusy
 		batch = append(batch[:0], o)
 		for yields := 0; ; yields++ {
 			had := len(batch)
@@ -126,10 +102,6 @@ func (s *Store) writer() {
 			}
 			runtime.Gosched()
 		}
-		if busy && len(batch) < lingerBatch {
-			time.Sleep(lingerFor)
-			batch = s.fill(batch)
-		}
 		clear(errs)
 		s.commit(batch, errs[:len(batch)])
 		s.commits.Add(1)
@@ -138,11 +110,10 @@ func (s *Store) writer() {
 		for i, o := range batch {
 			o.done <- errs[i]
 		}
+		clear(batch)
 		if s.rewind.Load() {
 			s.catchUp()
 		}
-		last, prev = time.Now(), len(batch)
-		clear(batch)
 	}
 }
 
