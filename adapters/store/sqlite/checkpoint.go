@@ -116,12 +116,12 @@ func (s *Store) checkpoint(db *sql.DB) error {
 	// copies what was committed during the one before, fewer frames each
 	// time, until a pass finds only a few new ones.
 	for range catchUpPasses {
-		_, next, copied, err := walCheckpoint(db, "PASSIVE")
+		busy, next, copied, err := walCheckpoint(db, "PASSIVE")
 		if err != nil {
 			return err
 		}
-		if copied != next {
-			return nil // a reader holds an older snapshot: not now
+		if busy != 0 || copied != next {
+			return nil // the backstop is running, or a reader holds an older snapshot: not now
 		}
 		grew := next - log
 		log = next

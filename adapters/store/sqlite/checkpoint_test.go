@@ -3,7 +3,10 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
+	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -226,5 +229,57 @@ func TestCheckpointerLongRead(t *testing.T) {
 	}
 	if r := s.ck.restarts.Load(); r != 0 {
 		t.Errorf("%d complete catch-ups while a reader held an old snapshot", r)
+	}
+}
+
+// walRestarts reads the checkpoint sequence number in the WAL file's
+// header (bytes 12-15, big-endian), which SQLite increments every time the
+// WAL starts over.
+func walRestarts(t *testing.T, path string) uint32 {
+	t.Helper()
+	h := make([]byte, 32)
+	f, err := os.Open(path + "-wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadFull(f, h); err != nil {
+		t.Fatal(err)
+	}
+	return binary.BigEndian.Uint32(h[12:16])
+}
+
+// TestCatchUpRewindsTheWAL: the writer's catch-up copies the WAL so that
+// its next write starts it over; without it, writes keep appending.
+func TestCatchUpRewindsTheWAL(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kefu.db")
+	s, err := Open(context.Background(), Options{Path: path, CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	write := func(key string) {
+		t.Helper()
+		if _, err := s.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "x",
+			Message: core.Message{Kind: core.KindText, Text: "hello", DedupKey: key}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ingestN(t, s, 50) // well under SQLite's own 1,000-page checkpoint
+	before := walRestarts(t, path)
+	write("c:x:1")
+	if got := walRestarts(t, path); got != before {
+		t.Fatalf("the WAL started over on its own (%d → %d): the test cannot tell", before, got)
+	}
+	s.catchUp() // as the writer does between batches (it is idle here)
+	if n := s.ck.restarts.Load(); n != 1 {
+		t.Fatalf("catch-up: %d complete, want 1", n)
+	}
+	write("c:x:2")
+	if got := walRestarts(t, path); got != before+1 {
+		t.Errorf("after the catch-up and a write the WAL restarted %d times, want 1", got-before)
+	}
+	if err, _ := s.ck.lastError.Load().(error); err != nil {
+		t.Errorf("checkpoint error: %v", err)
 	}
 }
