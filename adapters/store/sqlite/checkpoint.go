@@ -77,8 +77,9 @@ const ckBusyTimeout = 20
 // has copied the WAL, catches up and lets it start over (see checkpoint).
 const restartPages = 4096
 
-// checkpoint runs one PASSIVE checkpoint. A busy result (the writer's
-// backstop checkpoint is running) is not an error: the next one catches up.
+// checkpoint runs a PASSIVE checkpoint (a few, when the WAL is long: see
+// below). A busy result (the writer's backstop checkpoint is running) is
+// not an error: the next run catches up.
 //
 // Under a steady stream of writes a PASSIVE checkpoint never lets the WAL
 // start over: SQLite rewinds it only when a write transaction begins with
