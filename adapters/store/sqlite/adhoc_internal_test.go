@@ -3,8 +3,6 @@ package sqlite
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"testing"
 )
 
@@ -13,10 +11,7 @@ import (
 // answer), and closing the store closes the cached statements.
 func TestAdhocStmts(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, Options{})
 	read := func(q string, arg int) int {
 		t.Helper()
 		rows, err := s.query(ctx, q, arg)

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,12 +38,7 @@ func autocheckpoint(t *testing.T, s *Store) int {
 // checkpoint is only the backstop, and committed writes get checkpointed by
 // the checkpointer's own connection; Close stops it.
 func TestCheckpointer(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{CheckpointInterval: time.Millisecond})
 	if got := autocheckpoint(t, s); got != backstopPages {
 		t.Errorf("writer's wal_autocheckpoint = %d, want the backstop %d", got, backstopPages)
 	}
@@ -83,12 +77,7 @@ func TestCheckpointer(t *testing.T) {
 // alone never does: the writer has always appended more by the time it is
 // done), and writes carry on.
 func TestCheckpointerRewindsTheWAL(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{CheckpointInterval: time.Millisecond})
 	s.ck.restartAt.Store(64)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -138,12 +127,7 @@ func TestCheckpointerRewindsTheWAL(t *testing.T) {
 // TestCheckpointerOff: a negative interval leaves checkpoints to SQLite's
 // automatic one at commit, and the store works as before.
 func TestCheckpointerOff(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{CheckpointInterval: -1})
 	if s.ckDB != nil || s.wrote != nil {
 		t.Error("checkpointer started with CheckpointInterval < 0")
 	}
@@ -160,12 +144,7 @@ func TestCheckpointerOff(t *testing.T) {
 // TestCheckpointFails: a checkpoint that cannot run reports an error and
 // is recorded, and the checkpointer carries on until stopped.
 func TestCheckpointFails(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{CheckpointInterval: -1})
 
 	bad, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "other.db"))
 	if err != nil {
@@ -203,12 +182,7 @@ func TestCheckpointFails(t *testing.T) {
 // it waits for readers: with the connection's former 10 s busy timeout,
 // the writes here failed with "database is locked".)
 func TestCheckpointerLongRead(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		CheckpointInterval: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{CheckpointInterval: time.Millisecond})
 	s.ck.restartAt.Store(0) // none until the reader holds its snapshot
 	ingestN(t, s, 50)
 	tx, err := s.r.BeginTx(context.Background(), nil)
@@ -253,11 +227,7 @@ func walRestarts(t *testing.T, path string) uint32 {
 // its next write starts it over; without it, writes keep appending.
 func TestCatchUpRewindsTheWAL(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "kefu.db")
-	s, err := Open(context.Background(), Options{Path: path, CheckpointInterval: -1, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{Path: path, CheckpointInterval: -1})
 	write := func(key string) {
 		t.Helper()
 		if _, err := s.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "x",

@@ -2,8 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -14,11 +12,7 @@ import (
 // own leases.
 func TestLeaseRenewalDoesNotWaitForTheWriter(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{})
 
 	busy, release := make(chan struct{}), make(chan struct{})
 	wrote := make(chan error, 1)
@@ -62,12 +56,7 @@ func TestLeaseRenewalDoesNotWaitForTheWriter(t *testing.T) {
 
 // TestLeaseCallsHonourCtx: a cancelled ctx is an error and changes nothing.
 func TestLeaseCallsHonourCtx(t *testing.T) {
-	s, err := Open(context.Background(), Options{Path: filepath.Join(t.TempDir(), "kefu.db"),
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if ok, err := s.AcquireLease(ctx, "run.tg", "kefu-1", time.Minute); ok || err == nil {

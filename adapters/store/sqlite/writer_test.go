@@ -17,13 +17,28 @@ import (
 // same conversation, one of which appends and then fails. The failed op's
 // message and sequence number are gone, from the file and from the writer's
 // conversation cache, and the others commit.
-func TestBatchRollsBackOneOp(t *testing.T) {
-	ctx := context.Background()
-	s, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: slog.New(slog.DiscardHandler)})
+// openStore opens a store for an internal test: in a temporary directory
+// unless o has a Path, logging nowhere unless o has a Logger, and closed
+// when the test ends (Close may also be called before).
+func openStore(t *testing.T, o Options) *Store {
+	t.Helper()
+	if o.Path == "" {
+		o.Path = filepath.Join(t.TempDir(), "kefu.db")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := Open(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = s.Close() }()
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestBatchRollsBackOneOp(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Options{})
 	in, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v",
 		Message: core.Message{Kind: core.KindText, Text: "hi"}})
 	if err != nil {
@@ -92,11 +107,7 @@ func TestBatchRollsBackOneOp(t *testing.T) {
 // that some commits were shared: how many depends on the scheduler.
 func TestWriterGathersConcurrentWrites(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = s.Close() }()
+	s := openStore(t, Options{})
 	const writers, each = 32, 20
 	c0, w0 := s.commits.Load(), s.committed.Load()
 	var wg sync.WaitGroup
