@@ -176,10 +176,13 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 }
 
 // Drain assigns waiting conversations, oldest first, to available agents
-// with capacity, until the queue is empty or nobody has room.
+// with capacity, until the queue is empty or nobody has room. Each page of
+// the queue is planned at once and handed to the store in one AssignAll, so
+// that a burst of new conversations costs a commit per page, not one each.
 func (s *Service) Drain(ctx context.Context) error {
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
+	full := map[int64]bool{} // agents the store found at capacity in this drain
 	for {
 		avail, err := s.presence.Available(ctx)
 		if err != nil {
@@ -201,14 +204,38 @@ func (s *Service) Drain(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		for _, c := range queue {
-			assigned, err := s.assignFromQueue(ctx, c, avail, counts)
-			if err != nil {
-				return err
-			}
-			if !assigned {
+		for id := range full {
+			counts[id] = s.cfg.MaxOpenPerAgent
+		}
+		for waiting := queue; len(waiting) > 0; {
+			plan := s.plan(waiting, avail, counts)
+			if len(plan) == 0 {
 				s.setFull(true)
 				return nil
+			}
+			done, err := s.store.AssignAll(ctx, plan)
+			if len(done) > 0 {
+				ups := make([]Update, len(done))
+				for i := range done {
+					counts[done[i].Conversation.AssigneeID]++
+					ups[i] = Update{Type: UpdateMessage, Conversation: &done[i].Conversation, Message: &done[i].Event}
+				}
+				s.notify.Publish(ctx, ups...)
+			}
+			waiting = waiting[len(done):]
+			switch {
+			case err == nil:
+				waiting = waiting[len(plan)-len(done):]
+			case errors.Is(err, ErrCapacity):
+				// Its count moved under us (another node, an agent's own
+				// take): plan the rest again without that agent.
+				agent := plan[len(done)].AgentID
+				full[agent] = true
+				counts[agent] = s.cfg.MaxOpenPerAgent
+			case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
+				waiting = waiting[1:] // taken or changed meanwhile: not waiting any more
+			default:
+				return err
 			}
 		}
 		if len(queue) < 100 {
@@ -218,36 +245,34 @@ func (s *Service) Drain(ctx context.Context) error {
 	}
 }
 
-// assignFromQueue gives c to the first available agent with room. It
-// reports false when nobody has room.
-func (s *Service) assignFromQueue(ctx context.Context, c Conversation, avail []int64, counts map[int64]int) (bool, error) {
+// plan picks an agent for each conversation of waiting in turn, as if each
+// pick were assigned before the next, and stops at the first conversation
+// nobody has room for. It records each pick with the picker: when the store
+// refuses one, the picks after it were recorded without being assigned,
+// which moves a round robin turn on by as many.
+func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]int) []Assignment {
 	cands := make([]Candidate, len(avail))
 	for i, id := range avail {
 		cands[i] = Candidate{AgentID: id, Open: counts[id]}
 	}
-	order := s.picker.Order(cands, s.cfg.MaxOpenPerAgent)
-	if len(order) == 0 {
-		return false, nil
-	}
-	for _, agentID := range order {
-		_, err := s.assign(ctx, c.ID, agentID, 0, s.cfg.MaxOpenPerAgent, EventAssigned, 0)
-		switch {
-		case err == nil:
-			s.picker.Assigned(agentID)
-			counts[agentID]++
-			return true, nil
-		case errors.Is(err, ErrCapacity):
-			counts[agentID] = s.cfg.MaxOpenPerAgent // its count moved under us; try the next one
-			continue
-		case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
-			return true, nil // taken or changed meanwhile: not waiting any more
-		default:
-			return false, err
+	now := s.now()
+	var plan []Assignment
+	for _, c := range waiting {
+		order := s.picker.Order(cands, s.cfg.MaxOpenPerAgent)
+		if len(order) == 0 {
+			break
 		}
+		agentID := order[0]
+		s.picker.Assigned(agentID)
+		for i := range cands {
+			if cands[i].AgentID == agentID {
+				cands[i].Open++
+			}
+		}
+		plan = append(plan, s.assignment(c.ID, agentID, 0, s.cfg.MaxOpenPerAgent, EventAssigned, 0, now))
 	}
-	return false, nil
+	return plan
 }
-
 func (s *Service) setFull(v bool) {
 	s.fullMu.Lock()
 	s.full = v
@@ -263,16 +288,26 @@ func (s *Service) capacityChanged(ctx context.Context) {
 }
 
 func (s *Service) assign(ctx context.Context, convID, agentID, from int64, maxOpen int, typ EventType, by int64) (Changed, error) {
+	ch, err := s.store.Assign(ctx, s.assignment(convID, agentID, from, maxOpen, typ, by, s.now()))
+	if err != nil {
+		return ch, err
+	}
+	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
+	return ch, nil
+}
+
+// assignment is the store's request for assign, with its event.
+func (s *Service) assignment(convID, agentID, from int64, maxOpen int, typ EventType, by int64, at time.Time) Assignment {
 	vis := Public
 	if agentID == 0 {
 		vis = Internal
 	}
-	ch, err := s.store.Assign(ctx, Assignment{
+	return Assignment{
 		ConversationID: convID,
 		AgentID:        agentID,
 		From:           from,
 		MaxOpen:        maxOpen,
-		At:             s.now(),
+		At:             at,
 		Event: Message{
 			SenderKind: SenderSystem,
 			SenderID:   by,
@@ -280,12 +315,7 @@ func (s *Service) assign(ctx context.Context, convID, agentID, from int64, maxOp
 			Kind:       KindEvent,
 			Event:      &Event{Type: typ, AgentID: agentID, FromID: from, ByID: by},
 		},
-	})
-	if err != nil {
-		return ch, err
 	}
-	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
-	return ch, nil
 }
 
 // Take assigns an unassigned conversation to the agent asking for it. Of two

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -52,7 +53,7 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 type fixture struct {
-	t        *testing.T
+	t        testing.TB
 	svc      *core.Service
 	store    core.Store
 	presence *core.MemoryPresence
@@ -63,6 +64,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, cfg core.Config, agents int, window time.Duration) *fixture {
 	t.Helper()
+	return newWrappedFixture(t, cfg, agents, window, func(s core.Store) core.Store { return s })
+}
+
+// newWrappedFixture is newFixture with the service's store wrapped by wrap.
+func newWrappedFixture(t testing.TB, cfg core.Config, agents int, window time.Duration, wrap func(core.Store) core.Store) *fixture {
+	t.Helper()
 	st, err := sqlite.Open(context.Background(), sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +78,7 @@ func newFixture(t *testing.T, cfg core.Config, agents int, window time.Duration)
 	f := &fixture{t: t, store: st, presence: core.NewMemoryPresence(), notes: &recorder{},
 		clock: &clock{now: time.Date(2026, 11, 1, 9, 0, 0, 0, time.UTC)}}
 	f.svc = core.NewService(cfg, core.Deps{
-		Store: st, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now,
+		Store: wrap(st), Presence: f.presence, Notifier: f.notes, Now: f.clock.Now,
 		Delivers: func(ch string) bool { return ch == "ext" },
 		Window:   func(ch string) time.Duration { return window },
 	})
@@ -153,6 +160,129 @@ func TestQueueDrainsInOrder(t *testing.T) {
 	}
 	if c := f.conv(convs[2]); c.AssigneeID != a.ID || c.Status != core.StatusOpen {
 		t.Fatalf("closing did not free capacity for the waiting conversation: %+v", c)
+	}
+}
+
+// drainSpy is a core.Store that records AssignAll's batches and can hide
+// an agent's open conversations from OpenCounts, as a count that moved
+// after it was read.
+type drainSpy struct {
+	core.Store
+	mu      sync.Mutex
+	batches []int
+	hide    int64 // agent whose open count OpenCounts reports as 0
+}
+
+func (d *drainSpy) AssignAll(ctx context.Context, as []core.Assignment) ([]core.Changed, error) {
+	d.mu.Lock()
+	d.batches = append(d.batches, len(as))
+	d.mu.Unlock()
+	return d.Store.AssignAll(ctx, as)
+}
+
+func (d *drainSpy) OpenCounts(ctx context.Context) (map[int64]int, error) {
+	n, err := d.Store.OpenCounts(ctx)
+	if err == nil && d.hide != 0 {
+		delete(n, d.hide)
+	}
+	return n, err
+}
+
+// assignedEvents returns the conversations of the assigned events
+// published, in order.
+func (r *recorder) assignedEvents() (convs, agents []int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, u := range r.updates {
+		if m := u.Message; m != nil && m.Event != nil && m.Event.Type == core.EventAssigned {
+			convs, agents = append(convs, m.ConversationID), append(agents, m.Event.AgentID)
+		}
+	}
+	return convs, agents
+}
+
+func TestDrainAssignsAPageInOneWrite(t *testing.T) {
+	spy := &drainSpy{}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, ReopenWithin: time.Hour}, 2, 0,
+		func(s core.Store) core.Store { spy.Store = s; return spy })
+	var convs []int64
+	for i := range 7 {
+		f.clock.Advance(time.Second)
+		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
+	}
+	a, b := f.agents[0], f.agents[1]
+	defer f.presence.Connect(a.ID)() // drains the queue: all seven to a
+	if len(spy.batches) != 1 || spy.batches[0] != 7 {
+		t.Fatalf("AssignAll batches %v, want one of 7", spy.batches)
+	}
+	gotConvs, _ := f.notes.assignedEvents()
+	if fmt.Sprint(gotConvs) != fmt.Sprint(convs) {
+		t.Fatalf("assigned events published for %v, want %v (oldest first)", gotConvs, convs)
+	}
+	var lastID int64
+	for _, id := range convs {
+		c := f.conv(id)
+		ms, err := f.store.Messages(context.Background(), core.MessageQuery{ConversationID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := ms[len(ms)-1]
+		if c.AssigneeID != a.ID || c.Status != core.StatusOpen || ev.Event == nil || ev.ID <= lastID {
+			t.Fatalf("conversation %d = %+v, last message %+v after ID %d", id, c, ev, lastID)
+		}
+		lastID = ev.ID
+	}
+	// Round robin across a page: with both online, new ones alternate.
+	defer f.presence.Connect(b.ID)()
+	spy.batches = nil
+	for i := range 2 {
+		f.say(fmt.Sprintf("d%d", i), fmt.Sprintf("n%d", i), "hello")
+	}
+	if _, agents := f.notes.assignedEvents(); agents[7] == agents[8] {
+		t.Errorf("round robin gave both new conversations to agent %d", agents[7])
+	}
+}
+
+func TestDrainReplansAfterARefusal(t *testing.T) {
+	spy := &drainSpy{}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 2, ReopenWithin: time.Hour}, 2, 0,
+		func(s core.Store) core.Store { spy.Store = s; return spy })
+	a, b := f.agents[0], f.agents[1]
+	ctx := context.Background()
+	// a takes two conversations itself (a take is not bound by capacity)...
+	for i := range 2 {
+		id := f.say(fmt.Sprintf("x%d", i), fmt.Sprintf("x%d", i), "hello").Conversation.ID
+		if _, err := f.svc.Take(ctx, a.ID, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var convs []int64
+	for i := range 3 {
+		f.clock.Advance(time.Second)
+		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
+	}
+	// ...but the counts the drain reads do not show them, so its plans give
+	// a conversations the store refuses.
+	spy.hide = a.ID
+	defer f.presence.Connect(a.ID)()
+	defer f.presence.Connect(b.ID)()
+	for i, want := range []int64{b.ID, b.ID, 0} {
+		if c := f.conv(convs[i]); c.AssigneeID != want {
+			t.Errorf("conversation %d (#%d oldest): assignee %d, want %d (%+v)", convs[i], i, c.AssigneeID, want, c)
+		}
+	}
+	if c := f.conv(convs[2]); c.Status != core.StatusPending {
+		t.Errorf("newest conversation %+v, want still waiting: b is full", c)
+	}
+	n, err := f.store.OpenCounts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n[a.ID] != 2 || n[b.ID] != 2 {
+		t.Errorf("open counts %v, want 2 each", n)
+	}
+	if got, _ := f.notes.assignedEvents(); fmt.Sprint(got[2:]) != fmt.Sprint(convs[:2]) {
+		t.Errorf("assigned events for %v, want the takes then %v", got, convs[:2])
 	}
 }
 
@@ -321,5 +451,33 @@ func TestIngestRejectsEmptyContent(t *testing.T) {
 	}
 	if cs, _ := f.store.Conversations(context.Background(), core.ConversationFilter{}); len(cs) != 0 {
 		t.Fatalf("bad input stored %d conversations", len(cs))
+	}
+}
+
+// BenchmarkDrainPage is an agent coming online to 100 waiting
+// conversations: the drain that assigns them all.
+func BenchmarkDrainPage(b *testing.B) {
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	f := newWrappedFixture(b, core.Config{Strategy: core.RoundRobin, ReopenWithin: time.Hour}, 1, 0,
+		func(s core.Store) core.Store { return s })
+	ctx := context.Background()
+	n := 0
+	for b.Loop() {
+		b.StopTimer()
+		for range 100 {
+			n++
+			if _, err := f.svc.Ingest(ctx, core.Inbound{Channel: "ext", ExternalID: fmt.Sprint("v", n), Name: "v",
+				Message: core.Message{Kind: core.KindText, Text: "hello"}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		release := f.presence.Connect(f.agents[0].ID)
+		b.StopTimer()
+		release()
+		if q, err := f.store.Queue(ctx, 1); err != nil || len(q) != 0 {
+			b.Fatalf("queue after the drain: %v, %v", q, err)
+		}
+		b.StartTimer()
 	}
 }

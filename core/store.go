@@ -54,6 +54,13 @@ type Store interface {
 	// of two agents racing to take a conversation exactly one wins.
 	Assign(ctx context.Context, a Assignment) (Changed, error)
 
+	// AssignAll applies the assignments in order, each as Assign would. It
+	// stops at the first one that fails: it returns the changes of those
+	// before it, which stay applied, with that one's error; the ones after it
+	// are not tried. A store that can commits them together, so that routing
+	// a page of the queue costs one commit, not one per conversation.
+	AssignAll(ctx context.Context, as []Assignment) ([]Changed, error)
+
 	// SetStatus resolves or reopens a conversation and appends c.Event.
 	// Resolving sets ResolvedAt; reopening makes it open if it has an
 	// assignee, pending (queued now) if not. It fails with ErrConflict when

@@ -54,6 +54,8 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"TemplateMessage", testTemplateMessage},
 		{"AtomicTake", testAtomicTake},
 		{"AssignCapacity", testCapacity},
+		{"AssignAllInOrder", testAssignAll},
+		{"AssignAllStopsAtTheFirstFailure", testAssignAllStops},
 		{"AssignTransferAndFrom", testTransfer},
 		{"Unassign", testUnassign},
 		{"QueueOrder", testQueueOrder},
@@ -874,6 +876,117 @@ func testCapacity(t *testing.T, s core.Store) {
 	c4 := ingest(t, s, "web", "v4", "hi", t0).Conversation
 	if _, err := s.Assign(ctx, asg(c4.ID, agent.ID, 0, 0, at(5*time.Second))); err != nil {
 		t.Errorf("assign without limit: %v", err)
+	}
+}
+
+func testAssignAll(t *testing.T, s core.Store) {
+	alice := newAgent(t, s, "alice@example.com")
+	bob := newAgent(t, s, "bob@example.com")
+	c1 := ingest(t, s, "web", "v1", "hi", t0).Conversation
+	c2 := ingest(t, s, "web", "v2", "hi", t0).Conversation
+	c3 := ingest(t, s, "web", "v3", "hi", t0).Conversation
+	// Capacity is counted as the assignments go: alice has room for two.
+	done, err := s.AssignAll(ctx, []core.Assignment{
+		asg(c1.ID, alice.ID, 0, 2, at(time.Second)),
+		asg(c2.ID, bob.ID, 0, 2, at(time.Second)),
+		asg(c3.ID, alice.ID, 0, 2, at(time.Second)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ conv, agent int64 }{{c1.ID, alice.ID}, {c2.ID, bob.ID}, {c3.ID, alice.ID}}
+	if len(done) != len(want) {
+		t.Fatalf("AssignAll returned %d changes, want %d", len(done), len(want))
+	}
+	var lastID int64
+	for i, w := range want {
+		ch := done[i]
+		if ch.Conversation.ID != w.conv || ch.Conversation.AssigneeID != w.agent || ch.Conversation.Status != core.StatusOpen ||
+			ch.Conversation.LastSeq != 2 {
+			t.Errorf("change %d: conversation %+v, want %d open with %d, last seq 2", i, ch.Conversation, w.conv, w.agent)
+		}
+		if ch.Event.ID <= lastID || ch.Event.Seq != 2 || ch.Event.Event == nil || ch.Event.Event.Type != core.EventAssigned ||
+			ch.Event.Event.AgentID != w.agent {
+			t.Errorf("change %d: event %+v, want assigned to %d with an ID above %d", i, ch.Event, w.agent, lastID)
+		}
+		lastID = ch.Event.ID
+		if c := conversation(t, s, w.conv); c.AssigneeID != w.agent || c.Status != core.StatusOpen || c.LastSeq != 2 {
+			t.Errorf("stored conversation %d = %+v", w.conv, c)
+		}
+	}
+	if counts, err := s.OpenCounts(ctx); err != nil || counts[alice.ID] != 2 || counts[bob.ID] != 1 {
+		t.Errorf("open counts = %v, %v; want alice 2, bob 1", counts, err)
+	}
+	if done, err := s.AssignAll(ctx, nil); err != nil || len(done) != 0 {
+		t.Errorf("AssignAll of none = %v, %v", done, err)
+	}
+}
+
+func testAssignAllStops(t *testing.T, s core.Store) {
+	agent := newAgent(t, s, "a@example.com")
+	var convs []core.Conversation
+	for _, v := range []string{"v1", "v2", "v3", "v4", "v5"} {
+		convs = append(convs, ingest(t, s, "web", v, "hi", t0).Conversation)
+	}
+	pending := func(c core.Conversation) {
+		t.Helper()
+		if got := conversation(t, s, c.ID); got.Status != core.StatusPending || got.AssigneeID != 0 || got.LastSeq != 1 {
+			t.Errorf("conversation %d changed: %+v", c.ID, got)
+		}
+	}
+	// The second is over the agent's capacity of 1: the first stays
+	// assigned, the second is refused, the third is not tried though it
+	// would have fit (no limit).
+	done, err := s.AssignAll(ctx, []core.Assignment{
+		asg(convs[0].ID, agent.ID, 0, 1, at(time.Second)),
+		asg(convs[1].ID, agent.ID, 0, 1, at(time.Second)),
+		asg(convs[2].ID, agent.ID, 0, 0, at(time.Second)),
+	})
+	wantErr(t, "over capacity", err, core.ErrCapacity)
+	if len(done) != 1 || done[0].Conversation.ID != convs[0].ID || done[0].Conversation.AssigneeID != agent.ID {
+		t.Fatalf("changes before the refusal = %+v, want conversation %d assigned", done, convs[0].ID)
+	}
+	if c := conversation(t, s, convs[0].ID); c.AssigneeID != agent.ID || c.LastSeq != 2 {
+		t.Errorf("first conversation = %+v, want assigned", c)
+	}
+	pending(convs[1])
+	pending(convs[2])
+
+	// A conflict (already assigned) and an invalid request stop it the same way.
+	done, err = s.AssignAll(ctx, []core.Assignment{
+		asg(convs[2].ID, agent.ID, 0, 0, at(2*time.Second)),
+		asg(convs[0].ID, agent.ID, 0, 0, at(2*time.Second)),
+		asg(convs[3].ID, agent.ID, 0, 0, at(2*time.Second)),
+	})
+	wantErr(t, "already assigned", err, core.ErrConflict)
+	if len(done) != 1 || done[0].Conversation.ID != convs[2].ID {
+		t.Fatalf("changes before the conflict = %+v", done)
+	}
+	pending(convs[3])
+	done, err = s.AssignAll(ctx, []core.Assignment{
+		asg(convs[3].ID, agent.ID, 0, 0, at(3*time.Second)),
+		asg(convs[4].ID, -1, 0, 0, at(3*time.Second)),
+	})
+	wantErr(t, "invalid agent", err, core.ErrInvalid)
+	if len(done) != 1 || done[0].Conversation.ID != convs[3].ID {
+		t.Fatalf("changes before the invalid one = %+v", done)
+	}
+	pending(convs[4])
+	// A first one that fails changes nothing.
+	done, err = s.AssignAll(ctx, []core.Assignment{
+		asg(convs[0].ID, agent.ID, 0, 0, at(4*time.Second)),
+		asg(convs[4].ID, agent.ID, 0, 0, at(4*time.Second)),
+	})
+	wantErr(t, "first already assigned", err, core.ErrConflict)
+	if len(done) != 0 {
+		t.Errorf("changes = %+v, want none", done)
+	}
+	pending(convs[4])
+	// Message IDs stay in commit order after the rolled-back ones.
+	ch := assign(t, s, convs[4].ID, agent.ID, 0, at(5*time.Second))
+	ms := messages(t, s, core.MessageQuery{ConversationID: convs[3].ID})
+	if last := ms[len(ms)-1]; ch.Event.ID <= last.ID {
+		t.Errorf("event ID %d not above the earlier one's %d", ch.Event.ID, last.ID)
 	}
 }
 

@@ -398,6 +398,23 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 	return out, nil
 }
 
+// AssignAll implements core.Store with one Assign after another, each its
+// own write and commit. One write for them all would need a savepoint per
+// assignment inside an op of the pipelined writer (writer.go); not done yet:
+// the commit per conversation it saves matters most on SQLite's single
+// writer.
+func (s *Store) AssignAll(ctx context.Context, as []core.Assignment) ([]core.Changed, error) {
+	out := make([]core.Changed, 0, len(as))
+	for _, a := range as {
+		ch, err := s.Assign(ctx, a)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
 // SetStatus implements core.Store. Reopening clears ResolvedAt; it is
 // ErrConflict when the identity already has another live conversation. When
 // c.Event has no content, the event appended is {resolved|reopened} from kefu.

@@ -45,6 +45,14 @@ func (c *convCache) undo() {
 	c.touched = c.touched[:0]
 }
 
+// forget forgets what the running op has put so far, and still forgets it
+// again if the op fails: part of its writes were rolled back to a savepoint.
+func (c *convCache) forget() {
+	for _, id := range c.touched {
+		delete(c.m, id)
+	}
+}
+
 // reset forgets everything: a transaction failed.
 func (c *convCache) reset() {
 	clear(c.m)

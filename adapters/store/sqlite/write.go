@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -380,10 +381,82 @@ func (s *Store) Append(ctx context.Context, a core.Append) (core.Appended, error
 // Assign implements core.Store. When a.Event has no content, the event
 // appended is {assigned|transferred|unassigned, AgentID, FromID} from kefu.
 func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, error) {
-	if a.AgentID < 0 || a.From < 0 {
-		return core.Changed{}, invalid("agent id %d, from %d", a.AgentID, a.From)
+	out, err := s.AssignAll(ctx, []core.Assignment{a})
+	if err != nil {
+		return core.Changed{}, err
 	}
-	at := s.nowOr(a.At)
+	return out[0], nil
+}
+
+// AssignAll implements core.Store. The assignments are one write, so they
+// commit together; each after the first runs under a savepoint of its own,
+// so that the one that fails is rolled back alone and those before it stay.
+func (s *Store) AssignAll(ctx context.Context, as []core.Assignment) ([]core.Changed, error) {
+	as = slices.Clone(as)
+	evs := make([]core.Message, 0, len(as))
+	var invalidErr error // of as[len(evs)], which is not tried
+	for i, a := range as {
+		as[i].At = s.nowOr(a.At) // one time for the event and the conversation
+		ev, err := s.assignEvent(as[i])
+		if err != nil {
+			invalidErr = err
+			break
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) == 0 {
+		return nil, invalidErr
+	}
+	var (
+		out    []core.Changed
+		failed error // of as[len(out)], which was rolled back
+	)
+	err := s.do(ctx, func(w *wtx) error {
+		out, failed = out[:0], nil
+		for i := range evs {
+			if i == 0 {
+				ch, err := w.assign(as[0], evs[0])
+				if err != nil {
+					return err // nothing to keep: the op is rolled back
+				}
+				out = append(out, ch)
+				continue
+			}
+			if _, err := w.exec(stSavepoint); err != nil {
+				return fmt.Errorf("sqlite: savepoint: %w", err)
+			}
+			ch, err := w.assign(as[i], evs[i])
+			if err != nil {
+				if _, rerr := w.exec(stRollbackTo); rerr != nil {
+					return fmt.Errorf("sqlite: rollback to savepoint after %w: %w", err, rerr)
+				}
+				w.s.cache.forget() // what it put was rolled back
+				failed = err
+			}
+			if _, err := w.exec(stRelease); err != nil {
+				return fmt.Errorf("sqlite: release savepoint: %w", err)
+			}
+			if failed != nil {
+				return nil // commit those before it
+			}
+			out = append(out, ch)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if failed == nil {
+		failed = invalidErr
+	}
+	return out, failed
+}
+
+// assignEvent checks a and makes the event its assignment appends.
+func (s *Store) assignEvent(a core.Assignment) (core.Message, error) {
+	if a.AgentID < 0 || a.From < 0 {
+		return core.Message{}, invalid("agent id %d, from %d", a.AgentID, a.From)
+	}
 	t := core.EventAssigned
 	switch {
 	case a.AgentID == 0:
@@ -395,53 +468,47 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 	if ev.Event == nil && ev.Kind == "" && ev.Text == "" && ev.Media == nil {
 		ev.Event = &core.Event{Type: t, AgentID: a.AgentID, FromID: a.From}
 	}
-	ev, err := s.eventMessage(ev, t, at)
+	return s.eventMessage(ev, t, s.nowOr(a.At))
+}
+
+// assign applies one assignment (see Assign) with its event ev.
+func (w *wtx) assign(a core.Assignment, ev core.Message) (core.Changed, error) {
+	at := w.s.nowOr(a.At)
+	c, err := w.conv(a.ConversationID)
 	if err != nil {
 		return core.Changed{}, err
 	}
-	var out core.Changed
-	err = s.do(ctx, func(w *wtx) error {
-		c, err := w.conv(a.ConversationID)
-		if err != nil {
-			return err
+	if c.Status == core.StatusResolved {
+		return core.Changed{}, conflict("conversation %d is resolved", c.ID)
+	}
+	if c.AssigneeID != a.From {
+		return core.Changed{}, conflict("conversation %d is assigned to %d, not %d", c.ID, c.AssigneeID, a.From)
+	}
+	if a.AgentID != 0 {
+		if _, err := scanAgent(w.queryRow(stAgent, a.AgentID)); err != nil {
+			return core.Changed{}, dbErr(err, "agent %d", a.AgentID)
 		}
-		if c.Status == core.StatusResolved {
-			return conflict("conversation %d is resolved", c.ID)
-		}
-		if c.AssigneeID != a.From {
-			return conflict("conversation %d is assigned to %d, not %d", c.ID, c.AssigneeID, a.From)
-		}
-		if a.AgentID != 0 {
-			if _, err := scanAgent(w.queryRow(stAgent, a.AgentID)); err != nil {
-				return dbErr(err, "agent %d", a.AgentID)
+		if a.MaxOpen > 0 {
+			var n int
+			if err := w.queryRow(stOpenCount, a.AgentID, c.ID).Scan(&n); err != nil {
+				return core.Changed{}, dbErr(err, "count open conversations")
 			}
-			if a.MaxOpen > 0 {
-				var n int
-				if err := w.queryRow(stOpenCount, a.AgentID, c.ID).Scan(&n); err != nil {
-					return dbErr(err, "count open conversations")
-				}
-				if n >= a.MaxOpen {
-					return fmt.Errorf("sqlite: agent %d has %d open conversations: %w", a.AgentID, n, core.ErrCapacity)
-				}
+			if n >= a.MaxOpen {
+				return core.Changed{}, fmt.Errorf("sqlite: agent %d has %d open conversations: %w", a.AgentID, n, core.ErrCapacity)
 			}
-			c.AssigneeID, c.Status = a.AgentID, core.StatusOpen
-		} else {
-			c.AssigneeID, c.Status, c.QueuedAt = 0, core.StatusPending, at
 		}
-		c.UpdatedAt = at
-		if err := w.insertMsg(&c, &ev); err != nil {
-			return err
-		}
-		if err := w.saveConv(&c); err != nil {
-			return err
-		}
-		out = core.Changed{Conversation: c, Event: ev}
-		return nil
-	})
-	if err != nil {
+		c.AssigneeID, c.Status = a.AgentID, core.StatusOpen
+	} else {
+		c.AssigneeID, c.Status, c.QueuedAt = 0, core.StatusPending, at
+	}
+	c.UpdatedAt = at
+	if err := w.insertMsg(&c, &ev); err != nil {
 		return core.Changed{}, err
 	}
-	return out, nil
+	if err := w.saveConv(&c); err != nil {
+		return core.Changed{}, err
+	}
+	return core.Changed{Conversation: c, Event: ev}, nil
 }
 
 // SetStatus implements core.Store. Reopening clears ResolvedAt; it is
