@@ -36,6 +36,7 @@ import (
 	"github.com/kefuhq/kefu/channels/telegram" // also registers the telegram channel type
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/gcfloor"
 	"github.com/kefuhq/kefu/media"
 	"github.com/kefuhq/kefu/node"
 
@@ -47,6 +48,10 @@ import (
 	_ "github.com/kefuhq/kefu/channels/wecom"
 	_ "github.com/kefuhq/kefu/channels/whatsapp"
 )
+
+// gcFloor is the heap below which a node does not collect garbage
+// (internal/gcfloor, docs/operations.md).
+const gcFloor = 64 << 20
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = ""
@@ -144,6 +149,9 @@ func serve(args []string, stderr io.Writer) int {
 	defer stop()
 	log := node.NewLogger(cfg.Log, stderr)
 	log.Info("kefu starting", "version", buildVersion(), "config", displayPath(path), "node_id", cfg.NodeID)
+	if os.Getenv("GOGC") == "" { // an operator's GOGC wins
+		defer gcfloor.Start(gcFloor).Stop()
+	}
 	n, err := node.New(ctx, cfg, node.Options{Logger: log})
 	if err != nil {
 		log.Error("kefu cannot start", "err", err)
