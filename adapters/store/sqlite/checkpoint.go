@@ -28,8 +28,9 @@ const DefaultCheckpointInterval = 250 * time.Millisecond
 
 // backstopPages is the writer's own automatic checkpoint while the
 // checkpointer runs: it only fires if the checkpointer falls this far
-// behind (about 40 MB of WAL), so the WAL stays bounded whatever happens.
-const backstopPages = 10000
+// behind (128 MB of WAL with 4 KB pages, twice restartPages), so the WAL
+// stays bounded whatever happens.
+const backstopPages = 2 * restartPages
 
 // ckStats is what the checkpointer has done, for tests and logs.
 type ckStats struct {
@@ -74,8 +75,12 @@ func (s *Store) checkpointer(db *sql.DB, every time.Duration, stop <-chan struct
 const ckBusyTimeout = 20
 
 // restartPages is the WAL length at which the writer, once a checkpoint
-// has copied the WAL, catches up and lets it start over (see checkpoint).
-const restartPages = 4096
+// has copied the WAL, catches up and lets it start over (see checkpoint):
+// 64 MB with 4 KB pages. Each catch-up holds the writer for two fsyncs
+// (4–20 ms on the bench machine); at 4,096 pages it came every 300 ms at
+// 5,000 messages/s, and 16,384 made the open loop's p99 18–22 ms instead
+// of 20–33 (BENCHMARKS.md).
+const restartPages = 16384
 
 // checkpoint runs a PASSIVE checkpoint (a few, when the WAL is long: see
 // below). A busy result (the writer's backstop checkpoint is running) is
