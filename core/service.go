@@ -183,7 +183,14 @@ func (s *Service) Drain(ctx context.Context) error {
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
 	full := map[int64]bool{} // agents the store found at capacity in this drain
+	// A page handed to the store may commit even if ctx ends meanwhile
+	// (core.Store): the drain waits for it regardless, so that every
+	// assignment made is published, and checks ctx between pages.
+	wctx := context.WithoutCancel(ctx)
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		avail, err := s.presence.Available(ctx)
 		if err != nil {
 			return err
@@ -208,19 +215,22 @@ func (s *Service) Drain(ctx context.Context) error {
 			counts[id] = s.cfg.MaxOpenPerAgent
 		}
 		for waiting := queue; len(waiting) > 0; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			plan := s.plan(waiting, avail, counts)
 			if len(plan) == 0 {
 				s.setFull(true)
 				return nil
 			}
-			done, err := s.store.AssignAll(ctx, plan)
+			done, err := s.store.AssignAll(wctx, plan)
 			if len(done) > 0 {
 				ups := make([]Update, len(done))
 				for i := range done {
 					counts[done[i].Conversation.AssigneeID]++
 					ups[i] = Update{Type: UpdateMessage, Conversation: &done[i].Conversation, Message: &done[i].Event}
 				}
-				s.notify.Publish(ctx, ups...)
+				s.notify.Publish(wctx, ups...)
 			}
 			waiting = waiting[len(done):]
 			switch {

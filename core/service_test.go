@@ -1,11 +1,13 @@
 package core_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -210,7 +212,7 @@ func TestDrainAssignsAPageInOneWrite(t *testing.T) {
 		f.clock.Advance(time.Second)
 		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
 	}
-	a, b := f.agents[0], f.agents[1]
+	a := f.agents[0]
 	defer f.presence.Connect(a.ID)() // drains the queue: all seven to a
 	if len(spy.batches) != 1 || spy.batches[0] != 7 {
 		t.Fatalf("AssignAll batches %v, want one of 7", spy.batches)
@@ -232,14 +234,23 @@ func TestDrainAssignsAPageInOneWrite(t *testing.T) {
 		}
 		lastID = ev.ID
 	}
-	// Round robin across a page: with both online, new ones alternate.
-	defer f.presence.Connect(b.ID)()
-	spy.batches = nil
-	for i := range 2 {
-		f.say(fmt.Sprintf("d%d", i), fmt.Sprintf("n%d", i), "hello")
+}
+
+func TestDrainRoundRobinWithinAPage(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, ReopenWithin: time.Hour}, 2, 0)
+	for i := range 4 {
+		f.clock.Advance(time.Second)
+		f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello")
 	}
-	if _, agents := f.notes.assignedEvents(); agents[7] == agents[8] {
-		t.Errorf("round robin gave both new conversations to agent %d", agents[7])
+	f.presence.OnChange(func(int64) {}) // both online before one drain plans the page
+	defer f.presence.Connect(f.agents[0].ID)()
+	defer f.presence.Connect(f.agents[1].ID)()
+	if err := f.svc.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, agents := f.notes.assignedEvents()
+	if len(agents) != 4 || agents[0] == agents[1] || agents[0] != agents[2] || agents[1] != agents[3] {
+		t.Errorf("round robin over one page assigned to %v, want the two agents in turn", agents)
 	}
 }
 
@@ -283,6 +294,69 @@ func TestDrainReplansAfterARefusal(t *testing.T) {
 	}
 	if got, _ := f.notes.assignedEvents(); fmt.Sprint(got[2:]) != fmt.Sprint(convs[:2]) {
 		t.Errorf("assigned events for %v, want the takes then %v", got, convs[:2])
+	}
+}
+
+// writerCancels is a context that is cancelled the moment the SQLite
+// writer checks it before running the write: a caller going away while its
+// write is being applied.
+type writerCancels struct {
+	context.Context
+	cancel context.CancelFunc
+}
+
+func (c writerCancels) Err() error {
+	err := c.Context.Err()
+	buf := make([]byte, 8192)
+	if bytes.Contains(buf[:runtime.Stack(buf, false)], []byte("sqlite.(*Store).commit")) {
+		c.cancel()
+	}
+	return err
+}
+
+func TestDrainPublishesWhatItCommitsWhenCancelled(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, ReopenWithin: time.Hour}, 1, 0)
+	var convs []int64
+	for i := range 5 {
+		f.clock.Advance(time.Second)
+		convs = append(convs, f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello").Conversation.ID)
+	}
+	f.presence.OnChange(func(int64) {}) // online without a drain: the test drains
+	defer f.presence.Connect(f.agents[0].ID)()
+	ctx, cancel := context.WithCancel(context.Background())
+	err := f.svc.Drain(writerCancels{ctx, cancel})
+	assigned := 0
+	for _, id := range convs {
+		if f.conv(id).AssigneeID == f.agents[0].ID {
+			assigned++
+		}
+	}
+	published, _ := f.notes.assignedEvents()
+	if assigned == 0 || assigned != len(published) {
+		t.Errorf("drain (%v): %d conversations assigned in the store, %d assigned events published", err, assigned, len(published))
+	}
+}
+
+func TestDrainBalancesAPageLeastBusy(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Hour}, 2, 0)
+	a, b := f.agents[0], f.agents[1]
+	ctx := context.Background()
+	id := f.say("x", "x", "hello").Conversation.ID
+	if _, err := f.svc.Take(ctx, a.ID, id); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		f.clock.Advance(time.Second)
+		f.say(fmt.Sprintf("c%d", i), fmt.Sprintf("m%d", i), "hello")
+	}
+	f.presence.OnChange(func(int64) {}) // both online before one drain plans the page
+	defer f.presence.Connect(a.ID)()
+	defer f.presence.Connect(b.ID)()
+	if err := f.svc.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.store.OpenCounts(ctx); err != nil || n[a.ID] != 3 || n[b.ID] != 2 {
+		t.Errorf("open counts %v (%v), want a 3 (1 taken + 2), b 2", n, err)
 	}
 }
 
