@@ -13,7 +13,12 @@
 //
 // After each collection the floor sets the GC percentage so that the next
 // one starts when the heap reaches the floor (debug.SetGCPercent, which does
-// not stop the world). A memory limit (GOMEMLIMIT) still applies.
+// not stop the world). That percentage (up to 1,600) still applies if the
+// live heap grows before the next adjustment, which comes from a finalizer
+// and may be late: the goal would then be 17 times the new live heap. So
+// while the percentage is raised, a memory limit of twice the floor caps it
+// (debug.SetMemoryLimit), or the operator's GOMEMLIMIT if lower; at the
+// default percentage the operator's limit is back.
 package gcfloor
 
 import (
@@ -42,11 +47,12 @@ type Floor struct {
 	stopped bool
 	sample  []metrics.Sample
 	percent int
+	limit   int64 // the memory limit before Start (GOMEMLIMIT, or none)
 }
 
 // Start sets a floor of bytes and returns it; Stop removes it.
 func Start(bytes uint64) *Floor {
-	f := &Floor{bytes: bytes, percent: basePercent}
+	f := &Floor{bytes: bytes, percent: basePercent, limit: debug.SetMemoryLimit(-1)}
 	for _, name := range sampled {
 		f.sample = append(f.sample, metrics.Sample{Name: name})
 	}
@@ -62,15 +68,25 @@ func (f *Floor) Percent() int {
 	return f.percent
 }
 
-// Stop removes the floor and restores GOGC=100.
+// Stop removes the floor and restores GOGC=100 and the memory limit.
 func (f *Floor) Stop() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.stopped {
 		f.stopped = true
-		f.percent = basePercent
-		debug.SetGCPercent(basePercent)
+		f.set(basePercent)
 	}
+}
+
+// set sets the GC percentage p, and the memory limit that goes with it.
+func (f *Floor) set(p int) {
+	f.percent = p
+	debug.SetGCPercent(p)
+	limit := f.limit
+	if p > basePercent {
+		limit = min(limit, int64(2*f.bytes))
+	}
+	debug.SetMemoryLimit(limit)
 }
 
 // sentinel is an object nobody keeps: its finalizer runs once after each
@@ -103,8 +119,7 @@ func (f *Floor) adjust() bool {
 	}
 	p := percentFor(v[0], v[0]+v[1]+v[2], f.bytes)
 	if p != f.percent {
-		f.percent = p
-		debug.SetGCPercent(p)
+		f.set(p)
 	}
 	return true
 }

@@ -29,36 +29,89 @@ func TestPercentFor(t *testing.T) {
 	}
 }
 
-// TestFloorSetsTheGoal checks the runtime's own heap goal after collections
-// with the floor on, and that Stop restores GOGC=100.
-func TestFloorSetsTheGoal(t *testing.T) {
+func heapGoal() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// settle runs collections and lets the floor's finalizer adjust after each.
+func settle() {
+	for range 3 {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var keep [][]byte
+
+// TestFloorFollowsTheLiveHeap checks the runtime's own heap goal as the live
+// heap grows past the floor and shrinks again: only the finalizer, re-armed
+// after every collection, can follow it.
+func TestFloorFollowsTheLiveHeap(t *testing.T) {
 	old := debug.SetGCPercent(basePercent)
 	defer debug.SetGCPercent(old)
-	const floor = 48 << 20
+	limit := debug.SetMemoryLimit(-1)
+	const floor = 64 << 20
 	f := Start(floor)
 	defer f.Stop()
-	goal := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}}
-	var got uint64
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		runtime.GC() // the sentinel's finalizer adjusts after a collection
-		time.Sleep(10 * time.Millisecond)
-		metrics.Read(goal)
-		got = goal[0].Value.Uint64()
-		if f.Percent() > basePercent && got > floor*9/10 && got < floor*11/10 {
-			break
-		}
+	settle()
+	if g := heapGoal(); f.Percent() <= basePercent || g < floor*9/10 || g > floor*11/10 {
+		t.Errorf("small heap: percent %d, goal %d MB; want the floor, %d MB", f.Percent(), g>>20, floor>>20)
 	}
-	if got < floor*9/10 || got > floor*11/10 {
-		t.Fatalf("heap goal %d MB with the floor at %d MB (percent %d)", got>>20, floor>>20, f.Percent())
+	if l := debug.SetMemoryLimit(-1); l != 2*floor {
+		t.Errorf("memory limit %d MB with the floor raised, want %d", l>>20, 2*floor>>20)
+	}
+	for range 40 {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+	settle()
+	if g := heapGoal(); f.Percent() != basePercent || g > 100<<20 {
+		t.Errorf("40 MB live: percent %d, goal %d MB; want %d, about 80 MB", f.Percent(), g>>20, basePercent)
+	}
+	if l := debug.SetMemoryLimit(-1); l != limit {
+		t.Errorf("memory limit %d at the default percentage, want the original %d", l, limit)
+	}
+	keep = nil
+	settle()
+	if g := heapGoal(); f.Percent() <= basePercent || g < floor*9/10 || g > floor*11/10 {
+		t.Errorf("live heap freed: percent %d, goal %d MB; want the floor", f.Percent(), g>>20)
 	}
 	f.Stop()
 	if p := debug.SetGCPercent(basePercent); p != basePercent {
 		t.Errorf("after Stop the GC percentage is %d, want %d", p, basePercent)
 	}
-	runtime.GC()
-	time.Sleep(10 * time.Millisecond)
+	if l := debug.SetMemoryLimit(-1); l != limit {
+		t.Errorf("after Stop the memory limit is %d, want the original %d", l, limit)
+	}
+	settle()
 	if f.Percent() != basePercent {
 		t.Errorf("Percent after Stop = %d", f.Percent())
 	}
+}
+
+// TestFloorLateAdjustmentIsBounded holds up the finalizer goroutine, as any
+// slow finalizer would, while the live heap grows: the raised percentage
+// still applies, and the memory limit keeps the goal near twice the floor
+// instead of 17 times the live heap. Last in the file: it blocks finalizers.
+func TestFloorLateAdjustmentIsBounded(t *testing.T) {
+	old := debug.SetGCPercent(basePercent)
+	defer debug.SetGCPercent(old)
+	const floor = 64 << 20
+	f := Start(floor)
+	defer f.Stop()
+	settle()
+	block, started := make(chan struct{}), make(chan struct{})
+	runtime.SetFinalizer(&struct{ _ [64]byte }{}, func(any) { close(started); <-block })
+	runtime.GC()
+	<-started
+	defer close(block)
+	for range 40 {
+		keep = append(keep, make([]byte, 1<<20))
+	}
+	runtime.GC()
+	if g := heapGoal(); g > 2*floor+16<<20 {
+		t.Errorf("40 MB live with the adjustment held up: goal %d MB, want at most about %d", g>>20, 2*floor>>20)
+	}
+	keep = nil
 }
