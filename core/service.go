@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +39,9 @@ type Service struct {
 	window func(channel string) time.Duration
 
 	drainMu sync.Mutex
+	// drainWaiting is set while a routeNew drain waits for drainMu (see
+	// drainFor).
+	drainWaiting atomic.Bool
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity clears it.
@@ -147,7 +151,7 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 	full := s.full
 	s.fullMu.Unlock()
 	if !full {
-		if err := s.Drain(ctx); err != nil {
+		if err := s.drainFor(ctx); err != nil {
 			s.log.Warn("routing: drain failed", "err", err)
 		}
 	}
@@ -179,9 +183,31 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 // with capacity, until the queue is empty or nobody has room. Each page of
 // the queue is planned at once and handed to the store in one AssignAll, so
 // that a burst of new conversations costs a commit per page, not one each.
-func (s *Service) Drain(ctx context.Context) error {
+func (s *Service) Drain(ctx context.Context) error { return s.drain(ctx, nil) }
+
+// drainFor drains for a conversation committed before the call. When another
+// drainFor is already waiting for the running drain to finish, it returns at
+// once: that drain has not read the queue yet, so it will serve this
+// conversation too. A burst of new conversations (every visitor of a busy
+// page writing at once) then costs two drains at a time, not one per
+// conversation, each ingest waiting for all those before it. The waiting
+// drain runs to the end even if its own caller goes away, since others count
+// on it; it is bounded by the queue.
+func (s *Service) drainFor(ctx context.Context) error {
+	if !s.drainWaiting.CompareAndSwap(false, true) {
+		return nil
+	}
+	return s.drain(context.WithoutCancel(ctx), func() { s.drainWaiting.Store(false) })
+}
+
+// drain is Drain; locked, if not nil, is called once drainMu is held,
+// before the queue is read.
+func (s *Service) drain(ctx context.Context, locked func()) error {
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
+	if locked != nil {
+		locked()
+	}
 	full := map[int64]bool{} // agents the store found at capacity in this drain
 	// A page handed to the store may commit even if ctx ends meanwhile
 	// (core.Store): the drain waits for it regardless, so that every

@@ -360,6 +360,47 @@ func TestDrainBalancesAPageLeastBusy(t *testing.T) {
 	}
 }
 
+// TestBurstOfNewConversationsAllRouted: many visitors write at once, so
+// that drains overlap and most ingests leave routing to the drain waiting
+// (drainFor); once every ingest has returned, every conversation is
+// assigned and its assignment published.
+func TestBurstOfNewConversationsAllRouted(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 30, ReopenWithin: time.Hour}, 2, 0)
+	for _, a := range f.agents {
+		defer f.presence.Connect(a.ID)()
+	}
+	const n = 50
+	ids := make([]int64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			res, err := f.svc.Ingest(context.Background(), core.Inbound{Channel: "ext", ExternalID: fmt.Sprintf("v%d", i),
+				Message: core.Message{Kind: core.KindText, Text: "hello"}})
+			ids[i], errs[i] = res.Conversation.ID, err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if c := f.conv(id); c.Status != core.StatusOpen || c.AssigneeID == 0 {
+			t.Errorf("conversation %d after the burst: %s, assignee %d", id, c.Status, c.AssigneeID)
+		}
+	}
+	if got, _ := f.notes.assignedEvents(); len(got) != n {
+		t.Errorf("%d assigned events published for %d conversations", len(got), n)
+	}
+	counts, err := f.store.OpenCounts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counts[f.agents[0].ID]+counts[f.agents[1].ID] != n || counts[f.agents[0].ID] > 30 || counts[f.agents[1].ID] > 30 {
+		t.Errorf("open counts %v for %d conversations, at most 30 each", counts, n)
+	}
+}
+
 func TestOfflineReplyOncePerConversation(t *testing.T) {
 	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour, OfflineReply: "away"}, 2, 0)
 	c1 := f.say("alice", "1", "hi").Conversation.ID
