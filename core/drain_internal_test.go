@@ -2,29 +2,40 @@ package core
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
+	"time"
 )
 
-// queueStore is the part of a Store a drain uses: a queue of waiting
-// conversations and assignments that always succeed. It records what the
-// drain saw.
+// queueStore is the part of a Store a drain and an offline reply use: a
+// queue of waiting conversations, assignments that succeed, and appends. It
+// records what the drain saw.
 type queueStore struct {
-	Store // nil: a drain calls only the methods below
+	Store // nil: only the methods below are called
 
 	mu          sync.Mutex
+	svc         *Service
 	queued      []Conversation
 	queueReads  int
 	sawWaiting  []bool // the service's drainWaiting at each queue read
-	svc         *Service
+	failReads   int    // queue reads to fail before the next succeeds
 	assignments int
+	replies     []int64 // conversations given a bot message
 }
 
 func (q *queueStore) Queue(context.Context, int) ([]Conversation, error) {
+	q.svc.waitMu.Lock()
+	waiting := q.svc.drainWaiting
+	q.svc.waitMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.queueReads++
-	q.sawWaiting = append(q.sawWaiting, q.svc.drainWaiting.Load())
+	q.sawWaiting = append(q.sawWaiting, waiting)
+	if q.failReads > 0 {
+		q.failReads--
+		return nil, errors.New("connection reset")
+	}
 	return append([]Conversation(nil), q.queued...), nil
 }
 
@@ -42,35 +53,56 @@ func (q *queueStore) AssignAll(_ context.Context, as []Assignment) ([]Changed, e
 	return out, nil
 }
 
+func (q *queueStore) Conversation(_ context.Context, id int64) (Conversation, error) {
+	return Conversation{ID: id, Status: StatusPending}, nil
+}
+
+func (q *queueStore) Append(_ context.Context, a Append) (Appended, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if a.Message.SenderKind == SenderBot {
+		q.replies = append(q.replies, a.ConversationID)
+	}
+	return Appended{Message: a.Message}, nil
+}
+
 type noNotifier struct{}
 
 func (noNotifier) Publish(context.Context, ...Update)   {}
 func (noNotifier) Deliver(context.Context, OutboxEntry) {}
 
-func TestDrainForLeavesItToTheWaitingDrain(t *testing.T) {
-	q := &queueStore{queued: []Conversation{{ID: 1, Status: StatusPending}, {ID: 2, Status: StatusPending}}}
+func newQueueService(cfg Config, queued ...int64) (*Service, *queueStore, *MemoryPresence) {
+	q := &queueStore{}
+	for _, id := range queued {
+		q.queued = append(q.queued, Conversation{ID: id, Status: StatusPending})
+	}
 	p := NewMemoryPresence()
-	s := NewService(Config{Strategy: RoundRobin}, Deps{Store: q, Presence: p, Notifier: noNotifier{}})
+	s := NewService(cfg, Deps{Store: q, Presence: p, Notifier: noNotifier{}})
 	q.svc = s
-	p.OnChange(func(int64) {}) // the test drains
+	p.OnChange(func(int64) {}) // the tests drain
+	return s, q, p
+}
+
+func TestDrainForLeavesItToTheWaitingDrain(t *testing.T) {
+	s, q, p := newQueueService(Config{Strategy: RoundRobin}, 1, 2)
 	defer p.Connect(7)()
 	ctx := context.Background()
 
 	// Another drainFor is waiting for the running drain: it has not read the
 	// queue yet and will serve this conversation; this one does not wait.
-	s.drainWaiting.Store(true)
-	if err := s.drainFor(ctx); err != nil {
-		t.Fatal(err)
+	s.drainWaiting = true
+	if s.drainFor(ctx, 2) {
+		t.Fatal("drainFor drained with a drain already waiting")
 	}
-	if q.queueReads != 0 || q.assignments != 0 {
-		t.Fatalf("with a drain waiting, drainFor read the queue %d times and assigned %d", q.queueReads, q.assignments)
+	if q.queueReads != 0 || q.assignments != 0 || len(s.leftToDrain) != 1 || s.leftToDrain[0] != 2 {
+		t.Fatalf("with a drain waiting: %d queue reads, %d assigned, left %v", q.queueReads, q.assignments, s.leftToDrain)
 	}
 
 	// Nobody waiting: it drains itself, and stops counting as the waiting
-	// one before it reads the queue.
-	s.drainWaiting.Store(false)
-	if err := s.drainFor(ctx); err != nil {
-		t.Fatal(err)
+	// one before it reads the queue, taking what was left to it.
+	s.drainWaiting = false
+	if !s.drainFor(ctx, 1) {
+		t.Fatal("drainFor left its conversation with no drain waiting")
 	}
 	if q.assignments != 2 || q.queueReads == 0 {
 		t.Fatalf("drainFor assigned %d of 2 after %d queue reads", q.assignments, q.queueReads)
@@ -80,7 +112,41 @@ func TestDrainForLeavesItToTheWaitingDrain(t *testing.T) {
 			t.Errorf("queue read %d happened while the drain still counted as waiting: a conversation committed then would be left to it and missed", i)
 		}
 	}
-	if s.drainWaiting.Load() {
-		t.Error("drainWaiting still set after the drain")
+	if s.drainWaiting || len(s.leftToDrain) != 0 {
+		t.Errorf("after the drain: waiting %v, left %v", s.drainWaiting, s.leftToDrain)
+	}
+}
+
+func TestWaitingDrainSendsTheOfflineReplies(t *testing.T) {
+	s, q, _ := newQueueService(Config{Strategy: RoundRobin, OfflineReply: "away"}, 1, 2, 3)
+	ctx := context.Background()
+	// Nobody online. 2 and 3 are left to the waiting drain; routeNew for 1
+	// becomes that drain and answers all three.
+	s.drainWaiting = true
+	s.routeNew(ctx, Conversation{ID: 2})
+	s.routeNew(ctx, Conversation{ID: 3})
+	if len(q.replies) != 0 {
+		t.Fatalf("offline replies %v sent before the waiting drain ran", q.replies)
+	}
+	s.drainWaiting = false
+	s.routeNew(ctx, Conversation{ID: 1})
+	if len(q.replies) != 3 {
+		t.Errorf("offline replies for %v, want 1, 2 and 3", q.replies)
+	}
+}
+
+func TestWaitingDrainTriesAgain(t *testing.T) {
+	old := drainRetries
+	drainRetries = []time.Duration{time.Millisecond, time.Millisecond}
+	defer func() { drainRetries = old }()
+	s, q, p := newQueueService(Config{Strategy: RoundRobin}, 1, 2)
+	defer p.Connect(7)()
+	q.failReads = 2 // a store that fails twice, then recovers
+	s.drainWaiting = true
+	s.drainFor(context.Background(), 2)
+	s.drainWaiting = false
+	s.drainFor(context.Background(), 1)
+	if q.assignments != 2 {
+		t.Errorf("after a drain that failed twice: %d of 2 assigned (%d queue reads)", q.assignments, q.queueReads)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -39,9 +38,12 @@ type Service struct {
 	window func(channel string) time.Duration
 
 	drainMu sync.Mutex
-	// drainWaiting is set while a routeNew drain waits for drainMu (see
-	// drainFor).
-	drainWaiting atomic.Bool
+	// waitMu guards the drain waiting for drainMu on behalf of new
+	// conversations (drainFor): whether there is one, and the conversations
+	// left to it.
+	waitMu       sync.Mutex
+	drainWaiting bool
+	leftToDrain  []int64
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity clears it.
@@ -150,11 +152,15 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 	s.fullMu.Lock()
 	full := s.full
 	s.fullMu.Unlock()
-	if !full {
-		if err := s.drainFor(ctx); err != nil {
-			s.log.Warn("routing: drain failed", "err", err)
-		}
+	if !full && !s.drainFor(ctx, c.ID) {
+		return // left to the waiting drain, offline reply included
 	}
+	s.offlineReply(ctx, c.ID)
+}
+
+// offlineReply sends the offline reply to conversation id if nobody is
+// available and it is still waiting.
+func (s *Service) offlineReply(ctx context.Context, id int64) {
 	if s.cfg.OfflineReply == "" {
 		return
 	}
@@ -162,7 +168,7 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 	if err != nil || len(avail) > 0 {
 		return
 	}
-	cur, err := s.store.Conversation(ctx, c.ID)
+	cur, err := s.store.Conversation(ctx, id)
 	if err != nil || cur.Status != StatusPending {
 		return
 	}
@@ -172,10 +178,10 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 		Visibility: Public,
 		Kind:       KindText,
 		Text:       s.cfg.OfflineReply,
-		DedupKey:   fmt.Sprintf("o:%d", c.ID),
+		DedupKey:   fmt.Sprintf("o:%d", id),
 	})
 	if err != nil {
-		s.log.Warn("routing: offline reply failed", "conversation", c.ID, "err", err)
+		s.log.Warn("routing: offline reply failed", "conversation", id, "err", err)
 	}
 }
 
@@ -185,20 +191,52 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 // that a burst of new conversations costs a commit per page, not one each.
 func (s *Service) Drain(ctx context.Context) error { return s.drain(ctx, nil) }
 
-// drainFor drains for a conversation committed before the call. When another
-// drainFor is already waiting for the running drain to finish, it returns at
-// once: that drain has not read the queue yet, so it will serve this
-// conversation too. A burst of new conversations (every visitor of a busy
-// page writing at once) then costs two drains at a time, not one per
-// conversation, each ingest waiting for all those before it. The waiting
-// drain runs to the end even if its own caller goes away, since others count
-// on it; it is bounded by the queue.
-func (s *Service) drainFor(ctx context.Context) error {
-	if !s.drainWaiting.CompareAndSwap(false, true) {
-		return nil
+// drainFor drains for conversation conv, committed before the call. When
+// another drainFor is already waiting for the running drain to finish, it
+// leaves conv to that one and reports false at once: that drain has not
+// read the queue yet, so it will serve conv too, and it then decides on
+// conv's offline reply as routeNew would have. A burst of new conversations
+// (every visitor of a busy page writing at once) then costs two drains at a
+// time, not one per conversation, each ingest waiting for all those before
+// it.
+//
+// Since others count on it, the waiting drain runs to the end even if its
+// own caller goes away, and a failed drain is tried again twice.
+func (s *Service) drainFor(ctx context.Context, conv int64) bool {
+	s.waitMu.Lock()
+	if s.drainWaiting {
+		s.leftToDrain = append(s.leftToDrain, conv)
+		s.waitMu.Unlock()
+		return false
 	}
-	return s.drain(context.WithoutCancel(ctx), func() { s.drainWaiting.Store(false) })
+	s.drainWaiting = true
+	s.waitMu.Unlock()
+	var left []int64
+	ctx = context.WithoutCancel(ctx)
+	err := s.drain(ctx, func() {
+		s.waitMu.Lock()
+		s.drainWaiting, left, s.leftToDrain = false, s.leftToDrain, nil
+		s.waitMu.Unlock()
+	})
+	for i, wait := range drainRetries {
+		if err == nil {
+			break
+		}
+		s.log.Warn("routing: drain failed, trying again", "err", err, "attempt", i+1)
+		time.Sleep(wait)
+		err = s.drain(ctx, nil)
+	}
+	if err != nil {
+		s.log.Warn("routing: drain failed", "err", err, "conversations", len(left)+1)
+	}
+	for _, id := range left {
+		s.offlineReply(ctx, id)
+	}
+	return true
 }
+
+// drainRetries are the pauses before drainFor tries a failed drain again.
+var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond}
 
 // drain is Drain; locked, if not nil, is called once drainMu is held,
 // before the queue is read.

@@ -596,3 +596,118 @@ func BenchmarkDrainPage(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// queueGate wraps a store: once armed, the 1st Queue call reads the queue
+// and then blocks until release is closed; the 2nd Queue call fails if
+// failSecond; later calls pass through.
+type queueGate struct {
+	core.Store
+	armed      atomic.Bool
+	calls      atomic.Int32
+	entered    chan struct{}
+	release    chan struct{}
+	failSecond bool
+}
+
+func (g *queueGate) Queue(ctx context.Context, n int) ([]core.Conversation, error) {
+	if !g.armed.Load() {
+		return g.Store.Queue(ctx, n)
+	}
+	switch g.calls.Add(1) {
+	case 1:
+		q, err := g.Store.Queue(ctx, n)
+		close(g.entered)
+		<-g.release
+		return q, err
+	case 2:
+		if g.failSecond {
+			return nil, errors.New("transient: connection reset")
+		}
+	}
+	return g.Store.Queue(ctx, n)
+}
+
+func ingestAsync(f *fixture, who string, wg *sync.WaitGroup) (*int64, chan struct{}) {
+	id := new(int64)
+	done := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(done)
+		res, err := f.svc.Ingest(context.Background(), core.Inbound{Channel: "ext", ExternalID: who,
+			Message: core.Message{Kind: core.KindText, Text: "hello"}})
+		if err != nil {
+			f.t.Error(err)
+		}
+		atomic.StoreInt64(id, res.Conversation.ID)
+	}()
+	return id, done
+}
+
+// A transient failure of the waiting drain must not leave the conversations
+// of the ingests that returned early pending while an agent has room. The
+// sleeps only order the ingests: v1 runs a drain, v2 waits for it, v3
+// leaves its conversation to v2.
+func TestFailedWaitingDrainStrandsNobody(t *testing.T) {
+	g := &queueGate{entered: make(chan struct{}), release: make(chan struct{}), failSecond: true}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 10, ReopenWithin: time.Hour}, 1, 0,
+		func(s core.Store) core.Store { g.Store = s; return g })
+	defer f.presence.Connect(f.agents[0].ID)()
+	g.armed.Store(true)
+
+	var wg sync.WaitGroup
+	id1, _ := ingestAsync(f, "v1", &wg) // R: reads the queue, then holds drainMu
+	<-g.entered
+	id2, _ := ingestAsync(f, "v2", &wg) // D: waits for drainMu
+	time.Sleep(100 * time.Millisecond)
+	id3, _ := ingestAsync(f, "v3", &wg) // HEAD: returns at once, leaving v3 to D
+	time.Sleep(100 * time.Millisecond)
+	close(g.release)
+	wg.Wait()
+
+	for _, id := range []int64{*id1, *id2, *id3} {
+		if c := f.conv(id); c.Status != core.StatusOpen {
+			t.Errorf("after every Ingest returned, conversation %d is %s while agent %d is online with room", c.ID, c.Status, f.agents[0].ID)
+		}
+	}
+}
+
+// An ingest that leaves its conversation to the waiting drain must not
+// decide on the offline reply before that drain has run: the last agent may
+// leave meanwhile, and the conversation then waits with nobody available.
+func TestOfflineReplyWhenTheAgentLeavesBeforeTheWaitingDrain(t *testing.T) {
+	g := &queueGate{entered: make(chan struct{}), release: make(chan struct{})}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 10, ReopenWithin: time.Hour, OfflineReply: "away"}, 1, 0,
+		func(s core.Store) core.Store { g.Store = s; return g })
+	disconnect := f.presence.Connect(f.agents[0].ID)
+	g.armed.Store(true)
+
+	var wg sync.WaitGroup
+	ingestAsync(f, "v1", &wg)
+	<-g.entered
+	ingestAsync(f, "v2", &wg)
+	time.Sleep(100 * time.Millisecond)
+	id3, done3 := ingestAsync(f, "v3", &wg)
+	select {
+	case <-done3:
+	case <-time.After(300 * time.Millisecond): // before the commit: blocked on drainMu
+	}
+	disconnect() // the last agent leaves before the waiting drain runs
+	close(g.release)
+	wg.Wait()
+
+	c := f.conv(*id3)
+	ms, err := f.store.Messages(context.Background(), core.MessageQuery{ConversationID: c.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replied := false
+	for _, m := range ms {
+		if m.SenderKind == core.SenderBot && m.Text == "away" {
+			replied = true
+		}
+	}
+	if c.Status == core.StatusPending && !replied {
+		t.Errorf("conversation %d pending with nobody available and no offline reply", c.ID)
+	}
+}
