@@ -22,6 +22,8 @@ type queueStore struct {
 	failReads   int    // queue reads to fail before the next succeeds
 	assignments int
 	replies     []int64 // conversations given a bot message
+	counts      map[int64]int
+	onCounts    func() // called at each OpenCounts
 }
 
 func (q *queueStore) Queue(context.Context, int) ([]Conversation, error) {
@@ -39,7 +41,16 @@ func (q *queueStore) Queue(context.Context, int) ([]Conversation, error) {
 	return append([]Conversation(nil), q.queued...), nil
 }
 
-func (q *queueStore) OpenCounts(context.Context) (map[int64]int, error) { return map[int64]int{}, nil }
+func (q *queueStore) OpenCounts(context.Context) (map[int64]int, error) {
+	if q.onCounts != nil {
+		q.onCounts()
+	}
+	n := map[int64]int{}
+	for id, c := range q.counts {
+		n[id] = c
+	}
+	return n, nil
+}
 
 func (q *queueStore) AssignAll(_ context.Context, as []Assignment) ([]Changed, error) {
 	q.mu.Lock()
@@ -53,7 +64,10 @@ func (q *queueStore) AssignAll(_ context.Context, as []Assignment) ([]Changed, e
 	return out, nil
 }
 
-func (q *queueStore) Conversation(_ context.Context, id int64) (Conversation, error) {
+func (q *queueStore) Conversation(ctx context.Context, id int64) (Conversation, error) {
+	if err := ctx.Err(); err != nil { // as a real store's read
+		return Conversation{}, err
+	}
 	return Conversation{ID: id, Status: StatusPending}, nil
 }
 
@@ -148,5 +162,38 @@ func TestWaitingDrainTriesAgain(t *testing.T) {
 	s.drainFor(context.Background(), 1)
 	if q.assignments != 2 {
 		t.Errorf("after a drain that failed twice: %d of 2 assigned (%d queue reads)", q.assignments, q.queueReads)
+	}
+}
+
+func TestOfflineReplyWhenTheCallerHasGone(t *testing.T) {
+	s, q, _ := newQueueService(Config{Strategy: RoundRobin, OfflineReply: "away"}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the webhook timed out after the message was committed
+	s.routeNew(ctx, Conversation{ID: 1})
+	if len(q.replies) != 1 {
+		t.Errorf("offline replies %v, want one for 1: the message is committed", q.replies)
+	}
+}
+
+// TestFullIsNotSetAfterACapacityChange: a drain that finds no room must not
+// mark the queue full when capacity changed while it ran: the change's own
+// drain may have read the queue already, and new conversations would then
+// skip draining while an agent has room.
+func TestFullIsNotSetAfterACapacityChange(t *testing.T) {
+	s, q, p := newQueueService(Config{Strategy: RoundRobin, MaxOpenPerAgent: 1}, 1)
+	defer p.Connect(7)()
+	q.counts = map[int64]int{7: 1} // agent 7 at capacity when counted
+	if err := s.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !s.full {
+		t.Fatal("a drain that found no room did not mark the queue full")
+	}
+	q.onCounts = s.noteCapacity // an agent frees a slot while the drain runs
+	if err := s.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.full {
+		t.Error("the queue is marked full though capacity changed during the drain")
 	}
 }

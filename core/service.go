@@ -49,6 +49,10 @@ type Service struct {
 	// Anything that may free capacity clears it.
 	fullMu sync.Mutex
 	full   bool
+	// capacityGen counts capacityChanged calls (under fullMu): a drain marks
+	// the queue full only if none came since it started, or it could undo
+	// the clearing of one whose drain already read the queue.
+	capacityGen uint64
 	// accountsMu serialises agent account changes (accounts.go), so that
 	// the last-admin check holds on this node.
 	accountsMu sync.Mutex
@@ -149,6 +153,9 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 // serves older conversations first) and, if nobody is available at all,
 // sends the offline reply once.
 func (s *Service) routeNew(ctx context.Context, c Conversation) {
+	// The message is committed: routing it and its offline reply must not
+	// depend on the caller (a webhook, a socket) staying until they are done.
+	ctx = context.WithoutCancel(ctx)
 	s.fullMu.Lock()
 	full := s.full
 	s.fullMu.Unlock()
@@ -246,6 +253,7 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 	if locked != nil {
 		locked()
 	}
+	gen := s.capacity()
 	full := map[int64]bool{} // agents the store found at capacity in this drain
 	// A page handed to the store may commit even if ctx ends meanwhile
 	// (core.Store): the drain waits for it regardless, so that every
@@ -260,7 +268,7 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 			return err
 		}
 		if len(avail) == 0 {
-			s.setFull(true)
+			s.setFull(gen, true)
 			return nil
 		}
 		queue, err := s.store.Queue(ctx, 100)
@@ -268,7 +276,7 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 			return err
 		}
 		if len(queue) == 0 {
-			s.setFull(false)
+			s.setFull(gen, false)
 			return nil
 		}
 		counts, err := s.store.OpenCounts(ctx)
@@ -284,7 +292,7 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 			}
 			plan := s.plan(waiting, avail, counts)
 			if len(plan) == 0 {
-				s.setFull(true)
+				s.setFull(gen, true)
 				return nil
 			}
 			done, err := s.store.AssignAll(wctx, plan)
@@ -313,7 +321,7 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 			}
 		}
 		if len(queue) < 100 {
-			s.setFull(false)
+			s.setFull(gen, false)
 			return nil
 		}
 	}
@@ -347,15 +355,36 @@ func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]i
 	}
 	return plan
 }
-func (s *Service) setFull(v bool) {
+
+// capacity returns the count of capacityChanged calls so far, for setFull.
+func (s *Service) capacity() uint64 {
 	s.fullMu.Lock()
-	s.full = v
+	defer s.fullMu.Unlock()
+	return s.capacityGen
+}
+
+// setFull records what a drain that started at capacity generation gen
+// found: the queue left waiting for lack of room (v), or not. A drain that
+// found no room says so only if capacity has not changed since it started.
+func (s *Service) setFull(gen uint64, v bool) {
+	s.fullMu.Lock()
+	if !v || s.capacityGen == gen {
+		s.full = v
+	}
+	s.fullMu.Unlock()
+}
+
+// noteCapacity records that an agent may have room or has come online.
+func (s *Service) noteCapacity() {
+	s.fullMu.Lock()
+	s.capacityGen++
+	s.full = false
 	s.fullMu.Unlock()
 }
 
 // capacityChanged is called when an agent may have room or has come online.
 func (s *Service) capacityChanged(ctx context.Context) {
-	s.setFull(false)
+	s.noteCapacity()
 	if err := s.Drain(ctx); err != nil {
 		s.log.Warn("routing: drain failed", "err", err)
 	}
