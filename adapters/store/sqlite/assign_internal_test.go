@@ -9,11 +9,12 @@ import (
 	"github.com/kefuhq/kefu/core"
 )
 
-// A failure after the middle assignment has written (a trigger refuses its
-// conversation update, after its event was inserted): its event is rolled
-// back to its savepoint, the one before it commits, the writer's
-// conversation cache is not stale, and sequence numbers stay gapless.
-func TestAssignAllFailureAfterAWrite(t *testing.T) {
+// failingAssignment opens a store with an agent and n waiting
+// conversations, where assigning ids[failing] fails after its event is
+// written: a trigger refuses its conversation's update. DROP TRIGGER boom
+// ends that.
+func failingAssignment(t *testing.T, n, failing int) (*Store, core.Agent, []int64) {
+	t.Helper()
 	ctx := context.Background()
 	s := openStore(t, Options{})
 	a, err := s.CreateAgent(ctx, core.Agent{Email: "a@x", Name: "a", Role: core.RoleAgent, Active: true})
@@ -21,16 +22,26 @@ func TestAssignAllFailureAfterAWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ids []int64
-	for i := range 3 {
+	for i := range n {
 		r, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("v", i), Message: core.Message{Kind: core.KindText, Text: "hi"}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, r.Conversation.ID)
 	}
-	if _, err := s.w.ExecContext(ctx, fmt.Sprintf(`CREATE TRIGGER boom BEFORE UPDATE OF status ON conversations WHEN NEW.id = %d BEGIN SELECT RAISE(ABORT, 'boom'); END`, ids[1])); err != nil {
+	if _, err := s.w.ExecContext(ctx, fmt.Sprintf(`CREATE TRIGGER boom BEFORE UPDATE OF status ON conversations WHEN NEW.id = %d BEGIN SELECT RAISE(ABORT, 'boom'); END`, ids[failing])); err != nil {
 		t.Fatal(err)
 	}
+	return s, a, ids
+}
+
+// A failure after the middle assignment has written (a trigger refuses its
+// conversation update, after its event was inserted): its event is rolled
+// back to its savepoint, the one before it commits, the writer's
+// conversation cache is not stale, and sequence numbers stay gapless.
+func TestAssignAllFailureAfterAWrite(t *testing.T) {
+	ctx := context.Background()
+	s, a, ids := failingAssignment(t, 3, 1)
 	var as []core.Assignment
 	for _, id := range ids {
 		as = append(as, core.Assignment{ConversationID: id, AgentID: a.ID})
@@ -60,22 +71,7 @@ func TestAssignAllFailureAfterAWrite(t *testing.T) {
 // conversations around it.
 func TestAssignAllFailureAfterAWriteInABatch(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, Options{})
-	a, err := s.CreateAgent(ctx, core.Agent{Email: "a@x", Name: "a", Role: core.RoleAgent, Active: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []int64
-	for i := range 4 {
-		r, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("v", i), Message: core.Message{Kind: core.KindText, Text: "hi"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, r.Conversation.ID)
-	}
-	if _, err := s.w.ExecContext(ctx, fmt.Sprintf(`CREATE TRIGGER boom BEFORE UPDATE OF status ON conversations WHEN NEW.id = %d BEGIN SELECT RAISE(ABORT, 'boom'); END`, ids[2])); err != nil {
-		t.Fatal(err)
-	}
+	s, a, ids := failingAssignment(t, 4, 2)
 	running, release := make(chan struct{}), make(chan struct{})
 	go s.do(ctx, func(*wtx) error { close(running); <-release; return nil })
 	<-running
