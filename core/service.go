@@ -208,7 +208,8 @@ func (s *Service) Drain(ctx context.Context) error { return s.drain(ctx, nil) }
 // it.
 //
 // Since others count on it, the waiting drain runs to the end even if its
-// own caller goes away, and a failed drain is tried again twice.
+// own caller goes away (routeNew detaches ctx), and a failed drain is tried
+// again twice.
 func (s *Service) drainFor(ctx context.Context, conv int64) bool {
 	s.waitMu.Lock()
 	if s.drainWaiting {
@@ -219,7 +220,6 @@ func (s *Service) drainFor(ctx context.Context, conv int64) bool {
 	s.drainWaiting = true
 	s.waitMu.Unlock()
 	var left []int64
-	ctx = context.WithoutCancel(ctx)
 	err := s.drain(ctx, func() {
 		s.waitMu.Lock()
 		s.drainWaiting, left, s.leftToDrain = false, s.leftToDrain, nil
@@ -304,10 +304,9 @@ func (s *Service) drain(ctx context.Context, locked func()) error {
 				}
 				s.notify.Publish(wctx, ups...)
 			}
-			waiting = waiting[len(done):]
+			waiting = waiting[len(done):] // all of the plan when err is nil
 			switch {
 			case err == nil:
-				waiting = waiting[len(plan)-len(done):]
 			case errors.Is(err, ErrCapacity):
 				// Its count moved under us (another node, an agent's own
 				// take): plan the rest again without that agent.

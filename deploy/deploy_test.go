@@ -466,6 +466,9 @@ func TestHelmChart(t *testing.T) {
 	if v := str(get(env["KEFU_CONFIG"], "value")); v != "/etc/kefu/kefu.yaml" {
 		t.Errorf("KEFU_CONFIG %q", v)
 	}
+	if r := str(get(env["GOMEMLIMIT"], "valueFrom", "resourceFieldRef", "resource")); r != "limits.memory" {
+		t.Errorf("GOMEMLIMIT from %q, want the container's memory limit", r)
+	}
 	secret := one(t, m, "Secret")
 	secretName := str(get(secret, "metadata", "name"))
 	if n := str(get(c, "envFrom", 0, "secretRef", "name")); n != secretName {
