@@ -28,7 +28,7 @@ const DefaultCheckpointInterval = 250 * time.Millisecond
 
 // backstopPages is the writer's own automatic checkpoint while the
 // checkpointer runs: it only fires if the checkpointer falls this far
-// behind (128 MB of WAL with 4 KB pages, twice restartPages), so the WAL
+// behind (512 MB of WAL with 4 KB pages, twice restartPages), so the WAL
 // stays bounded whatever happens.
 const backstopPages = 2 * restartPages
 
@@ -76,11 +76,18 @@ const ckBusyTimeout = 20
 
 // restartPages is the WAL length at which the writer, once a checkpoint
 // has copied the WAL, catches up and lets it start over (see checkpoint):
-// 64 MB with 4 KB pages. Each catch-up holds the writer for two fsyncs
-// (4–20 ms on the bench machine); at 4,096 pages it came every 300 ms at
-// 5,000 messages/s, and 16,384 made the open loop's p99 18–22 ms instead
-// of 20–33 (BENCHMARKS.md).
-const restartPages = 16384
+// 256 MB with 4 KB pages. Each catch-up holds the writer for two fsyncs
+// (3–22 ms on the bench machine) and the writes queued behind it then
+// commit as one large batch: at 5,000 messages/s each catch-up made
+// 20–200 messages late. At 4,096 pages it came every 300 ms; 16,384 (every
+// 1.3 s) made the open loop's p99 16–22 ms instead of 20–33, and 65,536
+// (every 5 s) 11–13 ms (BENCHMARKS.md). The WAL file keeps its largest
+// size once reached: up to this much disk under a steady stream of writes
+// (twice that after a backstop checkpoint). Where writes pause long enough
+// for a pass to copy the whole WAL, the next write starts it over and it
+// stays small. A journal_size_limit to give the space back was tried: the
+// writer's next commit truncated the file, 80–100 ms at every catch-up.
+const restartPages = 65536
 
 // checkpoint runs a PASSIVE checkpoint (a few, when the WAL is long: see
 // below). A busy result (the writer's backstop checkpoint is running) is
