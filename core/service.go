@@ -16,7 +16,13 @@ type Config struct {
 	MaxOpenPerAgent int           // routing stops giving an agent work at this many open conversations
 	ReopenWithin    time.Duration // a customer message to a resolved conversation younger than this reopens it
 	OfflineReply    string        // sent once per conversation when nobody is available; "" disables it
+	// Redrain is how often Run drains again while the last drain left the
+	// queue waiting (0: DefaultRedrain).
+	Redrain time.Duration
 }
+
+// DefaultRedrain is Config.Redrain's default.
+const DefaultRedrain = 2 * time.Second
 
 // Service is the session-and-agent core: every channel hands customer
 // messages to Ingest, and every agent action (from the console, Work WeChat,
@@ -46,9 +52,12 @@ type Service struct {
 	leftToDrain  []int64
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
-	// Anything that may free capacity clears it.
+	// Anything that may free capacity on this node clears it, and Run drains
+	// again while it is set (capacity freed on another node).
 	fullMu sync.Mutex
 	full   bool
+	// failed is set when the last drain failed: Run tries again.
+	failed bool
 	// capacityGen counts capacityChanged calls (under fullMu): a drain marks
 	// the queue full only if none came since it started, or it could undo
 	// the clearing of one whose drain already read the queue.
@@ -87,6 +96,9 @@ func NewService(cfg Config, d Deps) *Service {
 		log:      d.Logger,
 		delivers: d.Delivers,
 		window:   d.Window,
+	}
+	if s.cfg.Redrain <= 0 {
+		s.cfg.Redrain = DefaultRedrain
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -245,14 +257,46 @@ func (s *Service) drainFor(ctx context.Context, conv int64) bool {
 // drainRetries are the pauses before drainFor tries a failed drain again.
 var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond}
 
+// Run drains the queue again every Config.Redrain while the last drain on
+// this node left it waiting (nobody had room, or the drain failed), until
+// ctx ends. Capacity freed on this node drains at once (capacityChanged);
+// in a cluster, capacity freed on another node drains the queue there, but
+// this node's full flag would stay set, and its new conversations would
+// only join the queue with an agent free: Run bounds that wait.
+func (s *Service) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.Redrain)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		s.fullMu.Lock()
+		again := s.full || s.failed
+		s.fullMu.Unlock()
+		if !again {
+			continue
+		}
+		if err := s.Drain(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("routing: drain failed", "err", err)
+		}
+	}
+}
+
 // drain is Drain; locked, if not nil, is called once drainMu is held,
 // before the queue is read.
-func (s *Service) drain(ctx context.Context, locked func()) error {
+func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
 	if locked != nil {
 		locked()
 	}
+	defer func() {
+		s.fullMu.Lock()
+		s.failed = err != nil
+		s.fullMu.Unlock()
+	}()
 	gen := s.capacity()
 	full := map[int64]bool{} // agents the store found at capacity in this drain
 	// A page handed to the store may commit even if ctx ends meanwhile

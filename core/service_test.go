@@ -711,3 +711,94 @@ func TestOfflineReplyWhenTheAgentLeavesBeforeTheWaitingDrain(t *testing.T) {
 		t.Errorf("conversation %d pending with nobody available and no offline reply", c.ID)
 	}
 }
+
+// In a cluster, capacity freed on one node drains the queue there; another
+// node that last found the queue full must not keep its new conversations
+// waiting while an agent has room.
+func TestCapacityFreedOnAnotherNodeReachesNewConversations(t *testing.T) {
+	cfg := core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour, Redrain: 10 * time.Millisecond}
+	f := newFixture(t, cfg, 1, 0) // node A: f.svc
+	nodeB := core.NewService(cfg, core.Deps{Store: f.store, Presence: f.presence, Notifier: &recorder{}, Now: f.clock.Now})
+	agent := f.agents[0].ID
+	defer f.presence.Connect(agent)()
+	ctx := context.Background()
+
+	x := f.say("x", "1", "hello").Conversation.ID
+	y := f.say("y", "2", "hello").Conversation.ID // no room: A finds the queue full
+	if c := f.conv(y); c.Status != core.StatusPending {
+		t.Fatalf("y is %s, want pending while the agent is at capacity", c.Status)
+	}
+	if _, err := nodeB.Close(ctx, agent, x); err != nil { // B drains: y to the agent
+		t.Fatal(err)
+	}
+	if c := f.conv(y); c.AssigneeID != agent {
+		t.Fatalf("after x closed on B, y is %s with assignee %d, want the agent", c.Status, c.AssigneeID)
+	}
+	if _, err := nodeB.Close(ctx, agent, y); err != nil { // the agent has room, the queue is empty
+		t.Fatal(err)
+	}
+
+	z := f.say("z", "3", "hello").Conversation.ID // on A
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.conv(z).Status == core.StatusPending && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c := f.conv(z); c.AssigneeID != agent {
+		t.Errorf("z is %s with assignee %d, want the agent, who has had room since y closed on node B", c.Status, c.AssigneeID)
+	}
+}
+
+// queueDown wraps a store whose queue cannot be read while down is set.
+type queueDown struct {
+	core.Store
+	down atomic.Bool
+}
+
+func (q *queueDown) Queue(ctx context.Context, n int) ([]core.Conversation, error) {
+	if q.down.Load() {
+		return nil, errors.New("store unreachable")
+	}
+	return q.Store.Queue(ctx, n)
+}
+
+// A conversation whose drains all failed (the store down for longer than
+// drainFor's retries) is routed once the store is back, without waiting for
+// another conversation or a change of capacity.
+func TestRunDrainsAgainAfterAFailedDrain(t *testing.T) {
+	q := &queueDown{}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 5, ReopenWithin: time.Hour, Redrain: 10 * time.Millisecond}, 1, 0,
+		func(s core.Store) core.Store { q.Store = s; return q })
+	defer f.presence.Connect(f.agents[0].ID)()
+	q.down.Store(true)
+	id := f.say("v", "1", "hello").Conversation.ID
+	if c := f.conv(id); c.Status != core.StatusPending {
+		t.Fatalf("with the queue unreadable the conversation is %s, want pending", c.Status)
+	}
+	q.down.Store(false)
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.conv(id).Status == core.StatusPending && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if c := f.conv(id); c.AssigneeID != f.agents[0].ID {
+		t.Errorf("conversation is %s with assignee %d, want the online agent once the store is back", c.Status, c.AssigneeID)
+	}
+}

@@ -395,6 +395,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.presence != nil {
 		g.Go(func() error { return n.presence.Run(gctx) })
 	}
+	g.Go(func() error { return n.svc.Run(gctx) })
 	if err := n.svc.Drain(ctx); err != nil {
 		n.log.Warn("routing: initial drain failed", "err", err)
 	}
