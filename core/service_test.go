@@ -718,6 +718,9 @@ func TestOfflineReplyWhenTheAgentLeavesBeforeTheWaitingDrain(t *testing.T) {
 func TestCapacityFreedOnAnotherNodeReachesNewConversations(t *testing.T) {
 	cfg := core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour, Redrain: 10 * time.Millisecond}
 	f := newFixture(t, cfg, 1, 0) // node A: f.svc
+	// The nodes share the presence, as a cluster's nodes share what they
+	// know of it (MemoryPresence keeps one OnChange callback: node B's; the
+	// agent connects before any conversation, so node A has nothing to drain).
 	nodeB := core.NewService(cfg, core.Deps{Store: f.store, Presence: f.presence, Notifier: &recorder{}, Now: f.clock.Now})
 	agent := f.agents[0].ID
 	defer f.presence.Connect(agent)()
@@ -739,6 +742,9 @@ func TestCapacityFreedOnAnotherNodeReachesNewConversations(t *testing.T) {
 	}
 
 	z := f.say("z", "3", "hello").Conversation.ID // on A
+	if c := f.conv(z); c.Status != core.StatusPending {
+		t.Fatalf("z is %s before Run: node A drained on its own, so this test no longer exercises Run", c.Status)
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- f.svc.Run(runCtx) }()
@@ -800,5 +806,39 @@ func TestRunDrainsAgainAfterAFailedDrain(t *testing.T) {
 	}
 	if c := f.conv(id); c.AssigneeID != f.agents[0].ID {
 		t.Errorf("conversation is %s with assignee %d, want the online agent once the store is back", c.Status, c.AssigneeID)
+	}
+}
+
+// queueReads counts the reads of the queue.
+type queueReads struct {
+	core.Store
+	n atomic.Int32
+}
+
+func (q *queueReads) Queue(ctx context.Context, n int) ([]core.Conversation, error) {
+	q.n.Add(1)
+	return q.Store.Queue(ctx, n)
+}
+
+// Run reads nothing while the last drain left nobody waiting: every node
+// runs it, all the time.
+func TestRunIdleWhenNothingWaits(t *testing.T) {
+	q := &queueReads{}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 5, ReopenWithin: time.Hour, Redrain: time.Millisecond}, 1, 0,
+		func(s core.Store) core.Store { q.Store = s; return q })
+	defer f.presence.Connect(f.agents[0].ID)()
+	f.say("v", "1", "hello") // routed at once: the queue is empty again
+	before := q.n.Load()
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(ctx) }()
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if n := q.n.Load() - before; n != 0 {
+		t.Errorf("Run read the queue %d times in 100 ms with nothing waiting, want 0", n)
 	}
 }
