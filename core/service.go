@@ -19,10 +19,22 @@ type Config struct {
 	// Redrain is how often Run drains again while the last drain left the
 	// queue waiting (0: DefaultRedrain).
 	Redrain time.Duration
+	// OfflineAfter is how long nobody must have been available before Run
+	// sends the offline reply to the conversations still waiting (0:
+	// DefaultOfflineAfter), so that an agent's connection dropping for a
+	// moment does not send it.
+	OfflineAfter time.Duration
 }
 
 // DefaultRedrain is Config.Redrain's default.
 const DefaultRedrain = 2 * time.Second
+
+// DefaultOfflineAfter is Config.OfflineAfter's default.
+const DefaultOfflineAfter = 30 * time.Second
+
+// offlineBatch bounds the waiting conversations one Run pass sends the
+// offline reply to: the oldest ones.
+const offlineBatch = 1000
 
 // Service is the session-and-agent core: every channel hands customer
 // messages to Ingest, and every agent action (from the console, Work WeChat,
@@ -58,6 +70,11 @@ type Service struct {
 	full   bool
 	// failed is set when the last drain failed: Run tries again.
 	failed bool
+	// nobodySince is when a drain last found nobody available after
+	// someone was (zero: the last drain found someone); offlineSent, that
+	// Run has sent the offline reply to those waiting since then.
+	nobodySince time.Time
+	offlineSent bool
 	// capacityGen counts capacityChanged calls (under fullMu): a drain marks
 	// the queue full only if none came since it started, or it could undo
 	// the clearing of one whose drain already read the queue.
@@ -99,6 +116,9 @@ func NewService(cfg Config, d Deps) *Service {
 	}
 	if s.cfg.Redrain <= 0 {
 		s.cfg.Redrain = DefaultRedrain
+	}
+	if s.cfg.OfflineAfter <= 0 {
+		s.cfg.OfflineAfter = DefaultOfflineAfter
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -281,7 +301,56 @@ func (s *Service) Run(ctx context.Context) error {
 		if err := s.Drain(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("routing: drain failed", "err", err)
 		}
+		s.offlineWaiting(ctx)
 	}
+}
+
+// offlineWaiting sends the offline reply, once, to the conversations that
+// were waiting when everyone left (agents at capacity, then gone): a
+// conversation that arrives with nobody available gets it from routeNew,
+// but those already queued would otherwise wait in silence. It waits until
+// nobody has been available for Config.OfflineAfter.
+func (s *Service) offlineWaiting(ctx context.Context) {
+	if s.cfg.OfflineReply == "" {
+		return
+	}
+	s.fullMu.Lock()
+	since, sent := s.nobodySince, s.offlineSent
+	s.fullMu.Unlock()
+	if since.IsZero() || sent || s.now().Sub(since) < s.cfg.OfflineAfter {
+		return
+	}
+	queue, err := s.store.Queue(ctx, offlineBatch)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("routing: offline replies to the queue", "err", err)
+		}
+		return
+	}
+	for _, c := range queue {
+		if ctx.Err() != nil {
+			return
+		}
+		s.offlineReply(ctx, c.ID) // checks again that nobody is available
+	}
+	s.fullMu.Lock()
+	if s.nobodySince.Equal(since) {
+		s.offlineSent = true
+	}
+	s.fullMu.Unlock()
+}
+
+// noteAvailable records whether a drain found anyone available, for
+// offlineWaiting.
+func (s *Service) noteAvailable(anyone bool) {
+	s.fullMu.Lock()
+	switch {
+	case anyone:
+		s.nobodySince = time.Time{}
+	case s.nobodySince.IsZero():
+		s.nobodySince, s.offlineSent = s.now(), false
+	}
+	s.fullMu.Unlock()
 }
 
 // drain is Drain; locked, if not nil, is called once drainMu is held,
@@ -311,6 +380,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		if err != nil {
 			return err
 		}
+		s.noteAvailable(len(avail) > 0)
 		if len(avail) == 0 {
 			s.setFull(gen, true)
 			return nil

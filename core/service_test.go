@@ -842,3 +842,45 @@ func TestRunIdleWhenNothingWaits(t *testing.T) {
 		t.Errorf("Run read the queue %d times in 100 ms with nothing waiting, want 0", n)
 	}
 }
+
+// Conversations that were waiting for an agent with room when the last agent
+// left get the offline reply once nobody has been available for
+// OfflineAfter; not before (a connection dropping for a moment), and not
+// those already with an agent.
+func TestOfflineReplyToTheQueueWhenEveryoneLeaves(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", Redrain: 5 * time.Millisecond, OfflineAfter: time.Minute}, 1, 0)
+	leave := f.presence.Connect(f.agents[0].ID)
+	x := f.say("x", "1", "hello").Conversation.ID
+	y := f.say("y", "2", "hello").Conversation.ID // waits: the agent is at capacity
+	if n := f.botMessages(y); n != 0 {
+		t.Fatalf("y got %d offline replies while an agent was online", n)
+	}
+	leave() // the last agent goes
+
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // ten passes of Run, none an OfflineAfter later
+	if n := f.botMessages(y); n != 0 {
+		t.Fatalf("y got %d offline replies before nobody had been available for OfflineAfter", n)
+	}
+	f.clock.Advance(time.Minute)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.botMessages(y) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // more passes: still one reply
+	if n := f.botMessages(y); n != 1 {
+		t.Errorf("waiting conversation y got %d offline replies, want 1", n)
+	}
+	if n := f.botMessages(x); n != 0 {
+		t.Errorf("conversation x, with its agent, got %d offline replies, want 0", n)
+	}
+}
