@@ -133,6 +133,27 @@ func (f *fixture) botMessages(convID int64) int {
 	return n
 }
 
+// run runs the service's Run until the returned stop is called.
+func (f *fixture) run() (stop func()) {
+	f.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			f.t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+// waitFor polls cond until it holds or 10 s have passed.
+func waitFor(cond func() bool) {
+	for deadline := time.Now().Add(10 * time.Second); !cond() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestQueueDrainsInOrder(t *testing.T) {
 	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 2, ReopenWithin: time.Hour}, 1, 0)
 	var convs []int64
@@ -745,19 +766,8 @@ func TestCapacityFreedOnAnotherNodeReachesNewConversations(t *testing.T) {
 	if c := f.conv(z); c.Status != core.StatusPending {
 		t.Fatalf("z is %s before Run: node A drained on its own, so this test no longer exercises Run", c.Status)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- f.svc.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for f.conv(z).Status == core.StatusPending && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	defer f.run()()
+	waitFor(func() bool { return f.conv(z).Status != core.StatusPending })
 	if c := f.conv(z); c.AssigneeID != agent {
 		t.Errorf("z is %s with assignee %d, want the agent, who has had room since y closed on node B", c.Status, c.AssigneeID)
 	}
@@ -791,19 +801,8 @@ func TestRunDrainsAgainAfterAFailedDrain(t *testing.T) {
 	}
 	q.down.Store(false)
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.svc.Run(ctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for f.conv(id).Status == core.StatusPending && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	defer f.run()()
+	waitFor(func() bool { return f.conv(id).Status != core.StatusPending })
 	if c := f.conv(id); c.AssigneeID != f.agents[0].ID {
 		t.Errorf("conversation is %s with assignee %d, want the online agent once the store is back", c.Status, c.AssigneeID)
 	}
@@ -830,14 +829,9 @@ func TestRunIdleWhenNothingWaits(t *testing.T) {
 	f.say("v", "1", "hello") // routed at once: the queue is empty again
 	before := q.n.Load()
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.svc.Run(ctx) }()
+	stop := f.run()
 	time.Sleep(100 * time.Millisecond)
 	stop()
-	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
 	if n := q.n.Load() - before; n != 0 {
 		t.Errorf("Run read the queue %d times in 100 ms with nothing waiting, want 0", n)
 	}
@@ -858,24 +852,13 @@ func TestOfflineReplyToTheQueueWhenEveryoneLeaves(t *testing.T) {
 	}
 	leave() // the last agent goes
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.svc.Run(ctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer f.run()()
 	time.Sleep(50 * time.Millisecond) // ten passes of Run, none an OfflineAfter later
 	if n := f.botMessages(y); n != 0 {
 		t.Fatalf("y got %d offline replies before nobody had been available for OfflineAfter", n)
 	}
 	f.clock.Advance(time.Minute)
-	deadline := time.Now().Add(10 * time.Second)
-	for f.botMessages(y) == 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(func() bool { return f.botMessages(y) > 0 })
 	time.Sleep(50 * time.Millisecond) // more passes: still one reply
 	if n := f.botMessages(y); n != 1 {
 		t.Errorf("waiting conversation y got %d offline replies, want 1", n)
