@@ -85,6 +85,29 @@ func BenchmarkIngest(b *testing.B) {
 	}
 }
 
+// BenchmarkIngestNew: every message from a customer not seen before, so each
+// ingest creates a contact, an identity and a conversation (the start of a
+// busy day, or of a bench run), through group commit.
+func BenchmarkIngestNew(b *testing.B) {
+	ctx := context.Background()
+	s := open(b, filepath.Join(b.TempDir(), "kefu.db"), sqlite.Options{Sync: "normal"})
+	var next atomic.Int64
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n := strconv.FormatInt(next.Add(1), 10)
+			_, err := s.Ingest(ctx, core.Inbound{Channel: "wa", ExternalID: n, Name: "Customer", Message: core.Message{
+				Kind: core.KindText, Text: "hello, I have a question", DedupKey: "p:wa:" + n}})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ingests/s")
+}
+
 // BenchmarkConversationsByIdentity: a visitor's newest conversation, as the
 // web channel reads it at every session start and WebSocket hello (core's
 // Conversations with a channel and an external id), for identities with

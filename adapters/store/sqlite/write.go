@@ -271,11 +271,18 @@ func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
 		r.NewContact = true
 	}
 
-	// The identity's resolved conversation reopened, or a new one.
-	c, err := scanConv(w.queryRow(stConvLatest, in.Channel, in.ExternalID))
-	found := err == nil
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return r, dbErr(err, "conversation of %s/%s", in.Channel, in.ExternalID)
+	// The identity's resolved conversation reopened, or a new one. An
+	// identity created just now has no conversation (each one references
+	// its identity).
+	var c core.Conversation
+	found := false
+	if known {
+		var err error
+		c, err = scanConv(w.queryRow(stConvLatest, in.Channel, in.ExternalID))
+		found = err == nil
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return r, dbErr(err, "conversation of %s/%s", in.Channel, in.ExternalID)
+		}
 	}
 	if found && c.Status == core.StatusResolved && at.Sub(c.ResolvedAt) <= in.ReopenWithin {
 		reopen(&c, at)
@@ -294,12 +301,20 @@ func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
 		r.NewConversation = true
 	}
 	m.SenderID = r.Contact.ID
-	if err := w.insertMsg(&c, &m); err != nil {
-		return r, err
-	}
-	c.LastInboundAt, c.UpdatedAt = at, at
-	if err := w.saveConv(&c); err != nil {
-		return r, err
+	if r.NewConversation {
+		// Only the columns a message moves differ from the row just
+		// inserted.
+		if err := w.appendMsg(&c, &m); err != nil {
+			return r, err
+		}
+	} else {
+		if err := w.insertMsg(&c, &m); err != nil {
+			return r, err
+		}
+		c.LastInboundAt, c.UpdatedAt = at, at
+		if err := w.saveConv(&c); err != nil {
+			return r, err
+		}
 	}
 	r.Conversation, r.Message = c, m
 	return r, nil
