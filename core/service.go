@@ -70,9 +70,12 @@ type Service struct {
 	full   bool
 	// failed is set when the last drain failed: Run tries again.
 	failed bool
-	// nobodySince is when a drain last found nobody available after
-	// someone was (zero: the last drain found someone); offlineSent, that
-	// Run has sent the offline reply to those waiting since then.
+	// nobodySince is when a drain first found nobody available after one
+	// had found someone (zero: someone was at the last drain, or nobody has
+	// been seen since this node started: agents reconnecting after a
+	// restart are not "everyone leaving"); offlineSent, that Run has sent
+	// the offline reply to those waiting since then.
+	sawSomeone  bool
 	nobodySince time.Time
 	offlineSent bool
 	// capacityGen counts capacityChanged calls (under fullMu): a drain marks
@@ -198,18 +201,22 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 }
 
 // offlineReply sends the offline reply to conversation id if nobody is
-// available and it is still waiting.
-func (s *Service) offlineReply(ctx context.Context, id int64) {
+// available, it is still waiting, and its channel's reply window (if any)
+// is open. It reports an error only if reading or sending failed.
+func (s *Service) offlineReply(ctx context.Context, id int64) error {
 	if s.cfg.OfflineReply == "" {
-		return
+		return nil
 	}
 	avail, err := s.presence.Available(ctx)
 	if err != nil || len(avail) > 0 {
-		return
+		return err
 	}
 	cur, err := s.store.Conversation(ctx, id)
 	if err != nil || cur.Status != StatusPending {
-		return
+		return err
+	}
+	if ends := s.WindowEnds(cur); !ends.IsZero() && !s.now().Before(ends) {
+		return nil // the provider would refuse it
 	}
 	// The dedup key makes the offline reply once per conversation, cluster-wide.
 	_, err = s.appendAndNotify(ctx, cur, Message{
@@ -222,6 +229,7 @@ func (s *Service) offlineReply(ctx context.Context, id int64) {
 	if err != nil {
 		s.log.Warn("routing: offline reply failed", "conversation", id, "err", err)
 	}
+	return err
 }
 
 // Drain assigns waiting conversations, oldest first, to available agents
@@ -309,7 +317,8 @@ func (s *Service) Run(ctx context.Context) error {
 // were waiting when everyone left (agents at capacity, then gone): a
 // conversation that arrives with nobody available gets it from routeNew,
 // but those already queued would otherwise wait in silence. It waits until
-// nobody has been available for Config.OfflineAfter.
+// nobody has been available for Config.OfflineAfter, and covers the oldest
+// offlineBatch waiting.
 func (s *Service) offlineWaiting(ctx context.Context) {
 	if s.cfg.OfflineReply == "" {
 		return
@@ -328,10 +337,11 @@ func (s *Service) offlineWaiting(ctx context.Context) {
 		return
 	}
 	for _, c := range queue {
-		if ctx.Err() != nil {
+		// Each checks again that nobody is available; a failure leaves
+		// the pass to be tried again at the next tick.
+		if err := s.offlineReply(ctx, c.ID); err != nil {
 			return
 		}
-		s.offlineReply(ctx, c.ID) // checks again that nobody is available
 	}
 	s.fullMu.Lock()
 	if s.nobodySince.Equal(since) {
@@ -346,8 +356,8 @@ func (s *Service) noteAvailable(anyone bool) {
 	s.fullMu.Lock()
 	switch {
 	case anyone:
-		s.nobodySince = time.Time{}
-	case s.nobodySince.IsZero():
+		s.sawSomeone, s.nobodySince = true, time.Time{}
+	case s.sawSomeone && s.nobodySince.IsZero():
 		s.nobodySince, s.offlineSent = s.now(), false
 	}
 	s.fullMu.Unlock()

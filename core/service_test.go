@@ -850,10 +850,14 @@ func TestOfflineReplyToTheQueueWhenEveryoneLeaves(t *testing.T) {
 	if n := f.botMessages(y); n != 0 {
 		t.Fatalf("y got %d offline replies while an agent was online", n)
 	}
-	leave() // the last agent goes
+	// The last agent goes; a drain finds nobody, at the clock's now.
+	leave()
+	if err := f.svc.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 
 	defer f.run()()
-	time.Sleep(50 * time.Millisecond) // ten passes of Run, none an OfflineAfter later
+	time.Sleep(50 * time.Millisecond) // passes of Run, none an OfflineAfter later
 	if n := f.botMessages(y); n != 0 {
 		t.Fatalf("y got %d offline replies before nobody had been available for OfflineAfter", n)
 	}
@@ -865,5 +869,59 @@ func TestOfflineReplyToTheQueueWhenEveryoneLeaves(t *testing.T) {
 	}
 	if n := f.botMessages(x); n != 0 {
 		t.Errorf("conversation x, with its agent, got %d offline replies, want 0", n)
+	}
+}
+
+// A node that starts while its agents have yet to reconnect has not seen
+// everyone leave: the conversations waiting in the store get no offline
+// reply however long the agents take.
+func TestNoOfflineReplyToTheQueueAfterARestart(t *testing.T) {
+	cfg := core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", Redrain: 5 * time.Millisecond, OfflineAfter: time.Minute}
+	f := newFixture(t, cfg, 1, 0)
+	leave := f.presence.Connect(f.agents[0].ID)
+	f.say("x", "1", "hello")
+	y := f.say("y", "2", "hello").Conversation.ID // waits: the agent is at capacity
+	leave()
+
+	// The restarted node: same store, nobody connected yet.
+	f.presence = core.NewMemoryPresence()
+	f.svc = core.NewService(cfg, core.Deps{Store: f.store, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now})
+	if err := f.svc.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.run()()
+	time.Sleep(20 * time.Millisecond)
+	f.clock.Advance(time.Hour)
+	time.Sleep(50 * time.Millisecond)
+	if n := f.botMessages(y); n != 0 {
+		t.Errorf("after a restart with no agent back yet, y got %d offline replies, want 0", n)
+	}
+}
+
+// A waiting conversation whose provider's reply window has closed gets no
+// offline reply: the provider would refuse it.
+func TestNoOfflineReplyToTheQueueOutsideTheWindow(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", Redrain: 5 * time.Millisecond, OfflineAfter: time.Minute}, 1, 24*time.Hour)
+	leave := f.presence.Connect(f.agents[0].ID)
+	f.say("x", "1", "hello")
+	y := f.say("y", "2", "hello").Conversation.ID // waits: the agent is at capacity
+	f.clock.Advance(25 * time.Hour)               // its 24 h window closes
+	leave()
+	if err := f.svc.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.run()()
+	time.Sleep(20 * time.Millisecond)
+	f.clock.Advance(time.Minute)
+	time.Sleep(50 * time.Millisecond)
+	if n := f.botMessages(y); n != 0 {
+		t.Errorf("y, whose reply window closed, got %d offline replies, want 0", n)
+	}
+	f.notes.mu.Lock()
+	defer f.notes.mu.Unlock()
+	if len(f.notes.outbox) != 0 {
+		t.Errorf("%d outbox entries for the provider, want none", len(f.notes.outbox))
 	}
 }
