@@ -70,11 +70,11 @@ type Service struct {
 	full   bool
 	// failed is set when the last drain failed: Run tries again.
 	failed bool
-	// nobodySince is when a drain first found nobody available after one
-	// had found someone (zero: someone was at the last drain, or nobody has
-	// been seen since this node started: agents reconnecting after a
-	// restart are not "everyone leaving"); offlineSent, that Run has sent
-	// the offline reply to those waiting since then.
+	// For offlineWaiting: sawSomeone, that a drain on this node has found
+	// someone available (agents reconnecting after a restart are not
+	// "everyone leaving"); nobodySince, when a drain first found nobody
+	// after that (zero: someone was there at the last drain); offlineSent,
+	// that Run has sent the offline reply to those waiting since then.
 	sawSomeone  bool
 	nobodySince time.Time
 	offlineSent bool
