@@ -291,9 +291,13 @@ var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond
 // in a cluster, capacity freed on another node drains the queue there, but
 // this node's full flag would stay set, and its new conversations would
 // only join the queue with an agent free: Run bounds that wait.
+//
+// While the store is failing, it logs the first failure and the recovery,
+// not every attempt.
 func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.Redrain)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -306,8 +310,15 @@ func (s *Service) Run(ctx context.Context) error {
 		if !again {
 			continue
 		}
-		if err := s.Drain(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("routing: drain failed", "err", err)
+		switch err := s.Drain(ctx); {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && !failing:
+			s.log.Warn("routing: drain failed; trying again every "+s.cfg.Redrain.String(), "err", err)
+			failing = true
+		case err == nil && failing:
+			s.log.Info("routing: drain succeeded again")
+			failing = false
 		}
 		s.offlineWaiting(ctx)
 	}

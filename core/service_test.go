@@ -925,3 +925,49 @@ func TestNoOfflineReplyToTheQueueOutsideTheWindow(t *testing.T) {
 		t.Errorf("%d outbox entries for the provider, want none", len(f.notes.outbox))
 	}
 }
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) count(sub string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Count(s.b.Bytes(), []byte(sub))
+}
+
+// While the store keeps failing, Run logs the first failure and the
+// recovery, not one warning per attempt.
+func TestRunLogsAFailingStoreOnce(t *testing.T) {
+	q := &queueDown{}
+	f := newWrappedFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 5, ReopenWithin: time.Hour}, 1, 0,
+		func(s core.Store) core.Store { q.Store = s; return q })
+	logs := &syncBuffer{}
+	f.svc = core.NewService(core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 5, ReopenWithin: time.Hour, Redrain: time.Millisecond},
+		core.Deps{Store: q, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	defer f.presence.Connect(f.agents[0].ID)()
+	q.down.Store(true)
+	if err := f.svc.Drain(context.Background()); err == nil {
+		t.Fatal("Drain with the queue unreadable: no error")
+	}
+	stop := f.run()
+	waitFor(func() bool { return logs.count("drain failed") > 0 })
+	time.Sleep(50 * time.Millisecond) // dozens more failed passes
+	q.down.Store(false)
+	waitFor(func() bool { return logs.count("drain succeeded again") > 0 })
+	stop()
+	if n := logs.count("drain failed"); n != 1 {
+		t.Errorf("%d drain-failed warnings while the store was down, want 1:\n%s", n, logs.b.String())
+	}
+	if n := logs.count("drain succeeded again"); n != 1 {
+		t.Errorf("%d recovery lines, want 1", n)
+	}
+}
