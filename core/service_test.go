@@ -147,6 +147,20 @@ func (f *fixture) run() (stop func()) {
 	}
 }
 
+// drainAndRunPast drains, runs Run, and moves the clock on by d while
+// Run's passes go on before and after; stop ends Run.
+func (f *fixture) drainAndRunPast(d time.Duration) (stop func()) {
+	f.t.Helper()
+	if err := f.svc.Drain(context.Background()); err != nil {
+		f.t.Fatal(err)
+	}
+	stop = f.run()
+	time.Sleep(20 * time.Millisecond)
+	f.clock.Advance(d)
+	time.Sleep(50 * time.Millisecond)
+	return stop
+}
+
 // waitFor polls cond until it holds or 10 s have passed.
 func waitFor(cond func() bool) {
 	for deadline := time.Now().Add(10 * time.Second); !cond() && time.Now().Before(deadline); {
@@ -887,13 +901,7 @@ func TestNoOfflineReplyToTheQueueAfterARestart(t *testing.T) {
 	// The restarted node: same store, nobody connected yet.
 	f.presence = core.NewMemoryPresence()
 	f.svc = core.NewService(cfg, core.Deps{Store: f.store, Presence: f.presence, Notifier: f.notes, Now: f.clock.Now})
-	if err := f.svc.Drain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer f.run()()
-	time.Sleep(20 * time.Millisecond)
-	f.clock.Advance(time.Hour)
-	time.Sleep(50 * time.Millisecond)
+	defer f.drainAndRunPast(time.Hour)()
 	if n := f.botMessages(y); n != 0 {
 		t.Errorf("after a restart with no agent back yet, y got %d offline replies, want 0", n)
 	}
@@ -909,13 +917,7 @@ func TestNoOfflineReplyToTheQueueOutsideTheWindow(t *testing.T) {
 	y := f.say("y", "2", "hello").Conversation.ID // waits: the agent is at capacity
 	f.clock.Advance(25 * time.Hour)               // its 24 h window closes
 	leave()
-	if err := f.svc.Drain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer f.run()()
-	time.Sleep(20 * time.Millisecond)
-	f.clock.Advance(time.Minute)
-	time.Sleep(50 * time.Millisecond)
+	defer f.drainAndRunPast(time.Minute)()
 	if n := f.botMessages(y); n != 0 {
 		t.Errorf("y, whose reply window closed, got %d offline replies, want 0", n)
 	}
