@@ -934,16 +934,24 @@ func testAssignAllStops(t *testing.T, s core.Store) {
 			t.Errorf("conversation %d changed: %+v", c.ID, got)
 		}
 	}
+	// stopsAfter runs AssignAll, wants err and the first assignment done.
+	stopsAfter := func(what string, target error, as ...core.Assignment) []core.Changed {
+		t.Helper()
+		done, err := s.AssignAll(ctx, as)
+		wantErr(t, what, err, target)
+		if len(done) != 1 || done[0].Conversation.ID != as[0].ConversationID {
+			t.Fatalf("changes before the %s = %+v, want conversation %d's", what, done, as[0].ConversationID)
+		}
+		return done
+	}
 	// The second is over the agent's capacity of 1: the first stays
 	// assigned, the second is refused, the third is not tried though it
 	// would have fit (no limit).
-	done, err := s.AssignAll(ctx, []core.Assignment{
+	done := stopsAfter("refusal", core.ErrCapacity,
 		asg(convs[0].ID, agent.ID, 0, 1, at(time.Second)),
 		asg(convs[1].ID, agent.ID, 0, 1, at(time.Second)),
-		asg(convs[2].ID, agent.ID, 0, 0, at(time.Second)),
-	})
-	wantErr(t, "over capacity", err, core.ErrCapacity)
-	if len(done) != 1 || done[0].Conversation.ID != convs[0].ID || done[0].Conversation.AssigneeID != agent.ID {
+		asg(convs[2].ID, agent.ID, 0, 0, at(time.Second)))
+	if done[0].Conversation.AssigneeID != agent.ID {
 		t.Fatalf("changes before the refusal = %+v, want conversation %d assigned", done, convs[0].ID)
 	}
 	if c := conversation(t, s, convs[0].ID); c.AssigneeID != agent.ID || c.LastSeq != 2 {
@@ -953,27 +961,17 @@ func testAssignAllStops(t *testing.T, s core.Store) {
 	pending(convs[2])
 
 	// A conflict (already assigned) and an invalid request stop it the same way.
-	done, err = s.AssignAll(ctx, []core.Assignment{
+	stopsAfter("conflict", core.ErrConflict,
 		asg(convs[2].ID, agent.ID, 0, 0, at(2*time.Second)),
 		asg(convs[0].ID, agent.ID, 0, 0, at(2*time.Second)),
-		asg(convs[3].ID, agent.ID, 0, 0, at(2*time.Second)),
-	})
-	wantErr(t, "already assigned", err, core.ErrConflict)
-	if len(done) != 1 || done[0].Conversation.ID != convs[2].ID {
-		t.Fatalf("changes before the conflict = %+v", done)
-	}
+		asg(convs[3].ID, agent.ID, 0, 0, at(2*time.Second)))
 	pending(convs[3])
-	done, err = s.AssignAll(ctx, []core.Assignment{
+	stopsAfter("invalid agent", core.ErrInvalid,
 		asg(convs[3].ID, agent.ID, 0, 0, at(3*time.Second)),
-		asg(convs[4].ID, -1, 0, 0, at(3*time.Second)),
-	})
-	wantErr(t, "invalid agent", err, core.ErrInvalid)
-	if len(done) != 1 || done[0].Conversation.ID != convs[3].ID {
-		t.Fatalf("changes before the invalid one = %+v", done)
-	}
+		asg(convs[4].ID, -1, 0, 0, at(3*time.Second)))
 	pending(convs[4])
 	// A first one that fails changes nothing.
-	done, err = s.AssignAll(ctx, []core.Assignment{
+	done, err := s.AssignAll(ctx, []core.Assignment{
 		asg(convs[0].ID, agent.ID, 0, 0, at(4*time.Second)),
 		asg(convs[4].ID, agent.ID, 0, 0, at(4*time.Second)),
 	})
