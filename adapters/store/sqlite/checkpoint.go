@@ -79,9 +79,10 @@ const ckBusyTimeout = 20
 // 256 MB with 4 KB pages. Each catch-up holds the writer for two fsyncs
 // (3–22 ms on the bench machine) and the writes queued behind it then
 // commit as one large batch: at 5,000 messages/s each catch-up made
-// 20–200 messages late. At 4,096 pages it came every 300 ms; 16,384 (every
-// 1.3 s) made the open loop's p99 16–22 ms instead of 20–33, and 65,536
-// (every 5 s) 11–13 ms (BENCHMARKS.md). The WAL file keeps its largest
+// 45–65 messages late. At 4,096 pages it came every 300 ms; 16,384 (every
+// ~1 s) made the open loop's p99 16–22 ms instead of 20–33; 65,536 (every
+// ~4 s) cut the messages catch-ups delay from ~930 to ~350 a run, p99
+// median 14.3 → 13.1 ms (BENCHMARKS.md). The WAL file keeps its largest
 // size once reached: up to this much disk under a steady stream of writes
 // (twice that after a backstop checkpoint). Where writes pause long enough
 // for a pass to copy the whole WAL, the next write starts it over and it
