@@ -202,17 +202,26 @@ var errReplayFull = errors.New("replay limit reached")
 // It stops after limit frames (0: no limit). It returns the cursor after
 // what it sent (the newest conversation and its last sequence number
 // covered) and the conversations it covered.
+//
+// The caller subscribes to the identity's live messages first: what
+// commits after that arrives live, so a conversation whose last sequence
+// number, read here, is at or below the client's has nothing to replay and
+// is not queried (a client reconnecting with nothing missed costs no
+// message query).
 func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, emit func(*frame) error) (curConv, curSeq int64, convs []int64, err error) {
-	type part struct{ id, after int64 }
+	type part struct {
+		id, after int64
+		upToDate  bool // nothing after after: no query
+	}
 	var parts []part
 	if conv > 0 {
-		parts = append(parts, part{conv, seq})
-		newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
+		own, newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
 		if err != nil {
 			return conv, seq, nil, err
 		}
+		parts = append(parts, part{conv, seq, own != nil && own.LastSeq <= seq})
 		for _, c := range newer {
-			parts = append(parts, part{c.ID, 0})
+			parts = append(parts, part{c.ID, 0, false})
 		}
 	} else {
 		c, err := p.rt.newestConversation(ctx, p.vis.identity)
@@ -222,7 +231,7 @@ func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, em
 		case err != nil:
 			return 0, 0, nil, err
 		}
-		parts = append(parts, part{c.ID, 0})
+		parts = append(parts, part{c.ID, 0, false})
 		p.learnContact(c.ContactID)
 	}
 	curConv, curSeq = conv, seq
@@ -231,7 +240,7 @@ func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, em
 		curConv, curSeq = pt.id, pt.after
 		convs = append(convs, pt.id)
 		p.own(pt.id)
-		for {
+		for !pt.upToDate {
 			ms, err := p.rt.store.Messages(ctx, core.MessageQuery{ConversationID: pt.id, AfterSeq: curSeq, Limit: replayPage, PublicOnly: true})
 			if err != nil {
 				return curConv, curSeq, convs, err

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kefuhq/kefu/bridge"
@@ -23,6 +24,9 @@ func init() {
 		func(name string, sec config.Section, deps channels.Deps) (channels.Channel, error) {
 			c, err := New(name, *sec.(*Config), deps)
 			if err == nil {
+				// Nothing runs yet: the realtime half's store can be swapped.
+				cs := &countingStore{Store: c.rt.store}
+				c.rt.store = cs
 				rtTestChannels.Store(deps.Service, c)
 			}
 			return c, err
@@ -36,6 +40,21 @@ func RealtimeTestChannel(svc *core.Service) *Channel {
 	ch, _ := c.(*Channel)
 	return ch
 }
+
+// countingStore counts the realtime half's message queries.
+type countingStore struct {
+	core.Store
+	messages atomic.Int64
+}
+
+func (s *countingStore) Messages(ctx context.Context, q core.MessageQuery) ([]core.Message, error) {
+	s.messages.Add(1)
+	return s.Store.Messages(ctx, q)
+}
+
+// MessageQueries is how many message queries (replays, history) the
+// realtime half of a RealtimeTestType instance has made.
+func (c *Channel) MessageQueries() int64 { return c.rt.store.(*countingStore).messages.Load() }
 
 // NewAgentSession plants a login session for an agent, as the REST login
 // would, and returns its bearer token.

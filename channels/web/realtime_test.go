@@ -377,6 +377,52 @@ func TestVisitorResumesWithExactlyWhatItMissed(t *testing.T) {
 	}
 }
 
+// A visitor reconnecting with nothing missed (the widget after a dropped
+// socket) gets an empty replay without a message query; one that missed a
+// message gets exactly it; live messages follow either way.
+func TestVisitorReconnectingUpToDateQueriesNoMessages(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ch := web.RealtimeTestChannel(h.svc)
+	alice, _, _ := h.agentConn(h.token(h.alice), nil)
+	waitUntil(t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
+	s := h.session("")
+	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
+	check(vc.SendText("v-1", 0, "hi", false))
+	conv := must(vc.Ack("v-1", rtWait)).Message.ConversationID
+	check(alice.SendText("a-1", conv, "hello", false))
+	must(alice.Ack("a-1", rtWait))
+	var cur webtest.Cursor
+	for {
+		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
+		cur.Advance(f)
+		if f.Message.Text == "hello" {
+			break
+		}
+	}
+	vc.Close()
+
+	before := ch.MessageQueries()
+	vc2, replay, synced := h.visitorConn(s.Token, cur)
+	if len(replay) != 0 || synced.ConversationID != conv || *synced.LastSeq != cur.LastSeq {
+		t.Fatalf("up to date: replay %d frames, synced %s; want none and conversation %d seq %d", len(replay), synced.Raw, conv, cur.LastSeq)
+	}
+	if n := ch.MessageQueries() - before; n != 0 {
+		t.Fatalf("an up-to-date reconnect made %d message queries, want 0", n)
+	}
+	check(alice.SendText("a-2", conv, "still here", false))
+	must(alice.Ack("a-2", rtWait))
+	if f := must(vc2.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" })); f.Message.Text != "still here" {
+		t.Fatalf("live after an empty replay: %s", f.Raw)
+	}
+	vc2.Close()
+
+	_, replay, _ = h.visitorConn(s.Token, cur) // one behind now
+	if got := texts(replay); len(got) != 1 || got[0] != "still here" {
+		t.Fatalf("one behind: replay %v, want [still here]", got)
+	}
+}
+
 func TestVisitorSwitchesTransportsMidConversation(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")

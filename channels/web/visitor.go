@@ -410,17 +410,22 @@ func (rt *realtime) newestConversation(ctx context.Context, identity string) (co
 }
 
 // newerConversations returns the identity's conversations with an ID above
-// after, oldest first.
-func (rt *realtime) newerConversations(ctx context.Context, identity string, after int64) ([]core.Conversation, error) {
+// after, oldest first, and conversation after itself as it is now (nil if
+// it is not among the identity's newest 100).
+func (rt *realtime) newerConversations(ctx context.Context, identity string, after int64) (*core.Conversation, []core.Conversation, error) {
 	cs, err := rt.store.Conversations(ctx, core.ConversationFilter{Channel: rt.c.name, ExternalID: identity, Limit: 100})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var own *core.Conversation
 	var out []core.Conversation
 	for i := len(cs) - 1; i >= 0; i-- {
-		if cs[i].ID > after {
+		switch {
+		case cs[i].ID > after:
 			out = append(out, cs[i])
+		case cs[i].ID == after:
+			own = &cs[i]
 		}
 	}
-	return out, nil
+	return own, out, nil
 }
