@@ -35,6 +35,7 @@ type Config struct {
 	Hold      time.Duration // idle: how long to hold (idle CPU is measured over it)
 	Settle    time.Duration // idle: wait after opening before sampling RSS
 	Duration  time.Duration // handshake: how long to run
+	Reconnect bool          // handshake: returning visitors (stored token, no session request)
 
 	Visitors int           // throughput, longpoll: visitors sending
 	Agents   int           // throughput, longpoll: agent connections receiving
@@ -91,6 +92,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.Hold, "hold", c.Hold, "idle: how long to hold the connections (idle CPU is measured over it)")
 	fs.DurationVar(&c.Settle, "settle", c.Settle, "idle: wait after opening before sampling the server")
 	fs.DurationVar(&c.Duration, "d", c.Duration, "handshake: how long to run")
+	fs.BoolVar(&c.Reconnect, "reconnect", false, "handshake: returning visitors, as a widget after a dropped socket: each dialer starts one session with a conversation, then reconnects with its token, conversation and last seq (no session request per handshake)")
 	fs.IntVar(&c.Visitors, "visitors", c.Visitors, "throughput, longpoll: visitors sending")
 	fs.IntVar(&c.Agents, "agents", c.Agents, "throughput, longpoll: agent connections receiving (each receives every message)")
 	fs.IntVar(&c.Messages, "m", c.Messages, "throughput, longpoll: messages to send in all")

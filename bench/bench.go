@@ -247,7 +247,11 @@ func (r *Report) WriteTable(w io.Writer) {
 			errRows(row, x.Errors)
 		case res.Handshake != nil:
 			x := res.Handshake
-			row("established", "%d in %.1fs (%d failed), %d dialers", x.Established, x.Seconds, x.Failed, x.Dialers)
+			kind := "new visitors (session + WebSocket)"
+			if x.Mode == "reconnect" {
+				kind = "returning visitors (WebSocket with a stored token)"
+			}
+			row("established", "%d in %.1fs (%d failed), %d dialers, %s", x.Established, x.Seconds, x.Failed, x.Dialers, kind)
 			row("handshakes/s", "%.0f", x.PerSecond)
 			latRow(row, x.Latency)
 			errRows(row, x.Errors)

@@ -215,6 +215,20 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("idle report: %+v", idle)
 	}
 
+	// Returning visitors: each dialer's visitor has a conversation, and
+	// every handshake resumes it (a wrong conversation would be refused).
+	cfg, err = Parse(strings.Fields("handshake -url "+n.URL+" -c 4 -d 300ms -reconnect"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep2, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := rep2.Results[0].Handshake; hs.Mode != "reconnect" || hs.Established == 0 || hs.Failed != 0 {
+		t.Errorf("reconnect handshakes: %+v", hs)
+	}
+
 	// The report prints and encodes with every field.
 	var sb strings.Builder
 	rep.WriteTable(&sb)

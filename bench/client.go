@@ -109,16 +109,25 @@ var (
 // dial opens /ws/visitor or /ws/agent, says hello with token and waits for
 // synced (the replay, if any, is skipped).
 func (c *client) dial(ctx context.Context, path, token string) (*wsConn, error) {
-	cn, _, err := c.dialSynced(ctx, path, token, -1, nil)
+	cn, _, err := c.dialSynced(ctx, path, map[string]any{"type": "hello", "token": token}, nil)
 	return cn, err
 }
 
-// dialSynced is dial with an agent cursor in the hello (cursor < 0: none,
-// from now on), also returning the agent cursor of the synced frame (-1 if
-// it has none). replay, if not nil, is given every other frame before
-// synced (the replay of what follows the cursor); each is valid only
-// during the call.
-func (c *client) dialSynced(ctx context.Context, path, token string, cursor int64, replay func([]byte)) (*wsConn, int64, error) {
+// agentHello is an agent's hello with its cursor (cursor < 0: none, from
+// now on).
+func agentHello(token string, cursor int64) map[string]any {
+	hello := map[string]any{"type": "hello", "token": token}
+	if cursor >= 0 {
+		hello["cursor"] = cursor
+	}
+	return hello
+}
+
+// dialSynced is dial with the given hello, also returning the agent cursor
+// of the synced frame (-1 if it has none). replay, if not nil, is given
+// every other frame before synced (the replay of what follows the cursor);
+// each is valid only during the call.
+func (c *client) dialSynced(ctx context.Context, path string, hello map[string]any, replay func([]byte)) (*wsConn, int64, error) {
 	u := "ws" + strings.TrimPrefix(c.base, "http") + path
 	ws, resp, err := c.dialer.DialContext(ctx, u, nil)
 	if err != nil {
@@ -129,10 +138,6 @@ func (c *client) dialSynced(ctx context.Context, path, token string, cursor int6
 		return nil, -1, err
 	}
 	cn := &wsConn{ws: ws}
-	hello := map[string]any{"type": "hello", "token": token}
-	if cursor >= 0 {
-		hello["cursor"] = cursor
-	}
 	helloB, _ := json.Marshal(hello)
 	if err := cn.write(helloB); err != nil {
 		ws.Close()
@@ -227,6 +232,42 @@ func (c *client) openVisitor(ctx context.Context) (*wsConn, error) {
 	return c.dial(ctx, "/ws/visitor", tok)
 }
 
+// returningVisitor starts a visitor session, sends message g and returns
+// the hello the widget sends when it reconnects: its token, conversation and
+// the acked message's seq.
+func (c *client) returningVisitor(ctx context.Context, g int64) (map[string]any, error) {
+	tok, err := c.session(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	cn, err := c.dial(ctx, "/ws/visitor", tok)
+	if err != nil {
+		return nil, err
+	}
+	defer cn.close()
+	if err := cn.write(appendSend(nil, g, 16)); err != nil {
+		return nil, err
+	}
+	_ = cn.ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+	for {
+		f, err := cn.read()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case bytes.Contains(f, typeAck):
+			conv, ok1 := intField(f, convKey)
+			seq, ok2 := intField(f, seqKey)
+			if !ok1 || !ok2 {
+				return nil, fmt.Errorf("ack without conversation_id and seq: %s", f)
+			}
+			return map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": seq}, nil
+		case bytes.Contains(f, typeError):
+			return nil, fmt.Errorf("send refused: %s", f)
+		}
+	}
+}
+
 // errString shortens an error for counting by kind.
 func errString(err error) string {
 	var he *webtest.HTTPError
@@ -268,7 +309,11 @@ func (e *errCounts) snapshot() map[string]int {
 	return out
 }
 
-var cursorKey = []byte(`"cursor":`)
+var (
+	cursorKey = []byte(`"cursor":`)
+	convKey   = []byte(`"conversation_id":`)
+	seqKey    = []byte(`"seq":`)
+)
 
 // intField parses the non-negative integer following key in f.
 func intField(f, key []byte) (int64, bool) {

@@ -46,6 +46,7 @@ type HandshakeResult struct {
 	Failed      int            `json:"failed"`
 	Errors      map[string]int `json:"errors,omitempty"`
 	Dialers     int            `json:"dialers"`
+	Mode        string         `json:"mode"` // new (session + WebSocket) or reconnect (WebSocket with a stored token)
 	Seconds     float64        `json:"seconds"`
 	PerSecond   float64        `json:"per_second"`
 	Latency     Latency        `json:"latency"`
@@ -198,17 +199,38 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	var errs errCounts
 	var ok, failed atomic.Int64
 	hists := make([]Hist, cfg.Dialers)
+	res := &HandshakeResult{Dialers: cfg.Dialers, Mode: "new"}
+	// Returning visitors: each dialer's visitor has a conversation before
+	// the clock starts, and every handshake is the widget's reconnect.
+	var hellos []map[string]any
+	if cfg.Reconnect {
+		res.Mode = "reconnect"
+		hellos = make([]map[string]any, cfg.Dialers)
+		for w := range hellos {
+			h, err := ns.client(w).returningVisitor(ctx, int64(w))
+			if err != nil {
+				return nil, fmt.Errorf("returning visitor: %w", err)
+			}
+			hellos[w] = h
+		}
+	}
 	ctx2, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range hists {
 		wg.Add(1)
-		go func(h *Hist, c *client) {
+		go func(w int, h *Hist, c *client) {
 			defer wg.Done()
 			for ctx2.Err() == nil {
 				t0 := time.Now()
-				cn, err := c.openVisitor(ctx) // a handshake under way when the time is up finishes
+				var cn *wsConn
+				var err error
+				if hellos != nil {
+					cn, _, err = c.dialSynced(ctx, "/ws/visitor", hellos[w], nil)
+				} else {
+					cn, err = c.openVisitor(ctx) // a handshake under way when the time is up finishes
+				}
 				if err != nil {
 					if ctx.Err() == nil {
 						failed.Add(1)
@@ -220,7 +242,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 				ok.Add(1)
 				cn.close()
 			}
-		}(&hists[w], ns.client(w))
+		}(w, &hists[w], ns.client(w))
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
@@ -228,8 +250,9 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	for i := range hists {
 		all.Merge(&hists[i])
 	}
-	return &HandshakeResult{Established: int(ok.Load()), Failed: int(failed.Load()), Errors: errs.snapshot(),
-		Dialers: cfg.Dialers, Seconds: el, PerSecond: float64(ok.Load()) / el, Latency: all.Summary()}, ctx.Err()
+	res.Established, res.Failed, res.Errors = int(ok.Load()), int(failed.Load()), errs.snapshot()
+	res.Seconds, res.PerSecond, res.Latency = el, float64(ok.Load())/el, all.Summary()
+	return res, ctx.Err()
 }
 
 // Message states.
@@ -379,7 +402,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		if err != nil {
 			return nil, err
 		}
-		cn, cur, err := c.dialSynced(ctx, "/ws/agent", tok, -1, nil)
+		cn, cur, err := c.dialSynced(ctx, "/ws/agent", agentHello(tok, -1), nil)
 		if err != nil {
 			return nil, fmt.Errorf("agent connection: %w", err)
 		}
@@ -627,7 +650,7 @@ func (l *agentLink) redial(ctx context.Context, f *flow, seen []uint64, h *Hist)
 			return nil
 		}
 		// The replay before synced is what the agent missed: recorded too.
-		cn, cur, err := l.c.dialSynced(ctx, "/ws/agent", l.token, l.cursor,
+		cn, cur, err := l.c.dialSynced(ctx, "/ws/agent", agentHello(l.token, l.cursor),
 			func(fr []byte) { l.message(fr, f, seen, h) })
 		if err != nil {
 			f.errs.add(fmt.Errorf("agent reconnect: %w", err))
