@@ -196,61 +196,82 @@ const replayPage = 500
 // errReplayFull stops a replay that reached its limit.
 var errReplayFull = errors.New("replay limit reached")
 
-// replayVisitor sends, through emit, every message the visitor may see
-// after seq in conversation conv, then every message of the identity's
-// newer conversations (with conv 0: of its newest conversation), in order.
-// It stops after limit frames (0: no limit). It returns the cursor after
-// what it sent (the newest conversation and its last sequence number
-// covered) and the conversations it covered.
-//
-// The caller subscribes to the identity's live messages first: what
-// commits after that arrives live, so a conversation whose last sequence
+// replayPart is a conversation a visitor's replay covers, from after.
+type replayPart struct {
+	id, after int64
+	upToDate  bool // nothing follows after: no query
+}
+
+// planReplay reads what a visitor's replay from (conv, seq) covers: conv
+// (ErrNotFound unless it is the visitor's), then the identity's newer
+// conversations; with conv 0, the identity's newest (none: nothing). The
+// caller has subscribed to the identity's live messages first: what commits
+// after this read arrives live, so a conversation whose last sequence
 // number, read here, is at or below the client's has nothing to replay and
-// is not queried (a client reconnecting with nothing missed costs no
-// message query).
-func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, emit func(*frame) error) (curConv, curSeq int64, convs []int64, err error) {
-	type part struct {
-		id, after int64
-		upToDate  bool // nothing after after: no query
-	}
-	var parts []part
-	if conv > 0 {
-		own, newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
-		if err != nil {
-			return conv, seq, nil, err
-		}
-		parts = append(parts, part{conv, seq, own != nil && own.LastSeq <= seq})
-		for _, c := range newer {
-			parts = append(parts, part{c.ID, 0, false})
-		}
-	} else {
+// is not queried. One read of the identity's conversations does it all: a
+// client reconnecting with nothing missed costs no other. Every
+// conversation planned joins the identity's subscriptions in the hub
+// (its typing, statuses and receipts reach them from then on).
+func (p *peer) planReplay(ctx context.Context, conv, seq int64) ([]replayPart, error) {
+	if conv == 0 {
 		c, err := p.rt.newestConversation(ctx, p.vis.identity)
 		switch {
 		case errors.Is(err, core.ErrNotFound):
-			return 0, 0, nil, nil
+			return nil, nil
 		case err != nil:
-			return 0, 0, nil, err
+			return nil, err
 		}
-		parts = append(parts, part{c.ID, 0, false})
 		p.learnContact(c.ContactID)
+		return p.joined([]replayPart{{id: c.ID}}), nil
 	}
-	curConv, curSeq = conv, seq
+	own, newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
+	if err != nil {
+		return nil, err
+	}
+	if own == nil { // not among the identity's newest, or not theirs
+		c, err := p.rt.visitorConversation(ctx, p.vis.identity, conv)
+		if err != nil {
+			return nil, err
+		}
+		own = &c
+	}
+	p.learnContact(own.ContactID)
+	parts := []replayPart{{id: conv, after: seq, upToDate: own.LastSeq <= seq}}
+	for _, c := range newer {
+		parts = append(parts, replayPart{id: c.ID})
+	}
+	return p.joined(parts), nil
+}
+
+// joined marks the visitor's conversations in parts as theirs, for this
+// peer and the hub, and returns parts.
+func (p *peer) joined(parts []replayPart) []replayPart {
+	for _, pt := range parts {
+		p.own(pt.id)
+		p.rt.hub.joinIdentity(p.vis.identity, pt.id)
+	}
+	return parts
+}
+
+// replayVisitor sends, through emit, every message the visitor may see in
+// parts, in order. It stops after limit frames (0: no limit). It returns
+// the cursor after what it sent: the newest conversation and its last
+// sequence number covered.
+func (p *peer) replayVisitor(ctx context.Context, parts []replayPart, limit int, emit func(*frame) error) (curConv, curSeq int64, err error) {
 	n := 0
 	for _, pt := range parts {
 		curConv, curSeq = pt.id, pt.after
-		convs = append(convs, pt.id)
-		p.own(pt.id)
 		for !pt.upToDate {
 			ms, err := p.rt.store.Messages(ctx, core.MessageQuery{ConversationID: pt.id, AfterSeq: curSeq, Limit: replayPage, PublicOnly: true})
 			if err != nil {
-				return curConv, curSeq, convs, err
+				return curConv, curSeq, err
 			}
 			for i := range ms {
 				if limit > 0 && n >= limit {
-					return curConv, curSeq, convs, errReplayFull
+					return curConv, curSeq, errReplayFull
 				}
 				if err := emit(visitorMessageFrame(&ms[i], p.rt.names.get)); err != nil {
-					return curConv, curSeq, convs, err
+					return curConv, curSeq, err
 				}
 				curSeq = ms[i].Seq
 				n++
@@ -260,7 +281,7 @@ func (p *peer) replayVisitor(ctx context.Context, conv, seq int64, limit int, em
 			}
 		}
 	}
-	return curConv, curSeq, convs, nil
+	return curConv, curSeq, nil
 }
 
 // replayAgent sends, through emit, every message with an ID above after, in

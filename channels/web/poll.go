@@ -103,33 +103,27 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	p := &peer{rt: rt, vis: v}
 	var filter cursorFilter
-	var convs []int64
 	if conv > 0 {
-		c, err := rt.visitorConversation(ctx, v.identity, conv)
-		if err != nil {
-			httpx.FromError(w, rt.log, err)
-			return
-		}
-		p.learnContact(c.ContactID)
 		filter.at(conv, after)
-		convs = append(convs, conv)
 	}
 	wt := newWaiter(filter, rt.c.cfg.SendQueue)
 	s := &sub{aud: audVisitor, identity: v.identity, out: wt}
-	rt.hub.register(s, convs...)
+	rt.hub.register(s) // by identity until the read below shows which conversations are theirs (see wsConn.start)
 	defer rt.hub.unregister(s)
+	parts, err := p.planReplay(ctx, conv, after)
+	if err != nil {
+		httpx.FromError(w, rt.log, err)
+		return
+	}
 
 	var frames []*frame
-	curConv, curSeq, replayed, err := p.replayVisitor(ctx, conv, after, maxPollFrames, func(f *frame) error {
+	curConv, curSeq, err := p.replayVisitor(ctx, parts, maxPollFrames, func(f *frame) error {
 		frames = append(frames, f)
 		return nil
 	})
 	if err != nil && !errors.Is(err, errReplayFull) {
 		httpx.FromError(w, rt.log, err)
 		return
-	}
-	for _, id := range replayed {
-		rt.hub.joinIdentity(v.identity, id)
 	}
 	if id := p.contact; id > 0 {
 		// Like an agent's, a polling visitor's contact counts as connected

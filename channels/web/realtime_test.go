@@ -591,6 +591,36 @@ func TestAgentResumesWithOneCursorAcrossConversations(t *testing.T) {
 	}
 }
 
+// A hello naming another visitor's conversation is refused, and none of
+// the asking visitor's connections hears that conversation afterwards.
+func TestHelloWithAnotherVisitorsConversationLeaksNothing(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	other := h.session("")
+	op := &webtest.Poller{Client: h.cl, Token: other.Token}
+	otherConv := must(op.SendText(ctx, "o-1", 0, "someone else's", false)).Message.ConversationID
+
+	s := h.session("")
+	live, _, _ := h.visitorConn(s.Token, webtest.Cursor{}) // another tab of the same visitor
+	c := must(h.cl.DialVisitor(ctx, s.Token, webtest.Cursor{ConversationID: otherConv}, webtest.DialOptions{}))
+	if f := must(c.Expect("error", rtWait)); f.Error.Code != "not_found" {
+		t.Fatalf("hello: %s", f.Raw)
+	}
+	if code := must(c.Closed(rtWait)); code != 4004 {
+		t.Fatalf("closed with %d, want 4004", code)
+	}
+	must(op.SendText(ctx, "o-2", otherConv, "private", false))
+	// A message of the visitor's own, sent after: once it has arrived, the
+	// other's would have too.
+	sp := &webtest.Poller{Client: h.cl, Token: s.Token}
+	must(sp.SendText(ctx, "s-1", 0, "marker", false))
+	must(live.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.Text == "marker" }))
+	if f, err := live.WaitFor(0, func(f webtest.Frame) bool { return f.Message != nil && f.Message.ConversationID == otherConv }); err == nil {
+		t.Fatalf("another visitor's conversation reached this visitor: %s", f.Raw)
+	}
+}
+
 func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")

@@ -267,7 +267,6 @@ func (c *wsConn) onFrame(typ int, data []byte) bool {
 func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 	rt := c.rt
 	p := &peer{rt: rt}
-	var convs []int64
 	if c.kind == audAgent {
 		a, err := c.agentHello(ctx, f.Token)
 		if err != nil {
@@ -293,16 +292,6 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		// at their first message.
 		p.onContact = func(id int64) { c.release = rt.svc.Presence().ConnectContact(id) }
 		if f.ConversationID > 0 {
-			conv, err := rt.visitorConversation(ctx, v.identity, f.ConversationID)
-			if err != nil {
-				if errors.Is(err, core.ErrNotFound) {
-					return &protoError{Code: codeNotFound, Msg: "no such conversation", Close: closeNotFound}
-				}
-				return err
-			}
-			p.own(f.ConversationID)
-			p.learnContact(conv.ContactID)
-			convs = append(convs, f.ConversationID)
 			c.filter.at(f.ConversationID, f.LastSeq)
 		}
 		c.sub = sub{aud: audVisitor, identity: v.identity, out: c}
@@ -311,8 +300,21 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 	c.mu.Lock()
 	c.held = true
 	c.mu.Unlock()
-	rt.hub.register(&c.sub, convs...)
+	// A visitor subscribes by identity alone, which every message of theirs
+	// reaches, until the read below shows which conversations are theirs:
+	// another of their connections must not hear of one that is not.
+	rt.hub.register(&c.sub)
 	c.authed.Store(true)
+	var parts []replayPart
+	if !p.isAgent() {
+		var err error
+		if parts, err = p.planReplay(ctx, f.ConversationID, f.LastSeq); err != nil {
+			if errors.Is(err, core.ErrNotFound) {
+				return &protoError{Code: codeNotFound, Msg: "no such conversation", Close: closeNotFound}
+			}
+			return err
+		}
+	}
 
 	welcome := welcomeOut{Type: frameWelcome, PingIntervalMS: rt.c.cfg.PingInterval.Milliseconds(), MaxFrameBytes: rt.c.cfg.MaxFrameBytes}
 	if p.isAgent() {
@@ -346,11 +348,7 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		cur = agentCursor(max(last, c.filter.lastID))
 	} else {
 		var conv, seq int64
-		var replayed []int64
-		conv, seq, replayed, err = p.replayVisitor(ctx, f.ConversationID, f.LastSeq, 0, write)
-		for _, id := range replayed {
-			rt.hub.joinIdentity(p.vis.identity, id)
-		}
+		conv, seq, err = p.replayVisitor(ctx, parts, 0, write)
 		cur = visitorCursor(conv, seq)
 	}
 	if err == nil {
