@@ -44,6 +44,7 @@ type Config struct {
 	Window   int           // closed loop: messages in flight per visitor
 	Size     int           // bytes of text per message
 	Idle     int           // throughput: idle visitor connections held during the run
+	Warmup   bool          // throughput, longpoll: open every visitor's conversation before the clock starts
 	Drain    time.Duration // how long to wait for the last acks and deliveries
 
 	Email    string // agent login
@@ -90,7 +91,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.SrcOffset, "src-offset", 0, "idle-child: first source address after 127.0.0.1 (internal)")
 	fs.IntVar(&c.Dialers, "c", c.Dialers, "concurrent dialers (idle, handshake)")
 	fs.DurationVar(&c.Hold, "hold", c.Hold, "idle: how long to hold the connections (idle CPU is measured over it)")
-	fs.DurationVar(&c.Settle, "settle", c.Settle, "idle: wait after opening before sampling the server")
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "idle: wait after opening before sampling the server; throughput, longpoll with -warmup: wait after the warm-up")
 	fs.DurationVar(&c.Duration, "d", c.Duration, "handshake: how long to run")
 	fs.BoolVar(&c.Reconnect, "reconnect", false, "handshake: returning visitors, as a widget after a dropped socket: each dialer starts one session with a conversation, then reconnects with its token, conversation and last seq (no session request per handshake)")
 	fs.IntVar(&c.Visitors, "visitors", c.Visitors, "throughput, longpoll: visitors sending")
@@ -100,6 +101,7 @@ func Parse(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Window, "window", c.Window, "closed loop: messages in flight per visitor")
 	fs.IntVar(&c.Size, "size", c.Size, "bytes of text per message")
 	fs.IntVar(&c.Idle, "idle", 0, "throughput: idle visitor connections held during the run")
+	fs.BoolVar(&c.Warmup, "warmup", false, "throughput, longpoll: each visitor first starts its conversation (one message, acked, not counted) and the clock starts -settle later: the run measures messages in open conversations only")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "how long to wait for the last acks and deliveries")
 	fs.StringVar(&c.Email, "agent-email", "", "agent login email (throughput, longpoll)")
 	fs.StringVar(&c.Password, "agent-password", "", "agent login password")

@@ -261,7 +261,11 @@ func (r *Report) WriteTable(w io.Writer) {
 			if x.Mode == "open" {
 				mode += fmt.Sprintf(" at %.0f msg/s", x.TargetRate)
 			}
-			row("load", "%s, %s, %d visitors → %d agents, %d idle connections held", x.Transport, mode, x.Visitors, x.Agents, x.IdleHeld)
+			warm := ""
+			if x.Warmup {
+				warm = ", conversations open before the clock started"
+			}
+			row("load", "%s, %s, %d visitors → %d agents, %d idle connections held%s", x.Transport, mode, x.Visitors, x.Agents, x.IdleHeld, warm)
 			row("messages", "sent %d, acked %d, refused %d, unanswered %d", x.Sent, x.Acked, x.Refused, x.Unanswered)
 			row("delivered", "%d to every agent (%d receipts), lost %d", x.Delivered, x.Deliveries, x.Lost)
 			row("duplicates, out of order", "%d, %d (agent frames received twice, or below the last id)", x.Duplicates, x.OutOfOrder)

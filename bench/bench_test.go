@@ -21,6 +21,7 @@ import (
 	"time"
 
 	_ "github.com/kefuhq/kefu/channels/web"
+	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/internal/testenv"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
@@ -200,6 +201,29 @@ func TestEndToEnd(t *testing.T) {
 	checkAccounted(t, tp, 200)
 	if tp.IdleHeld != 10 || tp.Server.Error != "" || tp.Server.Source != "/metrics" || tp.Server.GoroutinesAfter <= 0 {
 		t.Errorf("report: %+v", tp)
+	}
+
+	// With the conversations started first: the warm-up messages are not
+	// counted, and every counted one is accounted for.
+	cfg, err = Parse(strings.Fields("throughput -url "+n.URL+" -visitors 5 -agents 1 -m 100 -rate 500 -warmup -settle 50ms -agent-email "+agentEmail+" -agent-password "+agentPass), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = Run(ctx, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if tp = rep.Results[0].Throughput; !tp.Warmup {
+		t.Errorf("warm-up not reported: %+v", tp)
+	}
+	checkAccounted(t, tp, 100)
+	cs, err := n.Service().Store().Conversations(ctx, core.ConversationFilter{Limit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs { // the run's five, each started by its warm-up message
+		if ms := n.Messages(t, c.ID); len(ms) == 0 || ms[0].Text != "warm-up" {
+			t.Errorf("conversation %d does not start with the warm-up: %+v", c.ID, ms[:min(len(ms), 1)])
+		}
 	}
 
 	cfg, err = Parse(strings.Fields("idle -url "+n.URL+" -n 50 -c 10 -settle 100ms -hold 200ms -srcs 2"), io.Discard)

@@ -232,10 +232,10 @@ func (c *client) openVisitor(ctx context.Context) (*wsConn, error) {
 	return c.dial(ctx, "/ws/visitor", tok)
 }
 
-// returningVisitor starts a visitor session, sends message g and returns
-// the hello the widget sends when it reconnects: its token, conversation and
-// the acked message's seq.
-func (c *client) returningVisitor(ctx context.Context, g int64) (map[string]any, error) {
+// returningVisitor starts a visitor session and a conversation, and
+// returns the hello the widget sends when it reconnects: its token,
+// conversation and the acked message's seq.
+func (c *client) returningVisitor(ctx context.Context, id int) (map[string]any, error) {
 	tok, err := c.session(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("session: %w", err)
@@ -245,25 +245,40 @@ func (c *client) returningVisitor(ctx context.Context, g int64) (map[string]any,
 		return nil, err
 	}
 	defer cn.close()
-	if err := cn.write(appendSend(nil, g, 16)); err != nil {
+	conv, seq, err := cn.startConversation(id)
+	if err != nil {
 		return nil, err
 	}
+	return map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": seq}, nil
+}
+
+// startConversation sends a first message (not one the throughput
+// scenarios count) and waits for its ack: the visitor's conversation is
+// open when it returns, with the message's seq. Nothing else may read cn
+// meanwhile.
+func (cn *wsConn) startConversation(id int) (conv, seq int64, err error) {
+	if err := cn.write(fmt.Appendf(nil, `{"type":"send","id":"w%d","text":"warm-up"}`, id)); err != nil {
+		return 0, 0, err
+	}
 	_ = cn.ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+	defer cn.ws.SetReadDeadline(time.Time{})
 	for {
 		f, err := cn.read()
 		if err != nil {
-			return nil, err
+			return 0, 0, err
 		}
 		switch {
 		case bytes.Contains(f, typeAck):
 			conv, ok1 := intField(f, convKey)
 			seq, ok2 := intField(f, seqKey)
 			if !ok1 || !ok2 {
-				return nil, fmt.Errorf("ack without conversation_id and seq: %s", f)
+				return 0, 0, fmt.Errorf("ack without conversation_id and seq: %s", f)
 			}
-			return map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": seq}, nil
+			return conv, seq, nil
 		case bytes.Contains(f, typeError):
-			return nil, fmt.Errorf("send refused: %s", f)
+			return 0, 0, fmt.Errorf("send refused: %s", f)
+		case bytes.Contains(f, typePing):
+			_ = cn.write(pongFrame)
 		}
 	}
 }

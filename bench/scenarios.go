@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kefuhq/kefu/channels/web/webtest"
+	"golang.org/x/sync/errgroup"
 )
 
 // IdleResult is the idle scenario's report.
@@ -59,6 +60,7 @@ type HandshakeResult struct {
 // and delivery"): they must stay 0, on one node as across a cluster.
 type ThroughputResult struct {
 	Transport  string  `json:"transport"` // websocket or longpoll
+	Warmup     bool    `json:"warmup"`    // every visitor's conversation was open before the clock started
 	Mode       string  `json:"mode"`      // closed or open loop
 	TargetRate float64 `json:"target_rate,omitempty"`
 	Visitors   int     `json:"visitors"`
@@ -207,7 +209,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 		res.Mode = "reconnect"
 		hellos = make([]map[string]any, cfg.Dialers)
 		for w := range hellos {
-			h, err := ns.client(w).returningVisitor(ctx, int64(w))
+			h, err := ns.client(w).returningVisitor(ctx, w)
 			if err != nil {
 				return nil, fmt.Errorf("returning visitor: %w", err)
 			}
@@ -445,6 +447,24 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		}
 		defer vs[i].cn.close()
 		vs[i].sem = make(chan struct{}, cfg.Window)
+	}
+	if cfg.Warmup {
+		res.Warmup = true
+		g, gctx := errgroup.WithContext(ctx)
+		for i := range vs {
+			g.Go(func() error {
+				if vs[i].p != nil {
+					_, err := vs[i].p.SendText(gctx, fmt.Sprint("w", i), 0, "warm-up", false)
+					return err
+				}
+				_, _, err := vs[i].cn.startConversation(i)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+		sleep(ctx, cfg.Settle) // the new conversations' routing is done
 	}
 
 	before := ns.sample(ctx)
