@@ -37,6 +37,7 @@ type sub struct {
 	identity string // visitors: their identity on this channel instance
 	agentID  int64  // agents
 	out      outlet
+	claimed  int64 // visitors: a conversation listed for this sub alone (see claim)
 }
 
 // hub passes updates, in order, to the subscribers this node holds. Its
@@ -156,6 +157,31 @@ func (h *hub) addToConv(c int64, subs ...*sub) {
 	cs.mu.Unlock()
 }
 
+// claim lists visitor s, alone, on conversation c, which it resumes but
+// which is not yet known to be its identity's: c's updates reach s (held
+// until the check) and none of the identity's other subscribers. Once the
+// check passes, joinIdentity joins them all; unregister drops the claim.
+func (h *hub) claim(s *sub, c int64) {
+	s.claimed = c
+	h.addToConv(c, s)
+}
+
+// removeFromConv takes s off conversation c's list.
+func (h *hub) removeFromConv(c int64, s *sub) {
+	cs := h.convShard(c)
+	cs.mu.Lock()
+	list := cs.m[c]
+	if j := slices.Index(list, s); j >= 0 {
+		list = slices.Delete(list, j, j+1)
+	}
+	if len(list) == 0 {
+		delete(cs.m, c)
+	} else {
+		cs.m[c] = list
+	}
+	cs.mu.Unlock()
+}
+
 // joinIdentity joins every live subscriber of identity to conversation c.
 // It reports whether the identity has subscribers here.
 func (h *hub) joinIdentity(identity string, c int64) bool {
@@ -192,6 +218,9 @@ func (h *hub) unregister(s *sub) {
 	is := h.identShard(s.identity)
 	is.mu.Lock()
 	defer is.mu.Unlock()
+	if s.claimed > 0 {
+		h.removeFromConv(s.claimed, s)
+	}
 	e := is.m[s.identity]
 	if e == nil {
 		return
@@ -203,18 +232,7 @@ func (h *hub) unregister(s *sub) {
 	e.subs = slices.Delete(e.subs, i, i+1)
 	h.nVisitors.Add(-1)
 	for _, c := range e.convs {
-		cs := h.convShard(c)
-		cs.mu.Lock()
-		list := cs.m[c]
-		if j := slices.Index(list, s); j >= 0 {
-			list = slices.Delete(list, j, j+1)
-		}
-		if len(list) == 0 {
-			delete(cs.m, c)
-		} else {
-			cs.m[c] = list
-		}
-		cs.mu.Unlock()
+		h.removeFromConv(c, s)
 	}
 	if len(e.subs) == 0 {
 		delete(is.m, s.identity)

@@ -260,6 +260,40 @@ func TestHubResequencesOutOfOrderUpdates(t *testing.T) {
 	}
 }
 
+// A claimed conversation reaches the claiming subscriber alone, until
+// joinIdentity; a claim never joined goes with its subscriber.
+func TestHubClaim(t *testing.T) {
+	h := newHub("web", nil)
+	a, b := &recorder{}, &recorder{}
+	sa := &sub{aud: audVisitor, identity: "a:1", out: a}
+	sb := &sub{aud: audVisitor, identity: "a:1", out: b} // the same visitor in another tab
+	h.register(sb)
+	h.register(sa)
+	h.claim(sa, 10)
+	typing := core.Update{Type: core.UpdateTyping, Typing: &core.Typing{ConversationID: 10, SenderKind: core.SenderAgent, SenderID: 3, On: true}}
+	h.dispatch(typing)
+	if len(a.frames) != 1 || len(b.frames) != 0 {
+		t.Fatalf("claimed: typing reached %d and %d tabs, want 1 and 0", len(a.frames), len(b.frames))
+	}
+	h.joinIdentity("a:1", 10)
+	h.dispatch(typing)
+	if len(a.frames) != 2 || len(b.frames) != 1 {
+		t.Fatalf("joined: typing reached %d and %d tabs, want 2 and 1", len(a.frames), len(b.frames))
+	}
+
+	sc := &sub{aud: audVisitor, identity: "a:1", out: &recorder{}}
+	h.register(sc)
+	h.claim(sc, 20) // refused: never joined
+	h.unregister(sc)
+	h.unregister(sa)
+	h.unregister(sb)
+	for i := range h.convs {
+		if len(h.convs[i].m) != 0 || len(h.idents[i].m) != 0 {
+			t.Fatal("index entries left after every subscriber left")
+		}
+	}
+}
+
 func TestHubIndexesAndUnregister(t *testing.T) {
 	h := newHub("web", nil)
 	a, b := &recorder{}, &recorder{}

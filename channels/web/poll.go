@@ -108,7 +108,8 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 	}
 	wt := newWaiter(filter, rt.c.cfg.SendQueue)
 	s := &sub{aud: audVisitor, identity: v.identity, out: wt}
-	rt.hub.register(s) // by identity until the read below shows which conversations are theirs (see wsConn.start)
+	rt.hub.register(s) // by identity, and conv for s alone until the read below (see wsConn.start)
+	rt.hub.claim(s, conv)
 	defer rt.hub.unregister(s)
 	parts, err := p.planReplay(ctx, conv, after)
 	if err != nil {

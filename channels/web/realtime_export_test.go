@@ -41,15 +41,31 @@ func RealtimeTestChannel(svc *core.Service) *Channel {
 	return ch
 }
 
-// countingStore counts the realtime half's message queries.
+// countingStore counts the realtime half's message queries, and runs a
+// hook once after its next read of conversations.
 type countingStore struct {
 	core.Store
-	messages atomic.Int64
+	messages  atomic.Int64
+	afterList atomic.Pointer[func()]
 }
 
 func (s *countingStore) Messages(ctx context.Context, q core.MessageQuery) ([]core.Message, error) {
 	s.messages.Add(1)
 	return s.Store.Messages(ctx, q)
+}
+
+func (s *countingStore) Conversations(ctx context.Context, f core.ConversationFilter) ([]core.Conversation, error) {
+	cs, err := s.Store.Conversations(ctx, f)
+	if hook := s.afterList.Swap(nil); hook != nil {
+		(*hook)()
+	}
+	return cs, err
+}
+
+// AfterNextConversationsRead runs f once, right after the realtime half's
+// next read of conversations returns (a visitor's resume reads them once).
+func (c *Channel) AfterNextConversationsRead(f func()) {
+	c.rt.store.(*countingStore).afterList.Store(&f)
 }
 
 // MessageQueries is how many message queries (replays, history) the

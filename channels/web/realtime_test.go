@@ -593,6 +593,32 @@ func TestAgentResumesWithOneCursorAcrossConversations(t *testing.T) {
 
 // A hello naming another visitor's conversation is refused, and none of
 // the asking visitor's connections hears that conversation afterwards.
+// What happens in a resumed conversation while the resume reads the store
+// reaches the connection: a receipt and typing are not replayed later.
+func TestResumeHearsReceiptsAndTypingDuringTheRead(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	ch := web.RealtimeTestChannel(h.svc)
+	s := h.session("")
+	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
+	check(vc.SendText("v-1", 0, "hi", false))
+	hi := must(vc.Ack("v-1", rtWait)).Message
+	vc.Close()
+
+	ch.AfterNextConversationsRead(func() {
+		check(h.svc.MarkUpTo(ctx, core.Receipt{ConversationID: hi.ConversationID, UpToSeq: hi.Seq, Status: core.MsgRead}))
+		h.svc.Typing(ctx, core.Typing{ConversationID: hi.ConversationID, SenderKind: core.SenderAgent, SenderID: h.alice.ID, On: true})
+		time.Sleep(200 * time.Millisecond) // both are dispatched before the resume goes on
+	})
+	vc2, replay, _ := h.visitorConn(s.Token, webtest.Cursor{ConversationID: hi.ConversationID, LastSeq: hi.Seq})
+	if len(replay) != 0 {
+		t.Fatalf("replay %d frames, want none", len(replay))
+	}
+	must(vc2.Expect("receipt", rtWait))
+	must(vc2.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "typing" }))
+}
+
 func TestHelloWithAnotherVisitorsConversationLeaksNothing(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")

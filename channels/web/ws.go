@@ -300,10 +300,14 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 	c.mu.Lock()
 	c.held = true
 	c.mu.Unlock()
-	// A visitor subscribes by identity alone, which every message of theirs
-	// reaches, until the read below shows which conversations are theirs:
+	// A visitor subscribes by identity, which every message of theirs
+	// reaches, and claims the conversation it resumes for this connection
+	// alone until the read below shows which conversations are theirs:
 	// another of their connections must not hear of one that is not.
 	rt.hub.register(&c.sub)
+	if !p.isAgent() {
+		rt.hub.claim(&c.sub, f.ConversationID)
+	}
 	c.authed.Store(true)
 	var parts []replayPart
 	if !p.isAgent() {
