@@ -253,6 +253,9 @@ func (r *Report) WriteTable(w io.Writer) {
 			}
 			row("established", "%d in %.1fs (%d failed), %d dialers, %s", x.Established, x.Seconds, x.Failed, x.Dialers, kind)
 			row("handshakes/s", "%.0f", x.PerSecond)
+			if x.Mode == "reconnect" {
+				row("frames replayed", "%d", x.Replayed)
+			}
 			latRow(row, x.Latency)
 			errRows(row, x.Errors)
 		case res.Throughput != nil:

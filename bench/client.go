@@ -233,23 +233,41 @@ func (c *client) openVisitor(ctx context.Context) (*wsConn, error) {
 }
 
 // returningVisitor starts a visitor session and a conversation, and
-// returns the hello the widget sends when it reconnects: its token,
-// conversation and the acked message's seq.
-func (c *client) returningVisitor(ctx context.Context, id int) (map[string]any, error) {
+// returns its token and conversation. Its hello for a reconnect comes from
+// resumeHello once the conversation has settled.
+func (c *client) returningVisitor(ctx context.Context, id int) (token string, conv int64, err error) {
 	tok, err := c.session(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("session: %w", err)
+		return "", 0, fmt.Errorf("session: %w", err)
 	}
 	cn, err := c.dial(ctx, "/ws/visitor", tok)
 	if err != nil {
-		return nil, err
+		return "", 0, err
 	}
 	defer cn.close()
-	conv, seq, err := cn.startConversation(id)
+	conv, _, err = cn.startConversation(id)
+	return tok, conv, err
+}
+
+// resumeHello resumes conversation conv once, taking what was missed, and
+// returns the hello the widget sends when it reconnects: its token,
+// conversation and the last seq synced (so that a reconnect with it has
+// nothing to replay, whatever followed the visitor's own message: an
+// offline reply, an assignment).
+func (c *client) resumeHello(ctx context.Context, tok string, conv int64) (map[string]any, error) {
+	hello := map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": 0}
+	var last int64
+	cn, _, err := c.dialSynced(ctx, "/ws/visitor", hello, func(f []byte) {
+		if seq, ok := intField(f, seqKey); ok && seq > last {
+			last = seq
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": seq}, nil
+	cn.close()
+	hello["last_seq"] = last
+	return hello, nil
 }
 
 // startConversation sends a first message (not one the throughput

@@ -47,7 +47,8 @@ type HandshakeResult struct {
 	Failed      int            `json:"failed"`
 	Errors      map[string]int `json:"errors,omitempty"`
 	Dialers     int            `json:"dialers"`
-	Mode        string         `json:"mode"` // new (session + WebSocket) or reconnect (WebSocket with a stored token)
+	Mode        string         `json:"mode"`     // new (session + WebSocket) or reconnect (WebSocket with a stored token)
+	Replayed    int            `json:"replayed"` // reconnect: frames replayed before synced (a returning visitor has missed nothing: 0)
 	Seconds     float64        `json:"seconds"`
 	PerSecond   float64        `json:"per_second"`
 	Latency     Latency        `json:"latency"`
@@ -199,7 +200,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, error) {
 	ns := t.connect(cfg.Srcs)
 	var errs errCounts
-	var ok, failed atomic.Int64
+	var ok, failed, replayed atomic.Int64
 	hists := make([]Hist, cfg.Dialers)
 	res := &HandshakeResult{Dialers: cfg.Dialers, Mode: "new"}
 	// Returning visitors: each dialer's visitor has a conversation before
@@ -208,8 +209,16 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	if cfg.Reconnect {
 		res.Mode = "reconnect"
 		hellos = make([]map[string]any, cfg.Dialers)
+		toks, convs := make([]string, cfg.Dialers), make([]int64, cfg.Dialers)
 		for w := range hellos {
-			h, err := ns.client(w).returningVisitor(ctx, w)
+			var err error
+			if toks[w], convs[w], err = ns.client(w).returningVisitor(ctx, w); err != nil {
+				return nil, fmt.Errorf("returning visitor: %w", err)
+			}
+		}
+		sleep(ctx, cfg.Settle) // what follows the first messages (routing, replies) is done
+		for w := range hellos {
+			h, err := ns.client(w).resumeHello(ctx, toks[w], convs[w])
 			if err != nil {
 				return nil, fmt.Errorf("returning visitor: %w", err)
 			}
@@ -229,7 +238,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 				var cn *wsConn
 				var err error
 				if hellos != nil {
-					cn, _, err = c.dialSynced(ctx, "/ws/visitor", hellos[w], nil)
+					cn, _, err = c.dialSynced(ctx, "/ws/visitor", hellos[w], func([]byte) { replayed.Add(1) })
 				} else {
 					cn, err = c.openVisitor(ctx) // a handshake under way when the time is up finishes
 				}
@@ -253,6 +262,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 		all.Merge(&hists[i])
 	}
 	res.Established, res.Failed, res.Errors = int(ok.Load()), int(failed.Load()), errs.snapshot()
+	res.Replayed = int(replayed.Load())
 	res.Seconds, res.PerSecond, res.Latency = el, float64(ok.Load())/el, all.Summary()
 	return res, ctx.Err()
 }
