@@ -199,7 +199,8 @@ var errReplayFull = errors.New("replay limit reached")
 // replayPart is a conversation a visitor's replay covers, from after.
 type replayPart struct {
 	id, after int64
-	upToDate  bool // nothing follows after: no query
+	last      int64 // the conversation's last seq when read (internal entries included)
+	upToDate  bool  // nothing follows after: no query
 }
 
 // planReplay reads what a visitor's replay from (conv, seq) covers: conv
@@ -222,7 +223,7 @@ func (p *peer) planReplay(ctx context.Context, conv, seq int64) ([]replayPart, e
 			return nil, err
 		}
 		p.learnContact(c.ContactID)
-		return p.joined([]replayPart{{id: c.ID}}), nil
+		return p.joined([]replayPart{{id: c.ID, last: c.LastSeq}}), nil
 	}
 	own, newer, err := p.rt.newerConversations(ctx, p.vis.identity, conv)
 	if err != nil {
@@ -236,9 +237,9 @@ func (p *peer) planReplay(ctx context.Context, conv, seq int64) ([]replayPart, e
 		own = &c
 	}
 	p.learnContact(own.ContactID)
-	parts := []replayPart{{id: conv, after: seq, upToDate: own.LastSeq <= seq}}
+	parts := []replayPart{{id: conv, after: seq, last: own.LastSeq, upToDate: own.LastSeq <= seq}}
 	for _, c := range newer {
-		parts = append(parts, replayPart{id: c.ID})
+		parts = append(parts, replayPart{id: c.ID, last: c.LastSeq})
 	}
 	return p.joined(parts), nil
 }
@@ -256,7 +257,9 @@ func (p *peer) joined(parts []replayPart) []replayPart {
 // replayVisitor sends, through emit, every message the visitor may see in
 // parts, in order. It stops after limit frames (0: no limit). It returns
 // the cursor after what it sent: the newest conversation and its last
-// sequence number covered.
+// sequence number covered. A conversation replayed to the end is covered
+// up to its last seq as read, internal entries after its last public
+// message included, so that the client's next resume need not query it.
 func (p *peer) replayVisitor(ctx context.Context, parts []replayPart, limit int, emit func(*frame) error) (curConv, curSeq int64, err error) {
 	n := 0
 	for _, pt := range parts {
@@ -280,6 +283,7 @@ func (p *peer) replayVisitor(ctx context.Context, parts []replayPart, limit int,
 				break
 			}
 		}
+		curSeq = max(curSeq, pt.last)
 	}
 	return curConv, curSeq, nil
 }

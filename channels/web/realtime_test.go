@@ -595,6 +595,43 @@ func TestAgentResumesWithOneCursorAcrossConversations(t *testing.T) {
 // the asking visitor's connections hears that conversation afterwards.
 // What happens in a resumed conversation while the resume reads the store
 // reaches the connection: a receipt and typing are not replayed later.
+// An internal note after the last public message: the resume's cursor
+// passes it, so that the resume after that has nothing to query.
+func TestResumeCursorPassesInternalEntries(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ch := web.RealtimeTestChannel(h.svc)
+	alice, _, _ := h.agentConn(h.token(h.alice), nil)
+	waitUntil(t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
+	s := h.session("")
+	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
+	check(vc.SendText("v-1", 0, "hi", false))
+	conv := must(vc.Ack("v-1", rtWait)).Message.ConversationID
+	check(alice.SendText("a-1", conv, "hello", false))
+	must(alice.Ack("a-1", rtWait))
+	var cur webtest.Cursor
+	for {
+		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
+		cur.Advance(f)
+		if f.Message.Text == "hello" {
+			break
+		}
+	}
+	vc.Close()
+	check(alice.SendText("n-1", conv, "internal: VIP", true))
+	note := must(alice.Ack("n-1", rtWait)).Message
+
+	_, replay, synced := h.visitorConn(s.Token, cur)
+	if len(replay) != 0 || *synced.LastSeq != note.Seq {
+		t.Fatalf("resume past a note: replay %d frames, synced %s; want none and last_seq %d", len(replay), synced.Raw, note.Seq)
+	}
+	before := ch.MessageQueries()
+	_, replay, _ = h.visitorConn(s.Token, webtest.Cursor{ConversationID: conv, LastSeq: *synced.LastSeq})
+	if n := ch.MessageQueries() - before; len(replay) != 0 || n != 0 {
+		t.Fatalf("the resume after: replay %d frames, %d message queries; want none", len(replay), n)
+	}
+}
+
 func TestResumeHearsReceiptsAndTypingDuringTheRead(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
