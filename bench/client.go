@@ -123,8 +123,8 @@ func agentHello(token string, cursor int64) map[string]any {
 	return hello
 }
 
-// dialSynced is dial with the given hello, also returning the agent cursor
-// of the synced frame (-1 if it has none). replay, if not nil, is given
+// dialSynced is dial with the given hello, also returning the synced
+// frame's agent cursor, or its visitor last_seq (-1 if it has neither). replay, if not nil, is given
 // every other frame before synced (the replay of what follows the cursor);
 // each is valid only during the call.
 func (c *client) dialSynced(ctx context.Context, path string, hello map[string]any, replay func([]byte)) (*wsConn, int64, error) {
@@ -160,6 +160,9 @@ func (c *client) dialSynced(ctx context.Context, path string, hello map[string]a
 		case bytes.Contains(f, typeSynced) && welcomed:
 			_ = ws.SetReadDeadline(time.Time{})
 			cur, ok := intField(f, cursorKey)
+			if !ok {
+				cur, ok = intField(f, lastSeqKey)
+			}
 			if !ok {
 				cur = -1
 			}
@@ -252,20 +255,18 @@ func (c *client) returningVisitor(ctx context.Context, id int) (token string, co
 // resumeHello resumes conversation conv once, taking what was missed, and
 // returns the hello the widget sends when it reconnects: its token,
 // conversation and the last seq synced (so that a reconnect with it has
-// nothing to replay, whatever followed the visitor's own message: an
-// offline reply, an assignment).
+// nothing to replay or query, whatever followed the visitor's own message:
+// an offline reply, an assignment, a note).
 func (c *client) resumeHello(ctx context.Context, tok string, conv int64) (map[string]any, error) {
 	hello := map[string]any{"type": "hello", "token": tok, "conversation_id": conv, "last_seq": 0}
-	var last int64
-	cn, _, err := c.dialSynced(ctx, "/ws/visitor", hello, func(f []byte) {
-		if seq, ok := intField(f, seqKey); ok && seq > last {
-			last = seq
-		}
-	})
+	cn, last, err := c.dialSynced(ctx, "/ws/visitor", hello, nil)
 	if err != nil {
 		return nil, err
 	}
 	cn.close()
+	if last < 0 {
+		return nil, errors.New("synced without last_seq")
+	}
 	hello["last_seq"] = last
 	return hello, nil
 }
@@ -343,9 +344,10 @@ func (e *errCounts) snapshot() map[string]int {
 }
 
 var (
-	cursorKey = []byte(`"cursor":`)
-	convKey   = []byte(`"conversation_id":`)
-	seqKey    = []byte(`"seq":`)
+	cursorKey  = []byte(`"cursor":`)
+	lastSeqKey = []byte(`"last_seq":`)
+	convKey    = []byte(`"conversation_id":`)
+	seqKey     = []byte(`"seq":`)
 )
 
 // intField parses the non-negative integer following key in f.

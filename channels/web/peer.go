@@ -283,6 +283,8 @@ func (p *peer) replayVisitor(ctx context.Context, parts []replayPart, limit int,
 				break
 			}
 		}
+		// Every public message up to pt.last was in the pages read: the
+		// stores filter before they limit, and a short page is the end.
 		curSeq = max(curSeq, pt.last)
 	}
 	return curConv, curSeq, nil

@@ -591,10 +591,6 @@ func TestAgentResumesWithOneCursorAcrossConversations(t *testing.T) {
 	}
 }
 
-// A hello naming another visitor's conversation is refused, and none of
-// the asking visitor's connections hears that conversation afterwards.
-// What happens in a resumed conversation while the resume reads the store
-// reaches the connection: a receipt and typing are not replayed later.
 // An internal note after the last public message: the resume's cursor
 // passes it, so that the resume after that has nothing to query.
 func TestResumeCursorPassesInternalEntries(t *testing.T) {
@@ -632,6 +628,8 @@ func TestResumeCursorPassesInternalEntries(t *testing.T) {
 	}
 }
 
+// What happens in a resumed conversation while the resume reads the store
+// reaches the connection: a receipt and typing are not replayed later.
 func TestResumeHearsReceiptsAndTypingDuringTheRead(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
@@ -656,6 +654,8 @@ func TestResumeHearsReceiptsAndTypingDuringTheRead(t *testing.T) {
 	must(vc2.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "typing" }))
 }
 
+// A hello naming another visitor's conversation is refused, and none of
+// the asking visitor's connections hears that conversation afterwards.
 func TestHelloWithAnotherVisitorsConversationLeaksNothing(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
