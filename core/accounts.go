@@ -136,6 +136,10 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 		}
 		next.Active = false
 	case !cur.Active && next.Active:
+		// Back, and not away: whatever was stored before the deactivation.
+		if err := s.saveFlag(ctx, flagAway, id, false); err != nil {
+			return Agent{}, err
+		}
 		s.presence.SetAway(id, false)
 	}
 	return next, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -779,21 +780,81 @@ func (s *Service) Typing(ctx context.Context, t Typing) {
 	s.notify.Publish(ctx, Update{Type: UpdateTyping, Typing: &t})
 }
 
-// SetAway marks an agent away from routing, or back.
+// SetAway marks an agent away from routing, or back. The flag is kept
+// across restarts (see RestorePresence).
 func (s *Service) SetAway(ctx context.Context, agentID int64, away bool) error {
 	if _, err := s.activeAgent(ctx, agentID); err != nil {
+		return err
+	}
+	if err := s.saveFlag(ctx, flagAway, agentID, away); err != nil {
 		return err
 	}
 	s.presence.SetAway(agentID, away)
 	return nil
 }
 
-// SetOn records /on or /off from an agent-side channel.
+// SetOn records /on or /off from an agent-side channel. The flag is kept
+// across restarts (see RestorePresence).
 func (s *Service) SetOn(ctx context.Context, agentID int64, on bool) error {
 	if _, err := s.activeAgent(ctx, agentID); err != nil {
 		return err
 	}
+	if err := s.saveFlag(ctx, flagOn, agentID, on); err != nil {
+		return err
+	}
 	s.presence.SetOn(agentID, on)
+	return nil
+}
+
+// Agents' /on and away flags are kept in the store's settings, one key
+// each, so that a restart does not change who is routed to: an agent who
+// said /on in Work WeChat stays on, one who set themselves away stays
+// away. Presence holds them while the node runs.
+const (
+	flagOn   = "on"
+	flagAway = "away"
+)
+
+func flagSetting(flag string, agentID int64) string {
+	return "presence." + flag + "." + strconv.FormatInt(agentID, 10)
+}
+
+func (s *Service) saveFlag(ctx context.Context, flag string, agentID int64, v bool) error {
+	val := "0"
+	if v {
+		val = "1"
+	}
+	return s.store.PutSetting(ctx, flagSetting(flag, agentID), val)
+}
+
+// RestorePresence puts every active agent's stored /on and away flags
+// into presence. A node calls it once as it starts, before it takes any
+// traffic, so that what agents said before a restart still holds.
+func (s *Service) RestorePresence(ctx context.Context) error {
+	agents, err := s.store.Agents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range agents {
+		if !a.Active {
+			continue
+		}
+		for _, flag := range []string{flagOn, flagAway} {
+			v, err := s.store.Setting(ctx, flagSetting(flag, a.ID))
+			switch {
+			case errors.Is(err, ErrNotFound):
+				continue
+			case err != nil:
+				return err
+			case v != "1":
+				continue
+			case flag == flagOn:
+				s.presence.SetOn(a.ID, true)
+			default:
+				s.presence.SetAway(a.ID, true)
+			}
+		}
+	}
 	return nil
 }
 
@@ -806,6 +867,9 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 	}
 	a.Active = false
 	if err := s.store.UpdateAgent(ctx, a); err != nil {
+		return err
+	}
+	if err := s.saveFlag(ctx, flagOn, agentID, false); err != nil {
 		return err
 	}
 	s.presence.SetOn(agentID, false)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -971,5 +972,58 @@ func TestRunLogsAFailingStoreOnce(t *testing.T) {
 	}
 	if n := logs.count("drain succeeded again"); n != 1 {
 		t.Errorf("%d recovery lines, want 1", n)
+	}
+}
+
+// An agent's /on and away outlast a restart: a new Service over the same
+// store, with a fresh presence, routes as the agents left it.
+func TestOnAndAwaySurviveARestart(t *testing.T) {
+	f := newFixture(t, core.Config{}, 3, 0)
+	ctx := context.Background()
+	on, away, gone := f.agents[0].ID, f.agents[1].ID, f.agents[2].ID
+	check(t, f.svc.SetOn(ctx, on, true))
+	check(t, f.svc.SetAway(ctx, away, true))
+	check(t, f.svc.SetOn(ctx, gone, true))
+	check(t, f.svc.Deactivate(ctx, 0, gone))
+
+	restart := func() *core.MemoryPresence {
+		p := core.NewMemoryPresence()
+		svc := core.NewService(core.Config{}, core.Deps{Store: f.store, Presence: p, Notifier: f.notes, Now: f.clock.Now})
+		check(t, svc.RestorePresence(ctx))
+		p.Connect(away) // the away agent opens the console again
+		return p
+	}
+	p := restart()
+	if ids, _ := p.Available(ctx); !slices.Equal(ids, []int64{on}) {
+		t.Fatalf("after a restart available = %v, want only the agent who said /on (%d)", ids, on)
+	}
+
+	check(t, f.svc.SetOn(ctx, on, false))
+	check(t, f.svc.SetAway(ctx, away, false))
+	p = restart()
+	if ids, _ := p.Available(ctx); !slices.Equal(ids, []int64{away}) {
+		t.Fatalf("after /off, back and a restart, available = %v, want only the console agent (%d)", ids, away)
+	}
+}
+
+// A store that cannot be read at start is an error, not a presence
+// silently forgotten.
+func TestRestorePresenceFailsWithTheStore(t *testing.T) {
+	f := newWrappedFixture(t, core.Config{}, 1, 0, func(s core.Store) core.Store { return failingSettings{s} })
+	if err := f.svc.RestorePresence(context.Background()); err == nil {
+		t.Fatal("RestorePresence succeeded with settings unreadable")
+	}
+}
+
+type failingSettings struct{ core.Store }
+
+func (failingSettings) Setting(context.Context, string) (string, error) {
+	return "", errors.New("disk on fire")
+}
+
+func check(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -345,6 +345,11 @@ func (n *Node) Run(ctx context.Context) error {
 	// in flight can still hand work to them.
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
+	// Agents' /on and away, as they left them, before any channel runs or
+	// the first drain routes.
+	if err := n.svc.RestorePresence(ctx); err != nil {
+		return fmt.Errorf("restore agents' /on and away: %w", err)
+	}
 	g, gctx := errgroup.WithContext(workCtx)
 	// Work that must run on one node of the cluster at a time runs under a
 	// lease (node/lease.go); a fresh Deliverer or Follower each time the

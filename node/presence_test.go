@@ -156,3 +156,33 @@ func scrape(t *testing.T, base, name string) string {
 	}
 	return ""
 }
+
+// An agent's /on and away are saved: a node that starts later (here a
+// second one on the same PostgreSQL, with presence of its own) routes as
+// the agents left it, before anyone connects or says anything.
+func TestOnAndAwayOutlastTheNode(t *testing.T) {
+	yaml := fmt.Sprintf(`
+store: {driver: postgres, dsn: %q}
+routing: {offline_reply: ""}
+agents:
+  - {email: alice@example.com, name: Alice, password: alice-password}
+  - {email: bob@example.com, name: Bob, password: bob-password}
+`, testenv.PostgresSchema(t))
+	a := nodetest.Start(t, yaml)
+	ctx := context.Background()
+	alice, bob := a.Agent(t, "alice@example.com"), a.Agent(t, "bob@example.com")
+	if err := a.Service().SetOn(ctx, alice.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Service().SetOn(ctx, bob.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Service().SetAway(ctx, bob.ID, true); err != nil {
+		t.Fatal(err)
+	}
+
+	b := nodetest.Start(t, yaml)
+	if ids, err := b.Service().Presence().Available(ctx); err != nil || len(ids) != 1 || ids[0] != alice.ID {
+		t.Fatalf("the later node's available agents: %v, %v; want only Alice (%d)", ids, err, alice.ID)
+	}
+}
