@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -67,6 +68,10 @@ type Service struct {
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity on this node clears it, and Run drains
 	// again while it is set (capacity freed on another node).
+	// restoring is set while RestorePresence runs: presence changes do
+	// not drain (its caller drains once after).
+	restoring atomic.Bool
+
 	fullMu sync.Mutex
 	full   bool
 	// failed is set when the last drain failed: Run tries again.
@@ -520,6 +525,9 @@ func (s *Service) noteCapacity() {
 // capacityChanged is called when an agent may have room or has come online.
 func (s *Service) capacityChanged(ctx context.Context) {
 	s.noteCapacity()
+	if s.restoring.Load() {
+		return // RestorePresence's caller drains once it is done
+	}
 	if err := s.Drain(ctx); err != nil {
 		s.log.Warn("routing: drain failed", "err", err)
 	}
@@ -829,12 +837,15 @@ func (s *Service) saveFlag(ctx context.Context, flag string, agentID int64, v bo
 
 // RestorePresence puts every active agent's stored /on and away flags
 // into presence. A node calls it once as it starts, before it takes any
-// traffic, so that what agents said before a restart still holds.
+// traffic, and drains afterwards: nothing is routed meanwhile, so that the
+// backlog is shared by the routing strategy, not handed to whichever agent
+// came back first, and an agent both on and away is never routed to.
 func (s *Service) RestorePresence(ctx context.Context) error {
 	agents, err := s.store.Agents(ctx)
 	if err != nil {
 		return err
 	}
+	var on, away []int64
 	for _, a := range agents {
 		if !a.Active {
 			continue
@@ -843,17 +854,23 @@ func (s *Service) RestorePresence(ctx context.Context) error {
 			v, err := s.store.Setting(ctx, flagSetting(flag, a.ID))
 			switch {
 			case errors.Is(err, ErrNotFound):
-				continue
 			case err != nil:
 				return err
 			case v != "1":
-				continue
 			case flag == flagOn:
-				s.presence.SetOn(a.ID, true)
+				on = append(on, a.ID)
 			default:
-				s.presence.SetAway(a.ID, true)
+				away = append(away, a.ID)
 			}
 		}
+	}
+	s.restoring.Store(true)
+	defer s.restoring.Store(false)
+	for _, id := range away {
+		s.presence.SetAway(id, true)
+	}
+	for _, id := range on {
+		s.presence.SetOn(id, true)
 	}
 	return nil
 }
@@ -865,11 +882,13 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 	if err != nil {
 		return err
 	}
-	a.Active = false
-	if err := s.store.UpdateAgent(ctx, a); err != nil {
+	// Off first: a deactivation that fails after it leaves nothing that a
+	// reactivation and a restart would turn back on.
+	if err := s.saveFlag(ctx, flagOn, agentID, false); err != nil {
 		return err
 	}
-	if err := s.saveFlag(ctx, flagOn, agentID, false); err != nil {
+	a.Active = false
+	if err := s.store.UpdateAgent(ctx, a); err != nil {
 		return err
 	}
 	s.presence.SetOn(agentID, false)

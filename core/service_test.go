@@ -1027,3 +1027,42 @@ func check(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A restart with a backlog: restoring routes nothing by itself; the drain
+// after it shares the backlog by the strategy, and an agent both /on and
+// away gets none of it.
+func TestRestorePresenceRoutesOnlyThroughTheDrainAfter(t *testing.T) {
+	cfg := core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8}
+	f := newFixture(t, cfg, 3, 0)
+	ctx := context.Background()
+	a, b, away := f.agents[0].ID, f.agents[1].ID, f.agents[2].ID
+	var waiting []int64
+	for i := range 4 {
+		waiting = append(waiting, f.say(fmt.Sprint("c", i), fmt.Sprint("m", i), "hello").Conversation.ID)
+	}
+	// The flags, saved through a node whose presence does not drain.
+	before := core.NewService(cfg, core.Deps{Store: f.store, Presence: quietPresence{core.NewMemoryPresence()}, Notifier: f.notes, Now: f.clock.Now})
+	for _, id := range []int64{a, b, away} {
+		check(t, before.SetOn(ctx, id, true))
+	}
+	check(t, before.SetAway(ctx, away, true))
+
+	svc := core.NewService(cfg, core.Deps{Store: f.store, Presence: core.NewMemoryPresence(), Notifier: f.notes, Now: f.clock.Now})
+	check(t, svc.RestorePresence(ctx))
+	for _, id := range waiting {
+		if c := f.conv(id); c.AssigneeID != 0 {
+			t.Fatalf("restoring assigned #%d to %d", id, c.AssigneeID)
+		}
+	}
+	check(t, svc.Drain(ctx))
+	got := map[int64]int{}
+	for _, id := range waiting {
+		got[f.conv(id).AssigneeID]++
+	}
+	if got[a] != 2 || got[b] != 2 || got[away] != 0 {
+		t.Fatalf("after the drain, conversations per agent: %v; want 2 each for %d and %d, none for the away %d", got, a, b, away)
+	}
+}
+
+// quietPresence is a Presence that does not tell of changes.
+type quietPresence struct{ core.Presence }
