@@ -690,7 +690,12 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				ErrWindowClosed, s.window(c.Channel), c.ID, ends.UTC().Format(time.RFC3339))
 		}
 		if c.Status == StatusResolved {
-			if c, err = s.Reopen(ctx, agentID, convID); err != nil && !errors.Is(err, ErrConflict) {
+			// A conflict (the customer has a newer conversation open): the
+			// reply goes to this one, resolved as it is.
+			switch reopened, err := s.Reopen(ctx, agentID, convID); {
+			case err == nil:
+				c = reopened
+			case !errors.Is(err, ErrConflict):
 				return Message{}, err
 			}
 		}

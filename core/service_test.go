@@ -1066,3 +1066,26 @@ func TestRestorePresenceRoutesOnlyThroughTheDrainAfter(t *testing.T) {
 
 // quietPresence is a Presence that does not tell of changes.
 type quietPresence struct{ core.Presence }
+
+// An agent's reply to a resolved conversation whose customer has since
+// opened a newer one goes to the resolved one (it cannot reopen).
+func TestReplyToAResolvedConversationWhileANewerIsOpen(t *testing.T) {
+	f := newFixture(t, core.Config{ReopenWithin: time.Minute}, 1, 0)
+	ctx := context.Background()
+	agent := f.agents[0].ID
+	old := f.say("cust", "m1", "hello").Conversation.ID
+	_, err := f.svc.Close(ctx, agent, old)
+	check(t, err)
+	f.clock.Advance(time.Hour)
+	newer := f.say("cust", "m2", "me again").Conversation.ID
+	if newer == old {
+		t.Fatal("setup: the second message reopened the first conversation")
+	}
+	m, err := f.svc.Reply(ctx, agent, old, core.Message{Kind: core.KindText, Text: "one more thing"})
+	if err != nil {
+		t.Fatalf("reply to the resolved conversation: %v", err)
+	}
+	if m.ConversationID != old || f.conv(old).Status != core.StatusResolved || f.conv(newer).Status == core.StatusResolved {
+		t.Fatalf("reply went to #%d; #%d is %s, #%d is %s", m.ConversationID, old, f.conv(old).Status, newer, f.conv(newer).Status)
+	}
+}
