@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -126,6 +127,12 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 		httpx.FromError(w, rt.log, err)
 		return
 	}
+	if len(frames) > 0 {
+		// The answer's cursor moves past every conversation before
+		// curConv: a message of one of them committed after its part of
+		// the replay was read is in wt, and goes out with this answer.
+		frames = append(frames, lateFrames(frames, wt.take(), curConv)...)
+	}
 	if id := p.contact; id > 0 {
 		// Like an agent's, a polling visitor's contact counts as connected
 		// between polls too.
@@ -146,6 +153,19 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writePoll(w, frames, visitorCursor(curConv, curSeq))
+}
+
+// lateFrames returns the message frames of live that belong to a
+// conversation before cur and follow what replayed holds of it.
+func lateFrames(replayed, live []*frame, cur int64) []*frame {
+	var late []*frame
+	for _, f := range live {
+		if !f.msg || f.conv >= cur || slices.ContainsFunc(replayed, func(r *frame) bool { return r.msg && r.conv == f.conv && r.seq >= f.seq }) {
+			continue
+		}
+		late = append(late, f)
+	}
+	return late
 }
 
 // pollAgent is GET /lp/agent?cursor=.

@@ -47,11 +47,22 @@ type countingStore struct {
 	core.Store
 	messages  atomic.Int64
 	afterList atomic.Pointer[func()]
+	afterMsgs atomic.Pointer[func()]
 }
 
 func (s *countingStore) Messages(ctx context.Context, q core.MessageQuery) ([]core.Message, error) {
 	s.messages.Add(1)
-	return s.Store.Messages(ctx, q)
+	ms, err := s.Store.Messages(ctx, q)
+	if hook := s.afterMsgs.Swap(nil); hook != nil {
+		(*hook)()
+	}
+	return ms, err
+}
+
+// AfterNextMessagesRead runs f once, right after the realtime half's next
+// message query returns.
+func (c *Channel) AfterNextMessagesRead(f func()) {
+	c.rt.store.(*countingStore).afterMsgs.Store(&f)
 }
 
 func (s *countingStore) Conversations(ctx context.Context, f core.ConversationFilter) ([]core.Conversation, error) {

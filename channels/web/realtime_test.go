@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -652,6 +653,40 @@ func TestResumeHearsReceiptsAndTypingDuringTheRead(t *testing.T) {
 	}
 	must(vc2.Expect("receipt", rtWait))
 	must(vc2.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "typing" }))
+}
+
+// A long poll that replays an earlier conversation and a newer one moves
+// the cursor to the newer: a message in the earlier one committed after
+// its part of the replay was read still comes with the answer.
+func TestLongPollKeepsALateMessageOfAnEarlierConversation(t *testing.T) {
+	defer guard(t)
+	h := startRTRouting(t, "", "strategy: least_busy, offline_reply: \"\", reopen_within: 1ns")
+	ctx := context.Background()
+	ch := web.RealtimeTestChannel(h.svc)
+	s := h.session("")
+	p := &webtest.Poller{Client: h.cl, Token: s.Token}
+	ack := must(p.SendText(ctx, "v-1", 0, "first", false)).Message
+	first, firstSeq := ack.ConversationID, ack.Seq
+	must(h.svc.Close(ctx, h.alice.ID, first))
+	second := must(p.SendText(ctx, "v-2", 0, "second", false)).Message.ConversationID
+	if second == first {
+		t.Fatal("the second message reopened the first conversation")
+	}
+
+	ch.AfterNextMessagesRead(func() { // the first conversation's part was read
+		if _, err := h.svc.Reply(ctx, h.alice.ID, first, core.Message{Kind: core.KindText, Text: "late"}); err != nil {
+			t.Errorf("reply to %d: %v", first, err)
+		}
+		time.Sleep(200 * time.Millisecond) // dispatched before the poll answers
+	})
+	lp := &webtest.Poller{Client: h.cl, Token: s.Token, Cursor: webtest.Cursor{ConversationID: first, LastSeq: firstSeq}}
+	got := texts(must(lp.Poll(ctx)))
+	if !slices.Contains(got, "second") || !slices.Contains(got, "late") {
+		t.Fatalf("poll answered %v; want the newer conversation's messages and the late one", got)
+	}
+	if lp.Cursor.ConversationID != second {
+		t.Fatalf("cursor %+v, want the newer conversation %d", lp.Cursor, second)
+	}
 }
 
 // A hello naming another visitor's conversation is refused, and none of
