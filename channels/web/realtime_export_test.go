@@ -53,9 +53,7 @@ type countingStore struct {
 func (s *countingStore) Messages(ctx context.Context, q core.MessageQuery) ([]core.Message, error) {
 	s.messages.Add(1)
 	ms, err := s.Store.Messages(ctx, q)
-	if hook := s.afterMsgs.Swap(nil); hook != nil {
-		(*hook)()
-	}
+	runOnce(&s.afterMsgs)
 	return ms, err
 }
 
@@ -67,10 +65,15 @@ func (c *Channel) AfterNextMessagesRead(f func()) {
 
 func (s *countingStore) Conversations(ctx context.Context, f core.ConversationFilter) ([]core.Conversation, error) {
 	cs, err := s.Store.Conversations(ctx, f)
-	if hook := s.afterList.Swap(nil); hook != nil {
+	runOnce(&s.afterList)
+	return cs, err
+}
+
+// runOnce runs and clears the hook in p, if any.
+func runOnce(p *atomic.Pointer[func()]) {
+	if hook := p.Swap(nil); hook != nil {
 		(*hook)()
 	}
-	return cs, err
 }
 
 // AfterNextConversationsRead runs f once, right after the realtime half's

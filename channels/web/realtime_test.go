@@ -174,6 +174,30 @@ func (h *rtNode) agentConn(tok string, cursor *int64) (*webtest.Conn, []webtest.
 	return c, replay, synced
 }
 
+// answeredVisitor connects Alice's console, then a visitor who says "hi",
+// receives her "hello" and disconnects. It returns her connection, the
+// visitor's session, conversation and cursor after "hello".
+func (h *rtNode) answeredVisitor() (alice *webtest.Conn, s *webtest.Session, conv int64, cur webtest.Cursor) {
+	h.t.Helper()
+	alice, _, _ = h.agentConn(h.token(h.alice), nil)
+	waitUntil(h.t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
+	s = h.session("")
+	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
+	check(vc.SendText("v-1", 0, "hi", false))
+	conv = must(vc.Ack("v-1", rtWait)).Message.ConversationID
+	check(alice.SendText("a-1", conv, "hello", false))
+	must(alice.Ack("a-1", rtWait))
+	for {
+		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
+		cur.Advance(f)
+		if f.Message.Text == "hello" {
+			break
+		}
+	}
+	vc.Close()
+	return alice, s, conv, cur
+}
+
 // visitorConn connects a visitor over WebSocket and reads up to synced.
 func (h *rtNode) visitorConn(tok string, cur webtest.Cursor) (*webtest.Conn, []webtest.Frame, webtest.Frame) {
 	h.t.Helper()
@@ -331,23 +355,7 @@ func TestVisitorsOverBothTransportsReachAnAgent(t *testing.T) {
 func TestVisitorResumesWithExactlyWhatItMissed(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
-	alice, _, _ := h.agentConn(h.token(h.alice), nil)
-	waitUntil(t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
-	s := h.session("")
-	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
-	check(vc.SendText("v-1", 0, "hi", false))
-	conv := must(vc.Ack("v-1", rtWait)).Message.ConversationID
-	check(alice.SendText("a-0", conv, "hello", false))
-	must(alice.Ack("a-0", rtWait))
-	var cur webtest.Cursor
-	for {
-		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
-		cur.Advance(f)
-		if f.Message.Text == "hello" {
-			break
-		}
-	}
-	vc.Close()
+	alice, s, conv, cur := h.answeredVisitor()
 
 	for i, text := range []string{"one", "two", "three"} {
 		check(alice.SendText(fmt.Sprint("m-", i), conv, text, false))
@@ -385,23 +393,7 @@ func TestVisitorReconnectingUpToDateQueriesNoMessages(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
 	ch := web.RealtimeTestChannel(h.svc)
-	alice, _, _ := h.agentConn(h.token(h.alice), nil)
-	waitUntil(t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
-	s := h.session("")
-	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
-	check(vc.SendText("v-1", 0, "hi", false))
-	conv := must(vc.Ack("v-1", rtWait)).Message.ConversationID
-	check(alice.SendText("a-1", conv, "hello", false))
-	must(alice.Ack("a-1", rtWait))
-	var cur webtest.Cursor
-	for {
-		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
-		cur.Advance(f)
-		if f.Message.Text == "hello" {
-			break
-		}
-	}
-	vc.Close()
+	alice, s, conv, cur := h.answeredVisitor()
 
 	before := ch.MessageQueries()
 	vc2, replay, synced := h.visitorConn(s.Token, cur)
@@ -598,23 +590,7 @@ func TestResumeCursorPassesInternalEntries(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
 	ch := web.RealtimeTestChannel(h.svc)
-	alice, _, _ := h.agentConn(h.token(h.alice), nil)
-	waitUntil(t, "alice available", func() bool { return h.svc.Presence().Connected(h.alice.ID) })
-	s := h.session("")
-	vc, _, _ := h.visitorConn(s.Token, webtest.Cursor{})
-	check(vc.SendText("v-1", 0, "hi", false))
-	conv := must(vc.Ack("v-1", rtWait)).Message.ConversationID
-	check(alice.SendText("a-1", conv, "hello", false))
-	must(alice.Ack("a-1", rtWait))
-	var cur webtest.Cursor
-	for {
-		f := must(vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" }))
-		cur.Advance(f)
-		if f.Message.Text == "hello" {
-			break
-		}
-	}
-	vc.Close()
+	alice, s, conv, cur := h.answeredVisitor()
 	check(alice.SendText("n-1", conv, "internal: VIP", true))
 	note := must(alice.Ack("n-1", rtWait)).Message
 
