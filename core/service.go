@@ -654,7 +654,8 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 
 // Reply sends an agent's public message to the customer. A reply to a
 // waiting conversation takes it for the agent; a reply to a resolved one
-// reopens it. The message is committed first and then delivered through the
+// reopens it (ErrConflict when the customer has a newer conversation open).
+// The message is committed first and then delivered through the
 // conversation's channel (the outbox) or its sockets.
 func (s *Service) Reply(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
 	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Public
@@ -690,13 +691,20 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				ErrWindowClosed, s.window(c.Channel), c.ID, ends.UTC().Format(time.RFC3339))
 		}
 		if c.Status == StatusResolved {
-			// A conflict (the customer has a newer conversation open): the
-			// reply goes to this one, resolved as it is.
 			switch reopened, err := s.Reopen(ctx, agentID, convID); {
 			case err == nil:
 				c = reopened
 			case !errors.Is(err, ErrConflict):
 				return Message{}, err
+			default: // reopened meanwhile, or the customer has a newer conversation open
+				if c, err = s.store.Conversation(ctx, convID); err != nil {
+					return Message{}, err
+				}
+				if c.Status == StatusResolved {
+					// A reply here would reach a web visitor only while
+					// connected (a resume starts from their newest).
+					return Message{}, fmt.Errorf("%w: #%d is resolved and its customer has a newer conversation open: reply there", ErrConflict, convID)
+				}
 			}
 		}
 		if c.AssigneeID == 0 {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1068,7 +1069,8 @@ func TestRestorePresenceRoutesOnlyThroughTheDrainAfter(t *testing.T) {
 type quietPresence struct{ core.Presence }
 
 // An agent's reply to a resolved conversation whose customer has since
-// opened a newer one goes to the resolved one (it cannot reopen).
+// opened a newer one is refused with a clear conflict (it cannot reopen),
+// and stores nothing.
 func TestReplyToAResolvedConversationWhileANewerIsOpen(t *testing.T) {
 	f := newFixture(t, core.Config{ReopenWithin: time.Minute}, 1, 0)
 	ctx := context.Background()
@@ -1081,11 +1083,12 @@ func TestReplyToAResolvedConversationWhileANewerIsOpen(t *testing.T) {
 	if newer == old {
 		t.Fatal("setup: the second message reopened the first conversation")
 	}
-	m, err := f.svc.Reply(ctx, agent, old, core.Message{Kind: core.KindText, Text: "one more thing"})
-	if err != nil {
-		t.Fatalf("reply to the resolved conversation: %v", err)
+	before := f.conv(old).LastSeq
+	_, err = f.svc.Reply(ctx, agent, old, core.Message{Kind: core.KindText, Text: "one more thing"})
+	if !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "newer conversation") {
+		t.Fatalf("reply to the resolved conversation: %v, want a conflict naming the newer conversation", err)
 	}
-	if m.ConversationID != old || f.conv(old).Status != core.StatusResolved || f.conv(newer).Status == core.StatusResolved {
-		t.Fatalf("reply went to #%d; #%d is %s, #%d is %s", m.ConversationID, old, f.conv(old).Status, newer, f.conv(newer).Status)
+	if c := f.conv(old); c.LastSeq != before || c.Status != core.StatusResolved || f.conv(newer).Status == core.StatusResolved {
+		t.Fatalf("after the refused reply: #%d %s last seq %d (was %d), #%d %s", old, c.Status, c.LastSeq, before, newer, f.conv(newer).Status)
 	}
 }
