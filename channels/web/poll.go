@@ -33,7 +33,9 @@ const (
 )
 
 // waiter is a long poll's outlet: it gathers the frames that pass its
-// cursor, up to a bound (what it cannot take is replayed by the next poll).
+// cursor, up to a bound (what it cannot take is replayed by the next poll,
+// for the answer's cursor conversation and newer ones; see lateFrames for
+// the older).
 type waiter struct {
 	mu     sync.Mutex
 	frames []*frame
@@ -156,7 +158,11 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 }
 
 // lateFrames returns the message frames of live that belong to a
-// conversation before cur and follow what replayed holds of it.
+// conversation before cur and follow what replayed holds of it. Only an
+// automatic message can land in a conversation older than the customer's
+// newest (an agent's reply there is refused), and one dispatched after the
+// answer is still missed by this poll and the next: the visitor sees it in
+// the conversation's history.
 func lateFrames(replayed, live []*frame, cur int64) []*frame {
 	var late []*frame
 	for _, f := range live {
