@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -15,9 +16,22 @@ import (
 // op is one write waiting for the writer: fn runs inside the batch's
 // transaction and done receives its outcome after the commit.
 type op struct {
-	ctx  context.Context
-	fn   func(w *wtx) error
-	done chan error
+	ctx   context.Context
+	fn    func(w *wtx) error
+	done  chan error
+	state atomic.Int32 // opQueued, then opStarted (the writer) or opAbandoned (the caller)
+}
+
+const (
+	opQueued = iota
+	opStarted
+	opAbandoned
+)
+
+// start claims o for the writer. It is false, and o must not run, when its
+// caller has gone (its ctx is done) or gave up on it.
+func (o *op) start() bool {
+	return o.ctx.Err() == nil && o.state.CompareAndSwap(opQueued, opStarted)
 }
 
 // Control statements around each op. The savepoint keeps one op's failure
@@ -151,7 +165,12 @@ func (s *Store) do(ctx context.Context, fn func(w *wtx) error) error {
 	case err := <-o.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+			return ctx.Err() // it will not run
+		}
+		// The writer has run it, or is running it: what happened to it,
+		// committed or not, is the answer, not the caller's impatience.
+		return <-o.done
 	}
 }
 
@@ -225,8 +244,8 @@ func (s *Store) commit(batch []*op, errs []error) []*op {
 	batch = s.fill(batch)
 
 	for i, o := range batch {
-		if err := o.ctx.Err(); err != nil {
-			errs[i] = err // the caller has gone; leave its write undone
+		if !o.start() {
+			errs[i] = o.ctx.Err() // the caller has gone; leave its write undone
 			continue
 		}
 		mark, sent := len(w.pre), w.sent

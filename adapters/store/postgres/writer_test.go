@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -56,16 +57,18 @@ func TestBatchRollsBackOneOp(t *testing.T) {
 			return nil
 		})
 	}
-	dbFail := newOp(func(w *wtx) error {
-		_, err := w.exec(`INSERT INTO settings (key, value) VALUES ('k', NULL)`) // NOT NULL
-		return dbErr(err, "bad insert")
-	})
+	dbFail := func() *op {
+		return newOp(func(w *wtx) error {
+			_, err := w.exec(`INSERT INTO settings (key, value) VALUES ('k', NULL)`) // NOT NULL
+			return dbErr(err, "bad insert")
+		})
+	}
 	fresh := newOp(func(w *wtx) error {
 		var n int
 		return w.queryRow(`SELECT 41 + 1 /* never prepared before */`).Scan(&n)
 	})
-	batch := []*op{appendOp("a", "", false), appendOp("lost", "", true), dbFail, fresh,
-		appendOp("dup", "c:v:1", false), appendOp("b", "", false), dbFail}
+	batch := []*op{appendOp("a", "", false), appendOp("lost", "", true), dbFail(), fresh,
+		appendOp("dup", "c:v:1", false), appendOp("b", "", false), dbFail()}
 	errs := make([]error, len(batch))
 	s.mu.Lock() // the writer goroutine is idle; keep Close out while the batch runs
 	s.commit(batch, errs)
@@ -93,5 +96,60 @@ func TestBatchRollsBackOneOp(t *testing.T) {
 		Message: core.Message{SenderKind: core.SenderAgent, Kind: core.KindText, Text: "c"}})
 	if err != nil || next.Message.Seq != 4 {
 		t.Fatalf("next append = %+v, %v", next.Message, err)
+	}
+}
+
+// A caller that gives up while the writer runs its write learns what
+// happened to it (committed: nil), not its context's error; one that gives
+// up while its write still waits in the queue is told so, and the write
+// never runs.
+func TestGivingUpOnAWrite(t *testing.T) {
+	bg := context.Background()
+	s, err := Open(context.Background(), Options{DSN: freshSchema(t), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	ctx, cancel := context.WithCancel(bg)
+	err = s.do(ctx, func(w *wtx) error {
+		_, err := w.exec(`INSERT INTO settings (key, value) VALUES ('ran', 'v')`)
+		cancel() // the caller gives up while its write runs
+		return err
+	})
+	if err != nil {
+		t.Fatalf("a write given up on while it ran, and committed: do = %v, want nil", err)
+	}
+	if v, err := s.Setting(bg, "ran"); err != nil || v != "v" {
+		t.Fatalf("the write: %q, %v", v, err)
+	}
+
+	// The writer busy with a write that waits; a second one queued behind it.
+	running, release, first := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() { first <- s.do(bg, func(*wtx) error { close(running); <-release; return nil }) }()
+	<-running
+	ctx2, cancel2 := context.WithCancel(bg)
+	second := make(chan error, 1)
+	go func() {
+		second <- s.do(ctx2, func(w *wtx) error {
+			_, err := w.exec(`INSERT INTO settings (key, value) VALUES ('queued', 'v')`)
+			return err
+		})
+	}()
+	for len(s.ops) == 0 { // wait until it is queued
+		time.Sleep(time.Millisecond)
+	}
+	cancel2()
+	if err := <-second; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a write given up on in the queue: do = %v, want context.Canceled", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSetting(bg, "after", "v"); err != nil { // the queue has moved past it
+		t.Fatal(err)
+	}
+	if _, err := s.Setting(bg, "queued"); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("the write given up on in the queue ran: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -12,9 +13,22 @@ import (
 // op is one write waiting for the writer: fn runs inside the batch's
 // transaction and done receives its outcome after the commit.
 type op struct {
-	ctx  context.Context
-	fn   func(w *wtx) error
-	done chan error
+	ctx   context.Context
+	fn    func(w *wtx) error
+	done  chan error
+	state atomic.Int32 // opQueued, then opStarted (the writer) or opAbandoned (the caller)
+}
+
+const (
+	opQueued = iota
+	opStarted
+	opAbandoned
+)
+
+// start claims o for the writer. It is false, and o must not run, when its
+// caller has gone (its ctx is done) or gave up on it.
+func (o *op) start() bool {
+	return o.ctx.Err() == nil && o.state.CompareAndSwap(opQueued, opStarted)
 }
 
 // wtx is the writer's view of the batch transaction. Ops use its prepared
@@ -65,7 +79,12 @@ func (s *Store) do(ctx context.Context, fn func(w *wtx) error) error {
 	case err := <-o.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+			return ctx.Err() // it will not run
+		}
+		// The writer has run it, or is running it: what happened to it,
+		// committed or not, is the answer, not the caller's impatience.
+		return <-o.done
 	}
 }
 
@@ -164,8 +183,8 @@ func (s *Store) commit(batch []*op, errs []error) {
 
 	if len(batch) == 1 {
 		o := batch[0]
-		if err := o.ctx.Err(); err != nil {
-			errs[0] = err
+		if !o.start() {
+			errs[0] = o.ctx.Err()
 			_ = tx.Rollback()
 			return
 		}
@@ -178,8 +197,8 @@ func (s *Store) commit(batch []*op, errs []error) {
 		}
 	} else {
 		for i, o := range batch {
-			if err := o.ctx.Err(); err != nil {
-				errs[i] = err // the caller has gone; leave its write undone
+			if !o.start() {
+				errs[i] = o.ctx.Err() // the caller has gone; leave its write undone
 				continue
 			}
 			if _, err := w.exec(stSavepoint); err != nil {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -137,4 +138,55 @@ func TestWriterGathersConcurrentWrites(t *testing.T) {
 		t.Errorf("%d commits for %d writes: no batching", commits, written)
 	}
 	t.Logf("%d writes in %d commits (%.1f per commit)", written, commits, float64(written)/float64(commits))
+}
+
+// A caller that gives up while the writer runs its write learns what
+// happened to it (committed: nil), not its context's error; one that gives
+// up while its write still waits in the queue is told so, and the write
+// never runs.
+func TestGivingUpOnAWrite(t *testing.T) {
+	bg := context.Background()
+	s := openStore(t, Options{})
+	ctx, cancel := context.WithCancel(bg)
+	err := s.do(ctx, func(w *wtx) error {
+		_, err := w.tx.ExecContext(w.ctx, `INSERT INTO settings (key, value) VALUES ('ran', 'v')`)
+		cancel() // the caller gives up while its write runs
+		return err
+	})
+	if err != nil {
+		t.Fatalf("a write given up on while it ran, and committed: do = %v, want nil", err)
+	}
+	if v, err := s.Setting(bg, "ran"); err != nil || v != "v" {
+		t.Fatalf("the write: %q, %v", v, err)
+	}
+
+	// The writer busy with a write that waits; a second one queued behind it.
+	running, release, first := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() { first <- s.do(bg, func(*wtx) error { close(running); <-release; return nil }) }()
+	<-running
+	ctx2, cancel2 := context.WithCancel(bg)
+	second := make(chan error, 1)
+	go func() {
+		second <- s.do(ctx2, func(w *wtx) error {
+			_, err := w.tx.ExecContext(w.ctx, `INSERT INTO settings (key, value) VALUES ('queued', 'v')`)
+			return err
+		})
+	}()
+	for len(s.ops) == 0 { // wait until it is queued
+		time.Sleep(time.Millisecond)
+	}
+	cancel2()
+	if err := <-second; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a write given up on in the queue: do = %v, want context.Canceled", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSetting(bg, "after", "v"); err != nil { // the queue has moved past it
+		t.Fatal(err)
+	}
+	if _, err := s.Setting(bg, "queued"); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("the write given up on in the queue ran: %v", err)
+	}
 }
