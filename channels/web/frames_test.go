@@ -230,12 +230,15 @@ func BenchmarkHubFanout(b *testing.B) {
 		b.Run(fmt.Sprintf("agents=%d", agents), func(b *testing.B) {
 			h := newHub("web", nil)
 			for i := range 10000 {
-				h.register(&sub{aud: audVisitor, identity: fmt.Sprintf("a:%032d", i), out: &countOutlet{}}, int64(1000+i))
+				id := fmt.Sprintf("a:%032d", i)
+				h.register(&sub{aud: audVisitor, identity: id, out: &countOutlet{}})
+				h.joinIdentity(id, int64(1000+i))
 			}
 			_, c := benchMessage(1)
 			tab1, tab2 := &countOutlet{}, &countOutlet{}
-			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab1}, c.ID)
-			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab2}, c.ID)
+			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab1})
+			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab2})
+			h.joinIdentity(c.ExternalID, c.ID)
 			for i := range agents {
 				h.register(&sub{aud: audAgent, agentID: int64(i + 1), out: &countOutlet{}})
 			}

@@ -104,10 +104,10 @@ func (h *hub) identShard(identity string) *identShard {
 	return &h.idents[maphash.String(h.seed, identity)%hubShards]
 }
 
-// register adds s. A visitor is joined to convs (the conversations it
-// resumes) and to every conversation its identity's other subscribers
-// have been joined to.
-func (h *hub) register(s *sub, convs ...int64) {
+// register adds s. A visitor is joined to every conversation its
+// identity's other subscribers have been joined to (joinIdentity and claim
+// add others).
+func (h *hub) register(s *sub) {
 	if s.aud == audAgent {
 		h.agentsMu.Lock()
 		old := *h.agents.Load()
@@ -127,12 +127,6 @@ func (h *hub) register(s *sub, convs ...int64) {
 		is.m[s.identity] = e
 	}
 	e.subs = append(e.subs, s)
-	for _, c := range convs {
-		if c > 0 && !slices.Contains(e.convs, c) {
-			e.convs = append(e.convs, c)
-			h.addToConv(c, e.subs...)
-		}
-	}
 	for _, c := range e.convs {
 		h.addToConv(c, s)
 	}

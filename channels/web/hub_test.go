@@ -204,11 +204,10 @@ func TestHubResequencesOutOfOrderUpdates(t *testing.T) {
 		visitors[c] = r
 		// Conversation 4's visitor has not been joined to it yet: its first
 		// message joins the identity's connections.
-		var convs []int64
+		h.register(&sub{aud: audVisitor, identity: conv.ExternalID, out: r})
 		if c != 4 {
-			convs = []int64{c}
+			h.joinIdentity(conv.ExternalID, c)
 		}
-		h.register(&sub{aud: audVisitor, identity: conv.ExternalID, out: r}, convs...)
 	}
 	// Scramble: reverse within blocks of 7, so most updates arrive early.
 	var order []int
@@ -299,7 +298,8 @@ func TestHubIndexesAndUnregister(t *testing.T) {
 	a, b := &recorder{}, &recorder{}
 	sa := &sub{aud: audVisitor, identity: "a:1", out: a}
 	sb := &sub{aud: audVisitor, identity: "a:1", out: b} // the same visitor in another tab
-	h.register(sa, 10)
+	h.register(sa)
+	h.joinIdentity("a:1", 10)
 	h.register(sb) // joins #10 through the identity
 	typing := core.Update{Type: core.UpdateTyping, Typing: &core.Typing{ConversationID: 10, SenderKind: core.SenderAgent, SenderID: 3, On: true}}
 	h.dispatch(typing)
