@@ -5,9 +5,9 @@ import (
 	"database/sql"
 	"fmt"
 	"runtime"
-	"sync/atomic"
 
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/claim"
 )
 
 // op is one write waiting for the writer: fn runs inside the batch's
@@ -16,20 +16,12 @@ type op struct {
 	ctx   context.Context
 	fn    func(w *wtx) error
 	done  chan error
-	state atomic.Int32 // opQueued, then opStarted (the writer) or opAbandoned (the caller)
+	owner claim.Claim // the writer's (started) or the caller's (given up)
 }
-
-const (
-	opQueued = iota
-	opStarted
-	opAbandoned
-)
 
 // start claims o for the writer. It is false, and o must not run, when its
 // caller has gone (its ctx is done) or gave up on it.
-func (o *op) start() bool {
-	return o.ctx.Err() == nil && o.state.CompareAndSwap(opQueued, opStarted)
-}
+func (o *op) start() bool { return o.ctx.Err() == nil && o.owner.Start() }
 
 // wtx is the writer's view of the batch transaction. Ops use its prepared
 // statements, bound to the transaction once per batch.
@@ -79,7 +71,7 @@ func (s *Store) do(ctx context.Context, fn func(w *wtx) error) error {
 	case err := <-o.done:
 		return err
 	case <-ctx.Done():
-		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+		if o.owner.Abandon() {
 			return ctx.Err() // it will not run
 		}
 		// The writer has run it, or is running it: what happened to it,
