@@ -88,8 +88,8 @@ type Node struct {
 
 // New opens the store and bus, builds the core and the enabled channels,
 // and binds the listen address. It does not serve until Run.
-func New(ctx context.Context, cfg *config.Config, opt Options) (n *Node, err error) {
-	n = &Node{cfg: cfg, log: opt.Logger, reg: opt.Registry, senders: map[string]bridge.Sender{}, windows: map[string]time.Duration{}}
+func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err error) {
+	n := &Node{cfg: cfg, log: opt.Logger, reg: opt.Registry, senders: map[string]bridge.Sender{}, windows: map[string]time.Duration{}}
 	if n.log == nil {
 		n.log = NewLogger(cfg.Log, os.Stderr)
 	}

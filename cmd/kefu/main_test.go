@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,6 +58,31 @@ func TestServeRefusesBrokenConfig(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "server.adress") {
 		t.Fatalf("serve did not name the bad key: %s", &stderr)
+	}
+}
+
+// TestServeOnATakenPort: an address another process listens on is a clear
+// error and exit 1, after the store was opened (a failure that late once
+// crashed New's cleanup).
+func TestServeOnATakenPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "kefu.yaml")
+	yaml := fmt.Sprintf("server: {addr: %q}\nstore: {driver: sqlite, dsn: %q}\nmedia: {dir: %q}\n",
+		ln.Addr().String(), filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"))
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"serve", "-c", cfg}, &stdout, &stderr); code != 1 {
+		t.Fatalf("serve on a taken port: exit %d, want 1\nstderr: %s", code, &stderr)
+	}
+	if want := "listen on " + ln.Addr().String(); !strings.Contains(stderr.String(), want) {
+		t.Fatalf("serve on a taken port did not say %q: %s", want, &stderr)
 	}
 }
 
