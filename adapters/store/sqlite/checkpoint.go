@@ -26,11 +26,10 @@ import (
 // DefaultCheckpointInterval is the default Options.CheckpointInterval.
 const DefaultCheckpointInterval = 250 * time.Millisecond
 
-// backstopPages is the writer's own automatic checkpoint while the
+// backstopBytes is the writer's own automatic checkpoint while the
 // checkpointer runs: it only fires if the checkpointer falls this far
-// behind (512 MB of WAL with 4 KB pages, twice restartPages), so the WAL
-// stays bounded whatever happens.
-const backstopPages = 2 * restartPages
+// behind (twice restartBytes), so the WAL stays bounded whatever happens.
+const backstopBytes = 2 * restartBytes
 
 // ckStats is what the checkpointer has done, for tests and logs.
 type ckStats struct {
@@ -39,7 +38,7 @@ type ckStats struct {
 	copied    atomic.Int64 // of which copied into the database file
 	lastError atomic.Value // error of the last failed checkpoint, if any
 	restarts  atomic.Int64 // the writer's catch-up checkpoints that copied every frame (see rewind)
-	restartAt atomic.Int64 // WAL frames that call for one: restartPages
+	restartAt atomic.Int64 // WAL frames that call for one: restartBytes in pages
 }
 
 // checkpointer runs a PASSIVE checkpoint on db after writes have been
@@ -74,21 +73,23 @@ func (s *Store) checkpointer(db *sql.DB, every time.Duration, stop <-chan struct
 // locks it takes to open the database.
 const ckBusyTimeout = 20
 
-// restartPages is the WAL length at which the writer, once a checkpoint
-// has copied the WAL, catches up and lets it start over (see checkpoint):
-// 256 MB with 4 KB pages. Each catch-up holds the writer for two fsyncs
-// (3–22 ms on the bench machine) and the writes queued behind it then
-// commit as one large batch: at 5,000 messages/s each catch-up made
-// 45–65 messages late. At 4,096 pages it came every 300 ms; 16,384 (every
-// ~1 s) made the open loop's p99 16–22 ms instead of 20–33; 65,536 (every
-// ~4 s) cut the messages catch-ups delay from ~930 to ~350 a run, p99
-// median 14.3 → 13.1 ms (BENCHMARKS.md). The WAL file keeps its largest
-// size once reached: up to this much disk under a steady stream of writes
-// (twice that after a backstop checkpoint). Where writes pause long enough
-// for a pass to copy the whole WAL, the next write starts it over and it
-// stays small. A journal_size_limit to give the space back was tried: the
-// writer's next commit truncated the file, 80–100 ms at every catch-up.
-const restartPages = 65536
+// restartBytes is the WAL length at which the writer, once a checkpoint
+// has copied the WAL, catches up and lets it start over (see checkpoint);
+// SQLite counts the WAL in frames of one page each, so Open turns it into
+// frames of the database's page size. Each catch-up holds the writer for
+// two fsyncs (3–22 ms on the bench machine) and the writes queued behind it
+// then commit as one large batch: at 5,000 messages/s each catch-up made
+// 45–65 messages late. With 4 KB pages, a restart at 4,096 pages came every
+// 300 ms; 16,384 (every ~1 s) made the open loop's p99 16–22 ms instead of
+// 20–33; 65,536 (256 MB, every ~4 s) cut the messages catch-ups delay from
+// ~930 to ~350 a run, p99 median 14.3 → 13.1 ms (BENCHMARKS.md). The WAL
+// file keeps its largest size once reached: up to this much disk under a
+// steady stream of writes (twice that after a backstop checkpoint). Where
+// writes pause long enough for a pass to copy the whole WAL, the next write
+// starts it over and it stays small. A journal_size_limit to give the space
+// back was tried: the writer's next commit truncated the file, 80–100 ms at
+// every catch-up.
+const restartBytes = 256 << 20
 
 // checkpoint runs a PASSIVE checkpoint (a few, when the WAL is long: see
 // below). A busy result (the writer's backstop checkpoint is running) is

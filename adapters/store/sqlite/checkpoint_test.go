@@ -39,8 +39,8 @@ func autocheckpoint(t *testing.T, s *Store) int {
 // the checkpointer's own connection; Close stops it.
 func TestCheckpointer(t *testing.T) {
 	s := openStore(t, Options{CheckpointInterval: time.Millisecond})
-	if got := autocheckpoint(t, s); got != backstopPages {
-		t.Errorf("writer's wal_autocheckpoint = %d, want the backstop %d", got, backstopPages)
+	if got := autocheckpoint(t, s); got != backstopBytes/newPageSize {
+		t.Errorf("writer's wal_autocheckpoint = %d, want the backstop %d", got, backstopBytes/newPageSize)
 	}
 	ingestN(t, s, 40)
 
@@ -68,6 +68,56 @@ func TestCheckpointer(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+func pageSize(t *testing.T, s *Store) int64 {
+	t.Helper()
+	var n int64
+	if err := s.w.QueryRowContext(context.Background(), "PRAGMA page_size").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestPageSize: a database Open creates has newPageSize pages; one created
+// with SQLite's default 4 KB pages (by an earlier kefu) keeps them and its
+// data, and the WAL's thresholds, counted by SQLite in pages, are the same
+// bytes in its pages.
+func TestPageSize(t *testing.T) {
+	s := openStore(t, Options{})
+	if got := pageSize(t, s); got != newPageSize {
+		t.Errorf("new database: page size %d, want %d", got, newPageSize)
+	}
+	if got, want := s.ck.restartAt.Load(), int64(restartBytes/newPageSize); got != want {
+		t.Errorf("new database: WAL restart at %d frames, want %d", got, want)
+	}
+
+	path := filepath.Join(t.TempDir(), "old.db")
+	old, err := sql.Open("sqlite", path+"?_pragma=page_size(4096)&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Exec("CREATE TABLE before_kefu (x INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, Options{Path: path})
+	if got := pageSize(t, s); got != 4096 {
+		t.Errorf("existing database: page size %d, want 4096 kept", got)
+	}
+	if got, want := s.ck.restartAt.Load(), int64(restartBytes/4096); got != want {
+		t.Errorf("existing database: WAL restart at %d frames, want %d", got, want)
+	}
+	if got, want := autocheckpoint(t, s), backstopBytes/4096; got != want {
+		t.Errorf("existing database: wal_autocheckpoint %d, want %d", got, want)
+	}
+	ingestN(t, s, 3)
+	var n int
+	if err := s.w.QueryRowContext(context.Background(), "SELECT count(*) FROM before_kefu").Scan(&n); err != nil {
+		t.Errorf("existing database lost its table: %v", err)
 	}
 }
 
@@ -119,7 +169,7 @@ func TestCheckpointerRewindsTheWAL(t *testing.T) {
 	if err, _ := s.ck.lastError.Load().(error); err != nil {
 		t.Errorf("checkpoint error: %v", err)
 	}
-	if most >= backstopPages {
+	if most >= backstopBytes/newPageSize {
 		t.Errorf("the WAL reached the backstop (%d frames)", most)
 	}
 }

@@ -111,6 +111,34 @@ type Store struct {
 	closeErr  error
 }
 
+// newPageSize is the page size of a database Open creates; one already
+// created keeps its own. Each commit appends every page it changed to the
+// WAL, and a message changes a few pages in different places (its
+// conversation's row, the conversation-and-seq index, the dedup-key index,
+// the table's last page), so the WAL's bytes per message grow with the page
+// size: at 5,000 messages/s the server wrote 17 KB to disk per message with
+// SQLite's default 4 KB pages and 6.5–6.9 KB with 1 KB pages, and reads were
+// as fast (BENCHMARKS.md). A row longer than about 1,000 bytes (a long
+// message's text) continues on overflow pages.
+const newPageSize = 1024
+
+// createFile creates the database at path in WAL mode with newPageSize
+// pages, unless it exists, and returns its page size. The page size of a
+// database is fixed by its first write; converting one needs a VACUUM
+// outside WAL mode (docs/operations.md).
+func createFile(ctx context.Context, path string) (int64, error) {
+	db, err := sql.Open("sqlite", path+fmt.Sprintf("?_busy_timeout=10000&_pragma=page_size(%d)&_journal_mode=WAL", newPageSize))
+	if err != nil {
+		return 0, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	defer db.Close()
+	var n int64
+	if err := db.QueryRowContext(ctx, "PRAGMA page_size").Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return n, nil
+}
+
 // Open opens (creating if needed) the database at o.Path, migrates it to the
 // latest schema and starts the writer.
 func Open(ctx context.Context, o Options) (*Store, error) {
@@ -169,11 +197,14 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// writes in memory; on disk it costs a write per page per op. With the
 	// checkpointer on, the writer's own automatic checkpoint is only a
 	// backstop (backstopPages).
+	pageSize, err := createFile(ctx, o.Path)
+	if err != nil {
+		return nil, err
+	}
 	wal := ""
 	if background {
-		wal = fmt.Sprintf("&_pragma=wal_autocheckpoint(%d)", backstopPages)
+		wal = fmt.Sprintf("&_pragma=wal_autocheckpoint(%d)", backstopBytes/pageSize)
 	}
-	var err error
 	s.w, err = sql.Open("sqlite", o.Path+"?_txlock=immediate&_busy_timeout=10000"+
 		"&_journal_mode=WAL&_foreign_keys=on&_pragma=temp_store(memory)&_synchronous="+syncMode+wal)
 	if err != nil {
@@ -226,7 +257,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		if err := s.ckDB.PingContext(ctx); err != nil {
 			return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
 		}
-		s.ck.restartAt.Store(restartPages)
+		s.ck.restartAt.Store(restartBytes / pageSize)
 		s.wrote = make(chan struct{}, 1)
 		s.ckStop = make(chan struct{})
 		s.ckDone = make(chan struct{})
