@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kefuhq/kefu/core"
 )
 
 // Values of the enumerated keys.
@@ -349,6 +351,12 @@ func (a *Agent) Validate() error {
 	if a.Password == "" {
 		errs = append(errs, Errorf("password", "required"))
 	}
+	if a.WeComUserID != "" && !core.ValidWeComUserID(a.WeComUserID) {
+		errs = append(errs, Errorf("wecom_userid", "%s; got %q", core.WeComUserIDRule, a.WeComUserID))
+	}
+	if a.SlackUser != "" && !core.ValidSlackUser(a.SlackUser) {
+		errs = append(errs, Errorf("slack_user", "%s; got %q", core.SlackUserRule, a.SlackUser))
+	}
 	return errors.Join(errs...)
 }
 
@@ -374,7 +382,7 @@ func validateAgents(agents []Agent) error {
 		a := &agents[i]
 		errs = append(errs, Prefix(fmt.Sprintf("[%d]", i), a.Validate()))
 		unique(emails, i, "email", strings.ToLower(a.Email))
-		unique(wecom, i, "wecom_userid", a.WeComUserID)
+		unique(wecom, i, "wecom_userid", strings.ToLower(a.WeComUserID)) // Work WeChat ignores case
 		unique(slack, i, "slack_user", a.SlackUser)
 	}
 	return errors.Join(errs...)

@@ -22,11 +22,54 @@ import (
 // MaxNameLength is the longest agent name kefu accepts, in characters.
 const MaxNameLength = 100
 
-// AgentChange is a change to an agent's profile. Nil fields stay as they are.
+// AgentChange is a change to an agent's profile. Nil fields stay as they
+// are; an empty WeComUserID or SlackUser unlinks the agent from Work WeChat
+// or Slack.
 type AgentChange struct {
-	Name   *string
-	Role   *Role
-	Active *bool
+	Name        *string
+	Role        *Role
+	Active      *bool
+	WeComUserID *string
+	SlackUser   *string
+}
+
+// The forms of the ids that link an agent to the channels they answer from.
+const (
+	// WeComUserIDRule is Work WeChat's rule for a member's UserID, which is
+	// unique in the company ignoring case.
+	WeComUserIDRule = "1 to 64 letters, digits, _ - @ or ., starting with a letter or digit"
+	// SlackUserRule is the form of a Slack user id (W… on Enterprise Grid).
+	SlackUserRule = "U or W followed by up to 31 capital letters and digits, like U0123ALICE"
+)
+
+// ValidWeComUserID tells whether id follows WeComUserIDRule.
+func ValidWeComUserID(id string) bool {
+	if id == "" || len(id) > 64 || !isAlnum(id[0]) {
+		return false
+	}
+	for i := range len(id) {
+		if c := id[i]; !isAlnum(c) && !strings.ContainsRune("_-@.", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidSlackUser tells whether id follows SlackUserRule.
+func ValidSlackUser(id string) bool {
+	if len(id) < 2 || len(id) > 32 || (id[0] != 'U' && id[0] != 'W') {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
 // CreateAgent adds an agent with the given password on behalf of by, who
@@ -51,12 +94,22 @@ func (s *Service) CreateAgent(ctx context.Context, by int64, a Agent, password s
 	if err := checkRole(role); err != nil {
 		return Agent{}, err
 	}
+	links := AgentChange{WeComUserID: &a.WeComUserID, SlackUser: &a.SlackUser}
+	if err := checkLinks(&links); err != nil {
+		return Agent{}, err
+	}
 	hash, err := HashPassword(password)
 	if err != nil {
 		return Agent{}, err
 	}
+	s.accountsMu.Lock()
+	defer s.accountsMu.Unlock()
+	if err := s.checkLinksFree(ctx, 0, links); err != nil {
+		return Agent{}, err
+	}
 	created, err := s.store.CreateAgent(ctx, Agent{
-		Email: email, Name: name, Role: role, PasswordHash: hash, Active: true, CreatedAt: s.now(),
+		Email: email, Name: name, Role: role, PasswordHash: hash, Active: true,
+		WeComUserID: *links.WeComUserID, SlackUser: *links.SlackUser, CreatedAt: s.now(),
 	})
 	if errors.Is(err, ErrConflict) {
 		return Agent{}, fmt.Errorf("%w: an agent with email %s exists", ErrConflict, email)
@@ -75,8 +128,11 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 	if err != nil {
 		return Agent{}, err
 	}
-	if (by != id || ch.Role != nil || ch.Active != nil) && actor.Role != RoleAdmin {
+	if (by != id || ch.Role != nil || ch.Active != nil || ch.WeComUserID != nil || ch.SlackUser != nil) && actor.Role != RoleAdmin {
 		return Agent{}, fmt.Errorf("%w: only an admin may change agents", ErrForbidden)
+	}
+	if err := checkLinks(&ch); err != nil {
+		return Agent{}, err
 	}
 	if ch.Name != nil {
 		name, err := checkName(*ch.Name)
@@ -108,6 +164,15 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 	}
 	if ch.Active != nil {
 		next.Active = *ch.Active
+	}
+	if err := s.checkLinksFree(ctx, id, ch); err != nil {
+		return Agent{}, err
+	}
+	if ch.WeComUserID != nil {
+		next.WeComUserID = *ch.WeComUserID
+	}
+	if ch.SlackUser != nil {
+		next.SlackUser = *ch.SlackUser
 	}
 	if cur.Active && cur.Role == RoleAdmin && !(next.Active && next.Role == RoleAdmin) {
 		if err := s.checkOtherAdmin(ctx, id); err != nil {
@@ -143,6 +208,52 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 		s.presence.SetAway(id, false)
 	}
 	return next, nil
+}
+
+// checkLinks trims ch's WeComUserID and SlackUser, and fails with
+// ErrInvalid when one is not in its channel's form. Empty unlinks.
+func checkLinks(ch *AgentChange) error {
+	if ch.WeComUserID != nil {
+		id := strings.TrimSpace(*ch.WeComUserID)
+		if id != "" && !ValidWeComUserID(id) {
+			return fmt.Errorf("%w: wecom_userid %q: %s", ErrInvalid, id, WeComUserIDRule)
+		}
+		ch.WeComUserID = &id
+	}
+	if ch.SlackUser != nil {
+		id := strings.TrimSpace(*ch.SlackUser)
+		if id != "" && !ValidSlackUser(id) {
+			return fmt.Errorf("%w: slack_user %q: %s", ErrInvalid, id, SlackUserRule)
+		}
+		ch.SlackUser = &id
+	}
+	return nil
+}
+
+// checkLinksFree fails with ErrConflict when another agent than id (0: a
+// new agent) has ch's WeComUserID (in any case, as Work WeChat compares
+// them) or SlackUser: a message from Work WeChat or Slack must name one
+// agent. The caller holds accountsMu.
+func (s *Service) checkLinksFree(ctx context.Context, id int64, ch AgentChange) error {
+	wecom := ch.WeComUserID != nil && *ch.WeComUserID != ""
+	slack := ch.SlackUser != nil && *ch.SlackUser != ""
+	if !wecom && !slack {
+		return nil
+	}
+	all, err := s.store.Agents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range all {
+		switch {
+		case a.ID == id:
+		case wecom && strings.EqualFold(a.WeComUserID, *ch.WeComUserID):
+			return fmt.Errorf("%w: wecom_userid %s is %s's", ErrConflict, *ch.WeComUserID, a.Name)
+		case slack && a.SlackUser == *ch.SlackUser:
+			return fmt.Errorf("%w: slack_user %s is %s's", ErrConflict, *ch.SlackUser, a.Name)
+		}
+	}
+	return nil
 }
 
 // checkOtherAdmin fails with ErrConflict unless an active admin other than

@@ -161,6 +161,100 @@ func TestUpdateAgentRules(t *testing.T) {
 	isErr(t, "alice is now the last admin", err, core.ErrConflict)
 }
 
+// TestAgentLinks: an admin links an agent to Work WeChat and Slack, when
+// creating them or later, changes or removes the links; an id in the wrong
+// form, or another agent's (Work WeChat's in any case), is refused and
+// changes nothing; an agent cannot link themselves.
+func TestAgentLinks(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+
+	got, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{WeComUserID: ptr(" alice.l@corp "), SlackUser: ptr("U0ALICE")})
+	if err != nil || got.WeComUserID != "alice.l@corp" || got.SlackUser != "U0ALICE" {
+		t.Fatalf("link alice: %+v, %v", got, err)
+	}
+	if cur, _ := a.store.Agent(ctx, a.alice.ID); cur.WeComUserID != "alice.l@corp" || cur.SlackUser != "U0ALICE" || cur.Name != "Alice" {
+		t.Fatalf("stored %+v", cur)
+	}
+
+	for _, tc := range []struct {
+		name string
+		by   int64
+		ch   core.AgentChange
+		want error
+	}{
+		{"self", a.carl.ID, core.AgentChange{WeComUserID: ptr("carl")}, core.ErrForbidden},
+		{"another agent", a.alice.ID, core.AgentChange{SlackUser: ptr("U0CARL")}, core.ErrForbidden},
+		{"wecom starting with _", a.admin.ID, core.AgentChange{WeComUserID: ptr("_carl")}, core.ErrInvalid},
+		{"wecom with a space", a.admin.ID, core.AgentChange{WeComUserID: ptr("carl c")}, core.ErrInvalid},
+		{"wecom of 65 bytes", a.admin.ID, core.AgentChange{WeComUserID: ptr(strings.Repeat("c", 65))}, core.ErrInvalid},
+		{"slack in lower case", a.admin.ID, core.AgentChange{SlackUser: ptr("u0carl")}, core.ErrInvalid},
+		{"slack channel id", a.admin.ID, core.AgentChange{SlackUser: ptr("C0CARL")}, core.ErrInvalid},
+		{"alice's wecom in capitals", a.admin.ID, core.AgentChange{WeComUserID: ptr("ALICE.L@CORP")}, core.ErrConflict},
+		{"alice's slack", a.admin.ID, core.AgentChange{Name: ptr("Carl C."), SlackUser: ptr("U0ALICE")}, core.ErrConflict},
+	} {
+		_, err := a.svc.UpdateAgent(ctx, tc.by, a.carl.ID, tc.ch)
+		isErr(t, tc.name, err, tc.want)
+	}
+	if cur, _ := a.store.Agent(ctx, a.carl.ID); cur.WeComUserID != "" || cur.SlackUser != "" || cur.Name != "Carl" {
+		t.Fatalf("a refused change was applied: %+v", cur)
+	}
+
+	// Alice keeps her own ids through another change, and can be unlinked.
+	got, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{WeComUserID: ptr("Alice.L@corp"), Name: ptr("Alice L.")})
+	if err != nil || got.WeComUserID != "Alice.L@corp" || got.SlackUser != "U0ALICE" {
+		t.Fatalf("relink alice: %+v, %v", got, err)
+	}
+	got, err = a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{WeComUserID: ptr(""), SlackUser: ptr(" ")})
+	if err != nil || got.WeComUserID != "" || got.SlackUser != "" {
+		t.Fatalf("unlink alice: %+v, %v", got, err)
+	}
+	// Her old ids are free again.
+	if got, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.carl.ID, core.AgentChange{SlackUser: ptr("U0ALICE")}); err != nil || got.SlackUser != "U0ALICE" {
+		t.Fatalf("carl takes the freed id: %+v, %v", got, err)
+	}
+
+	// Linked at creation; a taken or malformed id creates nobody.
+	_, err = a.svc.CreateAgent(ctx, a.admin.ID, core.Agent{Email: "dora@example.com", Name: "Dora", SlackUser: "U0ALICE"}, "long-enough")
+	isErr(t, "create with carl's slack", err, core.ErrConflict)
+	_, err = a.svc.CreateAgent(ctx, a.admin.ID, core.Agent{Email: "dora@example.com", Name: "Dora", WeComUserID: "dora!"}, "long-enough")
+	isErr(t, "create with a bad wecom id", err, core.ErrInvalid)
+	if _, err := a.store.AgentByEmail(ctx, "dora@example.com"); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("a refused agent was created: %v", err)
+	}
+	dora, err := a.svc.CreateAgent(ctx, a.admin.ID, core.Agent{Email: "dora@example.com", Name: "Dora", WeComUserID: "dora", SlackUser: "W0DORA"}, "long-enough")
+	if err != nil || dora.WeComUserID != "dora" || dora.SlackUser != "W0DORA" {
+		t.Fatalf("create dora linked: %+v, %v", dora, err)
+	}
+}
+
+// TestEnsureAgentsLeavesExistingLinks: the config's agents are created
+// with their links on the first start; later, links the config gives an
+// existing agent are not applied (the API owns agents after the first
+// start), and a link another agent has by then is left off a new agent.
+func TestEnsureAgentsLeavesExistingLinks(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	if _, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.carl.ID, core.AgentChange{WeComUserID: ptr("carl")}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := a.svc.EnsureAgents(ctx, []core.AgentSeed{
+		{Email: "alice@example.com", Name: "Alice", Password: "password-alice", WeComUserID: "alice", SlackUser: "U0ALICE"},
+		{Email: "erin@example.com", Name: "Erin", Password: "password-erin", WeComUserID: "CARL", SlackUser: "U0ERIN"},
+	})
+	if err != nil || len(created) != 1 {
+		t.Fatalf("created %+v, %v", created, err)
+	}
+	if cur, _ := a.store.Agent(ctx, a.alice.ID); cur.WeComUserID != "" || cur.SlackUser != "" {
+		t.Errorf("existing alice got the config's links: %+v", cur)
+	}
+	if erin := created[0]; erin.WeComUserID != "" || erin.SlackUser != "U0ERIN" {
+		t.Errorf("erin: %+v, want carl's wecom id left off and her slack id kept", erin)
+	}
+}
+
 func TestDeactivateRequeuesAndRevokes(t *testing.T) {
 	t.Parallel()
 	a := newAccounts(t)

@@ -930,12 +930,38 @@ type AgentSeed struct {
 }
 
 // EnsureAgents creates the configured agents that do not exist yet. Existing
-// agents are left alone: the API owns them after the first start.
+// agents are left alone: the API owns them after the first start, and a
+// wecom_userid or slack_user the config gives one of them is logged as not
+// applied. A link another agent already has is left off the new agent, and
+// logged.
 func (s *Service) EnsureAgents(ctx context.Context, seeds []AgentSeed) (created []Agent, err error) {
+	s.accountsMu.Lock()
+	defer s.accountsMu.Unlock()
 	for _, sd := range seeds {
-		if _, err := s.store.AgentByEmail(ctx, sd.Email); err == nil {
+		if cur, err := s.store.AgentByEmail(ctx, sd.Email); err == nil {
+			if sd.WeComUserID != "" && !strings.EqualFold(sd.WeComUserID, cur.WeComUserID) ||
+				sd.SlackUser != "" && sd.SlackUser != cur.SlackUser {
+				s.log.Warn("agents: the agent exists, so the config's wecom_userid and slack_user for it are not applied: "+
+					"link it in the console (Agents) or with PATCH /api/v1/agents/{id}",
+					"email", sd.Email, "id", cur.ID, "wecom_userid", cur.WeComUserID, "slack_user", cur.SlackUser)
+			}
 			continue
 		} else if !errors.Is(err, ErrNotFound) {
+			return created, err
+		}
+		// A link another agent has is left off.
+		drop := func(key string, v *string, ch AgentChange) error {
+			err := s.checkLinksFree(ctx, 0, ch)
+			if errors.Is(err, ErrConflict) {
+				s.log.Warn("agents: "+key+" not applied to a new agent", "email", sd.Email, "err", err)
+				*v, err = "", nil
+			}
+			return err
+		}
+		if err := drop("wecom_userid", &sd.WeComUserID, AgentChange{WeComUserID: &sd.WeComUserID}); err != nil {
+			return created, err
+		}
+		if err := drop("slack_user", &sd.SlackUser, AgentChange{SlackUser: &sd.SlackUser}); err != nil {
 			return created, err
 		}
 		hash, err := HashPassword(sd.Password)

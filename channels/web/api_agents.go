@@ -30,6 +30,10 @@ type apiAgentView struct {
 	Active       bool       `json:"active"`
 	Availability string     `json:"availability"`
 	CreatedAt    *time.Time `json:"created_at"`
+	// The channels the agent answers from besides the console, to admins
+	// and to the agent themselves: empty when not linked.
+	WeComUserID *string `json:"wecom_userid,omitempty"`
+	SlackUser   *string `json:"slack_user,omitempty"`
 }
 
 // presenceOf returns a function telling an agent's availability, reading
@@ -53,21 +57,24 @@ func (a *api) presenceOf(ctx context.Context) (func(core.Agent) string, error) {
 	}, nil
 }
 
-func apiViewAgent(ag core.Agent, availability string, withEmail bool) apiAgentView {
+// apiViewAgent is ag as the API shows it; private adds what only admins and
+// the agent themselves see: the email and the channel links.
+func apiViewAgent(ag core.Agent, availability string, private bool) apiAgentView {
 	v := apiAgentView{ID: ag.ID, Name: ag.Name, Role: ag.Role, Active: ag.Active, Availability: availability,
 		CreatedAt: apiTime(ag.CreatedAt)}
-	if withEmail {
+	if private {
 		v.Email = ag.Email
+		v.WeComUserID, v.SlackUser = &ag.WeComUserID, &ag.SlackUser
 	}
 	return v
 }
 
-func (a *api) agentView(ctx context.Context, ag core.Agent, withEmail bool) (apiAgentView, error) {
+func (a *api) agentView(ctx context.Context, ag core.Agent, private bool) (apiAgentView, error) {
 	of, err := a.presenceOf(ctx)
 	if err != nil {
 		return apiAgentView{}, err
 	}
-	return apiViewAgent(ag, of(ag), withEmail), nil
+	return apiViewAgent(ag, of(ag), private), nil
 }
 
 type apiAgentList struct {
@@ -94,10 +101,12 @@ func (a *api) listAgents(w http.ResponseWriter, r *http.Request, me core.Agent) 
 }
 
 type apiNewAgent struct {
-	Email    string    `json:"email"`
-	Name     string    `json:"name"`
-	Role     core.Role `json:"role"`
-	Password string    `json:"password"`
+	Email       string    `json:"email"`
+	Name        string    `json:"name"`
+	Role        core.Role `json:"role"`
+	Password    string    `json:"password"`
+	WeComUserID string    `json:"wecom_userid"`
+	SlackUser   string    `json:"slack_user"`
 }
 
 func (q *apiNewAgent) validate() error {
@@ -116,7 +125,8 @@ func (a *api) createAgent(w http.ResponseWriter, r *http.Request, me core.Agent)
 		return err
 	}
 	ctx := r.Context()
-	ag, err := a.svc.CreateAgent(ctx, me.ID, core.Agent{Email: req.Email, Name: req.Name, Role: req.Role}, req.Password)
+	ag, err := a.svc.CreateAgent(ctx, me.ID, core.Agent{Email: req.Email, Name: req.Name, Role: req.Role,
+		WeComUserID: req.WeComUserID, SlackUser: req.SlackUser}, req.Password)
 	if err != nil {
 		return err
 	}
@@ -129,14 +139,16 @@ func (a *api) createAgent(w http.ResponseWriter, r *http.Request, me core.Agent)
 }
 
 type apiAgentPatch struct {
-	Name   *string    `json:"name"`
-	Role   *core.Role `json:"role"`
-	Active *bool      `json:"active"`
+	Name        *string    `json:"name"`
+	Role        *core.Role `json:"role"`
+	Active      *bool      `json:"active"`
+	WeComUserID *string    `json:"wecom_userid"`
+	SlackUser   *string    `json:"slack_user"`
 }
 
 func (q *apiAgentPatch) validate() error {
-	if q.Name == nil && q.Role == nil && q.Active == nil {
-		return httpx.BadRequest("nothing to change: give name, role or active")
+	if q.Name == nil && q.Role == nil && q.Active == nil && q.WeComUserID == nil && q.SlackUser == nil {
+		return httpx.BadRequest("nothing to change: give name, role, active, wecom_userid or slack_user")
 	}
 	return nil
 }
@@ -154,7 +166,8 @@ func (a *api) patchAgent(w http.ResponseWriter, r *http.Request, me core.Agent) 
 		return err
 	}
 	ctx := r.Context()
-	ag, err := a.svc.UpdateAgent(ctx, me.ID, id, core.AgentChange{Name: req.Name, Role: req.Role, Active: req.Active})
+	ag, err := a.svc.UpdateAgent(ctx, me.ID, id, core.AgentChange{Name: req.Name, Role: req.Role, Active: req.Active,
+		WeComUserID: req.WeComUserID, SlackUser: req.SlackUser})
 	if err != nil {
 		return err
 	}

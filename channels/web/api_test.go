@@ -235,6 +235,8 @@ type apiAgent struct {
 	Active       bool      `json:"active"`
 	Availability string    `json:"availability"`
 	CreatedAt    time.Time `json:"created_at"`
+	WeComUserID  *string   `json:"wecom_userid"`
+	SlackUser    *string   `json:"slack_user"`
 }
 
 type apiLogin struct {
@@ -531,6 +533,55 @@ func TestAPIAdminOnly(t *testing.T) {
 		t.Errorf("agents as root: %+v", list.Agents)
 	}
 	h.do("PATCH", "/api/v1/agents/999", admin, map[string]any{"name": "X"}).want(t, "patch missing", http.StatusNotFound)
+}
+
+// TestAPIAgentLinks: an admin links an agent to Work WeChat and Slack
+// when creating them or later, and unlinks them; admins and the agent see
+// the links, other agents do not; a malformed or taken id is refused.
+func TestAPIAgentLinks(t *testing.T) {
+	t.Parallel()
+	h := startAPINode(t)
+	admin := h.login(apiRootEmail, apiRootPass)
+	alice := h.login(apiAliceMail, apiAlicePass)
+	path := fmt.Sprintf("/api/v1/agents/%d", h.alice.ID)
+
+	var got apiAgent
+	h.do("PATCH", path, admin, map[string]any{"wecom_userid": "alice", "slack_user": "U0ALICE"}).
+		want(t, "link", http.StatusOK).decode(t, &got)
+	if got.WeComUserID == nil || *got.WeComUserID != "alice" || got.SlackUser == nil || *got.SlackUser != "U0ALICE" {
+		t.Fatalf("linked %+v", got)
+	}
+	if a, _ := h.store.Agent(context.Background(), h.alice.ID); a.WeComUserID != "alice" || a.SlackUser != "U0ALICE" {
+		t.Fatalf("stored %+v", a)
+	}
+	h.do("PATCH", path, alice, map[string]any{"slack_user": "U0OTHER"}).want(t, "link self", http.StatusForbidden)
+	h.do("PATCH", path, admin, map[string]any{"wecom_userid": "-alice"}).want(t, "malformed", http.StatusBadRequest)
+
+	// Alice sees her links; nobody but admins sees another's.
+	var me apiAgent
+	h.do("GET", "/api/v1/me", alice, nil).want(t, "me", http.StatusOK).decode(t, &me)
+	if me.WeComUserID == nil || *me.WeComUserID != "alice" {
+		t.Errorf("alice's own view: %+v", me)
+	}
+	var list struct{ Agents []apiAgent }
+	h.do("GET", "/api/v1/agents", alice, nil).want(t, "list as alice", http.StatusOK).decode(t, &list)
+	if root := list.Agents[0]; root.WeComUserID != nil || root.SlackUser != nil {
+		t.Errorf("alice sees root's links: %+v", root)
+	}
+
+	var eve apiAgent
+	h.do("POST", "/api/v1/agents", admin, map[string]string{"email": "eve@example.com", "name": "Eve", "password": "eve-password",
+		"wecom_userid": "ALICE"}).want(t, "create with alice's id", http.StatusConflict)
+	h.do("POST", "/api/v1/agents", admin, map[string]string{"email": "eve@example.com", "name": "Eve", "password": "eve-password",
+		"wecom_userid": "eve", "slack_user": "U0EVE"}).want(t, "create linked", http.StatusCreated).decode(t, &eve)
+	if eve.WeComUserID == nil || *eve.WeComUserID != "eve" || *eve.SlackUser != "U0EVE" {
+		t.Fatalf("created %+v", eve)
+	}
+
+	h.do("PATCH", path, admin, map[string]any{"wecom_userid": "", "slack_user": ""}).want(t, "unlink", http.StatusOK).decode(t, &got)
+	if *got.WeComUserID != "" || *got.SlackUser != "" {
+		t.Fatalf("unlinked %+v", got)
+	}
 }
 
 func TestAPIMe(t *testing.T) {

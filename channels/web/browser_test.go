@@ -448,7 +448,7 @@ func TestBrowserConsoleAdmin(t *testing.T) {
 	}
 	admin.waitFor("the unread count cleared", item+`.querySelector('[data-testid="unread-badge"]') === null`)
 
-	// Agents: create, reset a password, deactivate.
+	// Agents: create, reset a password, link to other channels, deactivate.
 	admin.do("open the agents", chromedp.Click(chromedp.CSS(`[data-testid="agents-button"]`)))
 	admin.waitFor("the agents panel", `!document.querySelector('[data-testid="agents-panel"]').hidden && document.querySelector('[data-testid="agent-row"]')`)
 	admin.do("create Bob",
@@ -462,12 +462,18 @@ func TestBrowserConsoleAdmin(t *testing.T) {
 		chromedp.SendKeys(chromedp.JSPath(bob+`.querySelector('input[name="password"]')`), "bob-new-password"),
 		chromedp.Click(chromedp.JSPath(bob+`.querySelector('form button')`)))
 	admin.waitFor("the reset's confirmation", `[...document.querySelectorAll('[data-testid="toast"]')].some(e => e.textContent === "Password of Bob reset.")`)
+	admin.do("link Bob to Work WeChat and Slack", chromedp.Click(chromedp.JSPath(bob+`.querySelector('[data-testid="agent-link"]')`)),
+		chromedp.SendKeys(chromedp.JSPath(bob+`.querySelector('[data-testid="agent-link-wecom"]')`), "bob"),
+		chromedp.SendKeys(chromedp.JSPath(bob+`.querySelector('[data-testid="agent-link-slack"]')`), "U0BOB"),
+		chromedp.Click(chromedp.JSPath(bob+`.querySelector('[data-testid="agent-link-save"]')`)))
+	admin.waitFor("Bob's links shown", bob+`.querySelector('[data-testid="agent-links"]').textContent === "Work WeChat: bob · Slack: U0BOB"`)
 	admin.do("deactivate Bob", chromedp.Click(chromedp.JSPath(bob+`.querySelector('[data-testid="agent-deactivate"]')`)))
 	admin.waitFor("Bob deactivated", bob+`.querySelector('[data-testid="agent-activate"]')`)
 	admin.screenshot("console-agents.png")
 	a := h.n.Agent(t, "bob@example.com")
-	if a.Active || !a.CheckPassword("bob-new-password") {
-		t.Fatalf("Bob after the admin's changes: active %v, new password %v", a.Active, a.CheckPassword("bob-new-password"))
+	if a.Active || !a.CheckPassword("bob-new-password") || a.WeComUserID != "bob" || a.SlackUser != "U0BOB" {
+		t.Fatalf("Bob after the admin's changes: active %v, new password %v, links %q %q",
+			a.Active, a.CheckPassword("bob-new-password"), a.WeComUserID, a.SlackUser)
 	}
 	for _, p := range admin.problems() {
 		t.Errorf("admin: %s", p)

@@ -275,20 +275,20 @@ func (c *Channel) agentByID(ctx context.Context, id int64) (core.Agent, bool, er
 }
 
 // agentByUserID returns the agent whose wecom_userid is userID (Work
-// WeChat user ids are case-insensitive). The list is read afresh when the
-// user is not found, so a newly mapped agent works at once.
+// WeChat user ids are case-insensitive). The list is read afresh, and
+// cached for the notifications: a member writes seldom, and a link or
+// deactivation changed in the console must apply to their next message,
+// which a cached list could still give to the id's former agent.
 func (c *Channel) agentByUserID(ctx context.Context, userID string) (core.Agent, bool, error) {
-	for attempt := 0; attempt < 2; attempt++ {
-		as, err := c.agentsList(ctx)
-		if err != nil {
-			return core.Agent{}, false, err
+	c.forgetAgents()
+	as, err := c.agentsList(ctx)
+	if err != nil {
+		return core.Agent{}, false, err
+	}
+	for _, a := range as {
+		if a.WeComUserID != "" && strings.EqualFold(a.WeComUserID, userID) {
+			return a, true, nil
 		}
-		for _, a := range as {
-			if a.WeComUserID != "" && strings.EqualFold(a.WeComUserID, userID) {
-				return a, true, nil
-			}
-		}
-		c.forgetAgents()
 	}
 	return core.Agent{}, false, nil
 }

@@ -303,9 +303,41 @@ func TestUnknownMemberAndEvents(t *testing.T) {
 	if err := h.store.UpdateAgent(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
-	wecom.ForgetAgents(h.ch) // the list is cached for a few seconds
 	h.says("bob", "/on")
 	h.expect("bob", 0, "deactivated")
+}
+
+// TestLinkedInTheConsole: an agent an admin links to Work WeChat after
+// the start (through the core, as the console and the API do) can answer
+// from it at once, and a Work WeChat id moved to another agent acts for
+// that agent from its next message.
+func TestLinkedInTheConsole(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	carol, dave, alice := h.agents["carol"], h.agents["dave"], h.agents["alice"]
+	h.says("dave", "/on")
+	n := h.expect("dave", 0, "not linked to a kefu agent")
+	link := func(a core.Agent, id string) {
+		t.Helper()
+		if _, err := h.svc.UpdateAgent(ctx, carol.ID, a.ID, core.AgentChange{WeComUserID: &id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link(dave, "dave")
+	h.says("dave", "/on")
+	n = h.expect("dave", n, "You are on")
+	if avail, _ := h.presence.Available(ctx); !slices.Contains(avail, dave.ID) {
+		t.Fatal("dave is not available after /on")
+	}
+
+	// The id "dave" now belongs to Alice: its next /on is hers.
+	link(dave, "")
+	link(alice, "dave")
+	h.says("dave", "/on")
+	h.expect("dave", n, "You are on")
+	if avail, _ := h.presence.Available(ctx); !slices.Contains(avail, alice.ID) {
+		t.Fatal("the moved id did not act for alice")
+	}
 }
 
 func TestCommands(t *testing.T) {

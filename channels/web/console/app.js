@@ -751,17 +751,26 @@ function renderAgentsPanel() {
     const reset = h("form", { class: "inline reset", hidden: true, onsubmit: (e) => { e.preventDefault(); resetPassword(a, e.target); } },
       h("input", { name: "password", type: "password", minlength: "8", required: true, autocomplete: "new-password", placeholder: t("agents.newPassword") }),
       h("button", { type: "submit" }, t("agents.set")));
+    const links = h("form", { class: "inline links", hidden: true, onsubmit: (e) => { e.preventDefault(); saveLinks(a, e.target); } },
+      h("input", { name: "wecom_userid", value: a.wecom_userid || "", maxlength: "64", testid: "agent-link-wecom", placeholder: t("agents.wecomUserID") }),
+      h("input", { name: "slack_user", value: a.slack_user || "", maxlength: "32", testid: "agent-link-slack", placeholder: t("agents.slackUser") }),
+      h("button", { type: "submit", testid: "agent-link-save" }, t("agents.save")));
+    const linked = [a.wecom_userid && t("agents.viaWecom", { id: a.wecom_userid }), a.slack_user && t("agents.viaSlack", { id: a.slack_user })]
+      .filter(Boolean).join(" · ");
     rows.appendChild(h("tr", { testid: "agent-row", data: { agentId: a.id }, class: a.active ? "" : "inactive" },
       h("td", {}, a.name),
       h("td", {}, a.email || ""),
       h("td", {}, t("role." + a.role)),
       h("td", {}, a.active ? t("avail." + a.availability) : t("agents.inactive")),
+      h("td", { testid: "agent-links" }, linked || "—"),
       h("td", { class: "agent-actions" },
         h("button", { type: "button", class: "link", testid: a.active ? "agent-deactivate" : "agent-activate",
           onclick: () => setActive(a, !a.active) }, t(a.active ? "agents.deactivate" : "agents.activate")),
         h("button", { type: "button", class: "link", testid: "agent-reset",
           onclick: () => { reset.hidden = !reset.hidden; } }, t("agents.resetPassword")),
-        reset)));
+        h("button", { type: "button", class: "link", testid: "agent-link",
+          onclick: () => { links.hidden = !links.hidden; } }, t("agents.link")),
+        reset, links)));
   }
 }
 
@@ -769,6 +778,17 @@ async function setActive(a, active) {
   try {
     const v = await api.patch("/agents/" + a.id, { active });
     S.agents.set(v.id, v);
+    renderAgentsPanel();
+  } catch (e) { toastError(e); }
+}
+
+// saveLinks sets the Work WeChat and Slack ids an agent answers from
+// (empty: not linked).
+async function saveLinks(a, form) {
+  try {
+    const v = await api.patch("/agents/" + a.id, { wecom_userid: form.wecom_userid.value.trim(), slack_user: form.slack_user.value.trim() });
+    S.agents.set(v.id, v);
+    toast(t("agents.linksSaved", { name: v.name }), "info");
     renderAgentsPanel();
   } catch (e) { toastError(e); }
 }
