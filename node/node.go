@@ -179,6 +179,11 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 		if w, ok := ch.(channels.Windowed); ok {
 			n.windows[inst.Name] = w.ReplyWindow()
 		}
+		if c, ok := ch.(prometheus.Collector); ok {
+			if err := n.reg.Register(c); err != nil {
+				return nil, fmt.Errorf("channel %s: metrics: %w", inst.Name, err)
+			}
+		}
 	}
 	n.shareTemplates()
 	n.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
@@ -477,9 +482,9 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ready\n")
 }
 
-// registerGauges exports the outbox depth and the queue length, read from
-// the store when /metrics is scraped, and the nodes whose sockets presence
-// counts.
+// registerGauges exports the outbox's depth and oldest entry's age and the
+// queue length, read from the store when /metrics is scraped, and the nodes
+// whose sockets presence counts.
 func (n *Node) registerGauges() {
 	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kefu_presence_nodes", Help: "Nodes whose sockets this node's presence counts, itself included (1 on the in-process bus).",
@@ -499,6 +504,21 @@ func (n *Node) registerGauges() {
 			return -1
 		}
 		return float64(depth)
+	}))
+	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kefu_outbox_oldest_age_seconds",
+		Help: "Age of the oldest outbound entry not yet delivered (0 when none): replies that have not reached their customers for that long.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		depth, oldest, err := n.store.OutboxStats(ctx)
+		if err != nil {
+			return -1
+		}
+		if depth == 0 {
+			return 0
+		}
+		return max(0, time.Since(oldest).Seconds())
 	}))
 	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kefu_queue_length", Help: "Conversations waiting for an agent (capped at 10000).",

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kefuhq/kefu/channels/web/webtest"
 	"github.com/kefuhq/kefu/channels/webhook"
 	"github.com/kefuhq/kefu/channels/webhook/webhooktest"
 	"github.com/kefuhq/kefu/core"
@@ -306,6 +309,73 @@ func TestHealthReadyMetrics(t *testing.T) {
 			t.Errorf("GET %s: HTTP %d, body lacks %q", path, resp.StatusCode, want)
 		}
 	}
+}
+
+// TestMetricsForAlerts: the gauges deploy/prometheus's alerts and the
+// Grafana dashboard read. The web channel's connections, by audience, follow
+// a visitor's WebSocket; the age of the oldest undelivered reply is 0 with
+// none and grows while a reply cannot be delivered.
+func TestMetricsForAlerts(t *testing.T) {
+	const origin = "https://shop.example.com"
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close() // nothing listens there: deliveries fail and are retried
+	n := nodetest.Start(t, fmt.Sprintf(`
+agents:
+  - {email: alice@example.com, name: Alice, password: alice-password}
+channels:
+  web: {enabled: true, allowed_origins: [%q]}
+  crm: {type: webhook, enabled: true, secret: %q, deliver_url: %q}
+`, origin, secret, deadURL))
+	ctx := context.Background()
+	visitors := func() string { return scrape(t, n.URL, `kefu_web_connections{audience="visitor",channel="web"}`) }
+	age := func() float64 {
+		v, err := strconv.ParseFloat(scrape(t, n.URL, "kefu_outbox_oldest_age_seconds"), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := visitors(); got != "0" {
+		t.Fatalf("visitor connections before any: %q", got)
+	}
+	if got := age(); got != 0 {
+		t.Fatalf("oldest undelivered reply with none: %v", got)
+	}
+
+	web := &webtest.Client{Base: n.URL, Origin: origin}
+	vs, err := web.StartSession(ctx, webtest.SessionRequest{Name: "Pat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc, err := web.DialVisitor(ctx, vs.Token, webtest.Cursor{}, webtest.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := vc.Sync(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the visitor's connection counted", func() bool { return visitors() == "1" })
+	vc.Close()
+	waitFor(t, "the closed connection uncounted", func() bool { return visitors() == "0" })
+
+	resp, err := webhooktest.Post(http.DefaultClient, n.URL+"/webhooks/crm", secret, webhook.Inbound{ID: "m1", From: "cust-1", Text: "hello"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r webhook.Reply
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	alice := n.Agent(t, "alice@example.com")
+	if _, err := n.Service().Take(ctx, alice.ID, r.ConversationID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Service().Reply(ctx, alice.ID, r.ConversationID, core.Message{Kind: core.KindText, Text: "on it"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the undelivered reply's age", func() bool { return age() >= 1 })
 }
 
 func TestClusteredBusesFromConfig(t *testing.T) {
