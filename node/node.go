@@ -291,7 +291,8 @@ func (n *Node) buildPushers(opt Options) error {
 		}
 		fb, err := push.New(push.Config{
 			Pusher: client, Store: n.store, Presence: n.svc.Presence(), Bus: n.bus,
-			FallbackAfter: c.FallbackAfter, StopGrace: leaseTTL / 6, Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics,
+			FallbackAfter: c.FallbackAfter, StopGrace: leaseTTL / 6, Cursor: "push." + pi.Name + ".cursor",
+			Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics,
 		})
 		if err != nil {
 			return fmt.Errorf("push.%s: %w", pi.Name, err)

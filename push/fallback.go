@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,12 @@ const (
 	PushTimeout = 30 * time.Second
 	// DefaultStopGrace is the default Config.StopGrace.
 	DefaultStopGrace = 2 * time.Second
+	// DefaultCatchUp is the default Config.CatchUp.
+	DefaultCatchUp = 5 * time.Minute
+	// saveEvery is how often, at most, a run saves its cursor.
+	saveEvery = time.Second
+	// catchUpPage and catchUpPages bound a run's catch-up read.
+	catchUpPage, catchUpPages = 500, 20
 )
 
 // Config configures a Fallback.
@@ -63,6 +70,15 @@ type Config struct {
 	// stay well inside the lease's TTL/3 (the node passes TTL/6). Default
 	// DefaultStopGrace.
 	StopGrace time.Duration
+	// Cursor is the store setting under which Run keeps the ID of the last
+	// message it has dealt with, so that the next run (after a restart, or
+	// on the node that takes the lease over) catches up on the messages
+	// committed in between, which no run saw on the bus. Empty: every run
+	// starts from what it observes.
+	Cursor string
+	// CatchUp is how old a message may be and still be pushed by a run's
+	// catch-up. Default DefaultCatchUp.
+	CatchUp time.Duration
 	// Clock is the time source for every wait. Default bridge.RealClock.
 	Clock   bridge.Clock
 	Logger  *slog.Logger
@@ -132,6 +148,9 @@ type Fallback struct {
 	pending map[key]*entry
 	sent    map[key]time.Time // when each conversation side was last pushed to
 	kick    chan struct{}     // the schedule changed
+	newest  int64             // the newest message observed in this run
+	saved   int64             // the cursor last saved (Config.Cursor)
+	savedAt time.Time         // when
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -149,7 +168,7 @@ func New(cfg Config) (*Fallback, error) {
 	if cfg.Presence == nil {
 		errs = append(errs, errors.New("Presence is nil"))
 	}
-	if cfg.FallbackAfter < 0 || cfg.Collapse < 0 || cfg.Backoff < 0 || cfg.Workers < 0 || cfg.StopGrace < 0 {
+	if cfg.FallbackAfter < 0 || cfg.Collapse < 0 || cfg.Backoff < 0 || cfg.Workers < 0 || cfg.StopGrace < 0 || cfg.CatchUp < 0 {
 		errs = append(errs, errors.New("negative duration or worker count"))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -174,6 +193,9 @@ func New(cfg Config) (*Fallback, error) {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = DefaultStopGrace
 	}
+	if cfg.CatchUp == 0 {
+		cfg.CatchUp = DefaultCatchUp
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = bridge.RealClock{}
 	}
@@ -191,6 +213,17 @@ func New(cfg Config) (*Fallback, error) {
 // starts afresh: what an earlier run had pending, or had pushed, is
 // forgotten (another node may have held the lease meanwhile, and the
 // messages it waited for may have been answered since).
+//
+// With a Config.Cursor, a run first catches up on the messages committed
+// after the cursor (at most Config.CatchUp old), which no run saw on the
+// bus: those of a node that crashed with pushes waiting, and those
+// committed while no node held the lease. It decides on them as on live
+// ones; a message the store shows delivered or read is not pushed. While
+// it runs it saves, at most once a second, the ID below which it has dealt
+// with everything: the oldest message it still has waiting, else the
+// newest it has seen. A crash can therefore push again a message pushed in
+// the last second before it, at most once per conversation; a clean stop
+// saves the newest, and the next run pushes nothing twice.
 //
 // When ctx ends (a clean stop, or the lease lost), the pushes still pending
 // are not dropped, since the next holder of the lease never saw the updates
@@ -223,6 +256,7 @@ func (f *Fallback) reset() {
 	defer f.mu.Unlock()
 	clear(f.pending)
 	clear(f.sent)
+	f.newest, f.saved, f.savedAt = 0, 0, time.Time{}
 	select {
 	case <-f.kick:
 	default:
@@ -234,6 +268,9 @@ func (f *Fallback) reset() {
 // stop).
 func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error {
 	f.reset()
+	if err := f.catchUp(ctx); err != nil && ctx.Err() == nil {
+		f.log.Warn("push: could not catch up on the messages committed while no node pushed; they go without notification", "err", err)
+	}
 	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	var wg sync.WaitGroup
@@ -264,7 +301,104 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 	}
 	err := f.loop(ctx, msgs, push)
 	f.stop(&wg, cancelWork, push)
+	// Everything seen is dealt with: pushed, acknowledged, or handed to
+	// the grace above.
+	f.mu.Lock()
+	newest := f.newest
+	f.mu.Unlock()
+	f.saveCursor(newest)
 	return err
+}
+
+// catchUp observes the messages committed after the saved cursor and at
+// most CatchUp old, as if they had come on the bus.
+func (f *Fallback) catchUp(ctx context.Context) error {
+	if f.cfg.Cursor == "" {
+		return nil
+	}
+	v, err := f.cfg.Store.Setting(ctx, f.cfg.Cursor)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil // the first run: from what it observes
+	}
+	if err != nil {
+		return err
+	}
+	after, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("setting %s: %q is not a message id", f.cfg.Cursor, v)
+	}
+	oldest := f.cfg.Clock.Now().Add(-f.cfg.CatchUp)
+	convs := map[int64]*core.Conversation{}
+	n := 0
+	for range catchUpPages {
+		ms, err := f.cfg.Store.Feed(ctx, after, catchUpPage)
+		if err != nil {
+			return err
+		}
+		for i := range ms {
+			m := &ms[i]
+			after = m.ID
+			if m.CreatedAt.Before(oldest) {
+				continue
+			}
+			c, ok := convs[m.ConversationID]
+			if !ok {
+				cv, err := f.cfg.Store.Conversation(ctx, m.ConversationID)
+				if err != nil {
+					return err
+				}
+				c, convs[m.ConversationID] = &cv, &cv
+			}
+			f.Observe(core.Update{Type: core.UpdateMessage, Message: m, Conversation: c})
+			n++
+		}
+		if len(ms) < catchUpPage {
+			break
+		}
+	}
+	if n > 0 {
+		f.log.Info("push: caught up on messages committed while no node pushed", "messages", n)
+	}
+	return nil
+}
+
+// saveCursor stores at as the cursor (Config.Cursor) if it moved. It
+// outlives the run's ctx: a stopping run saves its last one.
+func (f *Fallback) saveCursor(at int64) {
+	f.mu.Lock()
+	moved := f.cfg.Cursor != "" && at > f.saved
+	f.mu.Unlock()
+	if !moved {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.cfg.Store.PutSetting(ctx, f.cfg.Cursor, strconv.FormatInt(at, 10)); err != nil {
+		f.log.Warn("push: could not save the cursor; the next run may push some messages again", "err", err)
+		return
+	}
+	f.mu.Lock()
+	f.saved = max(f.saved, at)
+	f.mu.Unlock()
+}
+
+// cursorDue returns the cursor to save now, if a second has passed since
+// the last save: everything at or below it is dealt with.
+func (f *Fallback) cursorDue(now time.Time) (int64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cfg.Cursor == "" || now.Sub(f.savedAt) < saveEvery {
+		return 0, false
+	}
+	at := f.newest
+	for _, e := range f.pending {
+		at = min(at, e.msg.ID-1)
+	}
+	if at <= f.saved {
+		return 0, false
+	}
+	f.savedAt = now
+	return at, true
 }
 
 // loop observes msgs and starts the pushes that fall due, until ctx ends
@@ -300,6 +434,9 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push 
 				f.Observe(u)
 			}
 			msg.Ack()
+			if at, ok := f.cursorDue(f.cfg.Clock.Now()); ok {
+				f.saveCursor(at)
+			}
 		case <-f.kick:
 		case <-timer:
 			timer = nil
@@ -386,6 +523,7 @@ func recipientOf(m core.Message) side {
 
 // message handles a new message or event (f.mu held).
 func (f *Fallback) message(now time.Time, c core.Conversation, m core.Message) {
+	f.newest = max(f.newest, m.ID)
 	for _, to := range []side{toAgent, toContact} {
 		if e := f.pending[key{c.ID, to}]; e != nil {
 			e.conv = c

@@ -715,3 +715,112 @@ func TestGoneRemovesOnlyThePushedRegistration(t *testing.T) {
 		t.Fatalf("u:43's devices after the gone answer for u:42's registration: %v, %v", ds, err)
 	}
 }
+
+// withCursor gives h's Fallback a cursor in the store (Config.Cursor).
+func (h *harness) withCursor() {
+	h.t.Helper()
+	f, err := New(Config{Pusher: h.pusher, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
+		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics, Cursor: "push.test.cursor"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.f = f
+}
+
+func (h *harness) cursor() string {
+	h.t.Helper()
+	v, err := h.store.Setting(h.ctx, "push.test.cursor")
+	if err != nil && !errors.Is(err, core.ErrNotFound) {
+		h.t.Fatal(err)
+	}
+	return v
+}
+
+// A message committed while no run is going (between two lease tenures) is
+// pushed by the next run, from the cursor the last one saved; what the
+// last one pushed is not pushed again, and a message older than CatchUp is
+// not pushed at all.
+func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
+	h := newHarness(t)
+	h.withCursor()
+	c := h.conversation()
+	tn := h.startTenure()
+	m1 := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.wantPushes(1)[0]; got.MessageID != m1.ID {
+		t.Fatalf("pushed %+v, want message %d", got, m1.ID)
+	}
+	if got := h.cursor(); got != fmt.Sprint(m1.ID) {
+		t.Fatalf("cursor after a clean stop: %q, want %d", got, m1.ID)
+	}
+
+	// Nobody runs: another customer's question to Alice, which gets stale,
+	// and a fresh reply go by unseen.
+	old, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:43", Message: core.Message{Kind: core.KindText, Text: "Hello?"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Take(h.ctx, h.alice.ID, old.Conversation.ID); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(DefaultCatchUp + time.Minute)
+	m3 := h.agentSays(c, "Still there?")
+	h.rec.take()
+
+	tn = h.startTenure()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 2 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	got := h.wantPushes(2)
+	if got[1].MessageID != m3.ID {
+		t.Fatalf("caught up with %+v, want message %d", got[1], m3.ID)
+	}
+	if h.cursor() != fmt.Sprint(m3.ID) {
+		t.Fatalf("cursor %q, want %d", h.cursor(), m3.ID)
+	}
+}
+
+// While a push waits, the saved cursor stays below its message, so that a
+// run after a crash still pushes it; once it is out, the cursor moves on.
+func TestCursorStaysBelowWaitingPushes(t *testing.T) {
+	h := newHarness(t)
+	h.withCursor()
+	c := h.conversation()
+	tn := h.startTenure()
+	m1 := h.agentSays(c, "Found it!")
+	tn.feed()
+	waitFor(t, "the cursor below the waiting push", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the push", func() bool { return len(h.pusher.got()) == 1 })
+
+	// The next update, a second later, moves the cursor past it.
+	h.clock.Advance(saveEvery)
+	m2 := h.customerSays("thanks")
+	tn.feed()
+	waitFor(t, "the cursor below the push to Alice", func() bool { return h.cursor() == fmt.Sprint(m2.ID-1) })
+	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+		t.Fatal(err)
+	}
+	if h.cursor() != fmt.Sprint(m2.ID) {
+		t.Fatalf("cursor after the stop %q, want %d", h.cursor(), m2.ID)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
