@@ -32,10 +32,11 @@ const (
 	DefaultStopGrace = 2 * time.Second
 	// DefaultCatchUp is the default Config.CatchUp.
 	DefaultCatchUp = 5 * time.Minute
-	// saveEvery is how often, at most, a run saves its cursor.
+	// saveEvery is how often a run saves its cursor when it has moved (in
+	// real time, whatever Config.Clock).
 	saveEvery = time.Second
 	// catchUpPage and catchUpPages bound a run's catch-up read.
-	catchUpPage, catchUpPages = 500, 20
+	catchUpPage, catchUpPages = 500, 100
 )
 
 // Config configures a Fallback.
@@ -148,9 +149,9 @@ type Fallback struct {
 	pending map[key]*entry
 	sent    map[key]time.Time // when each conversation side was last pushed to
 	kick    chan struct{}     // the schedule changed
-	newest  int64             // the newest message observed in this run
-	saved   int64             // the cursor last saved (Config.Cursor)
-	savedAt time.Time         // when
+	newest   int64             // the newest message observed in this run
+	saved    int64             // the cursor last saved (Config.Cursor)
+	inflight map[int64]int     // messages whose push is under way, by ID
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -204,7 +205,7 @@ func New(cfg Config) (*Fallback, error) {
 	}
 	return &Fallback{
 		cfg: cfg, log: cfg.Logger.With("component", "push"),
-		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1),
+		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1), inflight: map[int64]int{},
 	}, nil
 }
 
@@ -219,11 +220,13 @@ func New(cfg Config) (*Fallback, error) {
 // bus: those of a node that crashed with pushes waiting, and those
 // committed while no node held the lease. It decides on them as on live
 // ones; a message the store shows delivered or read is not pushed. While
-// it runs it saves, at most once a second, the ID below which it has dealt
-// with everything: the oldest message it still has waiting, else the
-// newest it has seen. A crash can therefore push again a message pushed in
-// the last second before it, at most once per conversation; a clean stop
-// saves the newest, and the next run pushes nothing twice.
+// it runs it saves, once a second when it has moved, the ID at or below
+// which it has dealt with everything: below the oldest message it still
+// has waiting or is pushing, else the newest it has seen. A crash can
+// therefore push again a message pushed in the second before it, or while
+// an older push waited, at most once per conversation; a clean stop saves
+// the newest, and the next run pushes nothing twice. A run that lost the
+// lease saves nothing: the next holder's cursor counts.
 //
 // When ctx ends (a clean stop, or the lease lost), the pushes still pending
 // are not dropped, since the next holder of the lease never saw the updates
@@ -256,7 +259,8 @@ func (f *Fallback) reset() {
 	defer f.mu.Unlock()
 	clear(f.pending)
 	clear(f.sent)
-	f.newest, f.saved, f.savedAt = 0, 0, time.Time{}
+	f.newest, f.saved = 0, 0
+	clear(f.inflight)
 	select {
 	case <-f.kick:
 	default:
@@ -280,8 +284,18 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 	push := func(es []*entry, notBefore func(*entry) time.Time) {
 		for _, e := range es {
 			wg.Add(1)
+			f.mu.Lock()
+			f.inflight[e.msg.ID]++
+			f.mu.Unlock()
 			go func() {
 				defer wg.Done()
+				defer func() {
+					f.mu.Lock()
+					if f.inflight[e.msg.ID]--; f.inflight[e.msg.ID] <= 0 {
+						delete(f.inflight, e.msg.ID)
+					}
+					f.mu.Unlock()
+				}()
 				if notBefore != nil {
 					select {
 					case <-f.cfg.Clock.At(notBefore(e)):
@@ -301,12 +315,16 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 	}
 	err := f.loop(ctx, msgs, push)
 	f.stop(&wg, cancelWork, push)
-	// Everything seen is dealt with: pushed, acknowledged, or handed to
-	// the grace above.
-	f.mu.Lock()
-	newest := f.newest
-	f.mu.Unlock()
-	f.saveCursor(newest)
+	f.clearHealth()
+	// Everything seen is dealt with: pushed, acknowledged, or given the
+	// grace above. Unless the lease was lost: another node may hold it
+	// already, and its cursor is the one that counts.
+	if !errors.Is(context.Cause(ctx), bridge.ErrLeaseLost) {
+		f.mu.Lock()
+		newest := f.newest
+		f.mu.Unlock()
+		f.saveCursor(newest)
+	}
 	return err
 }
 
@@ -328,8 +346,11 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 		return fmt.Errorf("setting %s: %q is not a message id", f.cfg.Cursor, v)
 	}
 	oldest := f.cfg.Clock.Now().Add(-f.cfg.CatchUp)
+	if after, err = f.firstRecent(ctx, after, oldest); err != nil {
+		return err
+	}
 	convs := map[int64]*core.Conversation{}
-	n := 0
+	n, full := 0, true
 	for range catchUpPages {
 		ms, err := f.cfg.Store.Feed(ctx, after, catchUpPage)
 		if err != nil {
@@ -353,13 +374,61 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 			n++
 		}
 		if len(ms) < catchUpPage {
+			full = false
 			break
 		}
+	}
+	if full {
+		f.log.Warn("push: the catch-up stopped at its limit; later messages committed while no node pushed go without notification",
+			"messages", catchUpPage*catchUpPages)
 	}
 	if n > 0 {
 		f.log.Info("push: caught up on messages committed while no node pushed", "messages", n)
 	}
 	return nil
+}
+
+// firstRecent returns the ID after which the messages following after are
+// no older than oldest (IDs follow commit order, so creation times nearly
+// do), probing the log: a stale cursor does not spend the catch-up's
+// budget on messages it would skip.
+func (f *Fallback) firstRecent(ctx context.Context, after int64, oldest time.Time) (int64, error) {
+	// old reports whether the first message after id is older than oldest
+	// (false when there is none).
+	old := func(id int64) (bool, error) {
+		ms, err := f.cfg.Store.Feed(ctx, id, 1)
+		return err == nil && len(ms) == 1 && ms[0].CreatedAt.Before(oldest), err
+	}
+	lo := after
+	if o, err := old(lo); err != nil || !o {
+		return lo, err
+	}
+	// The first message after lo is old; find hi, whose first is not.
+	hi := lo
+	for step := int64(1); ; step *= 2 {
+		hi = lo + step
+		o, err := old(hi)
+		if err != nil {
+			return 0, err
+		}
+		if !o {
+			break
+		}
+		lo = hi
+	}
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		o, err := old(mid)
+		if err != nil {
+			return 0, err
+		}
+		if o {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi, nil
 }
 
 // saveCursor stores at as the cursor (Config.Cursor) if it moved. It
@@ -382,23 +451,20 @@ func (f *Fallback) saveCursor(at int64) {
 	f.mu.Unlock()
 }
 
-// cursorDue returns the cursor to save now, if a second has passed since
-// the last save: everything at or below it is dealt with.
-func (f *Fallback) cursorDue(now time.Time) (int64, bool) {
+// cursorAt returns the ID at or below which this run has dealt with every
+// message it saw: below the oldest push waiting or under way, else the
+// newest seen.
+func (f *Fallback) cursorAt() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cfg.Cursor == "" || now.Sub(f.savedAt) < saveEvery {
-		return 0, false
-	}
 	at := f.newest
 	for _, e := range f.pending {
 		at = min(at, e.msg.ID-1)
 	}
-	if at <= f.saved {
-		return 0, false
+	for id := range f.inflight {
+		at = min(at, id-1)
 	}
-	f.savedAt = now
-	return at, true
+	return at
 }
 
 // loop observes msgs and starts the pushes that fall due, until ctx ends
@@ -407,7 +473,13 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push 
 	var (
 		timer   <-chan time.Time
 		armedAt time.Time
+		save    <-chan time.Time // the cursor's ticker (real time)
 	)
+	if f.cfg.Cursor != "" {
+		tick := time.NewTicker(saveEvery)
+		defer tick.Stop()
+		save = tick.C
+	}
 	for {
 		if t, ok := f.next(); !ok {
 			timer, armedAt = nil, time.Time{}
@@ -434,10 +506,9 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push 
 				f.Observe(u)
 			}
 			msg.Ack()
-			if at, ok := f.cursorDue(f.cfg.Clock.Now()); ok {
-				f.saveCursor(at)
-			}
 		case <-f.kick:
+		case <-save:
+			f.saveCursor(f.cursorAt())
 		case <-timer:
 			timer = nil
 			push(f.takeDue(f.cfg.Clock.Now()), nil)
@@ -654,6 +725,19 @@ func (f *Fallback) Check(context.Context) error {
 		return fmt.Errorf("push provider refuses kefu's credentials: %w", f.authErr)
 	}
 	return nil
+}
+
+// clearHealth forgets a refusal of kefu's credentials when a run ends: a
+// node that no longer pushes has no say in /readyz or kefu_push_unhealthy,
+// and the next holder finds out for itself.
+func (f *Fallback) clearHealth() {
+	f.healthMu.Lock()
+	was := f.authErr
+	f.authErr = nil
+	f.healthMu.Unlock()
+	if was != nil {
+		f.cfg.Metrics.setUnhealthy(false)
+	}
 }
 
 // setHealth records the outcome of a push for Check, logging a change once.

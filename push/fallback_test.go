@@ -716,10 +716,15 @@ func TestGoneRemovesOnlyThePushedRegistration(t *testing.T) {
 	}
 }
 
-// withCursor gives h's Fallback a cursor in the store (Config.Cursor).
-func (h *harness) withCursor() {
+// withCursor gives h's Fallback a cursor in the store (Config.Cursor), and
+// p as its Pusher unless nil.
+func (h *harness) withCursor(p ...Pusher) {
 	h.t.Helper()
-	f, err := New(Config{Pusher: h.pusher, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
+	var pusher Pusher = h.pusher
+	if len(p) > 0 {
+		pusher = p[0]
+	}
+	f, err := New(Config{Pusher: pusher, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
 		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics, Cursor: "push.test.cursor"})
 	if err != nil {
 		h.t.Fatal(err)
@@ -822,5 +827,105 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// A push under way keeps the cursor below its message (a crash then still
+// pushes it from the next holder), like one waiting.
+func TestCursorStaysBelowAPushUnderWay(t *testing.T) {
+	h := newHarness(t)
+	bp := &blockingPusher{started: make(chan struct{}, 1)}
+	h.withCursor(bp)
+	c := h.conversation()
+	tn := h.startTenure()
+	m1 := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	<-bp.started
+	time.Sleep(3 * saveEvery) // the cursor's ticker runs, with nothing waiting but m1 under way
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor %q while m1's push is under way, want %d", got, m1.ID-1)
+	}
+	tn.cancel()
+	if !h.clock.WaitFor(h.clock.Now().Add(DefaultStopGrace), tn.finished) {
+		t.Fatal("no grace deadline")
+	}
+	h.clock.Advance(DefaultStopGrace) // the push is cut off
+	<-tn.finished
+}
+
+// A run that lost its lease saves no cursor: the next holder's counts.
+func TestLostLeaseSavesNoCursor(t *testing.T) {
+	h := newHarness(t)
+	h.withCursor()
+	c := h.conversation()
+	ctx, cancel := context.WithCancelCause(h.ctx)
+	tn := &tenure{h: h, msgs: make(chan *message.Message), cancel: func() { cancel(bridge.ErrLeaseTaken) }, finished: make(chan struct{})}
+	go func() {
+		tn.err = h.f.run(ctx, tn.msgs)
+		close(tn.finished)
+	}()
+	m1 := h.agentSays(c, "Found it!")
+	tn.feed()
+	waitFor(t, "the cursor below the waiting push", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
+	if err := tn.stop(DefaultStopGrace / 2); err != nil { // the waiting push goes out in the grace
+		t.Fatal(err)
+	}
+	h.wantPushes(1)
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor %q after the lease was lost, want it left at %d", got, m1.ID-1)
+	}
+}
+
+// firstRecent skips, by probing, the messages after a stale cursor that
+// are older than the catch-up's age.
+func TestFirstRecentSkipsOldMessages(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	var lastOld core.Message
+	for i := range 37 {
+		lastOld = h.agentSays(c, fmt.Sprint("old ", i))
+	}
+	h.clock.Advance(DefaultCatchUp + time.Minute)
+	oldest := h.clock.Now().Add(-DefaultCatchUp)
+	first := h.agentSays(c, "new")
+	h.agentSays(c, "newer")
+	for _, after := range []int64{0, 1, lastOld.ID - 20, lastOld.ID - 1} {
+		got, err := h.f.firstRecent(h.ctx, after, oldest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ms, _ := h.store.Feed(h.ctx, got, 1); len(ms) != 1 || ms[0].ID != first.ID {
+			t.Errorf("from %d: firstRecent %d, whose next message is %+v; want %d", after, got, ms, first.ID)
+		}
+	}
+	if got, _ := h.f.firstRecent(h.ctx, first.ID, oldest); got != first.ID {
+		t.Errorf("from a recent cursor: %d, want it kept (%d)", got, first.ID)
+	}
+}
+
+// A refusal of kefu's credentials counts only while the run that met it
+// goes on: the node that stops pushing is ready again, and its
+// kefu_push_unhealthy is 0 (the next holder finds out for itself).
+func TestStoppedRunForgetsARefusal(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	h.pusher.errs = []error{fmt.Errorf("%w: 403 InvalidProviderToken", ErrProviderAuth)}
+	tn := h.startTenure()
+	h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the refused push", func() bool { return h.f.Check(h.ctx) != nil })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.f.Check(h.ctx); err != nil {
+		t.Errorf("Check after the run: %v", err)
+	}
+	var m dto.Metric
+	if err := h.metrics.unhealthy.Write(&m); err != nil || m.GetGauge().GetValue() != 0 {
+		t.Errorf("kefu_push_unhealthy after the run: %v, %v", m.GetGauge().GetValue(), err)
 	}
 }
