@@ -145,10 +145,10 @@ type Fallback struct {
 
 	running atomic.Bool // a Run is under way
 
-	mu      sync.Mutex
-	pending map[key]*entry
-	sent    map[key]time.Time // when each conversation side was last pushed to
-	kick    chan struct{}     // the schedule changed
+	mu       sync.Mutex
+	pending  map[key]*entry
+	sent     map[key]time.Time // when each conversation side was last pushed to
+	kick     chan struct{}     // the schedule changed
 	newest   int64             // the newest message observed in this run
 	saved    int64             // the cursor last saved (Config.Cursor)
 	inflight map[int64]int     // messages whose push is under way, by ID
