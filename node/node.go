@@ -483,9 +483,8 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ready\n")
 }
 
-// registerGauges exports the outbox's depth and oldest entry's age and the
-// queue length, read from the store when /metrics is scraped, and the nodes
-// whose sockets presence counts.
+// registerGauges exports the nodes whose sockets presence counts, and the
+// store's outbox and queue (storeGauges).
 func (n *Node) registerGauges() {
 	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "kefu_presence_nodes", Help: "Nodes whose sockets this node's presence counts, itself included (1 on the in-process bus).",
@@ -495,43 +494,7 @@ func (n *Node) registerGauges() {
 		}
 		return float64(n.presence.Nodes())
 	}))
-	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "kefu_outbox_depth", Help: "Outbound entries not yet delivered.",
-	}, func() float64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		depth, _, err := n.store.OutboxStats(ctx)
-		if err != nil {
-			return -1
-		}
-		return float64(depth)
-	}))
-	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "kefu_outbox_oldest_age_seconds",
-		Help: "Age of the oldest outbound entry not yet delivered (0 when none): replies that have not reached their customers for that long.",
-	}, func() float64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		depth, oldest, err := n.store.OutboxStats(ctx)
-		if err != nil {
-			return -1
-		}
-		if depth == 0 {
-			return 0
-		}
-		return max(0, time.Since(oldest).Seconds())
-	}))
-	n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "kefu_queue_length", Help: "Conversations waiting for an agent (capped at 10000).",
-	}, func() float64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		q, err := n.store.Queue(ctx, 10000)
-		if err != nil {
-			return -1
-		}
-		return float64(len(q))
-	}))
+	n.reg.MustRegister(storeGauges{store: n.store})
 }
 
 // Close releases the bus and the store. Run calls it; call it yourself only
@@ -554,6 +517,59 @@ func (n *Node) Close() error {
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr
+}
+
+// The store's gauges, the same on every node: read when /metrics is
+// scraped, -1 when the store cannot be read.
+var (
+	outboxDepthDesc = prometheus.NewDesc("kefu_outbox_depth",
+		"Outbound entries not yet delivered (-1: the store could not be read).", nil, nil)
+	outboxAgeDesc = prometheus.NewDesc("kefu_outbox_oldest_age_seconds",
+		"Age of the oldest outbound entry not yet delivered, 0 when none: replies that have not reached their customers for that long (-1: the store could not be read).", nil, nil)
+	queueLengthDesc = prometheus.NewDesc("kefu_queue_length",
+		"Conversations waiting for an agent, capped at 10000 (-1: the store could not be read).", nil, nil)
+	queueWaitDesc = prometheus.NewDesc("kefu_queue_oldest_wait_seconds",
+		"How long the conversation first in the queue has waited for an agent, 0 when none (-1: the store could not be read).", nil, nil)
+)
+
+// storeGauges reads the outbox's and the queue's gauges from the store,
+// once each per scrape.
+type storeGauges struct{ store core.Store }
+
+func (g storeGauges) Describe(ch chan<- *prometheus.Desc) {
+	ch <- outboxDepthDesc
+	ch <- outboxAgeDesc
+	ch <- queueLengthDesc
+	ch <- queueWaitDesc
+}
+
+func (g storeGauges) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	age := func(t time.Time) float64 { return max(0, time.Since(t).Seconds()) }
+	if depth, oldest, err := g.store.OutboxStats(ctx); err != nil {
+		gauge(outboxDepthDesc, -1)
+		gauge(outboxAgeDesc, -1)
+	} else {
+		gauge(outboxDepthDesc, float64(depth))
+		oldestAge := 0.0
+		if depth > 0 {
+			oldestAge = age(oldest)
+		}
+		gauge(outboxAgeDesc, oldestAge)
+	}
+	if q, err := g.store.Queue(ctx, 10000); err != nil {
+		gauge(queueLengthDesc, -1)
+		gauge(queueWaitDesc, -1)
+	} else {
+		gauge(queueLengthDesc, float64(len(q)))
+		wait := 0.0
+		if len(q) > 0 {
+			wait = age(q[0].QueuedAt) // the queue is in serving order: oldest first
+		}
+		gauge(queueWaitDesc, wait)
+	}
 }
 
 // countingNotifier counts committed customer messages per channel on their

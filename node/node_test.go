@@ -313,8 +313,9 @@ func TestHealthReadyMetrics(t *testing.T) {
 
 // TestMetricsForAlerts: the gauges deploy/prometheus's alerts and the
 // Grafana dashboard read. The web channel's connections, by audience, follow
-// a visitor's WebSocket; the age of the oldest undelivered reply is 0 with
-// none and grows while a reply cannot be delivered.
+// a visitor's WebSocket; the longest wait in the queue and the age of the
+// oldest undelivered reply are 0 with none and grow while a customer waits
+// and while a reply cannot be delivered.
 func TestMetricsForAlerts(t *testing.T) {
 	const origin = "https://shop.example.com"
 	dead := httptest.NewServer(http.NotFoundHandler())
@@ -342,6 +343,16 @@ channels:
 	if got := age(); got != 0 {
 		t.Fatalf("oldest undelivered reply with none: %v", got)
 	}
+	wait := func() float64 {
+		v, err := strconv.ParseFloat(scrape(t, n.URL, "kefu_queue_oldest_wait_seconds"), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := wait(); got != 0 {
+		t.Fatalf("longest wait in an empty queue: %v", got)
+	}
 
 	web := &webtest.Client{Base: n.URL, Origin: origin}
 	vs, err := web.StartSession(ctx, webtest.SessionRequest{Name: "Pat"})
@@ -368,12 +379,12 @@ channels:
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	alice := n.Agent(t, "alice@example.com")
-	if _, err := n.Service().Take(ctx, alice.ID, r.ConversationID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Service().Reply(ctx, alice.ID, r.ConversationID, core.Message{Kind: core.KindText, Text: "on it"}); err != nil {
-		t.Fatal(err)
+	// Nobody is available: the customer waits in the queue, and the
+	// offline reply to them cannot be delivered (nothing listens at
+	// deliver_url).
+	waitFor(t, "the customer's wait", func() bool { return wait() >= 1 })
+	if got := scrape(t, n.URL, "kefu_queue_length"); got != "1" {
+		t.Fatalf("queue length %q, want 1", got)
 	}
 	waitFor(t, "the undelivered reply's age", func() bool { return age() >= 1 })
 }

@@ -100,7 +100,7 @@ const restartBytes = 256 << 20
 // every frame already copied, and by the time the checkpointer is done the
 // writer has appended more. The WAL then grew to the backstop, and the
 // writer's own checkpoint, inside a COMMIT, did the copying and the fsync
-// with every write queued behind it. So once the WAL is restartPages long
+// with every write queued behind it. So once the WAL is restartBytes long
 // and a checkpoint has copied every frame it found (no reader holds an
 // older snapshot), the checkpointer asks the writer to catch up (rewind):
 // between two batches the writer copies the few frames committed since,

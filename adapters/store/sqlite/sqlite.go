@@ -196,7 +196,7 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	// temp_store(memory) keeps the sub-journal that each op's savepoint
 	// writes in memory; on disk it costs a write per page per op. With the
 	// checkpointer on, the writer's own automatic checkpoint is only a
-	// backstop (backstopPages).
+	// backstop (backstopBytes).
 	pageSize, err := createFile(ctx, o.Path)
 	if err != nil {
 		return nil, err
