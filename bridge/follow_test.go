@@ -13,6 +13,7 @@ import (
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/bridge"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 )
 
 // followRecorder records what a follower hands it and fails on demand.
@@ -113,13 +114,4 @@ func TestFollowerFollowsTheLog(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = wait.For

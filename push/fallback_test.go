@@ -23,6 +23,7 @@ import (
 	"github.com/kefuhq/kefu/bridge"
 	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/internal/fakeclock"
+	"github.com/kefuhq/kefu/internal/wait"
 )
 
 // The decision flow, driven by hand: updates from a real core.Service on a
@@ -819,16 +820,7 @@ func TestCursorStaysBelowWaitingPushes(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // A push under way keeps the cursor below its message (a crash then still
 // pushes it from the next holder), like one waiting.

@@ -19,6 +19,7 @@ import (
 	"github.com/kefuhq/kefu/channels/slack"
 	"github.com/kefuhq/kefu/channels/slack/slacktest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 )
 
 const (
@@ -196,17 +197,7 @@ func (h *harness) conversation(id int64) core.Conversation {
 	return c
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 type nopNotifier struct{}
 

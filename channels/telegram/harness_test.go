@@ -20,6 +20,7 @@ import (
 	"github.com/kefuhq/kefu/channels/telegram"
 	"github.com/kefuhq/kefu/channels/telegram/telegramtest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 	"github.com/kefuhq/kefu/media"
 )
 
@@ -192,17 +193,7 @@ func (h *harness) waitMessage(id int64, what string, cond func(core.Message) boo
 	return m
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 type nopNotifier struct{}
 

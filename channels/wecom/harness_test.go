@@ -24,6 +24,7 @@ import (
 	"github.com/kefuhq/kefu/channels/wecom"
 	"github.com/kefuhq/kefu/channels/wecom/wecomtest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 	"github.com/kefuhq/kefu/media"
 )
 
@@ -257,16 +258,7 @@ func (h *harness) agentTexts(convID int64) []string {
 	return out
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 type nopNotifier struct{}
 

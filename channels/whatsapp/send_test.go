@@ -15,6 +15,7 @@ import (
 	"github.com/kefuhq/kefu/bridge"
 	wt "github.com/kefuhq/kefu/channels/whatsapp/whatsapptest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 )
 
 func TestSendText(t *testing.T) {
@@ -459,16 +460,7 @@ func jsonString(t *testing.T, v any) string {
 	return string(b)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 func TestSlowAPIIsTransient(t *testing.T) {
 	h := newHarness(t)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 	"github.com/kefuhq/kefu/node"
 )
 
@@ -110,15 +111,7 @@ func (n *Node) Messages(t testing.TB, convID int64) []core.Message {
 	return ms
 }
 
-// WaitFor polls cond until it holds, failing the test after 15 s. It is
-// for waiting on asynchronous effects, never for measuring time.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// WaitFor is wait.For: it polls cond until it holds, failing the test
+// after 15 s. It is for waiting on asynchronous effects, never for
+// measuring time.
+var WaitFor = wait.For
