@@ -527,7 +527,7 @@ var (
 	outboxAgeDesc = prometheus.NewDesc("kefu_outbox_oldest_age_seconds",
 		"Age of the oldest outbound entry not yet delivered, 0 when none: replies that have not reached their customers for that long (-1: the store could not be read).", nil, nil)
 	queueLengthDesc = prometheus.NewDesc("kefu_queue_length",
-		"Conversations waiting for an agent, capped at 10000 (-1: the store could not be read).", nil, nil)
+		"Conversations waiting for an agent, counted up to 500 (-1: the store could not be read).", nil, nil)
 	queueWaitDesc = prometheus.NewDesc("kefu_queue_oldest_wait_seconds",
 		"How long the conversation first in the queue has waited for an agent, 0 when none (-1: the store could not be read).", nil, nil)
 )
@@ -544,10 +544,13 @@ func (g storeGauges) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (g storeGauges) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
+	read := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 2*time.Second)
+	}
 	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
 	age := func(t time.Time) float64 { return max(0, time.Since(t).Seconds()) }
+	ctx, cancel := read()
+	defer cancel()
 	if depth, oldest, err := g.store.OutboxStats(ctx); err != nil {
 		gauge(outboxDepthDesc, -1)
 		gauge(outboxAgeDesc, -1)
@@ -559,7 +562,9 @@ func (g storeGauges) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(outboxAgeDesc, oldestAge)
 	}
-	if q, err := g.store.Queue(ctx, 10000); err != nil {
+	ctx, cancel = read()
+	defer cancel()
+	if q, err := g.store.Queue(ctx, 500); err != nil {
 		gauge(queueLengthDesc, -1)
 		gauge(queueWaitDesc, -1)
 	} else {

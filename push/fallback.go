@@ -151,6 +151,8 @@ type Fallback struct {
 	kick     chan struct{}     // the schedule changed
 	newest   int64             // the newest message observed in this run
 	saved    int64             // the cursor last saved (Config.Cursor)
+	lastTick int64             // cursorAt at the cursor's last tick (lagged)
+	caughtUp int64             // the last message the catch-up read: the bus's copies are skipped
 	inflight map[int64]int     // messages whose push is under way, by ID
 
 	healthMu sync.Mutex
@@ -217,23 +219,27 @@ func New(cfg Config) (*Fallback, error) {
 //
 // With a Config.Cursor, a run first catches up on the messages committed
 // after the cursor (at most Config.CatchUp old), which no run saw on the
-// bus: those of a node that crashed with pushes waiting, and those
-// committed while no node held the lease. It decides on them as on live
-// ones; a message the store shows delivered or read is not pushed. While
-// it runs it saves, once a second when it has moved, the ID at or below
-// which it has dealt with everything: below the oldest message it still
-// has waiting or is pushing, else the newest it has seen. A crash can
-// therefore push again a message pushed in the second before it, or while
-// an older push waited, at most once per conversation; a clean stop saves
-// the newest, and the next run pushes nothing twice. A run that lost the
-// lease saves nothing: the next holder's cursor counts.
+// bus: those an earlier run left waiting or cut off, and those committed
+// while no node held the lease. It decides on them as on live ones; a
+// message the store shows delivered or read is not pushed. While it runs
+// it saves, once a second when it has moved, the ID at or below which it
+// has dealt with everything: below the oldest message it still has
+// waiting, under way or cut off, else the newest it has seen, and a second
+// behind (updates reach the bus nearly but not quite in ID order). A crash
+// can therefore push again, at most once per conversation, a message
+// pushed in the second before it or while an older push waited. When ctx
+// ends, a clean stop gives the pushes under way StopGrace, leaves those
+// waiting to the next run and saves the cursor; a run that lost the lease
+// (cause bridge.ErrLeaseLost) cuts its pushes off at once and saves
+// nothing. The very first run saves the log's end as its cursor.
 //
-// When ctx ends (a clean stop, or the lease lost), the pushes still pending
-// are not dropped, since the next holder of the lease never saw the updates
-// they came from: each goes out at its due time, or StopGrace/2 after the
-// stop if that is sooner, unless the store shows its message delivered or
-// read by then. Run returns nil once those and the pushes in flight have
-// ended, within StopGrace (then their ctx is cancelled).
+// Without a cursor, when ctx ends (a clean stop, or the lease lost), the
+// pushes still pending are not dropped, since the next holder of the lease
+// never saw the updates they came from: each goes out at its due time, or
+// StopGrace/2 after the stop if that is sooner, unless the store shows its
+// message delivered or read by then. Run returns nil once those and the
+// pushes in flight have ended, within StopGrace (then their ctx is
+// cancelled).
 //
 // Run must not be called again before it has returned; a concurrent call
 // fails.
@@ -259,7 +265,7 @@ func (f *Fallback) reset() {
 	defer f.mu.Unlock()
 	clear(f.pending)
 	clear(f.sent)
-	f.newest, f.saved = 0, 0
+	f.newest, f.saved, f.lastTick, f.caughtUp = 0, 0, 0, 0
 	clear(f.inflight)
 	select {
 	case <-f.kick:
@@ -290,6 +296,9 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 			go func() {
 				defer wg.Done()
 				defer func() {
+					if wctx.Err() != nil {
+						return // cut off: it stays below the cursor, for the next run
+					}
 					f.mu.Lock()
 					if f.inflight[e.msg.ID]--; f.inflight[e.msg.ID] <= 0 {
 						delete(f.inflight, e.msg.ID)
@@ -314,18 +323,36 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 		}
 	}
 	err := f.loop(ctx, msgs, push)
-	f.stop(&wg, cancelWork, push)
-	f.clearHealth()
-	// Everything seen is dealt with: pushed, acknowledged, or given the
-	// grace above. Unless the lease was lost: another node may hold it
-	// already, and its cursor is the one that counts.
-	if !errors.Is(context.Cause(ctx), bridge.ErrLeaseLost) {
-		f.mu.Lock()
-		newest := f.newest
-		f.mu.Unlock()
-		f.saveCursor(newest)
+	switch {
+	case f.cfg.Cursor == "":
+		f.stop(&wg, cancelWork, push)
+	case errors.Is(context.Cause(ctx), bridge.ErrLeaseLost):
+		// Another node may hold the lease already: what this run has
+		// waiting or under way is left to it, since the cursor saved last
+		// is below all of it.
+		cancelWork()
+		wg.Wait()
+	default:
+		// A clean stop: the pushes under way get the grace, those waiting
+		// are left to the next run, and the cursor is saved below them
+		// (and a second behind, see lagged).
+		f.finish(&wg, cancelWork)
+		f.saveCursor(context.Background(), min(f.lagged(), f.cursorAt()))
 	}
+	f.clearHealth()
 	return err
+}
+
+// finish waits for the pushes under way, cancelling them after StopGrace.
+func (f *Fallback) finish(wg *sync.WaitGroup, cancelWork context.CancelFunc) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-f.cfg.Clock.At(f.cfg.Clock.Now().Add(f.cfg.StopGrace)):
+		cancelWork()
+		<-done
+	}
 }
 
 // catchUp observes the messages committed after the saved cursor and at
@@ -336,7 +363,17 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 	}
 	v, err := f.cfg.Store.Setting(ctx, f.cfg.Cursor)
 	if errors.Is(err, core.ErrNotFound) {
-		return nil // the first run: from what it observes
+		// The very first run starts from what it observes, and saves
+		// the log's end as the cursor the next run catches up from.
+		end, err := f.firstRecent(ctx, 0, f.cfg.Clock.Now().Add(time.Minute))
+		if err != nil {
+			return err
+		}
+		f.mu.Lock()
+		f.lastTick = end
+		f.mu.Unlock()
+		f.saveCursor(ctx, end)
+		return nil
 	}
 	if err != nil {
 		return err
@@ -345,6 +382,9 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("setting %s: %q is not a message id", f.cfg.Cursor, v)
 	}
+	f.mu.Lock()
+	f.lastTick, f.saved = after, after
+	f.mu.Unlock()
 	oldest := f.cfg.Clock.Now().Add(-f.cfg.CatchUp)
 	if after, err = f.firstRecent(ctx, after, oldest); err != nil {
 		return err
@@ -359,12 +399,18 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 		for i := range ms {
 			m := &ms[i]
 			after = m.ID
+			f.mu.Lock()
+			f.caughtUp = m.ID
+			f.mu.Unlock()
 			if m.CreatedAt.Before(oldest) {
 				continue
 			}
 			c, ok := convs[m.ConversationID]
 			if !ok {
 				cv, err := f.cfg.Store.Conversation(ctx, m.ConversationID)
+				if errors.Is(err, core.ErrNotFound) {
+					continue
+				}
 				if err != nil {
 					return err
 				}
@@ -431,24 +477,38 @@ func (f *Fallback) firstRecent(ctx context.Context, after int64, oldest time.Tim
 	return hi, nil
 }
 
-// saveCursor stores at as the cursor (Config.Cursor) if it moved. It
-// outlives the run's ctx: a stopping run saves its last one.
-func (f *Fallback) saveCursor(at int64) {
+// saveCursor stores at as the cursor (Config.Cursor) if it changed (it
+// moves back when a message below it came late), within saveEvery.
+func (f *Fallback) saveCursor(ctx context.Context, at int64) {
 	f.mu.Lock()
-	moved := f.cfg.Cursor != "" && at > f.saved
+	changed := f.cfg.Cursor != "" && at != f.saved && at > 0
 	f.mu.Unlock()
-	if !moved {
+	if !changed || ctx.Err() != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, saveEvery)
 	defer cancel()
 	if err := f.cfg.Store.PutSetting(ctx, f.cfg.Cursor, strconv.FormatInt(at, 10)); err != nil {
 		f.log.Warn("push: could not save the cursor; the next run may push some messages again", "err", err)
 		return
 	}
 	f.mu.Lock()
-	f.saved = max(f.saved, at)
+	f.saved = at
 	f.mu.Unlock()
+}
+
+// lagged returns the cursor to save at a tick: cursorAt now, or at the
+// tick before if that is lower. Updates reach the bus nearly but not quite
+// in ID order (two nodes commit and publish at once), so a message the
+// run has not seen yet may lie below the newest it has; a second's lag
+// keeps the cursor below it.
+func (f *Fallback) lagged() int64 {
+	at := f.cursorAt()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	prev := f.lastTick
+	f.lastTick = at
+	return min(prev, at)
 }
 
 // cursorAt returns the ID at or below which this run has dealt with every
@@ -502,13 +562,19 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push 
 				msg.Ack()
 				continue
 			}
+			f.mu.Lock()
+			caughtUp := f.caughtUp
+			f.mu.Unlock()
 			for _, u := range env.Updates {
+				if u.Type == core.UpdateMessage && u.Message != nil && u.Message.ID <= caughtUp {
+					continue // the catch-up has it already
+				}
 				f.Observe(u)
 			}
 			msg.Ack()
 		case <-f.kick:
 		case <-save:
-			f.saveCursor(f.cursorAt())
+			f.saveCursor(ctx, f.lagged())
 		case <-timer:
 			timer = nil
 			push(f.takeDue(f.cfg.Clock.Now()), nil)

@@ -742,10 +742,10 @@ func (h *harness) cursor() string {
 	return v
 }
 
-// A message committed while no run is going (between two lease tenures) is
-// pushed by the next run, from the cursor the last one saved; what the
-// last one pushed is not pushed again, and a message older than CatchUp is
-// not pushed at all.
+// With a cursor, a clean stop leaves the pushes waiting to the next run,
+// which catches up on them and on messages committed while no run was
+// going (between two lease tenures); what a run pushed is not pushed
+// again, and a message older than CatchUp is not pushed at all.
 func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	h := newHarness(t)
 	h.withCursor()
@@ -754,14 +754,24 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	m1 := h.agentSays(c, "Found it!")
 	tn.feed()
 	tn.waitArmed(h.clock.Now().Add(collapse))
-	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+	if err := tn.stop(0); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.wantPushes(1)[0]; got.MessageID != m1.ID {
-		t.Fatalf("pushed %+v, want message %d", got, m1.ID)
+	h.wantPushes(0)
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
 	}
-	if got := h.cursor(); got != fmt.Sprint(m1.ID) {
-		t.Fatalf("cursor after a clean stop: %q, want %d", got, m1.ID)
+
+	// The next run pushes it, and runs long enough for its cursor to pass
+	// it (a second behind).
+	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
+	tn = h.startTenure()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 1 })
+	waitFor(t, "the cursor past it", func() bool { return h.cursor() == fmt.Sprint(m1.ID) })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
 	}
 
 	// Nobody runs: another customer's question to Alice, which gets stale,
@@ -780,16 +790,13 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	tn = h.startTenure()
 	tn.waitArmed(h.clock.Now().Add(collapse))
 	h.clock.Advance(collapse)
-	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 2 })
+	waitFor(t, "the second caught-up push", func() bool { return len(h.pusher.got()) == 2 })
 	if err := tn.stop(0); err != nil {
 		t.Fatal(err)
 	}
 	got := h.wantPushes(2)
-	if got[1].MessageID != m3.ID {
-		t.Fatalf("caught up with %+v, want message %d", got[1], m3.ID)
-	}
-	if h.cursor() != fmt.Sprint(m3.ID) {
-		t.Fatalf("cursor %q, want %d", h.cursor(), m3.ID)
+	if got[0].MessageID != m1.ID || got[1].MessageID != m3.ID {
+		t.Fatalf("pushed %d then %d, want %d then %d", got[0].MessageID, got[1].MessageID, m1.ID, m3.ID)
 	}
 }
 
@@ -812,11 +819,11 @@ func TestCursorStaysBelowWaitingPushes(t *testing.T) {
 	m2 := h.customerSays("thanks")
 	tn.feed()
 	waitFor(t, "the cursor below the push to Alice", func() bool { return h.cursor() == fmt.Sprint(m2.ID-1) })
-	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+	if err := tn.stop(0); err != nil { // the push to Alice is left to the next run
 		t.Fatal(err)
 	}
-	if h.cursor() != fmt.Sprint(m2.ID) {
-		t.Fatalf("cursor after the stop %q, want %d", h.cursor(), m2.ID)
+	if h.cursor() != fmt.Sprint(m2.ID-1) {
+		t.Fatalf("cursor after the stop %q, want %d", h.cursor(), m2.ID-1)
 	}
 }
 
@@ -843,14 +850,20 @@ func TestCursorStaysBelowAPushUnderWay(t *testing.T) {
 	if !h.clock.WaitFor(h.clock.Now().Add(DefaultStopGrace), tn.finished) {
 		t.Fatal("no grace deadline")
 	}
-	h.clock.Advance(DefaultStopGrace) // the push is cut off
+	h.clock.Advance(DefaultStopGrace) // the push is cut off: the next run pushes it
 	<-tn.finished
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor %q after m1's push was cut off, want %d", got, m1.ID-1)
+	}
 }
 
-// A run that lost its lease saves no cursor: the next holder's counts.
+// A run that lost its lease sends nothing more, cuts off its pushes under
+// way at once (another node may hold the lease already) and saves no
+// cursor: the next holder catches up on them and pushes them once.
 func TestLostLeaseSavesNoCursor(t *testing.T) {
 	h := newHarness(t)
-	h.withCursor()
+	bp := &blockingPusher{started: make(chan struct{}, 1)}
+	h.withCursor(bp)
 	c := h.conversation()
 	ctx, cancel := context.WithCancelCause(h.ctx)
 	tn := &tenure{h: h, msgs: make(chan *message.Message), cancel: func() { cancel(bridge.ErrLeaseTaken) }, finished: make(chan struct{})}
@@ -860,13 +873,35 @@ func TestLostLeaseSavesNoCursor(t *testing.T) {
 	}()
 	m1 := h.agentSays(c, "Found it!")
 	tn.feed()
-	waitFor(t, "the cursor below the waiting push", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
-	if err := tn.stop(DefaultStopGrace / 2); err != nil { // the waiting push goes out in the grace
-		t.Fatal(err)
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	<-bp.started // under way
+	waitFor(t, "the cursor below the push under way", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
+	tn.cancel()
+	select { // at once: the fake clock does not move, so no grace can end
+	case <-tn.finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run that lost its lease waits for its pushes under way")
 	}
-	h.wantPushes(1)
+	if tn.err != nil {
+		t.Fatal(tn.err)
+	}
 	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
 		t.Fatalf("cursor %q after the lease was lost, want it left at %d", got, m1.ID-1)
+	}
+
+	// The next holder (another node) pushes it, once.
+	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
+	h.withCursor()
+	tn = h.startTenure()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the next holder's push", func() bool { return len(h.pusher.got()) == 1 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.wantPushes(1)[0]; got.MessageID != m1.ID {
+		t.Fatalf("the next holder pushed %+v, want message %d", got, m1.ID)
 	}
 }
 
