@@ -292,7 +292,7 @@ func (n *Node) buildPushers(opt Options) error {
 		fb, err := push.New(push.Config{
 			Pusher: client, Store: n.store, Presence: n.svc.Presence(), Bus: n.bus,
 			FallbackAfter: c.FallbackAfter, StopGrace: leaseTTL / 6, Cursor: "push." + pi.Name + ".cursor",
-			Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics,
+			Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics.For(pi.Name),
 		})
 		if err != nil {
 			return fmt.Errorf("push.%s: %w", pi.Name, err)

@@ -114,9 +114,11 @@ func newHarness(t *testing.T) *harness {
 	if h.alice, err = st.CreateAgent(ctx, core.Agent{Email: "alice@example.com", Name: "Alice", Role: core.RoleAgent, Active: true, PasswordHash: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	if h.metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+	all, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
 		t.Fatal(err)
 	}
+	h.metrics = all.For("apns")
 	h.f, err = New(Config{Pusher: h.pusher, Store: st, Presence: h.presence, FallbackAfter: fallbackAfter,
 		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
 	if err != nil {
@@ -125,11 +127,11 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
-// skipped is kefu_push_skipped_total{reason}.
+// skipped is kefu_push_skipped_total{pusher="apns",reason}.
 func (h *harness) skipped(reason string) float64 {
 	h.t.Helper()
 	var m dto.Metric
-	if err := h.metrics.skips.WithLabelValues(reason).Write(&m); err != nil {
+	if err := h.metrics.skips.WithLabelValues("apns", reason).Write(&m); err != nil {
 		h.t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
@@ -952,7 +954,34 @@ func TestStoppedRunForgetsARefusal(t *testing.T) {
 		t.Errorf("Check after the run: %v", err)
 	}
 	var m dto.Metric
-	if err := h.metrics.unhealthy.Write(&m); err != nil || m.GetGauge().GetValue() != 0 {
+	if err := h.metrics.unhealthy.WithLabelValues("apns").Write(&m); err != nil || m.GetGauge().GetValue() != 0 {
 		t.Errorf("kefu_push_unhealthy after the run: %v, %v", m.GetGauge().GetValue(), err)
+	}
+}
+
+// Each pusher has its own health: one refused, the other's stays 0, and
+// the other's recovery does not clear it.
+func TestMetricsByPusher(t *testing.T) {
+	all, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := all.For("apns"), all.For("apns_beta")
+	a.setUnhealthy(true)
+	b.setUnhealthy(false)
+	b.skipped("acked")
+	value := func(name string) float64 {
+		var m dto.Metric
+		if err := all.unhealthy.WithLabelValues(name).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetGauge().GetValue()
+	}
+	if value("apns") != 1 || value("apns_beta") != 0 {
+		t.Fatalf("unhealthy: apns %v, apns_beta %v; want 1 and 0", value("apns"), value("apns_beta"))
+	}
+	var m dto.Metric
+	if err := all.skips.WithLabelValues("apns", "acked").Write(&m); err != nil || m.GetCounter().GetValue() != 0 {
+		t.Fatalf("apns_beta's skip counted for apns: %v", m.GetCounter().GetValue())
 	}
 }
