@@ -502,14 +502,16 @@ func validUTF8(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 type tenure struct {
 	h        *harness
 	msgs     chan *message.Message
-	cancel   context.CancelFunc
+	cancel   context.CancelFunc // a clean stop
+	lose     context.CancelFunc // the lease lost (cause bridge.ErrLeaseTaken)
 	err      error
 	finished chan struct{} // closed when run has returned err
 }
 
 func (h *harness) startTenure() *tenure {
-	ctx, cancel := context.WithCancel(h.ctx)
-	tn := &tenure{h: h, msgs: make(chan *message.Message), cancel: cancel, finished: make(chan struct{})}
+	ctx, cancel := context.WithCancelCause(h.ctx)
+	tn := &tenure{h: h, msgs: make(chan *message.Message), finished: make(chan struct{}),
+		cancel: func() { cancel(nil) }, lose: func() { cancel(bridge.ErrLeaseTaken) }}
 	go func() {
 		tn.err = h.f.run(ctx, tn.msgs)
 		close(tn.finished)
@@ -867,19 +869,14 @@ func TestLostLeaseSavesNoCursor(t *testing.T) {
 	bp := &blockingPusher{started: make(chan struct{}, 1)}
 	h.withCursor(bp)
 	c := h.conversation()
-	ctx, cancel := context.WithCancelCause(h.ctx)
-	tn := &tenure{h: h, msgs: make(chan *message.Message), cancel: func() { cancel(bridge.ErrLeaseTaken) }, finished: make(chan struct{})}
-	go func() {
-		tn.err = h.f.run(ctx, tn.msgs)
-		close(tn.finished)
-	}()
+	tn := h.startTenure()
 	m1 := h.agentSays(c, "Found it!")
 	tn.feed()
 	tn.waitArmed(h.clock.Now().Add(collapse))
 	h.clock.Advance(collapse)
 	<-bp.started // under way
 	waitFor(t, "the cursor below the push under way", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
-	tn.cancel()
+	tn.lose()
 	select { // at once: the fake clock does not move, so no grace can end
 	case <-tn.finished:
 	case <-time.After(10 * time.Second):

@@ -16,6 +16,7 @@ import (
 	"github.com/kefuhq/kefu/channels/web/webtest"
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/internal/wait"
 	"github.com/kefuhq/kefu/node"
 )
 
@@ -226,16 +227,7 @@ func (h *rtNode) counts() (convs, msgs int) {
 	return len(cs), len(ms)
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(rtWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitUntil = wait.For
 
 // must and check stop the test on an error; every test defers guard.
 func must[T any](v T, err error) T {
