@@ -112,6 +112,10 @@ func (s *Service) CreateAgent(ctx context.Context, by int64, a Agent, password s
 		WeComUserID: *links.WeComUserID, SlackUser: *links.SlackUser, CreatedAt: s.now(),
 	})
 	if errors.Is(err, ErrConflict) {
+		// Taken since the check, through another node: say which.
+		if err := s.checkLinksFree(ctx, 0, links); err != nil {
+			return Agent{}, err
+		}
 		return Agent{}, fmt.Errorf("%w: an agent with email %s exists", ErrConflict, email)
 	}
 	return created, err
@@ -185,6 +189,12 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 	}
 	if next != cur {
 		if err := s.store.UpdateAgent(ctx, next); err != nil {
+			if errors.Is(err, ErrConflict) {
+				// A link taken since the check, through another node.
+				if lerr := s.checkLinksFree(ctx, id, ch); lerr != nil {
+					return Agent{}, lerr
+				}
+			}
 			return Agent{}, err
 		}
 	}
@@ -233,7 +243,9 @@ func checkLinks(ch *AgentChange) error {
 // checkLinksFree fails with ErrConflict when another agent than id (0: a
 // new agent) has ch's WeComUserID (in any case, as Work WeChat compares
 // them) or SlackUser: a message from Work WeChat or Slack must name one
-// agent. The caller holds accountsMu.
+// agent. The caller holds accountsMu. accountsMu orders the changes of one
+// node only: the store's unique indexes on both links refuse a link another
+// node gave since (ErrConflict), and this check, run again, names it.
 func (s *Service) checkLinksFree(ctx context.Context, id int64, ch AgentChange) error {
 	wecom := ch.WeComUserID != nil && *ch.WeComUserID != ""
 	slack := ch.SlackUser != nil && *ch.SlackUser != ""

@@ -334,3 +334,72 @@ func TestPasswords(t *testing.T) {
 		t.Fatal("a reset revokes the agent's sessions")
 	}
 }
+
+// racingStore is a Store whose next Agents call runs before once it has read
+// the agents: what another node changes between this node's check of a link
+// and its write.
+type racingStore struct {
+	core.Store
+	before func()
+}
+
+func (r *racingStore) Agents(ctx context.Context) ([]core.Agent, error) {
+	all, err := r.Store.Agents(ctx)
+	if f := r.before; f != nil {
+		r.before = nil
+		f()
+	}
+	return all, err
+}
+
+// TestLinkTakenThroughAnotherNode: two nodes give one id to two agents at
+// the same moment. Each node's check passes; the store refuses the second
+// write, which changes nothing, and the admin hears whose id it is. A
+// config agent is then created without the link.
+func TestLinkTakenThroughAnotherNode(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	rs := &racingStore{Store: a.store}
+	node2 := core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8},
+		core.Deps{Store: rs, Presence: core.NewMemoryPresence(), Notifier: nopNotifier{}})
+	linkCarl := func(ch core.AgentChange) func() {
+		return func() {
+			if _, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.carl.ID, ch); err != nil {
+				t.Fatalf("node 1 links carl: %v", err)
+			}
+		}
+	}
+	namesCarl := func(name string, err error) {
+		t.Helper()
+		isErr(t, name, err, core.ErrConflict)
+		if err == nil || !strings.Contains(err.Error(), "Carl") {
+			t.Errorf("%s: %v does not say the id is carl's", name, err)
+		}
+	}
+
+	rs.before = linkCarl(core.AgentChange{WeComUserID: ptr("dora")})
+	_, err := node2.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{WeComUserID: ptr("DORA"), Name: ptr("Alice L.")})
+	namesCarl("alice linked to carl's new wecom id", err)
+	if cur, _ := a.store.Agent(ctx, a.alice.ID); cur.WeComUserID != "" || cur.Name != "Alice" {
+		t.Errorf("a refused change was applied: %+v", cur)
+	}
+
+	rs.before = linkCarl(core.AgentChange{SlackUser: ptr("U0ERIN")})
+	_, err = node2.CreateAgent(ctx, a.admin.ID, core.Agent{Email: "erin@example.com", Name: "Erin", SlackUser: "U0ERIN"}, "long-enough")
+	namesCarl("erin created with carl's new slack id", err)
+	if _, err := a.store.AgentByEmail(ctx, "erin@example.com"); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("a refused agent was created: %v", err)
+	}
+
+	rs.before = linkCarl(core.AgentChange{WeComUserID: ptr("frank")})
+	created, err := node2.EnsureAgents(ctx, []core.AgentSeed{
+		{Email: "frank@example.com", Name: "Frank", Password: "password-frank", WeComUserID: "Frank", SlackUser: "U0FRANK"},
+	})
+	if err != nil || len(created) != 1 || created[0].WeComUserID != "" || created[0].SlackUser != "U0FRANK" {
+		t.Fatalf("config agent: %+v, %v; want frank created without carl's wecom id", created, err)
+	}
+	if cur, _ := a.store.Agent(ctx, a.carl.ID); cur.WeComUserID != "frank" || cur.SlackUser != "U0ERIN" {
+		t.Errorf("carl: %+v", cur)
+	}
+}

@@ -958,12 +958,6 @@ func (s *Service) EnsureAgents(ctx context.Context, seeds []AgentSeed) (created 
 			}
 			return err
 		}
-		if err := drop("wecom_userid", &sd.WeComUserID, AgentChange{WeComUserID: &sd.WeComUserID}); err != nil {
-			return created, err
-		}
-		if err := drop("slack_user", &sd.SlackUser, AgentChange{SlackUser: &sd.SlackUser}); err != nil {
-			return created, err
-		}
 		hash, err := HashPassword(sd.Password)
 		if err != nil {
 			return created, err
@@ -972,15 +966,36 @@ func (s *Service) EnsureAgents(ctx context.Context, seeds []AgentSeed) (created 
 		if role == "" {
 			role = RoleAgent
 		}
-		a, err := s.store.CreateAgent(ctx, Agent{
-			Email: strings.ToLower(sd.Email), Name: sd.Name, Role: role, PasswordHash: hash, Active: true,
-			WeComUserID: sd.WeComUserID, SlackUser: sd.SlackUser, CreatedAt: s.now(),
-		})
-		if err != nil && !errors.Is(err, ErrConflict) {
-			return created, err
-		}
-		if err == nil {
-			created = append(created, a)
+		// A conflict on the write is another node's doing: it created the
+		// agent, or gave one of the links to another agent since the check
+		// (then the link is left off, and the agent created without it).
+		for try := 0; ; try++ {
+			if err := drop("wecom_userid", &sd.WeComUserID, AgentChange{WeComUserID: &sd.WeComUserID}); err != nil {
+				return created, err
+			}
+			if err := drop("slack_user", &sd.SlackUser, AgentChange{SlackUser: &sd.SlackUser}); err != nil {
+				return created, err
+			}
+			a, err := s.store.CreateAgent(ctx, Agent{
+				Email: strings.ToLower(sd.Email), Name: sd.Name, Role: role, PasswordHash: hash, Active: true,
+				WeComUserID: sd.WeComUserID, SlackUser: sd.SlackUser, CreatedAt: s.now(),
+			})
+			if err == nil {
+				created = append(created, a)
+				break
+			}
+			if !errors.Is(err, ErrConflict) {
+				return created, err
+			}
+			if _, err := s.store.AgentByEmail(ctx, sd.Email); err == nil {
+				break // another node created it
+			} else if !errors.Is(err, ErrNotFound) {
+				return created, err
+			}
+			if try == 1 {
+				s.log.Warn("agents: not created: its links were taken twice by another node", "email", sd.Email)
+				break
+			}
 		}
 	}
 	return created, nil

@@ -1264,6 +1264,15 @@ func testAgents(t *testing.T, s core.Store) {
 	bob := newAgent(t, s, "bob@example.com")
 	_, err = s.CreateAgent(ctx, core.Agent{Email: "alice@EXAMPLE.com", Name: "Other", Role: core.RoleAgent})
 	wantErr(t, "duplicate email", err, core.ErrConflict)
+	// A link names one agent, Work WeChat's in any case; agents without
+	// links are many.
+	bob.WeComUserID = "ALICE"
+	wantErr(t, "alice's wecom id in capitals", s.UpdateAgent(ctx, bob), core.ErrConflict)
+	bob.WeComUserID, bob.SlackUser = "", "U0ALICE"
+	wantErr(t, "alice's slack id", s.UpdateAgent(ctx, bob), core.ErrConflict)
+	bob.SlackUser = ""
+	_, err = s.CreateAgent(ctx, core.Agent{Email: "carol@example.com", Role: core.RoleAgent, WeComUserID: "Alice"})
+	wantErr(t, "a new agent with alice's wecom id", err, core.ErrConflict)
 
 	got, err := s.Agent(ctx, alice.ID)
 	if err != nil {
@@ -1288,6 +1297,10 @@ func testAgents(t *testing.T, s core.Store) {
 	if got, err := s.Agent(ctx, alice.ID); err != nil || got.Name != "Alice L." || got.Active || got.SlackUser != "" ||
 		got.WeComUserID != "alice" {
 		t.Errorf("after update: %+v, %v", got, err)
+	}
+	bob.SlackUser = "U0ALICE" // free again
+	if err := s.UpdateAgent(ctx, bob); err != nil {
+		t.Fatalf("bob takes alice's old slack id: %v", err)
 	}
 	bob.Email = "ALICE@example.com"
 	wantErr(t, "update to a taken email", s.UpdateAgent(ctx, bob), core.ErrConflict)

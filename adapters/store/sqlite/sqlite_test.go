@@ -222,8 +222,14 @@ func TestMigrateFromPrevious(t *testing.T) {
 	}{
 		{`INSERT INTO contacts (id, name, created_at) VALUES (1, 'Old Customer', ?)`, []any{us(t0)}},
 		{`INSERT INTO identities (channel, external_id, contact_id) VALUES ('wa', '86100', 1)`, nil},
-		{`INSERT INTO agents (id, email, email_key, name, role, password_hash, active, created_at)
-			VALUES (1, 'Alice@example.com', 'alice@example.com', 'Alice', 'admin', 'h', 1, ?)`, []any{us(t0)}},
+		{`INSERT INTO agents (id, email, email_key, name, role, password_hash, active, wecom_userid, slack_user, created_at)
+			VALUES (1, 'Alice@example.com', 'alice@example.com', 'Alice', 'admin', 'h', 1, 'alice', 'U0ALICE', ?)`, []any{us(t0)}},
+		// Links two nodes gave two agents at the same moment, before the
+		// unique indexes: alice, the first, keeps them.
+		{`INSERT INTO agents (id, email, email_key, name, role, password_hash, active, wecom_userid, slack_user, created_at)
+			VALUES (2, 'bob@example.com', 'bob@example.com', 'Bob', 'agent', 'h', 1, 'ALICE', 'U0BOB', ?)`, []any{us(t0)}},
+		{`INSERT INTO agents (id, email, email_key, name, role, password_hash, active, wecom_userid, slack_user, created_at)
+			VALUES (3, 'carl@example.com', 'carl@example.com', 'Carl', 'agent', 'h', 1, 'carl', 'U0ALICE', ?)`, []any{us(t0)}},
 		{`INSERT INTO conversations (id, contact_id, channel, external_id, status, assignee_id, last_seq,
 			last_inbound_at, queued_at, created_at, updated_at)
 			VALUES (1, 1, 'wa', '86100', 'open', 1, 2, ?, ?, ?, ?)`, []any{us(t0), us(t0), us(t0), us(t0)}},
@@ -250,6 +256,18 @@ func TestMigrateFromPrevious(t *testing.T) {
 	a, err := s.AgentByEmail(ctx, "alice@EXAMPLE.com")
 	if err != nil || a.ID != 1 || a.Role != core.RoleAdmin || !a.Active {
 		t.Fatalf("agent = %+v, %v", a, err)
+	}
+	links := map[int64][2]string{1: {"alice", "U0ALICE"}, 2: {"", "U0BOB"}, 3: {"carl", ""}}
+	for id, want := range links {
+		got, err := s.Agent(ctx, id)
+		if err != nil || got.WeComUserID != want[0] || got.SlackUser != want[1] {
+			t.Errorf("agent %d after the migration: %+v, %v; want links %q", id, got, err, want)
+		}
+	}
+	bob, _ := s.Agent(ctx, 2)
+	bob.SlackUser = "U0ALICE"
+	if err := s.UpdateAgent(ctx, bob); !errors.Is(err, core.ErrConflict) {
+		t.Errorf("a taken link after the migration: %v, want ErrConflict", err)
 	}
 	m, err := s.MessageByExternalID(ctx, "wa", "wamid.2")
 	if err != nil || m.ID != 2 || m.Status != core.MsgDelivered {
