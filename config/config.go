@@ -55,6 +55,9 @@ const (
 // DefaultOfflineReply is routing.offline_reply when the file does not set it.
 const DefaultOfflineReply = "We are away; we will answer as soon as we are back."
 
+// DefaultBusyReply is routing.busy_reply when the file does not set it.
+const DefaultBusyReply = "All our agents are busy right now. You are number {position} in line; we will be with you shortly."
+
 // Config is a whole kefu.yaml.
 type Config struct {
 	Server   Server                      `yaml:"server"`   // HTTP listener and how kefu is reached
@@ -110,6 +113,7 @@ type Routing struct {
 	MaxOpenPerAgent int           `yaml:"max_open_per_agent"` // open conversations one agent is given at most; default 8
 	ReopenWithin    time.Duration `yaml:"reopen_within"`      // a message after a conversation is resolved reopens it within this, starts a new one after; default 168h
 	OfflineReply    string        `yaml:"offline_reply"`      // sent once per conversation when no agent is available; empty sends nothing
+	BusyReply       string        `yaml:"busy_reply"`         // sent once per conversation that waits while agents are available but all at max_open_per_agent; {position} is its place in the queue; empty sends nothing
 }
 
 // Log is the log: section.
@@ -151,12 +155,13 @@ func defaults(lookupEnv func(string) (string, bool)) *Config {
 		nodeID = "kefu-1"
 	}
 	return &Config{
-		Server:   Server{Addr: ":8080"},
-		NodeID:   nodeID,
-		Store:    Store{Driver: StoreSQLite, DSN: "data/kefu.db", Sync: SyncNormal},
-		Media:    Media{Driver: MediaLocal, Dir: "data/media", MaxBytes: 20 << 20},
-		Bus:      Bus{Driver: BusMemory},
-		Routing:  Routing{Strategy: StrategyLeastBusy, MaxOpenPerAgent: 8, ReopenWithin: 168 * time.Hour, OfflineReply: DefaultOfflineReply},
+		Server: Server{Addr: ":8080"},
+		NodeID: nodeID,
+		Store:  Store{Driver: StoreSQLite, DSN: "data/kefu.db", Sync: SyncNormal},
+		Media:  Media{Driver: MediaLocal, Dir: "data/media", MaxBytes: 20 << 20},
+		Bus:    Bus{Driver: BusMemory},
+		Routing: Routing{Strategy: StrategyLeastBusy, MaxOpenPerAgent: 8, ReopenWithin: 168 * time.Hour, OfflineReply: DefaultOfflineReply,
+			BusyReply: DefaultBusyReply},
 		Log:      Log{Level: "info", Format: LogText},
 		Channels: map[string]*ChannelInstance{},
 		Push:     map[string]*PusherInstance{},

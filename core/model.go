@@ -38,7 +38,7 @@ type SenderKind string
 const (
 	SenderContact SenderKind = "contact" // the customer
 	SenderAgent   SenderKind = "agent"   // a human agent
-	SenderBot     SenderKind = "bot"     // an automatic reply (offline reply, greeting)
+	SenderBot     SenderKind = "bot"     // an automatic reply (offline or busy reply, greeting)
 	SenderSystem  SenderKind = "system"  // kefu itself: assignment, status changes
 )
 

@@ -18,6 +18,10 @@ type Config struct {
 	MaxOpenPerAgent int           // routing stops giving an agent work at this many open conversations
 	ReopenWithin    time.Duration // a customer message to a resolved conversation younger than this reopens it
 	OfflineReply    string        // sent once per conversation when nobody is available; "" disables it
+	// BusyReply is sent once per conversation that waits while agents are
+	// available but none has room; PositionPlaceholder in it becomes the
+	// conversation's place in the queue. "" disables it.
+	BusyReply string
 	// Redrain is how often Run drains again while the last drain left the
 	// queue waiting (0: DefaultRedrain).
 	Redrain time.Duration
@@ -27,6 +31,10 @@ type Config struct {
 	// moment does not send it.
 	OfflineAfter time.Duration
 }
+
+// PositionPlaceholder, in Config.BusyReply, is replaced by the
+// conversation's place in the queue (1: the next one served).
+const PositionPlaceholder = "{position}"
 
 // DefaultRedrain is Config.Redrain's default.
 const DefaultRedrain = 2 * time.Second
@@ -191,24 +199,41 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 }
 
 // routeNew routes a conversation that is waiting: it drains the queue (which
-// serves older conversations first) and, if nobody is available at all,
-// sends the offline reply once.
+// serves older conversations first) and, if the conversation is left
+// waiting, tells the customer why (waitingReply).
 func (s *Service) routeNew(ctx context.Context, c Conversation) {
-	// The message is committed: routing it and its offline reply must not
+	// The message is committed: routing it and its automatic reply must not
 	// depend on the caller (a webhook, a socket) staying until they are done.
 	ctx = context.WithoutCancel(ctx)
 	s.fullMu.Lock()
 	full := s.full
 	s.fullMu.Unlock()
 	if !full && !s.drainFor(ctx, c.ID) {
-		return // left to the waiting drain, offline reply included
+		return // left to the waiting drain, and its reply
 	}
-	s.offlineReply(ctx, c.ID)
+	s.waitingReply(ctx, c.ID)
+}
+
+// waitingReply tells the customer of conversation id, which a drain left
+// waiting, why: the offline reply when nobody is available, the busy reply
+// when agents are but none has room. It reports an error only if reading or
+// sending failed.
+func (s *Service) waitingReply(ctx context.Context, id int64) error {
+	if s.cfg.OfflineReply == "" && s.cfg.BusyReply == "" {
+		return nil
+	}
+	avail, err := s.presence.Available(ctx)
+	if err != nil {
+		return err
+	}
+	if len(avail) == 0 {
+		return s.autoReply(ctx, id, s.cfg.OfflineReply, "o")
+	}
+	return s.autoReply(ctx, id, s.cfg.BusyReply, "b")
 }
 
 // offlineReply sends the offline reply to conversation id if nobody is
-// available, it is still waiting, and its channel's reply window (if any)
-// is open. It reports an error only if reading or sending failed.
+// available (see autoReply).
 func (s *Service) offlineReply(ctx context.Context, id int64) error {
 	if s.cfg.OfflineReply == "" {
 		return nil
@@ -217,6 +242,19 @@ func (s *Service) offlineReply(ctx context.Context, id int64) error {
 	if err != nil || len(avail) > 0 {
 		return err
 	}
+	return s.autoReply(ctx, id, s.cfg.OfflineReply, "o")
+}
+
+// autoReply sends text to conversation id as the bot if it is still
+// waiting and its channel's reply window (if any) is open, once per
+// conversation and kind ("o" offline, "b" busy), cluster-wide: the dedup
+// key is the kind and the ID. A busy reply gets the conversation's place
+// in the queue for PositionPlaceholder. It reports an error only if
+// reading or sending failed.
+func (s *Service) autoReply(ctx context.Context, id int64, text, kind string) error {
+	if text == "" {
+		return nil
+	}
 	cur, err := s.store.Conversation(ctx, id)
 	if err != nil || cur.Status != StatusPending {
 		return err
@@ -224,16 +262,22 @@ func (s *Service) offlineReply(ctx context.Context, id int64) error {
 	if ends := s.WindowEnds(cur); !ends.IsZero() && !s.now().Before(ends) {
 		return nil // the provider would refuse it
 	}
-	// The dedup key makes the offline reply once per conversation, cluster-wide.
+	if kind == "b" && strings.Contains(text, PositionPlaceholder) {
+		n, err := s.store.QueuePosition(ctx, id)
+		if err != nil || n == 0 {
+			return err // served meanwhile
+		}
+		text = strings.ReplaceAll(text, PositionPlaceholder, strconv.Itoa(n))
+	}
 	_, err = s.appendAndNotify(ctx, cur, Message{
 		SenderKind: SenderBot,
 		Visibility: Public,
 		Kind:       KindText,
-		Text:       s.cfg.OfflineReply,
-		DedupKey:   fmt.Sprintf("o:%d", id),
+		Text:       text,
+		DedupKey:   kind + ":" + strconv.FormatInt(id, 10),
 	})
 	if err != nil {
-		s.log.Warn("routing: offline reply failed", "conversation", id, "err", err)
+		s.log.Warn("routing: automatic reply failed", "conversation", id, "kind", kind, "err", err)
 	}
 	return err
 }
@@ -248,7 +292,7 @@ func (s *Service) Drain(ctx context.Context) error { return s.drain(ctx, nil) }
 // another drainFor is already waiting for the running drain to finish, it
 // leaves conv to that one and reports false at once: that drain has not
 // read the queue yet, so it will serve conv too, and it then decides on
-// conv's offline reply as routeNew would have. A burst of new conversations
+// conv's automatic reply as routeNew would have. A burst of new conversations
 // (every visitor of a busy page writing at once) then costs two drains at a
 // time, not one per conversation, each ingest waiting for all those before
 // it.
@@ -283,7 +327,7 @@ func (s *Service) drainFor(ctx context.Context, conv int64) bool {
 		s.log.Warn("routing: drain failed", "err", err, "conversations", len(left)+1)
 	}
 	for _, id := range left {
-		s.offlineReply(ctx, id)
+		s.waitingReply(ctx, id)
 	}
 	return true
 }

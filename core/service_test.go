@@ -120,19 +120,23 @@ func (f *fixture) conv(id int64) core.Conversation {
 	return c
 }
 
-func (f *fixture) botMessages(convID int64) int {
+func (f *fixture) botMessages(convID int64) int { return len(f.botTexts(convID)) }
+
+// botTexts returns the texts of the automatic replies in conversation
+// convID, oldest first.
+func (f *fixture) botTexts(convID int64) []string {
 	f.t.Helper()
 	ms, err := f.store.Messages(context.Background(), core.MessageQuery{ConversationID: convID})
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	n := 0
+	var out []string
 	for _, m := range ms {
 		if m.SenderKind == core.SenderBot {
-			n++
+			out = append(out, m.Text)
 		}
 	}
-	return n
+	return out
 }
 
 // run runs the service's Run until the returned stop is called.
@@ -461,6 +465,49 @@ func TestOfflineReplyOncePerConversation(t *testing.T) {
 	}
 	if n := f.botMessages(c2); n != 0 {
 		t.Fatalf("offline reply sent although an agent is online: %d", n)
+	}
+}
+
+// A customer who waits while agents are online but all at capacity is told
+// so once, with their place in the queue; with nobody online, the offline
+// reply instead.
+func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", BusyReply: "All busy: you are number {position}."}, 1, 0)
+	a := f.agents[0]
+	leave := f.presence.Connect(a.ID)
+	c1 := f.say("alice", "1", "hi").Conversation.ID
+	c2 := f.say("bob", "2", "hi").Conversation.ID
+	c3 := f.say("carol", "3", "hi").Conversation.ID
+	f.say("bob", "4", "still there?")
+	for _, tc := range []struct {
+		conv int64
+		want []string
+	}{
+		{c1, nil}, // with the agent
+		{c2, []string{"All busy: you are number 1."}},
+		{c3, []string{"All busy: you are number 2."}},
+	} {
+		if got := f.botTexts(tc.conv); !slices.Equal(got, tc.want) {
+			t.Errorf("conversation %d: automatic replies %q, want %q", tc.conv, got, tc.want)
+		}
+	}
+	// Room again: bob is served; dave waits behind carol.
+	if _, err := f.svc.Close(context.Background(), a.ID, c1); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.conv(c2); c.AssigneeID != a.ID {
+		t.Fatalf("bob not served when the agent had room: %+v", c)
+	}
+	c4 := f.say("dave", "5", "hi").Conversation.ID
+	if got, want := f.botTexts(c4), []string{"All busy: you are number 2."}; !slices.Equal(got, want) {
+		t.Errorf("dave: %q, want %q", got, want)
+	}
+	// Nobody online: the offline reply, not the busy one.
+	leave()
+	c5 := f.say("erin", "6", "hi").Conversation.ID
+	if got, want := f.botTexts(c5), []string{"away"}; !slices.Equal(got, want) {
+		t.Errorf("erin, with nobody online: %q, want %q", got, want)
 	}
 }
 

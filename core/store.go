@@ -105,6 +105,10 @@ type Store interface {
 	// Queue lists pending conversations in the order they are to be served
 	// (QueuedAt, then ID), at most limit.
 	Queue(ctx context.Context, limit int) ([]Conversation, error)
+	// QueuePosition returns conversation id's place in the queue, 1 for the
+	// next one to be served, or 0 when it is not waiting (not pending, or
+	// not found).
+	QueuePosition(ctx context.Context, id int64) (int, error)
 	// OpenCounts returns how many open conversations each agent has.
 	OpenCounts(ctx context.Context) (map[int64]int, error)
 

@@ -139,6 +139,7 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 		MaxOpenPerAgent: cfg.Routing.MaxOpenPerAgent,
 		ReopenWithin:    cfg.Routing.ReopenWithin,
 		OfflineReply:    cfg.Routing.OfflineReply,
+		BusyReply:       cfg.Routing.BusyReply,
 	}, core.Deps{
 		Store:    n.store,
 		Presence: presence,

@@ -1071,6 +1071,12 @@ func testQueueOrder(t *testing.T, s core.Store) {
 	if got, want := ids(q, convID), []int64{c2.ID, c4.ID}; !slices.Equal(got, want) {
 		t.Errorf("queue limit 2 = %v, want %v", got, want)
 	}
+	// Places in the same order; 0 for what does not wait.
+	for id, want := range map[int64]int{c2.ID: 1, c4.ID: 2, c3.ID: 3, c1.ID: 4, c5.ID: 0, 9999: 0} {
+		if got, err := s.QueuePosition(ctx, id); err != nil || got != want {
+			t.Errorf("QueuePosition(%d) = %d, %v; want %d", id, got, err, want)
+		}
+	}
 }
 
 func testOpenCounts(t *testing.T, s core.Store) {

@@ -222,6 +222,8 @@ const (
 	sqlFeed  = `SELECT ` + msgCols + ` FROM messages m WHERE m.id > $1 ORDER BY m.id LIMIT $2`
 	sqlQueue = `SELECT ` + convCols + ` FROM conversations c WHERE c.status = 'pending'
 		ORDER BY c.queued_at, c.id LIMIT $1`
+	sqlQueuePosition = `SELECT count(*) FROM conversations c, conversations q WHERE c.id = $1 AND c.status = 'pending'
+		AND q.status = 'pending' AND (q.queued_at, q.id) <= (c.queued_at, c.id)`
 	sqlOpenCounts = `SELECT assignee_id, count(*) FROM conversations
 		WHERE status = 'open' AND assignee_id IS NOT NULL GROUP BY assignee_id`
 	sqlAgentByEmail = `SELECT ` + agentCols + ` FROM agents a WHERE lower(a.email) = lower($1)`

@@ -189,6 +189,15 @@ func (s *Store) Queue(ctx context.Context, n int) ([]core.Conversation, error) {
 	return list(ctx, s, scanConv, "queue", s.rst[rsQueue], limit(n, 50, 500))
 }
 
+// QueuePosition implements core.Store.
+func (s *Store) QueuePosition(ctx context.Context, id int64) (int, error) {
+	return one(ctx, s, func(r scanner) (int, error) {
+		var n int
+		err := r.Scan(&n)
+		return n, err
+	}, rsQueuePosition, "queue position", id)
+}
+
 // OpenCounts implements core.Store.
 func (s *Store) OpenCounts(ctx context.Context) (map[int64]int, error) {
 	type count struct {

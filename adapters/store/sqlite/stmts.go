@@ -153,6 +153,7 @@ const (
 	rsMsgsBefore
 	rsFeed
 	rsQueue
+	rsQueuePosition
 	rsOpenCounts
 	rsAgent
 	rsAgentByEmail
@@ -183,6 +184,8 @@ var rstmtSQL = [numRStmts]string{
 	rsFeed: `SELECT ` + msgCols + ` FROM messages m WHERE m.id > ? ORDER BY m.id LIMIT ?`,
 	rsQueue: `SELECT ` + convCols + ` FROM conversations c WHERE c.status = 'pending'
 		ORDER BY c.queued_at, c.id LIMIT ?`,
+	rsQueuePosition: `SELECT count(*) FROM conversations c, conversations q WHERE c.id = ? AND c.status = 'pending'
+		AND q.status = 'pending' AND (q.queued_at, q.id) <= (c.queued_at, c.id)`,
 	rsOpenCounts: `SELECT assignee_id, count(*) FROM conversations
 		WHERE status = 'open' AND assignee_id IS NOT NULL GROUP BY assignee_id`,
 	rsAgent:        `SELECT ` + agentCols + ` FROM agents a WHERE a.id = ?`,
