@@ -160,6 +160,19 @@ type Conversation struct {
 // Number is the conversation's short number as shown to people: "#123".
 func (c Conversation) Number() string { return fmt.Sprintf("#%d", c.ID) }
 
+// Received moves UpdatedAt and, for a message from the customer,
+// LastInboundAt to at, a message's time; never back. A message stored late
+// keeps the time kefu received it (WeChat media fetched after its callback
+// answered), and must not take the reply window back past a later one.
+func (c *Conversation) Received(at time.Time, fromContact bool) {
+	if at.After(c.UpdatedAt) {
+		c.UpdatedAt = at
+	}
+	if fromContact && at.After(c.LastInboundAt) {
+		c.LastInboundAt = at
+	}
+}
+
 // Media references a stored file. The bytes live in media storage under Key.
 type Media struct {
 	Key  string `json:"key"`            // storage key

@@ -587,6 +587,21 @@ func testAppendContact(t *testing.T, s core.Store) {
 		Visibility: core.Public, Kind: core.KindText, Text: "via the socket", CreatedAt: at(2 * time.Minute)})
 	equalTime(t, "LastInboundAt after contact message", c.Conversation.LastInboundAt, at(2*time.Minute))
 	sameConversation(t, "stored", conversation(t, s, r.Conversation.ID), c.Conversation)
+
+	// A message stored late (media fetched after its callback) keeps its
+	// time but takes neither time back, by Append or by Ingest.
+	late := appendMsg(t, s, r.Conversation.ID, core.Message{SenderKind: core.SenderContact, SenderID: r.Contact.ID,
+		Visibility: core.Public, Kind: core.KindText, Text: "an image, fetched late", CreatedAt: at(30 * time.Second)})
+	equalTime(t, "message time", late.Message.CreatedAt, at(30*time.Second))
+	equalTime(t, "LastInboundAt after a late message", late.Conversation.LastInboundAt, at(2*time.Minute))
+	equalTime(t, "UpdatedAt after a late message", late.Conversation.UpdatedAt, at(2*time.Minute))
+	in, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v1", ReopenWithin: time.Hour,
+		Message: core.Message{Kind: core.KindText, Text: "late again", CreatedAt: at(40 * time.Second)}})
+	if err != nil || in.Conversation.ID != r.Conversation.ID {
+		t.Fatalf("late ingest: %+v, %v", in, err)
+	}
+	equalTime(t, "LastInboundAt after a late ingest", in.Conversation.LastInboundAt, at(2*time.Minute))
+	sameConversation(t, "stored after late messages", conversation(t, s, r.Conversation.ID), in.Conversation)
 }
 
 // testSeqConcurrent: 16 goroutines × 50 appends over 4 conversations; each

@@ -66,8 +66,9 @@ var (
 	// for the conversation's channel, key: the conversation). It returns the
 	// conversation, the message's ID and the entry's ID (0: none).
 	sqlAppend = `WITH c AS (
-		UPDATE conversations SET last_seq = last_seq + 1, updated_at = ` + msgAt + `,
-			last_inbound_at = CASE WHEN $1::text = 'contact' THEN ` + msgAt + ` ELSE last_inbound_at END
+		UPDATE conversations SET last_seq = last_seq + 1, updated_at = GREATEST(updated_at, ` + msgAt + `),
+			last_inbound_at = CASE WHEN $1::text = 'contact' THEN GREATEST(last_inbound_at, ` + msgAt + `)
+				ELSE last_inbound_at END
 		WHERE id = $21 RETURNING *
 	), m AS (
 		INSERT INTO messages (conversation_id, seq, ` + msgDataCols + `)

@@ -230,7 +230,7 @@ func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
 				return r, cmpErr(err, conflict("dedup key %q taken", m.DedupKey))
 			}
 			c.LastSeq += 2
-			c.LastInboundAt, c.UpdatedAt = at, at
+			c.Received(at, true)
 			if err := w.saveConv(&c); err != nil {
 				return r, err
 			}

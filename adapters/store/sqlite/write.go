@@ -132,10 +132,7 @@ func (w *wtx) appendMsg(c *core.Conversation, m *core.Message) error {
 	if err := w.insertMsg(c, m); err != nil {
 		return err
 	}
-	c.UpdatedAt = m.CreatedAt
-	if m.SenderKind == core.SenderContact {
-		c.LastInboundAt = m.CreatedAt
-	}
+	c.Received(m.CreatedAt, m.SenderKind == core.SenderContact)
 	if _, err := w.exec(stConvBump, c.LastSeq, toDB(c.UpdatedAt), toDB(c.LastInboundAt), c.ID); err != nil {
 		return dbErr(err, "update conversation %d", c.ID)
 	}
@@ -311,7 +308,7 @@ func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
 		if err := w.insertMsg(&c, &m); err != nil {
 			return r, err
 		}
-		c.LastInboundAt, c.UpdatedAt = at, at
+		c.Received(at, true)
 		if err := w.saveConv(&c); err != nil {
 			return r, err
 		}
