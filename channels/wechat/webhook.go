@@ -15,6 +15,7 @@ import (
 var (
 	ErrBadSignature = errors.New("signature does not match")
 	ErrBadMsgSig    = errors.New("msg_signature does not match the encrypted message")
+	ErrReplayed     = errors.New("this signed query came before with another body: refused as a replay")
 )
 
 // ServeHTTP serves /webhooks/NAME: the URL check WeChat makes when the
@@ -62,8 +63,14 @@ func (c *Channel) verifyURL(w http.ResponseWriter, r *http.Request) {
 }
 
 // receive handles one callback. Everything is checked before the message
-// is parsed, and nothing is stored for a callback that fails.
+// is parsed, the query's signature before the body is read, and nothing is
+// stored for a callback that fails.
 func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if err := c.VerifyQuery(q); err != nil {
+		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, err.Error())
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -74,9 +81,8 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeBadRequest, "could not read body")
 		return
 	}
-	q := r.URL.Query()
-	if err := c.VerifyQuery(q); err != nil {
-		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, err.Error())
+	if !c.replays.Check(q.Get("timestamp"), q.Get("nonce"), q.Get("signature"), body, c.now()) {
+		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, ErrReplayed.Error())
 		return
 	}
 	plain, status, err := c.open(q, body)

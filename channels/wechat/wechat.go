@@ -146,6 +146,8 @@ type Channel struct {
 	now    func() time.Time
 	kicker *bridge.Notifier // nil without a bus: jobs wait for the outbox sweep
 	tokens *wxapi.Tokens
+	// replays refuses a signed query seen before with another body.
+	replays wxapi.Replays
 	// mediaBudget is how long a callback waits for its media
 	// (inlineMediaBudget; tests shorten it).
 	mediaBudget time.Duration

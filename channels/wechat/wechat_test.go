@@ -1,10 +1,13 @@
 package wechat_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -477,5 +480,63 @@ func TestCheck(t *testing.T) {
 	}
 	if err := ch.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "40125") {
 		t.Fatalf("Check after a refused token = %v", err)
+	}
+}
+
+// TestReplayedQueryRefused: the Official Account signs the query, not the
+// body. A captured query posted again with another body (here a safe-mode
+// callback's query, stripped to plaintext) is refused and stores nothing;
+// the same callback again (WeChat's retry) is taken.
+func TestReplayedQueryRefused(t *testing.T) {
+	h := newHarness(t, options{})
+	req, err := h.acct.Request(h.srv.URL, wechattest.Safe, h.acct.Text("o-real", "genuine", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(req.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(q url.Values, b []byte) int {
+		r := req.Clone(context.Background())
+		r.URL.RawQuery = q.Encode()
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		code, _ := h.do(r)
+		return code
+	}
+	q := req.URL.Query()
+	for i := range 2 {
+		if code := send(q, body); code != http.StatusOK {
+			t.Fatalf("genuine callback, delivery %d: HTTP %d", i, code)
+		}
+	}
+	forged := h.acct.Text("o-forged", "forged", 2)
+	stripped := url.Values{"signature": {q.Get("signature")}, "timestamp": {q.Get("timestamp")},
+		"nonce": {q.Get("nonce")}, "openid": {"o-forged"}}
+	if code := send(stripped, forged); code != http.StatusForbidden {
+		t.Errorf("captured query, plaintext forged body: HTTP %d, want 403", code)
+	}
+	stripped.Set("signature", strings.ToUpper(q.Get("signature")))
+	if code := send(stripped, forged); code != http.StatusForbidden {
+		t.Errorf("captured query in capitals, forged body: HTTP %d, want 403", code)
+	}
+	if cs := h.conversations(); len(cs) != 1 || cs[0].ExternalID != "o-real" {
+		t.Fatalf("conversations = %+v, want o-real's only", cs)
+	}
+}
+
+// TestSignatureBeforeBody: an unsigned callback is refused before its body
+// is read, however large.
+func TestSignatureBeforeBody(t *testing.T) {
+	h := newHarness(t, options{})
+	req, err := h.acct.Request(h.srv.URL, wechattest.Plain, h.acct.Text("o-1", strings.Repeat("x", wechat.MaxBodyBytes), 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := req.URL.Query()
+	q.Set("signature", strings.Repeat("0", 40))
+	req.URL.RawQuery = q.Encode()
+	if code, body := h.do(req); code != http.StatusForbidden {
+		t.Fatalf("unsigned oversize callback: HTTP %d %q, want 403", code, body)
 	}
 }
