@@ -719,6 +719,17 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 	if _, err := s.activeAgent(ctx, agentID); err != nil {
 		return Message{}, err
 	}
+	if m.DedupKey != "" {
+		// A resend of a stored message (its answer was lost) gets that
+		// message back, before anything the first send did is done again:
+		// a reopen, a take, a window closed since.
+		switch prev, err := s.store.MessageByDedup(ctx, m.DedupKey); {
+		case err == nil:
+			return prev, nil
+		case !errors.Is(err, ErrNotFound):
+			return Message{}, err
+		}
+	}
 	c, err := s.store.Conversation(ctx, convID)
 	if err != nil {
 		return Message{}, err

@@ -511,6 +511,33 @@ func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
 	}
 }
 
+// An agent's resend of a stored reply (its answer was lost) gets the stored
+// message back and changes nothing: the conversation, resolved since, is
+// not reopened.
+func TestAgentResendChangesNothing(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 1, 0)
+	ctx := context.Background()
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("alice", "1", "hi").Conversation
+	reply := core.Message{Kind: core.KindText, Text: "hello", DedupKey: "agent-1:r-1"}
+	first, err := f.svc.Reply(ctx, a.ID, c.ID, reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Close(ctx, a.ID, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	before := f.conv(c.ID)
+	again, err := f.svc.Reply(ctx, a.ID, c.ID, reply)
+	if err != nil || again.ID != first.ID {
+		t.Fatalf("resend: %+v, %v; want message %d again", again, err, first.ID)
+	}
+	if after := f.conv(c.ID); after.Status != core.StatusResolved || after.LastSeq != before.LastSeq {
+		t.Fatalf("the resend changed the conversation: %+v, before %+v", after, before)
+	}
+}
+
 func TestReopenWithinWindowElseNew(t *testing.T) {
 	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 8, ReopenWithin: 24 * time.Hour}, 1, 0)
 	a := f.agents[0]

@@ -82,6 +82,8 @@ type Store interface {
 	Conversation(ctx context.Context, id int64) (Conversation, error)
 	Contact(ctx context.Context, id int64) (Contact, error)
 	Message(ctx context.Context, id int64) (Message, error)
+	// MessageByDedup finds the message stored under a DedupKey.
+	MessageByDedup(ctx context.Context, key string) (Message, error)
 	// MessageByExternalID finds a message kefu sent through channel by the
 	// provider's id for it.
 	MessageByExternalID(ctx context.Context, channel, externalID string) (Message, error)

@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -86,13 +87,19 @@ func (p *peer) send(ctx context.Context, f *inFrame) (*frame, error) {
 		}
 		m.DedupKey, m.CreatedAt = key, at
 		var out core.Message
+		vis := core.Public
 		if f.Note {
+			vis = core.Internal
 			out, err = p.rt.svc.Note(ctx, p.agent.ID, f.ConversationID, m)
 		} else {
 			out, err = p.rt.svc.Reply(ctx, p.agent.ID, f.ConversationID, m)
 		}
 		if err != nil {
 			return nil, err
+		}
+		if out.ConversationID != f.ConversationID || out.Visibility != vis {
+			// As the REST API answers: the id was another message's.
+			return nil, fmt.Errorf("%w: id %q was already used for another message", core.ErrConflict, f.ID)
 		}
 		return ackFrame(f.ID, &out, !out.CreatedAt.Equal(at)), nil
 	}

@@ -505,13 +505,31 @@ func TestSameClientIDIsStoredOnceAndAckedTwice(t *testing.T) {
 	if a1.Duplicate || !a2.Duplicate || a1.Message.ID != a2.Message.ID {
 		t.Fatalf("agent acks: %s / %s", a1.Raw, a2.Raw)
 	}
+	// Its id again, as a note or in another conversation, is another
+	// message: refused, as the REST API refuses it, and nothing is stored.
+	other := must((&webtest.Poller{Client: h.cl, Token: h.session("").Token}).SendText(ctx, "o", 0, "hi", false)).Message.ConversationID
+	for _, tc := range []struct {
+		conv int64
+		note bool
+	}{{conv, true}, {other, false}} {
+		check(alice.SendText("agent-id", tc.conv, "not the same message", tc.note))
+		f := must(alice.WaitFor(rtWait, func(f webtest.Frame) bool { return f.ID == "agent-id" }))
+		if f.Type != "error" || f.Error == nil || f.Error.Code != "conflict" {
+			t.Errorf("id reused in #%d (note %v): %s, want a conflict error", tc.conv, tc.note, f.Raw)
+		}
+	}
 	ms := must(h.store.Messages(ctx, core.MessageQuery{ConversationID: conv}))
 	n := map[string]int{}
 	for _, m := range ms {
 		n[m.Text]++
 	}
-	if n["only once"] != 1 || n["reply once"] != 1 {
+	if n["only once"] != 1 || n["reply once"] != 1 || n["not the same message"] != 0 {
 		t.Fatalf("stored %v", n)
+	}
+	for _, m := range must(h.store.Messages(ctx, core.MessageQuery{ConversationID: other})) {
+		if m.SenderKind == core.SenderAgent {
+			t.Fatalf("the other conversation got an agent message: %+v", m)
+		}
 	}
 }
 

@@ -461,6 +461,13 @@ func testIngestDedup(t *testing.T, s core.Store) {
 		t.Errorf("flags: %+v", again)
 	}
 	sameMessage(t, "duplicate", again.Message, first.Message)
+	byKey, err := s.MessageByDedup(ctx, in.Message.DedupKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameMessage(t, "by dedup key", byKey, first.Message)
+	_, err = s.MessageByDedup(ctx, core.ProviderKey("wechat", "124"))
+	wantErr(t, "unknown dedup key", err, core.ErrNotFound)
 	if again.Conversation.ID != first.Conversation.ID || again.Conversation.LastSeq != 1 {
 		t.Errorf("duplicate's conversation = %+v", again.Conversation)
 	}

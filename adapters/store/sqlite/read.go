@@ -80,6 +80,11 @@ func (s *Store) Message(ctx context.Context, id int64) (core.Message, error) {
 	return one(ctx, s, scanMsg, rsMsg, "message", id)
 }
 
+// MessageByDedup implements core.Store.
+func (s *Store) MessageByDedup(ctx context.Context, key string) (core.Message, error) {
+	return one(ctx, s, scanMsg, rsMsgByDedup, "message by dedup key", key)
+}
+
 // MessageByExternalID implements core.Store.
 func (s *Store) MessageByExternalID(ctx context.Context, channel, externalID string) (core.Message, error) {
 	if externalID == "" {

@@ -148,6 +148,7 @@ const (
 	rsConvExists
 	rsContact
 	rsMsg
+	rsMsgByDedup
 	rsMsgByExternal
 	rsMsgsAfter
 	rsMsgsBefore
@@ -172,6 +173,7 @@ var rstmtSQL = [numRStmts]string{
 	rsConvExists: `SELECT 1 FROM conversations WHERE id = ?`,
 	rsContact:    `SELECT ` + contactCols + ` FROM contacts WHERE id = ?`,
 	rsMsg:        `SELECT ` + msgCols + ` FROM messages m WHERE m.id = ?`,
+	rsMsgByDedup: `SELECT ` + msgCols + ` FROM messages m WHERE m.dedup_key = ?`,
 	rsMsgByExternal: `SELECT ` + msgCols + ` FROM messages m JOIN conversations c ON c.id = m.conversation_id
 		WHERE m.external_id = ? AND c.channel = ? ORDER BY m.id DESC LIMIT 1`,
 	// Parameters: conversation, after seq, before seq, public only, limit.
