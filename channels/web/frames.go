@@ -199,7 +199,7 @@ func jsonType(kind string) string {
 func (f *inFrame) validate() *protoError {
 	switch f.Type {
 	case frameHello:
-		if len(f.Token) > 1024 {
+		if len(f.Token) > maxHelloToken {
 			return badFrame("token too long")
 		}
 		if f.ConversationID < 0 || f.LastSeq < 0 || (f.Cursor != nil && *f.Cursor < 0) {

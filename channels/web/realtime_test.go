@@ -842,16 +842,20 @@ func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
 	})
 	t.Run("hello required", func(t *testing.T) {
 		defer guard(t)
-		c, err := h.cl.DialVisitor(ctx, "", webtest.Cursor{}, webtest.DialOptions{Hello: map[string]any{"type": "send", "id": "x", "text": "hi"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := must(c.Expect("error", rtWait))
-		if f.Error.Code != "hello_required" {
-			t.Errorf("%s", f.Raw)
-		}
-		if code := must(c.Closed(rtWait)); code != 4000 {
-			t.Errorf("closed with %d, want 4000", code)
+		// Any well-formed first frame but hello: one the server knows, one
+		// it takes without decoding once hello is done, one it does not know.
+		for _, first := range []map[string]any{{"type": "send", "id": "x", "text": "hi"}, {"type": "pong"}, {"type": "typo"}} {
+			c, err := h.cl.DialVisitor(ctx, "", webtest.Cursor{}, webtest.DialOptions{Hello: first})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := must(c.Expect("error", rtWait))
+			if f.Error.Code != "hello_required" {
+				t.Errorf("first frame %v: %s", first, f.Raw)
+			}
+			if code := must(c.Closed(rtWait)); code != 4000 {
+				t.Errorf("first frame %v: closed with %d, want 4000", first, code)
+			}
 		}
 	})
 	if convs, msgs := h.counts(); convs != convs0 || msgs != msgs0 {
@@ -906,6 +910,26 @@ func TestRateLimits(t *testing.T) {
 	}
 	if he == nil || he.Status != http.StatusTooManyRequests || he.RetryAfter == "" {
 		t.Fatalf("seventh request: %v, want 429 with Retry-After", err)
+	}
+}
+
+// TestLongestTokenWorksEverywhere: the longest user id and name, in the
+// characters JSON escapes most, make a token every transport takes.
+func TestLongestTokenWorksEverywhere(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	id := strings.Repeat("<", 256)
+	s := must(h.cl.StartSession(ctx, webtest.SessionRequest{Identity: webtest.Sign(rtIdSecret, id, time.Now()),
+		Name: strings.Repeat("&", 100)}))
+	if s.Visitor.ID != "u:"+id {
+		t.Fatalf("visitor = %+v", s.Visitor)
+	}
+	h.visitorConn(s.Token, webtest.Cursor{}) // fails the test unless synced
+	p := &webtest.Poller{Client: h.cl, Token: s.Token}
+	must(p.SendText(ctx, "x", 0, "hello", false))
+	if again := must(h.cl.StartSession(ctx, webtest.SessionRequest{Token: s.Token})); again.Visitor.ID != s.Visitor.ID {
+		t.Fatalf("renewed session = %+v", again.Visitor)
 	}
 }
 

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -41,7 +42,13 @@ const (
 	// IdentityString).
 	identityContext = "kefu-identity-v1"
 	maxUserID       = 256
-	maxName         = 100
+	// maxVisitorToken bounds a visitor token after its prefix: what
+	// signVisitor makes of the longest user id and name fits (about 1.4 KB).
+	maxVisitorToken = 2048
+	// maxHelloToken bounds the token a hello or session request carries:
+	// any token kefu issues fits.
+	maxHelloToken = len(visitorTokenPrefix) + maxVisitorToken
+	maxName       = 100
 	// identityFutureSkew is how far in the future a signed timestamp may be
 	// (clocks differ).
 	identityFutureSkew = 5 * time.Minute
@@ -77,8 +84,14 @@ func visitorTokenKey(secret []byte) []byte {
 }
 
 func (rt *realtime) signVisitor(v visitor, exp time.Time) string {
-	body, _ := json.Marshal(visitorClaims{Channel: rt.c.name, Identity: v.identity, Name: v.name, Expires: exp.Unix()})
-	p := base64.RawURLEncoding.EncodeToString(body)
+	// Without HTML escaping: a user id or name full of < > & would
+	// otherwise take six bytes a character, and the longest allowed ones
+	// would make a token over maxVisitorToken.
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(visitorClaims{Channel: rt.c.name, Identity: v.identity, Name: v.name, Expires: exp.Unix()})
+	p := base64.RawURLEncoding.EncodeToString(bytes.TrimSuffix(body.Bytes(), []byte("\n")))
 	m := hmac.New(sha256.New, rt.tokenKey)
 	m.Write([]byte(p))
 	return visitorTokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
@@ -91,7 +104,7 @@ var errVisitorToken = &httpx.RequestError{Status: http.StatusUnauthorized, Code:
 // parseVisitor checks a visitor token and returns the visitor it names.
 func (rt *realtime) parseVisitor(tok string) (visitor, error) {
 	rest, ok := strings.CutPrefix(tok, visitorTokenPrefix)
-	if !ok || len(rest) > 2048 {
+	if !ok || len(rest) > maxVisitorToken {
 		return visitor{}, errVisitorToken
 	}
 	p, sig, ok := strings.Cut(rest, ".")
@@ -196,7 +209,7 @@ func decodeSessionRequest(body []byte) (sessionRequest, error) {
 	if utf8.RuneCountInString(req.Name) > maxName || !utf8.ValidString(req.Name) || strings.ContainsFunc(req.Name, unicode.IsControl) {
 		return sessionRequest{}, httpx.BadRequest("name must be at most %d characters of text", maxName)
 	}
-	if len(req.Token) > 2048 {
+	if len(req.Token) > maxHelloToken {
 		return sessionRequest{}, httpx.BadRequest("token too long")
 	}
 	if id := req.Identity; id != nil {

@@ -226,7 +226,7 @@ func (c *wsConn) onFrame(typ int, data []byte) bool {
 	// An idle connection's only traffic is the answer to the server's ping:
 	// take it without the JSON decoder, so that it costs (and grows the
 	// stack by) next to nothing.
-	if typ == websocket.TextMessage && isFrameType(data, framePong) {
+	if c.peer != nil && typ == websocket.TextMessage && isFrameType(data, framePong) {
 		return true
 	}
 	if typ != websocket.TextMessage {
@@ -235,13 +235,17 @@ func (c *wsConn) onFrame(typ int, data []byte) bool {
 	}
 	f, perr := decodeFrame(data)
 	if perr != nil {
+		if c.peer == nil && perr.Code == codeUnknownType {
+			c.fail(helloRequired()) // well-formed, and not hello
+			return false
+		}
 		c.push(errorFrame(perr))
 		return true
 	}
 	ctx := c.rt.ctx
 	if c.peer == nil {
 		if f.Type != frameHello {
-			c.fail(&protoError{Code: codeHelloRequired, Msg: "the first frame must be hello", Close: closeProtocol})
+			c.fail(helloRequired())
 			return false
 		}
 		if err := c.start(ctx, &f); err != nil {
@@ -260,6 +264,12 @@ func (c *wsConn) onFrame(typ int, data []byte) bool {
 		c.push(reply)
 	}
 	return true
+}
+
+// helloRequired is the error that closes a WebSocket whose first frame is
+// not hello.
+func helloRequired() *protoError {
+	return &protoError{Code: codeHelloRequired, Msg: "the first frame must be hello", Close: closeProtocol}
 }
 
 // start authenticates a hello, registers the connection with the hub, and
