@@ -878,6 +878,13 @@ func (s *Service) SetOn(ctx context.Context, agentID int64, on bool) error {
 	if err := s.saveFlag(ctx, flagOn, agentID, on); err != nil {
 		return err
 	}
+	if on {
+		// /on is "I am here": it ends away, set in the console or before.
+		if err := s.saveFlag(ctx, flagAway, agentID, false); err != nil {
+			return err
+		}
+		s.presence.SetAway(agentID, false)
+	}
 	s.presence.SetOn(agentID, on)
 	return nil
 }

@@ -193,9 +193,14 @@ func (c *Channel) queueLen(ctx context.Context) (int, error) {
 	return len(q), err
 }
 
-// on makes a available (/on) and says how many conversations wait.
+// on makes a available (/on; it ends away too) and says how many
+// conversations wait, and how many of them came to a.
 func (c *Channel) on(ctx context.Context, a core.Agent) error {
 	before, err := c.queueLen(ctx)
+	if err != nil {
+		return err
+	}
+	open, err := c.store.OpenCounts(ctx)
 	if err != nil {
 		return err
 	}
@@ -206,13 +211,21 @@ func (c *Channel) on(ctx context.Context, a core.Agent) error {
 	if err != nil {
 		return err
 	}
+	now, err := c.store.OpenCounts(ctx)
+	if err != nil {
+		return err
+	}
+	// Others' conversations come and go meanwhile: count a's own.
+	mine := max(now[a.ID]-open[a.ID], 0)
 	msg := "You are on: new conversations will be assigned to you. No conversation is waiting."
 	switch {
-	case before > 0 && after == before:
-		msg = fmt.Sprintf("You are on: new conversations will be assigned to you. %d conversation(s) are waiting (/list, /take 123).", before)
+	case mine > 0:
+		msg = fmt.Sprintf("You are on: new conversations will be assigned to you. %d waiting conversation(s) assigned to you now, %d still waiting.",
+			mine, after)
+	case after > 0:
+		msg = fmt.Sprintf("You are on: new conversations will be assigned to you. %d conversation(s) are waiting (/list, /take 123).", after)
 	case before > 0:
-		msg = fmt.Sprintf("You are on: new conversations will be assigned to you. %d conversation(s) were waiting: %d assigned to you now, %d still waiting.",
-			before, before-after, after)
+		msg = "You are on: new conversations will be assigned to you. No conversation is waiting now."
 	}
 	return c.tell(ctx, a.WeComUserID, msg)
 }
@@ -301,13 +314,14 @@ func (c *Channel) take(ctx context.Context, a core.Agent, n int64) error {
 		return err
 	}
 	switch {
+	case conv.Status == core.StatusResolved:
+		// Not selected: a plain reply must not reopen it unasked.
+		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is closed; a reply (#%d text) reopens it.", n, n))
 	case conv.AssigneeID == a.ID:
 		if err := c.selectConv(ctx, a.ID, n); err != nil {
 			return err
 		}
 		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("%s is already yours; plain replies now go there.", c.label(ctx, conv)))
-	case conv.Status == core.StatusResolved:
-		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is closed; a reply (#%d text) reopens it.", n, n))
 	case conv.AssigneeID != 0:
 		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is handled by %s.", n, c.assigneeName(ctx, conv.AssigneeID)))
 	}

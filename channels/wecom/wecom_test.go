@@ -400,7 +400,7 @@ func TestOnSaysHowManyWait(t *testing.T) {
 	c5 := h.customer("c5", "first")
 	c6 := h.customer("c6", "second")
 	h.says("alice", "/on")
-	h.expect("alice", 0, "2 conversation(s) were waiting: 2 assigned to you now, 0 still waiting.")
+	h.expect("alice", 0, "2 waiting conversation(s) assigned to you now, 0 still waiting.")
 	for _, c := range []core.Conversation{c5, c6} {
 		h.expect("alice", 0, fmt.Sprintf("[#%d WeChat", c.ID))
 	}
@@ -506,5 +506,34 @@ func TestRateLimitPerMember(t *testing.T) {
 	}
 	if err := send("bob"); err != nil {
 		t.Fatalf("another member was held back: %v", err)
+	}
+}
+
+// TestOnEndsAwayAndTakeLeavesClosedAlone: /on from an agent who set away in
+// the console makes them available (and the waiting conversation comes to
+// them); /take of their own closed conversation says it is closed and
+// selects nothing, so a plain reply does not reopen it.
+func TestOnEndsAwayAndTakeLeavesClosedAlone(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	alice := h.agents["alice"]
+	if err := h.svc.SetAway(ctx, alice.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	c1 := h.customer("c1", "hello")
+	h.says("alice", "/on")
+	n := h.expect("alice", 0, "1 waiting conversation(s) assigned to you now, 0 still waiting.")
+	if c := h.conv(c1.ID); c.AssigneeID != alice.ID {
+		t.Fatalf("after /on while away: %+v, want it with alice", c)
+	}
+
+	h.says("alice", fmt.Sprintf("/close %d", c1.ID))
+	waitFor(t, "closed", func() bool { return h.conv(c1.ID).Status == core.StatusResolved })
+	h.says("alice", fmt.Sprintf("/take %d", c1.ID))
+	n = h.expect("alice", n, fmt.Sprintf("#%d is closed; a reply (#%d text) reopens it.", c1.ID, c1.ID))
+	h.says("alice", "one more thing")
+	h.expect("alice", n, "You have no open conversation. Nothing was sent")
+	if c := h.conv(c1.ID); c.Status != core.StatusResolved || len(h.agentTexts(c1.ID)) != 0 {
+		t.Fatalf("a plain reply after /take of a closed conversation: %+v, agent texts %q", c, h.agentTexts(c1.ID))
 	}
 }
