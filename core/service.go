@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,10 +193,55 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	}
 	ups = append(ups, Update{Type: UpdateMessage, Conversation: &res.Conversation, Message: &res.Message})
 	s.notify.Publish(ctx, ups...)
-	if res.Conversation.Status == StatusPending {
+	switch {
+	case res.Conversation.Status == StatusPending:
 		s.routeNew(ctx, res.Conversation)
+	case res.Reopened && res.Conversation.AssigneeID != 0:
+		s.backToItsAgent(ctx, res.Conversation)
 	}
 	return res, nil
+}
+
+// backToItsAgent leaves a conversation the customer reopened with the agent
+// who had it only if routing could give it to them now: active, available,
+// and within MaxOpenPerAgent with it. Otherwise it goes back to the queue
+// and is routed as a new one is, offline or busy reply included: the
+// customer must not wait on an agent who left, went away or is full.
+func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
+	ctx = context.WithoutCancel(ctx) // the message is committed
+	keep, err := s.mayRouteTo(ctx, c.AssigneeID)
+	if err == nil && !keep {
+		var back Changed
+		back, err = s.assign(ctx, c.ID, 0, c.AssigneeID, 0, EventUnassigned, 0)
+		if err == nil {
+			s.routeNew(ctx, back.Conversation)
+			return
+		}
+		if errors.Is(err, ErrConflict) {
+			return // changed meanwhile (taken, transferred, closed): leave it
+		}
+	}
+	if err != nil {
+		s.log.Warn("routing: reopened conversation left with its agent", "conversation", c.ID, "agent", c.AssigneeID, "err", err)
+	}
+}
+
+// mayRouteTo reports whether agent id may hold their open conversations as
+// routing counts them: active, available, and not over MaxOpenPerAgent.
+func (s *Service) mayRouteTo(ctx context.Context, id int64) (bool, error) {
+	a, err := s.store.Agent(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil || !a.Active {
+		return false, err
+	}
+	avail, err := s.presence.Available(ctx)
+	if err != nil || !slices.Contains(avail, id) {
+		return false, err
+	}
+	open, err := s.store.OpenCounts(ctx)
+	return open[id] <= s.cfg.MaxOpenPerAgent, err
 }
 
 // routeNew routes a conversation that is waiting: it drains the queue (which

@@ -538,6 +538,70 @@ func TestAgentResendChangesNothing(t *testing.T) {
 	}
 }
 
+// A conversation the customer reopens stays with its agent only while
+// routing could give it to them; else it is routed again: to an agent who
+// is there, or to the queue with the offline reply.
+func TestReopenedConversationLeavesAnAgentWhoIsGone(t *testing.T) {
+	ctx := context.Background()
+	// Agent a answers "alice" and closes; then gone does something to a,
+	// b is connected or not, and alice writes again.
+	reopen := func(t *testing.T, maxOpen int, bThere bool, gone func(f *fixture, a core.Agent, leaveA func())) (*fixture, core.Conversation) {
+		t.Helper()
+		f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: maxOpen, ReopenWithin: time.Hour,
+			OfflineReply: "away"}, 2, 0)
+		a, b := f.agents[0], f.agents[1]
+		leaveA := f.presence.Connect(a.ID)
+		c := f.say("alice", "1", "hi").Conversation
+		if _, err := f.svc.Close(ctx, a.ID, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		gone(f, a, leaveA)
+		if bThere {
+			t.Cleanup(f.presence.Connect(b.ID))
+		}
+		f.say("alice", "2", "one more question")
+		return f, f.conv(c.ID)
+	}
+	offline := func(_ *fixture, _ core.Agent, leaveA func()) { leaveA() }
+
+	t.Run("its agent is offline", func(t *testing.T) {
+		f, c := reopen(t, 8, true, offline)
+		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[1].ID {
+			t.Errorf("%+v, want it open with b", c)
+		}
+	})
+	t.Run("its agent is deactivated", func(t *testing.T) {
+		f, c := reopen(t, 8, true, func(f *fixture, a core.Agent, _ func()) {
+			if err := f.svc.Deactivate(ctx, 0, a.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[1].ID {
+			t.Errorf("%+v, want it open with b", c)
+		}
+	})
+	t.Run("nobody is there", func(t *testing.T) {
+		f, c := reopen(t, 8, false, offline)
+		if c.Status != core.StatusPending || c.AssigneeID != 0 || f.botMessages(c.ID) != 1 {
+			t.Errorf("%+v, %d automatic replies; want it waiting, with the offline reply", c, f.botMessages(c.ID))
+		}
+	})
+	t.Run("its agent is full", func(t *testing.T) {
+		_, c := reopen(t, 1, false, func(f *fixture, _ core.Agent, _ func()) {
+			f.say("bob", "3", "hello") // a, still connected, takes bob: full
+		})
+		if c.Status != core.StatusPending || c.AssigneeID != 0 {
+			t.Errorf("%+v, want it waiting: its agent is at capacity", c)
+		}
+	})
+	t.Run("its agent is there", func(t *testing.T) {
+		f, c := reopen(t, 8, true, func(*fixture, core.Agent, func()) {})
+		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[0].ID {
+			t.Errorf("%+v, want it back with a", c)
+		}
+	})
+}
+
 func TestReopenWithinWindowElseNew(t *testing.T) {
 	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 8, ReopenWithin: 24 * time.Hour}, 1, 0)
 	a := f.agents[0]
