@@ -71,6 +71,13 @@ func (q *queueStore) Conversation(ctx context.Context, id int64) (Conversation, 
 	return Conversation{ID: id, Status: StatusPending}, nil
 }
 
+func (q *queueStore) MessageByDedup(ctx context.Context, _ string) (Message, error) {
+	if err := ctx.Err(); err != nil {
+		return Message{}, err
+	}
+	return Message{}, ErrNotFound // no reply sent yet: Append counts them
+}
+
 func (q *queueStore) Append(_ context.Context, a Append) (Appended, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -105,7 +112,7 @@ func TestDrainForLeavesItToTheWaitingDrain(t *testing.T) {
 	// Another drainFor is waiting for the running drain: it has not read the
 	// queue yet and will serve this conversation; this one does not wait.
 	s.drainWaiting = true
-	if s.drainFor(ctx, 2) {
+	if handled, _ := s.drainFor(ctx, 2); handled {
 		t.Fatal("drainFor drained with a drain already waiting")
 	}
 	if q.queueReads != 0 || q.assignments != 0 || len(s.leftToDrain) != 1 || s.leftToDrain[0] != 2 {
@@ -115,7 +122,7 @@ func TestDrainForLeavesItToTheWaitingDrain(t *testing.T) {
 	// Nobody waiting: it drains itself, and stops counting as the waiting
 	// one before it reads the queue, taking what was left to it.
 	s.drainWaiting = false
-	if !s.drainFor(ctx, 1) {
+	if handled, drained := s.drainFor(ctx, 1); !handled || !drained {
 		t.Fatal("drainFor left its conversation with no drain waiting")
 	}
 	if q.assignments != 2 || q.queueReads == 0 {
@@ -144,6 +151,7 @@ func TestWaitingDrainSendsTheOfflineReplies(t *testing.T) {
 	}
 	s.drainWaiting = false
 	s.routeNew(ctx, Conversation{ID: 1})
+	s.replies.Wait() // 2's and 3's are sent off the caller's path
 	if len(q.replies) != 3 {
 		t.Errorf("offline replies for %v, want 1, 2 and 3", q.replies)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,6 +72,9 @@ type Service struct {
 	waitMu       sync.Mutex
 	drainWaiting bool
 	leftToDrain  []int64
+	// replies runs the automatic replies of conversations a drain served
+	// for others (drainFor), off its caller's path.
+	replies sync.WaitGroup
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity on this node clears it, and Run drains
@@ -203,17 +205,21 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 }
 
 // backToItsAgent leaves a conversation the customer reopened with the agent
-// who had it only if routing could give it to them now: active, available,
-// and within MaxOpenPerAgent with it. Otherwise it goes back to the queue
-// and is routed as a new one is, offline or busy reply included: the
-// customer must not wait on an agent who left, went away or is full.
+// who had it, as a customer coming back expects, unless that agent was
+// deactivated since: then it goes back to the queue and is routed as a new
+// one is, offline or busy reply included. (An agent who is offline for now,
+// or answers from Slack, which does not make them available, keeps it: they
+// see it when they are back, and a console reconnecting must not lose them
+// their customers.)
 func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
 	ctx = context.WithoutCancel(ctx) // the message is committed
-	keep, err := s.mayRouteTo(ctx, c.AssigneeID)
-	if err == nil && !keep {
+	a, err := s.store.Agent(ctx, c.AssigneeID)
+	switch {
+	case err == nil && a.Active:
+		return
+	case err == nil, errors.Is(err, ErrNotFound):
 		var back Changed
-		back, err = s.assign(ctx, c.ID, 0, c.AssigneeID, 0, EventUnassigned, 0)
-		if err == nil {
+		if back, err = s.assign(ctx, c.ID, 0, c.AssigneeID, 0, EventUnassigned, 0); err == nil {
 			s.routeNew(ctx, back.Conversation)
 			return
 		}
@@ -221,27 +227,7 @@ func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
 			return // changed meanwhile (taken, transferred, closed): leave it
 		}
 	}
-	if err != nil {
-		s.log.Warn("routing: reopened conversation left with its agent", "conversation", c.ID, "agent", c.AssigneeID, "err", err)
-	}
-}
-
-// mayRouteTo reports whether agent id may hold their open conversations as
-// routing counts them: active, available, and not over MaxOpenPerAgent.
-func (s *Service) mayRouteTo(ctx context.Context, id int64) (bool, error) {
-	a, err := s.store.Agent(ctx, id)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
-	}
-	if err != nil || !a.Active {
-		return false, err
-	}
-	avail, err := s.presence.Available(ctx)
-	if err != nil || !slices.Contains(avail, id) {
-		return false, err
-	}
-	open, err := s.store.OpenCounts(ctx)
-	return open[id] <= s.cfg.MaxOpenPerAgent, err
+	s.log.Warn("routing: reopened conversation left with its agent", "conversation", c.ID, "agent", c.AssigneeID, "err", err)
 }
 
 // routeNew routes a conversation that is waiting: it drains the queue (which
@@ -254,17 +240,21 @@ func (s *Service) routeNew(ctx context.Context, c Conversation) {
 	s.fullMu.Lock()
 	full := s.full
 	s.fullMu.Unlock()
-	if !full && !s.drainFor(ctx, c.ID) {
-		return // left to the waiting drain, and its reply
+	drained := true // full: the last drain found nobody with room
+	if !full {
+		var handled bool
+		if handled, drained = s.drainFor(ctx, c.ID); !handled {
+			return // left to the waiting drain, and its reply
+		}
 	}
-	s.waitingReply(ctx, c.ID)
+	s.waitingReply(ctx, c.ID, drained)
 }
 
 // waitingReply tells the customer of conversation id, which a drain left
 // waiting, why: the offline reply when nobody is available, the busy reply
-// when agents are but none has room. It reports an error only if reading or
-// sending failed.
-func (s *Service) waitingReply(ctx context.Context, id int64) error {
+// when agents are but the drain (drained: it ran) found none with room. It
+// reports an error only if reading or sending failed.
+func (s *Service) waitingReply(ctx context.Context, id int64, drained bool) error {
 	if s.cfg.OfflineReply == "" && s.cfg.BusyReply == "" {
 		return nil
 	}
@@ -272,10 +262,14 @@ func (s *Service) waitingReply(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
-	if len(avail) == 0 {
+	switch {
+	case len(avail) == 0:
 		return s.autoReply(ctx, id, s.cfg.OfflineReply, "o")
+	case drained:
+		return s.autoReply(ctx, id, s.cfg.BusyReply, "b")
 	}
-	return s.autoReply(ctx, id, s.cfg.BusyReply, "b")
+	return nil // the drain failed: agents may have room
+
 }
 
 // offlineReply sends the offline reply to conversation id if nobody is
@@ -301,6 +295,15 @@ func (s *Service) autoReply(ctx context.Context, id int64, text, kind string) er
 	if text == "" {
 		return nil
 	}
+	key := kind + ":" + strconv.FormatInt(id, 10)
+	// Sent already (a waiting customer writing again): one read, not the
+	// checks and a write the store would refuse.
+	switch _, err := s.store.MessageByDedup(ctx, key); {
+	case err == nil:
+		return nil
+	case !errors.Is(err, ErrNotFound):
+		return err
+	}
 	cur, err := s.store.Conversation(ctx, id)
 	if err != nil || cur.Status != StatusPending {
 		return err
@@ -320,7 +323,7 @@ func (s *Service) autoReply(ctx context.Context, id int64, text, kind string) er
 		Visibility: Public,
 		Kind:       KindText,
 		Text:       text,
-		DedupKey:   kind + ":" + strconv.FormatInt(id, 10),
+		DedupKey:   key,
 	})
 	if err != nil {
 		s.log.Warn("routing: automatic reply failed", "conversation", id, "kind", kind, "err", err)
@@ -346,12 +349,12 @@ func (s *Service) Drain(ctx context.Context) error { return s.drain(ctx, nil) }
 // Since others count on it, the waiting drain runs to the end even if its
 // own caller goes away (routeNew detaches ctx), and a failed drain is tried
 // again twice.
-func (s *Service) drainFor(ctx context.Context, conv int64) bool {
+func (s *Service) drainFor(ctx context.Context, conv int64) (handled, drained bool) {
 	s.waitMu.Lock()
 	if s.drainWaiting {
 		s.leftToDrain = append(s.leftToDrain, conv)
 		s.waitMu.Unlock()
-		return false
+		return false, false
 	}
 	s.drainWaiting = true
 	s.waitMu.Unlock()
@@ -372,10 +375,17 @@ func (s *Service) drainFor(ctx context.Context, conv int64) bool {
 	if err != nil {
 		s.log.Warn("routing: drain failed", "err", err, "conversations", len(left)+1)
 	}
-	for _, id := range left {
-		s.waitingReply(ctx, id)
+	if len(left) > 0 {
+		// The others' replies are not this caller's to wait for: a burst
+		// of new conversations would hold its answer for one reply each.
+		drained := err == nil
+		s.replies.Go(func() {
+			for _, id := range left {
+				s.waitingReply(ctx, id, drained)
+			}
+		})
 	}
-	return true
+	return true, err == nil
 }
 
 // drainRetries are the pauses before drainFor tries a failed drain again.

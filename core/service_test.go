@@ -472,14 +472,19 @@ func TestOfflineReplyOncePerConversation(t *testing.T) {
 // so once, with their place in the queue; with nobody online, the offline
 // reply instead.
 func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
-	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
-		OfflineReply: "away", BusyReply: "All busy: you are number {position}."}, 1, 0)
+	var counted *positionCounter
+	f := newWrappedFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", BusyReply: "All busy: you are number {position}."}, 1, 0,
+		func(s core.Store) core.Store { counted = &positionCounter{Store: s}; return counted })
 	a := f.agents[0]
 	leave := f.presence.Connect(a.ID)
 	c1 := f.say("alice", "1", "hi").Conversation.ID
 	c2 := f.say("bob", "2", "hi").Conversation.ID
 	c3 := f.say("carol", "3", "hi").Conversation.ID
 	f.say("bob", "4", "still there?")
+	if n := counted.n.Load(); n != 2 {
+		t.Errorf("%d queue positions read, want 2: bob writing again, told already, needs none", n)
+	}
 	for _, tc := range []struct {
 		conv int64
 		want []string
@@ -538,14 +543,14 @@ func TestAgentResendChangesNothing(t *testing.T) {
 	}
 }
 
-// A conversation the customer reopens stays with its agent only while
-// routing could give it to them; else it is routed again: to an agent who
-// is there, or to the queue with the offline reply.
-func TestReopenedConversationLeavesAnAgentWhoIsGone(t *testing.T) {
+// A conversation the customer reopens goes back to its agent, unless they
+// were deactivated: then it is routed again, to an agent who is there or to
+// the queue with the offline reply.
+func TestReopenedConversationLeavesADeactivatedAgent(t *testing.T) {
 	ctx := context.Background()
-	// Agent a answers "alice" and closes; then gone does something to a,
-	// b is connected or not, and alice writes again.
-	reopen := func(t *testing.T, maxOpen int, bThere bool, gone func(f *fixture, a core.Agent, leaveA func())) (*fixture, core.Conversation) {
+	// Agent a answers "alice" and closes; then after does something, b is
+	// connected or not, and alice writes again.
+	reopen := func(t *testing.T, maxOpen int, bThere bool, after func(f *fixture, a core.Agent, leaveA func())) (*fixture, core.Conversation) {
 		t.Helper()
 		f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: maxOpen, ReopenWithin: time.Hour,
 			OfflineReply: "away"}, 2, 0)
@@ -555,51 +560,56 @@ func TestReopenedConversationLeavesAnAgentWhoIsGone(t *testing.T) {
 		if _, err := f.svc.Close(ctx, a.ID, c.ID); err != nil {
 			t.Fatal(err)
 		}
-		gone(f, a, leaveA)
+		after(f, a, leaveA)
 		if bThere {
 			t.Cleanup(f.presence.Connect(b.ID))
 		}
 		f.say("alice", "2", "one more question")
 		return f, f.conv(c.ID)
 	}
-	offline := func(_ *fixture, _ core.Agent, leaveA func()) { leaveA() }
+	deactivate := func(f *fixture, a core.Agent, leaveA func()) {
+		if err := f.svc.Deactivate(ctx, 0, a.ID); err != nil {
+			t.Fatal(err)
+		}
+		leaveA() // their sessions are revoked: the console closes
+	}
 
-	t.Run("its agent is offline", func(t *testing.T) {
-		f, c := reopen(t, 8, true, offline)
+	t.Run("deactivated, another agent there", func(t *testing.T) {
+		f, c := reopen(t, 8, true, deactivate)
 		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[1].ID {
 			t.Errorf("%+v, want it open with b", c)
 		}
 	})
-	t.Run("its agent is deactivated", func(t *testing.T) {
-		f, c := reopen(t, 8, true, func(f *fixture, a core.Agent, _ func()) {
-			if err := f.svc.Deactivate(ctx, 0, a.ID); err != nil {
-				t.Fatal(err)
-			}
-		})
-		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[1].ID {
-			t.Errorf("%+v, want it open with b", c)
-		}
-	})
-	t.Run("nobody is there", func(t *testing.T) {
-		f, c := reopen(t, 8, false, offline)
+	t.Run("deactivated, nobody there", func(t *testing.T) {
+		f, c := reopen(t, 8, false, deactivate)
 		if c.Status != core.StatusPending || c.AssigneeID != 0 || f.botMessages(c.ID) != 1 {
 			t.Errorf("%+v, %d automatic replies; want it waiting, with the offline reply", c, f.botMessages(c.ID))
 		}
 	})
-	t.Run("its agent is full", func(t *testing.T) {
-		_, c := reopen(t, 1, false, func(f *fixture, _ core.Agent, _ func()) {
-			f.say("bob", "3", "hello") // a, still connected, takes bob: full
+	// Otherwise back with a: offline for now, full, or there.
+	for name, after := range map[string]func(*fixture, core.Agent, func()){
+		"offline": func(_ *fixture, _ core.Agent, leaveA func()) { leaveA() },
+		"full":    func(f *fixture, _ core.Agent, _ func()) { f.say("bob", "3", "hello") },
+		"there":   func(*fixture, core.Agent, func()) {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, c := reopen(t, 1, true, after)
+			if c.Status != core.StatusOpen || c.AssigneeID != f.agents[0].ID {
+				t.Errorf("%+v, want it back with a", c)
+			}
 		})
-		if c.Status != core.StatusPending || c.AssigneeID != 0 {
-			t.Errorf("%+v, want it waiting: its agent is at capacity", c)
-		}
-	})
-	t.Run("its agent is there", func(t *testing.T) {
-		f, c := reopen(t, 8, true, func(*fixture, core.Agent, func()) {})
-		if c.Status != core.StatusOpen || c.AssigneeID != f.agents[0].ID {
-			t.Errorf("%+v, want it back with a", c)
-		}
-	})
+	}
+}
+
+// positionCounter counts the queue positions read.
+type positionCounter struct {
+	core.Store
+	n atomic.Int32
+}
+
+func (p *positionCounter) QueuePosition(ctx context.Context, id int64) (int, error) {
+	p.n.Add(1)
+	return p.Store.QueuePosition(ctx, id)
 }
 
 func TestReopenWithinWindowElseNew(t *testing.T) {

@@ -609,6 +609,18 @@ func testAppendContact(t *testing.T, s core.Store) {
 	}
 	equalTime(t, "LastInboundAt after a late ingest", in.Conversation.LastInboundAt, at(2*time.Minute))
 	sameConversation(t, "stored after late messages", conversation(t, s, r.Conversation.ID), in.Conversation)
+	// And one that reopens the conversation, resolved since.
+	if _, err := setStatus(s, r.Conversation.ID, core.StatusResolved, "", at(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	re, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "v1", ReopenWithin: time.Hour,
+		Message: core.Message{Kind: core.KindText, Text: "late, reopening", CreatedAt: at(150 * time.Second)}})
+	if err != nil || !re.Reopened {
+		t.Fatalf("late reopening ingest: %+v, %v", re, err)
+	}
+	equalTime(t, "UpdatedAt after a late reopening message", re.Conversation.UpdatedAt, at(3*time.Minute))
+	equalTime(t, "LastInboundAt after a late reopening message", re.Conversation.LastInboundAt, at(150*time.Second))
+	sameConversation(t, "stored after the reopening", conversation(t, s, r.Conversation.ID), re.Conversation)
 }
 
 // testSeqConcurrent: 16 goroutines × 50 appends over 4 conversations; each

@@ -181,7 +181,7 @@ func reopen(c *core.Conversation, at time.Time) {
 		c.Status = core.StatusPending
 		c.QueuedAt = at
 	}
-	c.UpdatedAt = at
+	c.Received(at, false) // a late message must not take UpdatedAt back
 }
 
 // Ingest implements core.Store.
