@@ -81,10 +81,6 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeBadRequest, "could not read body")
 		return
 	}
-	if !c.replays.Check(q.Get("timestamp"), q.Get("nonce"), q.Get("signature"), body, c.now()) {
-		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, ErrReplayed.Error())
-		return
-	}
 	plain, status, err := c.open(q, body)
 	if err != nil {
 		if status == http.StatusForbidden {
@@ -92,6 +88,13 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		} else {
 			httpx.Error(w, status, httpx.CodeBadRequest, err.Error())
 		}
+		return
+	}
+	// open checked an encrypted callback's msg_signature, which covers its
+	// body; a plaintext one has only the query's signature.
+	sealed := q.Get("encrypt_type") == "aes"
+	if !c.replays.Check(q.Get("timestamp"), q.Get("nonce"), q.Get("signature"), body, sealed, c.now()) {
+		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, ErrReplayed.Error())
 		return
 	}
 	msg, err := ParseMessage(plain)

@@ -13,17 +13,25 @@ import (
 // and nonce, not the body: without this, anyone who saw one callback's query
 // (an access log, a proxy) could post any body under it for MaxSkew, and in
 // safe mode could strip encrypt_type and msg_signature to have a forged
-// plaintext body taken. The same query with the same body (WeChat's retries)
-// passes; with another body it is refused.
+// plaintext body taken. A plaintext callback under a query seen before
+// passes only with the same body (WeChat's retries), never after an
+// encrypted one. An encrypted callback always passes: its msg_signature
+// covers its body, so a retry encrypted afresh is still WeChat's.
 //
 // It is per process: in a cluster, a replay that reaches another node is not
 // caught there. At most maxReplays queries are kept; past that the oldest
 // are forgotten first.
 type Replays struct {
 	mu    sync.Mutex
-	seen  map[string][sha256.Size]byte
+	seen  map[string]seenBody
 	queue []replay // in arrival order
 	max   int
+}
+
+// seenBody is what came first under a query.
+type seenBody struct {
+	sum    [sha256.Size]byte
+	sealed bool // an encrypted callback
 }
 
 type replay struct {
@@ -37,16 +45,16 @@ const maxReplays = 1 << 17
 
 // Check records a callback whose query has been verified (timestamp, nonce
 // and signature) with its body, at now, and reports whether it may be
-// taken: false when the same query came before with another body.
-func (r *Replays) Check(timestamp, nonce, signature string, body []byte, now time.Time) bool {
+// taken. sealed says the body is encrypted and its msg_signature verified.
+func (r *Replays) Check(timestamp, nonce, signature string, body []byte, sealed bool, now time.Time) bool {
 	// VerifySignature ignores the hex's case: so must the key, or a query
 	// with its signature in capitals would be a new one.
 	key := timestamp + "\x00" + nonce + "\x00" + strings.ToLower(signature)
-	sum := sha256.Sum256(body)
+	cur := seenBody{sum: sha256.Sum256(body), sealed: sealed}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.seen == nil {
-		r.seen = make(map[string][sha256.Size]byte)
+		r.seen = make(map[string]seenBody)
 		if r.max == 0 {
 			r.max = maxReplays
 		}
@@ -57,9 +65,9 @@ func (r *Replays) Check(timestamp, nonce, signature string, body []byte, now tim
 		r.queue = r.queue[1:]
 	}
 	if prev, ok := r.seen[key]; ok {
-		return prev == sum
+		return sealed || !prev.sealed && prev.sum == cur.sum
 	}
-	r.seen[key] = sum
+	r.seen[key] = cur
 	// A timestamp is accepted while within MaxSkew of the clock: whatever
 	// it says, the query is stale 2 × MaxSkew after it first came.
 	r.queue = append(r.queue, replay{key: key, until: now.Add(2 * MaxSkew)})
