@@ -762,3 +762,31 @@ func TestDefaultBackoff(t *testing.T) {
 		})
 	}
 }
+
+// TestSweepFindsAKeyBehindABacklog: a lost kick is found by the sweep even
+// while another conversation has more entries than a sweep's page queued
+// behind a head that backs off (a 429 with a long retry_after): they are
+// not due before their head, so they do not fill the page.
+func TestSweepFindsAKeyBehindABacklog(t *testing.T) {
+	h := newHarness(t)
+	now := h.clock.Now()
+	head := h.store.addReply(channel, 1, "head", now.Add(-time.Minute))
+	for range 20 {
+		h.store.addReply(channel, 1, "queued", now.Add(-time.Minute))
+	}
+	if err := h.store.RetryOutbox(context.Background(), head.ID, now.Add(time.Hour), "429"); err != nil {
+		t.Fatal(err)
+	}
+	// Conversation 2's reply was committed before a crash; its kick died
+	// with the node.
+	other := h.store.addReply(channel, 2, "to another customer", now)
+	h.start(func(c *bridge.DelivererConfig) { c.SweepInterval = 5 * time.Second; c.SweepLimit = 10 })
+	for range 40 { // up to 20 sweeps
+		if _, ok := h.store.entry(other.ID); !ok {
+			return
+		}
+		h.clock.Advance(time.Second * 5 / 2)
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("conversation 2's reply still waits after %d sweeps: the page was full of conversation 1's backlog", h.store.sweeps())
+}

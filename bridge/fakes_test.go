@@ -153,9 +153,16 @@ func (s *fakeStore) Outbox(_ context.Context, channel string, now time.Time, lim
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.outboxes++
-	var out []core.OutboxEntry
+	heads := map[[2]string]core.OutboxEntry{} // core.Store: the head of each key only
 	for _, e := range s.entries {
-		if (channel == "" || e.Channel == channel) && !e.NextAttemptAt.After(now) {
+		k := [2]string{e.Channel, e.Key}
+		if h, ok := heads[k]; (channel == "" || e.Channel == channel) && (!ok || e.ID < h.ID) {
+			heads[k] = e
+		}
+	}
+	var out []core.OutboxEntry
+	for _, e := range heads {
+		if !e.NextAttemptAt.After(now) {
 			out = append(out, e)
 		}
 	}

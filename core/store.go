@@ -130,8 +130,11 @@ type Store interface {
 	OutboxEntry(ctx context.Context, id int64) (OutboxEntry, error)
 	// OutboxHead returns the oldest entry with the given channel and key.
 	OutboxHead(ctx context.Context, channel, key string) (OutboxEntry, error)
-	// Outbox lists entries due at or before now (NextAttemptAt ≤ now) in ID
-	// order, at most limit; channel "" means every channel.
+	// Outbox lists the head (oldest entry) of each channel and key whose
+	// head is due at or before now (NextAttemptAt ≤ now), in ID order, at
+	// most limit; channel "" means every channel. Entries behind a head wait
+	// for it (a key is delivered in order), so they are not listed: a
+	// backlog behind a head that backs off must not fill the page.
 	Outbox(ctx context.Context, channel string, now time.Time, limit int) ([]OutboxEntry, error)
 	// RetryOutbox records a failed attempt: Attempts+1, LastError, and the
 	// time of the next attempt.

@@ -1471,6 +1471,28 @@ func testOutboxDue(t *testing.T, s core.Store) {
 	if got, want := due("wecom", at(time.Minute), 10), []int64{c.ID}; !slices.Equal(got, want) {
 		t.Errorf("due after retry = %v, want %v", got, want)
 	}
+	// Entries queued behind a head that backs off are not listed, however
+	// many: they must not fill a sweep's page and hide other keys.
+	var behind []int64
+	for i := range 3 {
+		e, err := s.Enqueue(ctx, core.OutboxEntry{Channel: "wecom", Key: "alice", Payload: []byte("later"),
+			CreatedAt: at(time.Duration(3+i) * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		behind = append(behind, e.ID)
+	}
+	if got, want := due("wecom", at(time.Minute), 1), []int64{c.ID}; !slices.Equal(got, want) {
+		t.Errorf("due behind a head that backs off = %v, want %v", got, want)
+	}
+	if got, want := due("", at(time.Minute), 10), []int64{b.ID, c.ID}; !slices.Equal(got, want) {
+		t.Errorf("due on every channel behind a head that backs off = %v, want %v", got, want)
+	}
+	for _, id := range behind {
+		if err := s.FinishOutbox(ctx, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := s.RetryOutbox(ctx, a.ID, at(10*time.Minute), "again"); err != nil {
 		t.Fatal(err)
 	}

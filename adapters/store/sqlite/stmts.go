@@ -196,9 +196,11 @@ var rstmtSQL = [numRStmts]string{
 	rsOutbox:       `SELECT ` + outboxCols + ` FROM outbox o WHERE o.id = ?`,
 	rsOutboxHead: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = ? AND o.key = ?
 		ORDER BY o.id LIMIT 1`,
-	rsOutboxDue: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.next_attempt_at <= ?
+	rsOutboxDue: `SELECT ` + outboxCols + ` FROM outbox o
+		WHERE o.id IN (SELECT min(id) FROM outbox GROUP BY channel, key) AND o.next_attempt_at <= ?
 		ORDER BY o.id LIMIT ?`,
-	rsOutboxDueChannel: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = ? AND o.next_attempt_at <= ?
+	rsOutboxDueChannel: `SELECT ` + outboxCols + ` FROM outbox o
+		WHERE o.id IN (SELECT min(id) FROM outbox WHERE channel = ? GROUP BY key) AND o.next_attempt_at <= ?
 		ORDER BY o.id LIMIT ?`,
 	rsOutboxStats: `SELECT count(*), IFNULL(min(created_at), 0) FROM outbox`,
 }
