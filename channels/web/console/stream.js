@@ -47,6 +47,20 @@ export class AgentStream {
     try { ws = new WebSocket(url); } catch (e) { this.failed(false); return; }
     this.ws = ws;
     let opened = false;
+    // A connection that has heard nothing for two ping intervals is dead
+    // (docs/protocol.md, Ping): a network path that went silent sends no
+    // close. Drop it and resume at once.
+    let lastRx = Date.now(), pingMs = 25000;
+    const watch = setInterval(() => {
+      if (this.ws !== ws) { clearInterval(watch); return; }
+      if (Date.now() - lastRx <= 2 * pingMs + 5000) return;
+      clearInterval(watch);
+      ws.onclose = null;
+      ws.onmessage = null;
+      try { ws.close(); } catch (e) { /* closing */ }
+      this.ws = null;
+      if (!this.stopped) this.failed(opened, true);
+    }, 5000);
     ws.onopen = () => {
       opened = true;
       const hello = { type: "hello", token: this.token };
@@ -54,11 +68,14 @@ export class AgentStream {
       ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (ev) => {
+      lastRx = Date.now();
       let f;
       try { f = JSON.parse(ev.data); } catch (e) { return; }
+      if (f.type === "welcome" && f.ping_interval_ms > 0) pingMs = f.ping_interval_ms;
       this.handle(f);
     };
     ws.onclose = (ev) => {
+      clearInterval(watch);
       if (this.ws === ws) this.ws = null;
       if (this.stopped) return;
       if (ev.code === 4001) { this.cb.onUnauthorized(); return; }

@@ -91,7 +91,8 @@
     lang = /^zh\b/i.test(nav) ? "zh" : "en";
   }
   var L = STRINGS[lang];
-  function fmt(s, name) { return s.replace("{name}", name); }
+  // A function, not a string: "$&" or "$'" in a name are not patterns.
+  function fmt(s, name) { return s.replace("{name}", function () { return name; }); }
 
   // ---- DOM helpers: text goes in with textContent, never as HTML ----
 
@@ -899,8 +900,30 @@
     req("POST", "/lp/visitor", frames).then(function (r) {
       if (r.status === 200) (r.body.frames || []).forEach(handle);
       else if (r.status === 429) setTimeout(function () { post(frames); }, retryAfter(r));
-    }, function () { /* pending sends go again on the next connection */ });
+      else if (r.status === 400 || r.status === 413) refuse(frames);
+      else repost(frames); // 401 (the poll starts a new session), 5xx
+    }, function () { repost(frames); });
   }
+
+  function pendingOf(cid) {
+    for (var i = 0; i < S.pending.length; i++) if (S.pending[i].cid === cid) return S.pending[i];
+    return null;
+  }
+  function waiting(f) { var p = f.type === "send" && pendingOf(f.id); return p && !p.id && !p.failed ? p : null; }
+
+  // repost sends again, after a pause, the sends among frames still waiting
+  // for their ack: a POST lost on the way must not leave a message "sending"
+  // for good (the server stores each id once). Signals are not worth it.
+  function repost(frames) {
+    setTimeout(function () {
+      var again = frames.filter(waiting);
+      if (!again.length) return;
+      if (wsReady) again.forEach(function (f) { ws.send(JSON.stringify(f)); });
+      else if (polling) post(again);
+    }, 1500 + Math.random() * 1500);
+  }
+  // refuse marks the sends a refused POST carried as not sent (tap to retry).
+  function refuse(frames) { frames.forEach(function (f) { var p = waiting(f); if (p) fail(p, L.failed); }); }
 
   // offline waits, then starts over: a session, the history, a connection.
   function offline() {
