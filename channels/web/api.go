@@ -65,12 +65,12 @@ func (a *api) routes() {
 	a.mux.HandleFunc("POST /api/v1/auth/login", a.login)
 	a.handle("POST /api/v1/auth/logout", a.logout)
 
-	a.handle("GET /api/v1/me", a.getMe)
+	a.handle("GET /api/v1/me", apiNoQuery(a.getMe))
 	a.handle("PATCH /api/v1/me", a.patchMe)
 	a.handle("POST /api/v1/me/password", a.changePassword)
 
 	a.handle("GET /api/v1/conversations", a.listConversations)
-	a.handle("GET /api/v1/conversations/{id}", a.getConversation)
+	a.handle("GET /api/v1/conversations/{id}", apiNoQuery(a.getConversation))
 	a.handle("GET /api/v1/conversations/{id}/messages", a.listMessages)
 	a.handle("POST /api/v1/conversations/{id}/messages", a.postReply)
 	a.handle("POST /api/v1/conversations/{id}/notes", a.postNote)
@@ -81,17 +81,17 @@ func (a *api) routes() {
 	a.handle("POST /api/v1/conversations/{id}/reopen", a.reopenConversation)
 	a.handle("POST /api/v1/conversations/{id}/read", a.markRead)
 	a.handle("POST /api/v1/messages/{id}/resend", a.resend)
-	a.handle("GET /api/v1/conversations/{id}/templates", a.listTemplates)
+	a.handle("GET /api/v1/conversations/{id}/templates", apiNoQuery(a.listTemplates))
 
 	a.handle("POST /api/v1/uploads", a.upload)
 	a.handle("GET /api/v1/media/{key}", a.getMedia)
 	a.handle("GET /api/v1/media/{key}/preview", a.getMediaPreview)
 
 	a.handle("POST /api/v1/devices", a.postDevice)
-	a.handle("GET /api/v1/devices", a.listDevices)
+	a.handle("GET /api/v1/devices", apiNoQuery(a.listDevices))
 	a.handle("DELETE /api/v1/devices/{token}", a.deleteDevice)
 
-	a.handle("GET /api/v1/agents", a.listAgents)
+	a.handle("GET /api/v1/agents", apiNoQuery(a.listAgents))
 	a.handle("POST /api/v1/agents", apiAdminOnly(a.createAgent))
 	a.handle("PATCH /api/v1/agents/{id}", apiAdminOnly(a.patchAgent))
 	a.handle("POST /api/v1/agents/{id}/password", apiAdminOnly(a.resetPassword))
@@ -198,6 +198,17 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 
 // apiAdminOnly lets only admins through (403 for others), before the body is
 // read.
+// apiNoQuery refuses any query parameter, for endpoints that take none:
+// a misspelt filter must not silently list everything (docs/api.md).
+func apiNoQuery(h apiHandler) apiHandler {
+	return func(w http.ResponseWriter, r *http.Request, me core.Agent) error {
+		for k := range r.URL.Query() {
+			return httpx.BadRequest("unknown query parameter %q: this endpoint takes none", k)
+		}
+		return h(w, r, me)
+	}
+}
+
 func apiAdminOnly(h apiHandler) apiHandler {
 	return func(w http.ResponseWriter, r *http.Request, me core.Agent) error {
 		if me.Role != core.RoleAdmin {

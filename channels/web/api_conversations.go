@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"net/url"
@@ -566,7 +567,18 @@ func (a *api) assign(w http.ResponseWriter, r *http.Request, me core.Agent) erro
 			return &httpx.RequestError{Status: http.StatusForbidden, Code: httpx.CodeForbidden,
 				Msg: "only an admin may assign a conversation to someone else"}
 		}
-		return a.take(w, r, me)
+		return a.conversationAction(w, r, func(ctx context.Context, id int64) (core.Conversation, error) {
+			c, err := a.store.Conversation(ctx, id)
+			switch {
+			case err != nil:
+				return c, err
+			case c.AssigneeID == me.ID:
+				return c, nil // theirs already: nothing changes
+			case c.AssigneeID != 0:
+				return c, fmt.Errorf("%w: #%d is another agent's; only an admin may move it", core.ErrForbidden, id)
+			}
+			return a.svc.Take(ctx, me.ID, id)
+		})
 	}
 	return a.moveTo(w, r, me, to)
 }

@@ -753,6 +753,12 @@ func TestAPIConversationList(t *testing.T) {
 		"?limit=x", "?before=-1", "?contact=abc", "?sort=asc", "?channel="} {
 		h.do("GET", "/api/v1/conversations"+q, alice, nil).want(t, q, http.StatusBadRequest)
 	}
+	// Endpoints that take no parameter refuse one, rather than ignore it.
+	for _, p := range []string{"/api/v1/agents?role=admin", "/api/v1/me?x=1", "/api/v1/devices?owner=1",
+		fmt.Sprintf("/api/v1/conversations/%d?status=open", id1), fmt.Sprintf("/api/v1/conversations/%d/templates?name=x", id1)} {
+		h.do("GET", p, alice, nil).want(t, p, http.StatusBadRequest)
+	}
+	h.do("GET", "/api/v1/agents", alice, nil).want(t, "agents without parameters", http.StatusOK)
 }
 
 func TestAPIHistory(t *testing.T) {
@@ -941,11 +947,20 @@ func TestAPIConversationActions(t *testing.T) {
 		t.Fatalf("alice assigns herself: %+v", c)
 	}
 	act(root, "take", nil, http.StatusConflict)
+	// Hers already: assigning herself again changes nothing (200).
+	n0 := h.messageCount(conv)
+	if c := act(alice, "assign", map[string]int64{"agent_id": h.alice.ID}, http.StatusOK); c.assignee() != h.alice.ID {
+		t.Fatalf("alice assigns herself again: %+v", c)
+	}
+	if h.messageCount(conv) != n0 {
+		t.Error("assigning herself again appended an event")
+	}
 	// Alice has it: she transfers it to Root.
 	if c := act(alice, "transfer", map[string]int64{"agent_id": h.root.ID}, http.StatusOK); c.assignee() != h.root.ID {
 		t.Fatalf("transfer to root: %+v", c)
 	}
 	act(alice, "transfer", map[string]int64{"agent_id": h.alice.ID}, http.StatusForbidden) // not hers any more
+	act(alice, "assign", map[string]int64{"agent_id": h.alice.ID}, http.StatusForbidden)   // root's: only an admin moves it
 	act(root, "transfer", map[string]int64{"agent_id": 4242}, http.StatusNotFound)         // no such agent
 	// Back to the queue, then an admin assigns it.
 	if c := act(root, "transfer", map[string]int64{"agent_id": 0}, http.StatusOK); c.Assignee != nil || c.Status != "pending" {

@@ -28,7 +28,7 @@ import (
 const (
 	pathVisitorDevices = "/api/v1/visitor/devices"
 	pathVisitorDevice  = "/api/v1/visitor/devices/{token}"
-	maxDeviceBody      = 2 << 10
+	maxDeviceBody      = apiMaxSmallBody // docs/api.md: any body but a message 16 KiB
 )
 
 // deviceRequest is the body of a device registration.

@@ -23,6 +23,9 @@ func TestAgentDevices(t *testing.T) {
 	if d.Token != strings.ToLower(tok) || d.Topic != "com.example.console" || d.Environment != "sandbox" || d.CreatedAt == nil {
 		t.Errorf("registered %+v", d)
 	}
+	// Any body but a message may be 16 KiB (docs/api.md): 3 KB is fine.
+	padded := `{"token": "` + tok + `",` + strings.Repeat(" ", 3000) + `"topic": "com.example.console", "environment": "sandbox"}`
+	h.do("POST", "/api/v1/devices", alice, padded).want(t, "register with a 3 KB body", http.StatusOK)
 	ds, err := h.store.Devices(t.Context(), core.AgentDevices(h.alice.ID))
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("stored devices %v, %v", ds, err)
