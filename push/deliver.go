@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 	"unicode/utf8"
 
 	"github.com/kefuhq/kefu/core"
@@ -56,7 +57,7 @@ func truncate(s string, n int) string {
 
 // deliver sends e's notification to its recipient's devices, unless the
 // recipient has the message by now.
-func (f *Fallback) deliver(ctx context.Context, e *entry) {
+func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 	log := f.log.With("conversation", e.conv.ID, "to", e.to.String(), "seq", e.msg.Seq)
 	c, err := f.cfg.Store.Conversation(ctx, e.conv.ID)
 	if err != nil {
@@ -96,7 +97,7 @@ func (f *Fallback) deliver(ctx context.Context, e *entry) {
 	}
 	for _, d := range devices {
 		n.Device = d
-		f.send(ctx, log, n)
+		f.send(ctx, log, n, pause)
 	}
 }
 
@@ -167,13 +168,23 @@ func (f *Fallback) compose(ctx context.Context, to side, c core.Conversation, m 
 	return n, nil
 }
 
+// pauseFunc waits for at, off the worker's slot (so that one throttled
+// device does not hold a worker other conversations need), and reports
+// whether the push may go on: false once ctx has ended.
+type pauseFunc func(at <-chan time.Time) bool
+
 // send pushes n to its device, retrying temporary refusals with backoff
 // while the recipient still has not seen the message.
-func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification) {
+func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, pause pauseFunc) {
 	backoff := f.cfg.Backoff
 	for attempt := 0; ; attempt++ {
-		pctx, cancel := context.WithTimeout(ctx, PushTimeout)
+		pctx, cancel := context.WithTimeout(ctx, f.cfg.AttemptTimeout)
 		err := f.cfg.Pusher.Push(pctx, n)
+		if err != nil && ctx.Err() == nil && errors.Is(pctx.Err(), context.DeadlineExceeded) {
+			// This attempt timed out, not the run: a provider that stopped
+			// answering is a network failure, retried like one.
+			err = &RetryError{Err: err}
+		}
 		cancel()
 		var retry *RetryError
 		switch {
@@ -207,10 +218,8 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification) {
 				backoff = min(2*backoff, MaxBackoff)
 			}
 			log.Debug("push: temporary refusal; retrying", "device", shortToken(n.Device.Token), "in", wait, "err", err)
-			select {
-			case <-ctx.Done():
+			if !pause(f.cfg.Clock.At(f.cfg.Clock.Now().Add(wait))) {
 				return
-			case <-f.cfg.Clock.At(f.cfg.Clock.Now().Add(wait)):
 			}
 			if seen, serr := f.seen(ctx, n.MessageID); serr == nil && seen {
 				f.cfg.Metrics.skipped("seen")

@@ -26,7 +26,7 @@ const (
 	// MaxBackoff caps the wait between retries of one push.
 	MaxBackoff     = time.Minute
 	DefaultWorkers = 4
-	// PushTimeout bounds one call to the Pusher.
+	// PushTimeout is the default Config.AttemptTimeout.
 	PushTimeout = 30 * time.Second
 	// DefaultStopGrace is the default Config.StopGrace.
 	DefaultStopGrace = 2 * time.Second
@@ -63,8 +63,12 @@ type Config struct {
 	// Backoff is the first wait before a retry, doubling up to MaxBackoff,
 	// unless the provider says how long to wait. Default DefaultBackoff.
 	Backoff time.Duration
-	// Workers is how many pushes run at once. Default DefaultWorkers.
+	// Workers is how many pushes run at once (a retry's backoff waits off
+	// its worker). Default DefaultWorkers.
 	Workers int
+	// AttemptTimeout bounds one call to the Pusher; one that runs out is
+	// retried as a network failure. Default PushTimeout.
+	AttemptTimeout time.Duration
 	// StopGrace bounds how long Run takes to return once its ctx has
 	// ended: the pushes in flight and those still pending (see Run) get
 	// this long, then their ctx is cancelled. Under a cluster lease it must
@@ -193,6 +197,9 @@ func New(cfg Config) (*Fallback, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = DefaultWorkers
 	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = PushTimeout
+	}
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = DefaultStopGrace
 	}
@@ -312,13 +319,34 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 						return
 					}
 				}
-				select {
-				case slots <- struct{}{}:
-				case <-wctx.Done():
+				held := false
+				take := func() bool {
+					select {
+					case slots <- struct{}{}:
+						held = true
+						return true
+					case <-wctx.Done():
+						return false
+					}
+				}
+				defer func() {
+					if held {
+						<-slots
+					}
+				}()
+				if !take() {
 					return
 				}
-				defer func() { <-slots }()
-				f.deliver(wctx, e)
+				f.deliver(wctx, e, func(at <-chan time.Time) bool {
+					<-slots // a retry's backoff waits off the slot
+					held = false
+					select {
+					case <-at:
+						return take()
+					case <-wctx.Done():
+						return false
+					}
+				})
 			}()
 		}
 	}

@@ -156,12 +156,22 @@ func (h *harness) observe() {
 	}
 }
 
+// pause waits for a retry's backoff in place (the harness has no slots).
+func (h *harness) pause(at <-chan time.Time) bool {
+	select {
+	case <-at:
+		return true
+	case <-h.ctx.Done():
+		return false
+	}
+}
+
 // advance moves the clock and delivers what is due.
 func (h *harness) advance(d time.Duration) {
 	h.observe()
 	h.clock.Advance(d)
 	for _, e := range h.f.takeDue(h.clock.Now()) {
-		h.f.deliver(h.ctx, e)
+		h.f.deliver(h.ctx, e, h.pause)
 	}
 }
 
@@ -433,7 +443,7 @@ func TestPushOutcomes(t *testing.T) {
 		go func() {
 			defer close(done)
 			for _, e := range h.f.takeDue(h.clock.Now()) {
-				h.f.deliver(h.ctx, e)
+				h.f.deliver(h.ctx, e, h.pause)
 			}
 		}()
 		for _, wait := range []time.Duration{DefaultBackoff, 2 * DefaultBackoff} {
