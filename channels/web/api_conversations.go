@@ -572,7 +572,7 @@ func (a *api) assign(w http.ResponseWriter, r *http.Request, me core.Agent) erro
 			switch {
 			case err != nil:
 				return c, err
-			case c.AssigneeID == me.ID:
+			case c.AssigneeID == me.ID && c.Status != core.StatusResolved:
 				return c, nil // theirs already: nothing changes
 			case c.AssigneeID != 0:
 				return c, fmt.Errorf("%w: #%d is another agent's; only an admin may move it", core.ErrForbidden, id)

@@ -231,11 +231,13 @@ const (
 	sqlAgents       = `SELECT ` + agentCols + ` FROM agents a ORDER BY a.id`
 	sqlOutboxHead   = `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = $1 AND o.key = $2
 		ORDER BY o.id LIMIT 1`
-	sqlOutboxDue = `SELECT ` + outboxCols + ` FROM outbox o
-		WHERE o.id IN (SELECT min(id) FROM outbox GROUP BY channel, key) AND o.next_attempt_at <= $1
+	// The oldest entry of its channel and key only (an index probe on
+	// outbox_key per row).
+	sqlOutboxDue = `SELECT ` + outboxCols + ` FROM outbox o WHERE o.next_attempt_at <= $1
+		AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.channel = o.channel AND x.key = o.key AND x.id < o.id)
 		ORDER BY o.id LIMIT $2`
-	sqlOutboxDueChannel = `SELECT ` + outboxCols + ` FROM outbox o
-		WHERE o.id IN (SELECT min(id) FROM outbox WHERE channel = $1 GROUP BY key) AND o.next_attempt_at <= $2
+	sqlOutboxDueChannel = `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = $1 AND o.next_attempt_at <= $2
+		AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.channel = o.channel AND x.key = o.key AND x.id < o.id)
 		ORDER BY o.id LIMIT $3`
 	sqlOutboxStats = `SELECT count(*), min(created_at) FROM outbox`
 	sqlContacts    = `SELECT ` + contactCols + ` FROM contacts WHERE id = ANY($1::bigint[])`

@@ -140,6 +140,10 @@ func markSQL(reader string, target core.MessageStatus) string {
 		strings.Join(from, ", "), reader)
 }
 
+// outboxHead keeps an outbox row o only if it is the oldest of its channel
+// and key (an index probe on outbox_key per row).
+const outboxHead = `NOT EXISTS (SELECT 1 FROM outbox x WHERE x.channel = o.channel AND x.key = o.key AND x.id < o.id)`
+
 // rstmt names a statement prepared once on the read pool.
 type rstmt int
 
@@ -196,11 +200,9 @@ var rstmtSQL = [numRStmts]string{
 	rsOutbox:       `SELECT ` + outboxCols + ` FROM outbox o WHERE o.id = ?`,
 	rsOutboxHead: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = ? AND o.key = ?
 		ORDER BY o.id LIMIT 1`,
-	rsOutboxDue: `SELECT ` + outboxCols + ` FROM outbox o
-		WHERE o.id IN (SELECT min(id) FROM outbox GROUP BY channel, key) AND o.next_attempt_at <= ?
+	rsOutboxDue: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.next_attempt_at <= ? AND ` + outboxHead + `
 		ORDER BY o.id LIMIT ?`,
-	rsOutboxDueChannel: `SELECT ` + outboxCols + ` FROM outbox o
-		WHERE o.id IN (SELECT min(id) FROM outbox WHERE channel = ? GROUP BY key) AND o.next_attempt_at <= ?
-		ORDER BY o.id LIMIT ?`,
+	rsOutboxDueChannel: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.channel = ? AND o.next_attempt_at <= ?
+		AND ` + outboxHead + ` ORDER BY o.id LIMIT ?`,
 	rsOutboxStats: `SELECT count(*), IFNULL(min(created_at), 0) FROM outbox`,
 }

@@ -898,11 +898,11 @@
 
   function post(frames) {
     req("POST", "/lp/visitor", frames).then(function (r) {
-      if (r.status === 200) (r.body.frames || []).forEach(handle);
+      if (r.status === 200) { repostDelay = 0; (r.body.frames || []).forEach(handle); }
       else if (r.status === 429) setTimeout(function () { post(frames); }, retryAfter(r));
       else if (r.status === 400 || r.status === 413) refuse(frames);
-      else repost(frames); // 401 (the poll starts a new session), 5xx
-    }, function () { repost(frames); });
+      else repost(); // 401 (the poll starts a new session), 5xx
+    }, repost);
   }
 
   function pendingOf(cid) {
@@ -911,16 +911,22 @@
   }
   function waiting(f) { var p = f.type === "send" && pendingOf(f.id); return p && !p.id && !p.failed ? p : null; }
 
-  // repost sends again, after a pause, the sends among frames still waiting
-  // for their ack: a POST lost on the way must not leave a message "sending"
-  // for good (the server stores each id once). Signals are not worth it.
-  function repost(frames) {
-    setTimeout(function () {
-      var again = frames.filter(waiting);
+  // repost sends again, after a pause, the sends still waiting for their
+  // ack: a POST lost on the way must not leave a message "sending" for good
+  // (the server stores each id once). One timer for all of them, backing
+  // off (1.5 s doubling to 30 s) while POSTs keep failing. Signals are not
+  // worth it.
+  var repostTimer = 0, repostDelay = 0;
+  function repost() {
+    if (repostTimer) return;
+    repostDelay = Math.min(30000, repostDelay ? repostDelay * 2 : 1500);
+    repostTimer = setTimeout(function () {
+      repostTimer = 0;
+      var again = S.pending.map(function (p) { return p.frame; }).filter(function (f) { return f && waiting(f); });
       if (!again.length) return;
       if (wsReady) again.forEach(function (f) { ws.send(JSON.stringify(f)); });
       else if (polling) post(again);
-    }, 1500 + Math.random() * 1500);
+    }, repostDelay / 2 + Math.random() * repostDelay / 2);
   }
   // refuse marks the sends a refused POST carried as not sent (tap to retry).
   function refuse(frames) { frames.forEach(function (f) { var p = waiting(f); if (p) fail(p, L.failed); }); }
