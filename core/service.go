@@ -269,7 +269,6 @@ func (s *Service) waitingReply(ctx context.Context, id int64, drained bool) erro
 		return s.autoReply(ctx, id, s.cfg.BusyReply, "b")
 	}
 	return nil // the drain failed: agents may have room
-
 }
 
 // offlineReply sends the offline reply to conversation id if nobody is

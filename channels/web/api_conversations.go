@@ -574,10 +574,10 @@ func (a *api) assign(w http.ResponseWriter, r *http.Request, me core.Agent) erro
 				return c, err
 			case c.AssigneeID == me.ID && c.Status != core.StatusResolved:
 				return c, nil // theirs already: nothing changes
-			case c.AssigneeID != 0:
+			case c.AssigneeID != 0 && c.AssigneeID != me.ID:
 				return c, fmt.Errorf("%w: #%d is another agent's; only an admin may move it", core.ErrForbidden, id)
 			}
-			return a.svc.Take(ctx, me.ID, id)
+			return a.svc.Take(ctx, me.ID, id) // a resolved one: 409
 		})
 	}
 	return a.moveTo(w, r, me, to)

@@ -925,6 +925,30 @@ func TestAPITakeRace(t *testing.T) {
 	}
 }
 
+// TestAPIAssignOneselfAResolvedConversation: assigning oneself one's own
+// resolved conversation is a take of it, which is refused (409), not a
+// change of nothing.
+func TestAPIAssignOneselfAResolvedConversation(t *testing.T) {
+	t.Parallel()
+	h := startAPINode(t)
+	alice := h.login(apiAliceMail, apiAlicePass)
+	conv := h.ingest(apiChannel, "v1", "Zhang San", "hello").Conversation.ID
+	for _, step := range []struct {
+		action string
+		body   any
+		status int
+	}{
+		{"take", nil, http.StatusOK},
+		{"close", nil, http.StatusOK},
+		{"assign", map[string]int64{"agent_id": h.alice.ID}, http.StatusConflict},
+	} {
+		h.do("POST", fmt.Sprintf("/api/v1/conversations/%d/%s", conv, step.action), alice, step.body).want(t, step.action, step.status)
+	}
+	if c := h.conversation(conv); c.Status != core.StatusResolved {
+		t.Fatalf("after assigning herself: %+v", c)
+	}
+}
+
 func TestAPIConversationActions(t *testing.T) {
 	t.Parallel()
 	h := startAPINode(t)
