@@ -843,19 +843,27 @@ func TestCursorStaysBelowWaitingPushes(t *testing.T) {
 
 var waitFor = wait.For
 
-// A push under way keeps the cursor below its message (a crash then still
-// pushes it from the next holder), like one waiting.
-func TestCursorStaysBelowAPushUnderWay(t *testing.T) {
-	h := newHarness(t)
+// pushUnderWay runs a tenure with a cursor and a pusher that blocks, and
+// returns once the push of an agent's message to the visitor is under way.
+func (h *harness) pushUnderWay() (*tenure, core.Message) {
+	h.t.Helper()
 	bp := &blockingPusher{started: make(chan struct{}, 1)}
 	h.withCursor(bp)
 	c := h.conversation()
 	tn := h.startTenure()
-	m1 := h.agentSays(c, "Found it!")
+	m := h.agentSays(c, "Found it!")
 	tn.feed()
 	tn.waitArmed(h.clock.Now().Add(collapse))
 	h.clock.Advance(collapse)
 	<-bp.started
+	return tn, m
+}
+
+// A push under way keeps the cursor below its message (a crash then still
+// pushes it from the next holder), like one waiting.
+func TestCursorStaysBelowAPushUnderWay(t *testing.T) {
+	h := newHarness(t)
+	tn, m1 := h.pushUnderWay()
 	time.Sleep(3 * saveEvery) // the cursor's ticker runs, with nothing waiting but m1 under way
 	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
 		t.Fatalf("cursor %q while m1's push is under way, want %d", got, m1.ID-1)
@@ -876,15 +884,7 @@ func TestCursorStaysBelowAPushUnderWay(t *testing.T) {
 // cursor: the next holder catches up on them and pushes them once.
 func TestLostLeaseSavesNoCursor(t *testing.T) {
 	h := newHarness(t)
-	bp := &blockingPusher{started: make(chan struct{}, 1)}
-	h.withCursor(bp)
-	c := h.conversation()
-	tn := h.startTenure()
-	m1 := h.agentSays(c, "Found it!")
-	tn.feed()
-	tn.waitArmed(h.clock.Now().Add(collapse))
-	h.clock.Advance(collapse)
-	<-bp.started // under way
+	tn, m1 := h.pushUnderWay()
 	waitFor(t, "the cursor below the push under way", func() bool { return h.cursor() == fmt.Sprint(m1.ID-1) })
 	tn.lose()
 	select { // at once: the fake clock does not move, so no grace can end

@@ -642,8 +642,7 @@
   }
 
   function onAck(f) {
-    var p = null;
-    for (var i = 0; i < S.pending.length; i++) if (S.pending[i].cid === f.id) p = S.pending[i];
+    var p = pendingOf(f.id);
     if (!p) return;
     var m = f.message;
     if (S.byId[m.id]) { // its echo came first and was shown on its own
@@ -656,14 +655,10 @@
 
   function onError(f) {
     var e = f.error || {};
-    if (!f.id) return;
-    for (var i = 0; i < S.pending.length; i++) {
-      var p = S.pending[i];
-      if (p.cid !== f.id) continue;
-      if (e.code === "rate_limited") { setTimeout(function () { transmit(p); }, e.retry_after_ms || 1000); return; }
-      fail(p, e.message || L.failed);
-      return;
-    }
+    var p = f.id && pendingOf(f.id);
+    if (!p) return;
+    if (e.code === "rate_limited") setTimeout(function () { transmit(p); }, e.retry_after_ms || 1000);
+    else fail(p, e.message || L.failed);
   }
 
   // ---- signals: typing and receipts ----
