@@ -205,6 +205,13 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	if background {
 		wal = fmt.Sprintf("&_pragma=wal_autocheckpoint(%d)", backstopBytes/pageSize)
 	}
+	vfs, err := registerWALVFS()
+	if err != nil {
+		return nil, err
+	}
+	if vfs != "" {
+		wal += "&vfs=" + vfs
+	}
 	s.w, err = sql.Open("sqlite", o.Path+"?_txlock=immediate&_busy_timeout=10000"+
 		"&_journal_mode=WAL&_foreign_keys=on&_pragma=temp_store(memory)&_synchronous="+syncMode+wal)
 	if err != nil {

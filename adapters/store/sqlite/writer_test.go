@@ -14,10 +14,6 @@ import (
 	"github.com/kefuhq/kefu/core"
 )
 
-// TestBatchRollsBackOneOp runs one batch by hand: ops that append to the
-// same conversation, one of which appends and then fails. The failed op's
-// message and sequence number are gone, from the file and from the writer's
-// conversation cache, and the others commit.
 // openStore opens a store for an internal test: in a temporary directory
 // unless o has a Path, logging nowhere unless o has a Logger, and closed
 // when the test ends (Close may also be called before).
@@ -37,6 +33,10 @@ func openStore(t *testing.T, o Options) *Store {
 	return s
 }
 
+// TestBatchRollsBackOneOp runs one batch by hand: ops that append to the
+// same conversation, one of which appends and then fails. The failed op's
+// message and sequence number are gone, from the file and from the writer's
+// conversation cache, and the others commit.
 func TestBatchRollsBackOneOp(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, Options{})
