@@ -49,6 +49,7 @@ type realtime struct {
 	names    *nameCache
 	up       websocket.Upgrader
 	writers  *writerPool
+	aside    *asidePool // runs frames before hello (wsConn.onFrameAside)
 	conns    *connSet
 	connWG   sync.WaitGroup // WebSocket read loops
 	leases   *leaseSet      // long-polling agents' presence
@@ -101,6 +102,7 @@ func newRealtime(c *Channel) (*realtime, error) {
 		convLimit:   httpx.NewLimiter(cfg.Limits.ConversationsPerHour, time.Hour, cfg.Limits.ConversationsPerHour),
 		signalLimit: httpx.NewLimiter(cfg.Limits.RequestsPerMinute, time.Minute, cfg.Limits.RequestsPerMinute),
 	}
+	rt.aside = newAsidePool(rt.done)
 	rt.names = &nameCache{store: c.store, m: map[int64]nameEntry{}, now: c.now}
 	rt.hub = newHub(c.name, rt.names.get)
 	rt.up = websocket.Upgrader{

@@ -195,15 +195,56 @@ func (c *wsConn) serve() {
 	}
 }
 
-// onFrameAside runs onFrame on a goroutine of its own and waits for it.
-// Until hello is done, frames go this way: authentication and the replay
-// read the store through deep call chains, and the stack they grow is
-// freed with that goroutine instead of staying with every idle connection
-// until collections shrink it.
+// onFrameAside runs onFrame on one of the aside pool's goroutines and waits
+// for it. Until hello is done, frames go this way: authentication and the
+// replay read the store through deep call chains. The stack they grow stays
+// with the pool's goroutine, for the next connection's hello, instead of
+// with every idle connection until collections shrink it; and it is not
+// grown again, copy by copy, for every connection (8 % of the server's CPU
+// in a run of new visitors' handshakes when each hello had a goroutine of
+// its own; BENCHMARKS.md).
 func (c *wsConn) onFrameAside(typ int, data []byte) bool {
 	done := make(chan bool, 1)
-	go func() { done <- c.onFrame(typ, data) }()
+	c.rt.aside.run(func() { done <- c.onFrame(typ, data) })
 	return <-done
+}
+
+// asidePool runs functions on goroutines kept between calls. A call that
+// finds none idle starts one more, so the pool never makes a call wait for
+// another; a goroutine idle for asideIdle, or once stop is closed, ends.
+type asidePool struct {
+	work chan func()
+	stop <-chan struct{}
+}
+
+const asideIdle = 10 * time.Second
+
+func newAsidePool(stop <-chan struct{}) *asidePool {
+	return &asidePool{work: make(chan func()), stop: stop}
+}
+
+func (p *asidePool) run(f func()) {
+	select {
+	case p.work <- f: // an idle goroutine takes it
+	default:
+		go p.serve(f)
+	}
+}
+
+func (p *asidePool) serve(f func()) {
+	idle := time.NewTimer(asideIdle)
+	defer idle.Stop()
+	for {
+		f()
+		idle.Reset(asideIdle)
+		select {
+		case f = <-p.work:
+		case <-idle.C:
+			return
+		case <-p.stop:
+			return
+		}
+	}
 }
 
 func (c *wsConn) setup() {
