@@ -3,7 +3,6 @@
 package sqlite
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -14,49 +13,37 @@ import (
 )
 
 // The writer's connection opens the database through walVFS, SQLite's unix
-// VFS with one change: the writes of a commit to the WAL file reach the
-// kernel as one pwrite instead of two per page.
+// VFS with one change: a WAL frame reaches the file in one pwrite, not two.
 //
 // SQLite appends a frame to the WAL as two writes, its 24-byte header and
-// then the page, so a commit of 6 pages makes 12 pwrite calls; at a few
-// messages per commit those calls were the largest single cost of a commit
-// (BENCHMARKS.md, "Morning: one write per commit"). walVFS gathers a commit's contiguous writes
-// in a buffer and writes them when the commit frame's page arrives (a frame
-// header with a non-zero database size is the commit's last frame), before
-// the write returns. Nothing is held past the commit: SQLite publishes the
-// new frames to readers only after walFrames has written them all, and by
-// then they are in the file, exactly as they would be without the buffer.
-// Durability is unchanged: the same bytes reach the file in the same order
-// before the same syncs.
-//
-// Any other use of the WAL file first writes what is buffered: a write that
-// does not continue the buffer, a read, a sync, a truncation, a size query,
-// a file control, a close. A commit frame's header written anywhere but
-// where the last write ended (SQLite rewriting checksums in place, after a
-// transaction too big for the page cache spilled frames and changed one of
-// them again) is written at once: no page follows it. Spilled frames wait
-// for the commit or the next read, and the buffer stays below walBufMax.
+// then the page (walWriteOneFrame), so a commit of 6 pages made 12 pwrite
+// calls; at a few messages per commit those calls were the largest single
+// cost of a commit (BENCHMARKS.md, "Morning: one write per frame"). walVFS
+// holds a frame header written where the last write ended until the next
+// call on the file: SQLite's next call is always that frame's page, and the
+// two go out together. Nothing else is held, and nothing longer than that
+// one call: any other call first writes the held header, and a header
+// written anywhere else (SQLite rewriting checksums in place) is written at
+// once. A failure is the failure of the frame's own write, as without
+// walVFS, and the same bytes reach the file in the same order before the
+// same syncs. Holding a whole commit's frames saved a little more (61 µs a
+// commit against 72 µs) but kept writes pending across calls, where an
+// error or a rollback could lose them (an independent review showed how).
 // Every other file (the database, the shared memory index) is the unix
 // VFS's own, untouched.
-const walVFSName = "kefu-unix-walbatch"
+const walVFSName = "kefu-unix-walframe"
 
-const (
-	walFrameHeader = 24 // bytes of a WAL frame header
-	// walBufMax is the most buffered before a write. The unix VFS's xWrite
-	// takes at most 128 KB - 1 per call (seekAndWriteFd masks the length).
-	walBufMax = 64 << 10
-)
+const walFrameHeader = 24 // bytes of a WAL frame header
 
 // walBuf is walVFS's state of an open WAL file, kept in C memory after the
 // unix VFS's own file structure.
 type walBuf struct {
 	orig uintptr // the file's io methods, as the unix VFS opened it
-	buf  uintptr // C memory, cap bytes
+	buf  uintptr // C memory, cap bytes: a held frame header, then its page
 	cap  int64
-	n    int64 // bytes buffered
-	off  int64 // their offset in the file
+	held bool  // buf starts with a frame header not yet written
+	off  int64 // the header's offset in the file
 	next int64 // the offset after the last write; -1 before the first
-	page bool  // the last write was a commit frame's header
 }
 
 var (
@@ -72,6 +59,9 @@ var (
 
 	// For tests: writes SQLite made to WAL files, and writes walVFS made.
 	walWritesIn, walWritesOut atomic.Int64
+	// For tests: while not 0, walVFS's writes from this number on (counted
+	// by walWritesOut) fail as on a full disk.
+	walFailFrom atomic.Int64
 )
 
 // registerWALVFS registers walVFS once and returns its name.
@@ -79,9 +69,15 @@ func registerWALVFS() (string, error) {
 	walVFSOnce.Do(func() {
 		tls := libc.NewTLS()
 		defer tls.Close()
-		unixVFS = lib.Xsqlite3_vfs_find(tls, 0)
+		zUnix, err := libc.CString("unix")
+		if err != nil {
+			walVFSErr = fmt.Errorf("sqlite: register VFS: %w", err)
+			return
+		}
+		unixVFS = lib.Xsqlite3_vfs_find(tls, zUnix)
+		libc.Xfree(tls, zUnix)
 		if unixVFS == 0 {
-			walVFSErr = fmt.Errorf("sqlite: no default VFS")
+			walVFSErr = fmt.Errorf("sqlite: no unix VFS")
 			return
 		}
 		unix := (*lib.Tsqlite3_vfs)(cptr(unixVFS))
@@ -180,64 +176,60 @@ func (b *walBuf) methods() *lib.Tsqlite3_io_methods {
 }
 
 func (b *walBuf) write(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
-	walWritesOut.Add(1)
+	if n := walWritesOut.Add(1); n >= walFailFrom.Load() && walFailFrom.Load() != 0 {
+		return lib.SQLITE_FULL
+	}
 	return (*fn[xReadWrite](&b.methods().FxWrite))(tls, pFile, zBuf, iAmt, iOfst)
 }
 
-// flush writes what is buffered. The buffer is empty afterwards, written or
-// not: a failed write fails the transaction that made it, and SQLite ignores
-// frames past the last commit it recorded.
+// flush writes the held header, if any. Called before anything but the
+// page that follows it: SQLite does not make such a call, so this only
+// keeps walVFS safe should it ever start to.
 func (b *walBuf) flush(tls *libc.TLS, pFile uintptr) int32 {
-	if b.n == 0 {
+	if !b.held {
 		return lib.SQLITE_OK
 	}
-	n := b.n
-	b.n = 0
-	return b.write(tls, pFile, b.buf, int32(n), b.off)
+	b.held = false
+	if rc := b.write(tls, pFile, b.buf, walFrameHeader, b.off); rc != lib.SQLITE_OK {
+		// Reported by a call that is not the header's write: as an I/O
+		// error, which fails the transaction. (SQLITE_FULL from a read
+		// would fail only the statement.)
+		return lib.SQLITE_IOERR_WRITE
+	}
+	return lib.SQLITE_OK
 }
 
 func walWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	walWritesIn.Add(1)
 	b := walState(pFile)
-	data := unsafe.Slice((*byte)(cptr(zBuf)), iAmt)
-	follows := iOfst == b.next // this write continues the one before
+	follows := iOfst == b.next // this write starts where the last one ended
 	b.next = iOfst + int64(iAmt)
-	page := b.page && follows // the page of the commit frame whose header came last
-	header := iAmt == walFrameHeader && binary.BigEndian.Uint32(data[4:8]) != 0
-	b.page = header
-	if header && !follows {
-		// Not an append: SQLite rewriting a header in place. Nothing
-		// may wait for a page that will not come.
-		if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
-			return rc
+	if b.held {
+		if follows && b.grow(tls, walFrameHeader+int64(iAmt)) {
+			// The held header's page: both in one write.
+			b.held = false
+			copy(unsafe.Slice((*byte)(cptr(b.buf+walFrameHeader)), iAmt), unsafe.Slice((*byte)(cptr(zBuf)), iAmt))
+			return b.write(tls, pFile, b.buf, walFrameHeader+iAmt, b.off)
 		}
-		return b.write(tls, pFile, zBuf, iAmt, iOfst)
-	}
-	if b.n > 0 && (iOfst != b.off+b.n || b.n+int64(iAmt) > walBufMax) {
 		if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 			return rc
 		}
 	}
-	if b.n+int64(iAmt) > b.cap && (int64(iAmt) > walBufMax || !b.grow(tls, b.n+int64(iAmt))) {
-		if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
-			return rc
-		}
-		return b.write(tls, pFile, zBuf, iAmt, iOfst)
+	if iAmt == walFrameHeader && follows && b.grow(tls, walFrameHeader) {
+		// A frame appended: its page comes next.
+		*(*[walFrameHeader]byte)(cptr(b.buf)) = *(*[walFrameHeader]byte)(cptr(zBuf))
+		b.held, b.off = true, iOfst
+		return lib.SQLITE_OK
 	}
-	if b.n == 0 {
-		b.off = iOfst
-	}
-	copy(unsafe.Slice((*byte)(cptr(b.buf+uintptr(b.n))), iAmt), data)
-	b.n += int64(iAmt)
-	if page {
-		return b.flush(tls, pFile) // the commit is complete
-	}
-	return lib.SQLITE_OK
+	return b.write(tls, pFile, zBuf, iAmt, iOfst)
 }
 
 // grow makes room for n bytes; false if the memory is not there.
 func (b *walBuf) grow(tls *libc.TLS, n int64) bool {
-	c := max(b.cap*2, 16<<10)
+	if n <= b.cap {
+		return true
+	}
+	c := max(b.cap*2, 4<<10)
 	for c < n {
 		c *= 2
 	}
