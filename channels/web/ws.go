@@ -200,9 +200,9 @@ func (c *wsConn) serve() {
 // replay read the store through deep call chains. The stack they grow stays
 // with the pool's goroutine, for the next connection's hello, instead of
 // with every idle connection until collections shrink it; and it is not
-// grown again, copy by copy, for every connection (8 % of the server's CPU
-// in a run of new visitors' handshakes when each hello had a goroutine of
-// its own; BENCHMARKS.md).
+// grown again, copy by copy, for every connection (6.7 % of the server's
+// CPU in a run of new visitors' handshakes when each hello had a goroutine
+// of its own, 3.0 % with the pool; BENCHMARKS.md, "Early morning").
 func (c *wsConn) onFrameAside(typ int, data []byte) bool {
 	done := make(chan bool, 1)
 	c.rt.aside.run(func() { done <- c.onFrame(typ, data) })

@@ -18,7 +18,7 @@ import (
 // SQLite appends a frame to the WAL as two writes, its 24-byte header and
 // then the page (walWriteOneFrame), so a commit of 6 pages made 12 pwrite
 // calls; at a few messages per commit those calls were the largest single
-// cost of a commit (BENCHMARKS.md, "Morning: one write per frame"). walVFS
+// cost of a commit (BENCHMARKS.md, "Early morning"). walVFS
 // holds a frame header written where the last write ended until the next
 // call on the file: SQLite's next call is always that frame's page, and the
 // two go out together. Nothing else is held, and nothing longer than that
