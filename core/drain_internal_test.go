@@ -23,7 +23,8 @@ type queueStore struct {
 	assignments int
 	replies     []int64 // conversations given a bot message
 	counts      map[int64]int
-	onCounts    func() // called at each OpenCounts
+	onCounts    func()         // called at each OpenCounts
+	beforeRead  func(id int64) // called at each Conversation
 }
 
 func (q *queueStore) Queue(context.Context, int) ([]Conversation, error) {
@@ -65,6 +66,9 @@ func (q *queueStore) AssignAll(_ context.Context, as []Assignment) ([]Changed, e
 }
 
 func (q *queueStore) Conversation(ctx context.Context, id int64) (Conversation, error) {
+	if q.beforeRead != nil {
+		q.beforeRead(id)
+	}
 	if err := ctx.Err(); err != nil { // as a real store's read
 		return Conversation{}, err
 	}
@@ -152,6 +156,44 @@ func TestWaitingDrainSendsTheOfflineReplies(t *testing.T) {
 	s.drainWaiting = false
 	s.routeNew(ctx, Conversation{ID: 1})
 	s.replies.Wait() // 2's and 3's are sent off the caller's path
+	if len(q.replies) != 3 {
+		t.Errorf("offline replies for %v, want 1, 2 and 3", q.replies)
+	}
+}
+
+// TestRunWaitsForTheWaitingDrainsReplies: the replies a drain sends, off
+// its caller's path, for the conversations left to it go out after the
+// request that ran the drain has ended, and Run (whose end lets the node
+// close the store) returns only once they are sent.
+func TestRunWaitsForTheWaitingDrainsReplies(t *testing.T) {
+	s, q, _ := newQueueService(Config{Strategy: RoundRobin, OfflineReply: "away", Redrain: time.Hour}, 1, 2, 3)
+	release := make(chan struct{})
+	q.beforeRead = func(id int64) {
+		if id != 1 {
+			<-release // the others' replies wait until the request is over
+		}
+	}
+	s.drainWaiting = true
+	s.routeNew(context.Background(), Conversation{ID: 2})
+	s.routeNew(context.Background(), Conversation{ID: 3})
+	s.drainWaiting = false
+	ctx, cancel := context.WithCancel(context.Background())
+	s.routeNew(ctx, Conversation{ID: 1})
+	cancel() // the request that routed 1 is over
+
+	runCtx, stop := context.WithCancel(context.Background())
+	stop()
+	ran := make(chan struct{})
+	go func() { _ = s.Run(runCtx); close(ran) }()
+	select {
+	case <-ran:
+		t.Fatal("Run returned while replies were still being sent")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-ran
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	if len(q.replies) != 3 {
 		t.Errorf("offline replies for %v, want 1, 2 and 3", q.replies)
 	}

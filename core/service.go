@@ -73,8 +73,12 @@ type Service struct {
 	drainWaiting bool
 	leftToDrain  []int64
 	// replies runs the automatic replies of conversations a drain served
-	// for others (drainFor), off its caller's path.
-	replies sync.WaitGroup
+	// for others (drainFor), off its caller's path. Once Run has begun to
+	// wait for them (repliesWaited), none is added: a WaitGroup may not
+	// grow from zero while it is waited for.
+	replies       sync.WaitGroup
+	repliesMu     sync.RWMutex
+	repliesWaited bool
 	// full is set when the last drain left conversations waiting for lack of
 	// capacity; a new conversation then only joins the back of the queue.
 	// Anything that may free capacity on this node clears it, and Run drains
@@ -377,12 +381,21 @@ func (s *Service) drainFor(ctx context.Context, conv int64) (handled, drained bo
 	if len(left) > 0 {
 		// The others' replies are not this caller's to wait for: a burst
 		// of new conversations would hold its answer for one reply each.
+		// Run waits for them.
 		drained := err == nil
-		s.replies.Go(func() {
+		reply := func() {
 			for _, id := range left {
 				s.waitingReply(ctx, id, drained)
 			}
-		})
+		}
+		s.repliesMu.RLock()
+		if s.repliesWaited {
+			s.repliesMu.RUnlock()
+			reply() // Run has ended
+		} else {
+			s.replies.Go(reply)
+			s.repliesMu.RUnlock()
+		}
 	}
 	return true, err == nil
 }
@@ -400,6 +413,14 @@ var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond
 // While the store is failing, it logs the first failure and the recovery,
 // not every attempt.
 func (s *Service) Run(ctx context.Context) error {
+	// The automatic replies started for others' conversations finish
+	// before Run returns (and the node closes the store).
+	defer func() {
+		s.repliesMu.Lock()
+		s.repliesWaited = true
+		s.repliesMu.Unlock()
+		s.replies.Wait()
+	}()
 	t := time.NewTicker(s.cfg.Redrain)
 	defer t.Stop()
 	failing := false
