@@ -279,6 +279,9 @@ func (r *Report) WriteTable(w io.Writer) {
 			latRow(row, x.Latency)
 			srv(x.Server, x.Nodes)
 			row("server CPU", "%.0f %% of a core", x.Server.CPUPercent)
+			if s := x.Server; s.StoreCommits > 0 {
+				row("store commits", "%.0f for %.0f writes (%.1f per commit)", s.StoreCommits, s.StoreWrites, s.StoreWrites/s.StoreCommits)
+			}
 			errRows(row, x.Errors)
 		}
 		fmt.Fprintln(tw)

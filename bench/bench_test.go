@@ -202,6 +202,16 @@ func TestEndToEnd(t *testing.T) {
 	if tp.IdleHeld != 10 || tp.Server.Error != "" || tp.Server.Source != "/metrics" || tp.Server.GoroutinesAfter <= 0 {
 		t.Errorf("report: %+v", tp)
 	}
+	// SQLite's group commit, from the server's /metrics: every message a
+	// write, in at most as many commits.
+	if s := tp.Server; s.StoreWrites < 200 || s.StoreCommits <= 0 || s.StoreCommits > s.StoreWrites {
+		t.Errorf("store commits %v for %v writes", s.StoreCommits, s.StoreWrites)
+	}
+	var table strings.Builder
+	rep.WriteTable(&table)
+	if !strings.Contains(table.String(), "per commit)") {
+		t.Errorf("table lacks the store's commits:\n%s", table.String())
+	}
 
 	// With the conversations started first: the warm-up messages are not
 	// counted, and every counted one is accounted for.
@@ -553,12 +563,13 @@ func TestNodesFigures(t *testing.T) {
 	}
 	at := time.Now()
 	snap := func(d time.Duration, rss, cpu, g float64, err error) snapshot {
-		s := serverSample{At: at.Add(d), RSS: rss * (1 << 20), CPU: cpu, Goroutines: g, Source: "/proc"}
+		s := serverSample{At: at.Add(d), RSS: rss * (1 << 20), CPU: cpu, Goroutines: g, Source: "/proc", Commits: 10 * cpu, Writes: 30 * cpu}
 		return snapshot{s: []serverSample{s, s}, errs: []error{nil, err}}
 	}
 	total, per := ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, nil), 4)
 	if len(per) != 2 || total.Error != "" || total.RSSBeforeMB != 20 || total.RSSAfterMB != 24 || total.CPUPercent != 100 ||
-		total.GoroutinesAfter != 18 || total.RSSPerConnKB != 1024 || total.GoroutinesPerConn != 2 || per[1].CPUPercent != 50 {
+		total.GoroutinesAfter != 18 || total.RSSPerConnKB != 1024 || total.GoroutinesPerConn != 2 || per[1].CPUPercent != 50 ||
+		total.StoreCommits != 10 || total.StoreWrites != 30 || per[0].StoreCommits != 5 {
 		t.Fatalf("total %+v, per node %+v", total, per)
 	}
 	total, per = ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, errors.New("gone")), 0)

@@ -38,7 +38,11 @@ type ServerFigures struct {
 	GoroutinesAfter   float64 `json:"goroutines_after"`
 	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
 	CPUPercent        float64 `json:"cpu_percent"` // of one core, over the measured period
-	Error             string  `json:"error,omitempty"`
+	// The store's commits over the period and the writes they held
+	// (SQLite's group commit); 0 when the server does not export them.
+	StoreCommits float64 `json:"store_commits,omitempty"`
+	StoreWrites  float64 `json:"store_writes,omitempty"`
+	Error        string  `json:"error,omitempty"`
 }
 
 // HandshakeResult is the handshake scenario's report.
@@ -99,6 +103,9 @@ func figures(before, after serverSample, conns int, errb, erra error) ServerFigu
 		return f
 	}
 	f.RSSBeforeMB, f.RSSAfterMB = before.RSS/(1<<20), after.RSS/(1<<20)
+	if before.Commits >= 0 && after.Commits >= 0 {
+		f.StoreCommits, f.StoreWrites = after.Commits-before.Commits, after.Writes-before.Writes
+	}
 	if conns > 0 {
 		f.RSSPerConnKB = (after.RSS - before.RSS) / 1024 / float64(conns)
 		if before.Goroutines >= 0 && after.Goroutines >= 0 {

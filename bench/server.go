@@ -18,6 +18,9 @@ type serverSample struct {
 	CPU        float64 // seconds of CPU (user + system)
 	Goroutines float64 // -1: unknown
 	Source     string  // "/proc" or "/metrics"
+	// The store's commits and the writes they held (kefu_store_*_total,
+	// SQLite); -1: unknown.
+	Commits, Writes float64
 }
 
 // sampler reads the server's figures from /proc/<pid> when pid is set,
@@ -30,10 +33,15 @@ type sampler struct {
 }
 
 func (s *sampler) sample(ctx context.Context) (serverSample, error) {
-	out := serverSample{At: time.Now(), Goroutines: -1}
+	out := serverSample{At: time.Now(), Goroutines: -1, Commits: -1, Writes: -1}
 	m, merr := s.metrics(ctx)
 	if v, ok := m["go_goroutines"]; ok {
 		out.Goroutines = v
+	}
+	c, ok1 := m["kefu_store_commits_total"]
+	w, ok2 := m["kefu_store_writes_total"]
+	if ok1 && ok2 {
+		out.Commits, out.Writes = c, w
 	}
 	if s.pid > 0 {
 		rss, cpu, err := procStat(s.pid)

@@ -496,6 +496,19 @@ func (n *Node) registerGauges() {
 		return float64(n.presence.Nodes())
 	}))
 	n.reg.MustRegister(storeGauges{store: n.store})
+	if cs, ok := n.store.(commitStats); ok {
+		n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kefu_store_commits_total", Help: "Transactions the store's writer committed (SQLite).",
+		}, func() float64 { c, _ := cs.CommitStats(); return float64(c) }))
+		n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kefu_store_writes_total", Help: "Writes those transactions held: divided by the commits, the writes per commit (SQLite).",
+		}, func() float64 { _, w := cs.CommitStats(); return float64(w) }))
+	}
+}
+
+// commitStats is a store that counts its group commits (SQLite's).
+type commitStats interface {
+	CommitStats() (commits, writes int64)
 }
 
 // Close releases the bus and the store. Run calls it; call it yourself only

@@ -298,7 +298,8 @@ func TestWebhookRejectsBadInput(t *testing.T) {
 
 func TestHealthReadyMetrics(t *testing.T) {
 	h := start(t, "strategy: least_busy")
-	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready", "/metrics": "kefu_outbox_depth"} {
+	for _, c := range [][2]string{{"/healthz", "ok"}, {"/readyz", "ready"}, {"/metrics", "kefu_outbox_depth"}, {"/metrics", "kefu_store_commits_total"}} {
+		path, want := c[0], c[1]
 		resp, err := http.Get(h.base + path)
 		if err != nil {
 			t.Fatal(err)

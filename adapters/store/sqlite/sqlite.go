@@ -308,6 +308,12 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// CommitStats reports the writer's commits and the writes they held since
+// Open (group commit: writes per commit), for /metrics.
+func (s *Store) CommitStats() (commits, writes int64) {
+	return s.commits.Load(), s.committed.Load()
+}
+
 // Close stops accepting writes, commits those already queued, and closes the
 // database. It is idempotent; later calls to any method return core.ErrClosed.
 func (s *Store) Close() error {
