@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -209,41 +210,65 @@ func (c *wsConn) onFrameAside(typ int, data []byte) bool {
 	return <-done
 }
 
-// asidePool runs functions on goroutines kept between calls. A call that
-// finds none idle starts one more, so the pool never makes a call wait for
-// another; a goroutine idle for asideIdle, or once stop is closed, ends.
+// asidePool runs functions on goroutines kept between calls. A call goes
+// to the goroutine that became idle last, or to a new one if none is idle,
+// so the pool never makes a call wait for another; since the most recently
+// idle are used first, the others stay idle under a steady load and end
+// after idleFor (or once stop is closed): the pool keeps about as many as
+// the calls that run at once.
 type asidePool struct {
-	work chan func()
-	stop <-chan struct{}
+	mu      sync.Mutex
+	idle    []*asideWorker // the last is the most recently idle
+	idleFor time.Duration
+	stop    <-chan struct{}
 }
+
+type asideWorker struct{ work chan func() }
 
 const asideIdle = 10 * time.Second
 
 func newAsidePool(stop <-chan struct{}) *asidePool {
-	return &asidePool{work: make(chan func()), stop: stop}
+	return &asidePool{idleFor: asideIdle, stop: stop}
 }
 
 func (p *asidePool) run(f func()) {
-	select {
-	case p.work <- f: // an idle goroutine takes it
-	default:
-		go p.serve(f)
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		w := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		w.work <- f // buffered: it was idle, so this never waits
+		return
 	}
+	p.mu.Unlock()
+	go p.serve(&asideWorker{work: make(chan func(), 1)}, f)
 }
 
-func (p *asidePool) serve(f func()) {
-	idle := time.NewTimer(asideIdle)
+func (p *asidePool) serve(w *asideWorker, f func()) {
+	idle := time.NewTimer(p.idleFor)
 	defer idle.Stop()
 	for {
 		f()
-		idle.Reset(asideIdle)
+		f = nil // keep nothing of the last call while idle
+		p.mu.Lock()
+		p.idle = append(p.idle, w)
+		p.mu.Unlock()
+		idle.Reset(p.idleFor)
 		select {
-		case f = <-p.work:
+		case f = <-w.work:
+			continue
 		case <-idle.C:
-			return
 		case <-p.stop:
+		}
+		p.mu.Lock()
+		if i := slices.Index(p.idle, w); i >= 0 {
+			p.idle = slices.Delete(p.idle, i, i+1)
+			p.mu.Unlock()
 			return
 		}
+		p.mu.Unlock()
+		f = <-w.work // run took w as it was leaving: serve that call first
 	}
 }
 

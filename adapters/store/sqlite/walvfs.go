@@ -18,17 +18,19 @@ import (
 // SQLite appends a frame to the WAL as two writes, its 24-byte header and
 // then the page (walWriteOneFrame), so a commit of 6 pages made 12 pwrite
 // calls; at a few messages per commit those calls were the largest single
-// cost of a commit (BENCHMARKS.md, "Early morning"). walVFS
-// holds a frame header written where the last write ended until the next
-// call on the file: SQLite's next call is always that frame's page, and the
-// two go out together. Nothing else is held, and nothing longer than that
-// one call: any other call first writes the held header, and a header
-// written anywhere else (SQLite rewriting checksums in place) is written at
-// once. A failure is the failure of the frame's own write, as without
-// walVFS, and the same bytes reach the file in the same order before the
-// same syncs. Holding a whole commit's frames saved a little more (61 µs a
-// commit against 72 µs) but kept writes pending across calls, where an
-// error or a rollback could lose them (an independent review showed how).
+// cost of a commit (BENCHMARKS.md, "Early morning"). walVFS holds a 24-byte
+// write (a frame header) that starts where the file's previous call, a
+// write, ended, until the next call on the file: in SQLite that is always
+// the frame's page, and the two go out together. A 24-byte write after any
+// other call, or anywhere else, is written at once: SQLite rewriting
+// checksums in place, or the piece after the sync when it splits a padding
+// frame around one (psow=0 with synchronous=FULL). Nothing is held longer
+// than one call, and any other call first writes the held header. A failure
+// is the failure of the frame's own write, as without walVFS, and the same
+// bytes reach the file in the same order before the same syncs. Holding a
+// whole commit's frames saved a little more (61 µs a commit against 72 µs)
+// but kept writes pending across calls, where an error or a rollback could
+// lose them; two independent reviews showed how.
 // Every other file (the database, the shared memory index) is the unix
 // VFS's own, untouched.
 const walVFSName = "kefu-unix-walframe"
@@ -243,6 +245,7 @@ func (b *walBuf) grow(tls *libc.TLS, n int64) bool {
 
 func walRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	b := walState(pFile)
+	b.next = -1 // what follows this call is not the page of a held header
 	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
@@ -251,6 +254,7 @@ func walRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 
 
 func walTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
 	b := walState(pFile)
+	b.next = -1 // what follows this call is not the page of a held header
 	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
@@ -259,6 +263,7 @@ func walTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
 
 func walSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	b := walState(pFile)
+	b.next = -1 // what follows this call is not the page of a held header
 	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
@@ -267,6 +272,7 @@ func walSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 
 func walFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
 	b := walState(pFile)
+	b.next = -1 // what follows this call is not the page of a held header
 	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
@@ -275,6 +281,7 @@ func walFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
 
 func walFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
 	b := walState(pFile)
+	b.next = -1 // what follows this call is not the page of a held header
 	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
