@@ -243,10 +243,16 @@ func (b *walBuf) grow(tls *libc.TLS, n int64) bool {
 	return true
 }
 
+// before readies the file for a call other than a write: the held header
+// goes out first, and the write that follows the call is not its page.
+func (b *walBuf) before(tls *libc.TLS, pFile uintptr) int32 {
+	b.next = -1
+	return b.flush(tls, pFile)
+}
+
 func walRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
 	b := walState(pFile)
-	b.next = -1 // what follows this call is not the page of a held header
-	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
+	if rc := b.before(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
 	return (*fn[xReadWrite](&b.methods().FxRead))(tls, pFile, zBuf, iAmt, iOfst)
@@ -254,8 +260,7 @@ func walRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 
 
 func walTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
 	b := walState(pFile)
-	b.next = -1 // what follows this call is not the page of a held header
-	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
+	if rc := b.before(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
 	return (*fn[xTruncate](&b.methods().FxTruncate))(tls, pFile, size)
@@ -263,8 +268,7 @@ func walTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
 
 func walSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 	b := walState(pFile)
-	b.next = -1 // what follows this call is not the page of a held header
-	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
+	if rc := b.before(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
 	return (*fn[xSync](&b.methods().FxSync))(tls, pFile, flags)
@@ -272,8 +276,7 @@ func walSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
 
 func walFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
 	b := walState(pFile)
-	b.next = -1 // what follows this call is not the page of a held header
-	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
+	if rc := b.before(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
 	return (*fn[xFileSize](&b.methods().FxFileSize))(tls, pFile, pSize)
@@ -281,8 +284,7 @@ func walFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
 
 func walFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
 	b := walState(pFile)
-	b.next = -1 // what follows this call is not the page of a held header
-	if rc := b.flush(tls, pFile); rc != lib.SQLITE_OK {
+	if rc := b.before(tls, pFile); rc != lib.SQLITE_OK {
 		return rc
 	}
 	return (*fn[xFileControl](&b.methods().FxFileControl))(tls, pFile, op, pArg)
