@@ -15,7 +15,8 @@ import (
 // methods, so the rules hold whatever the caller:
 //   - only an active admin manages other agents (ErrForbidden);
 //   - no change may leave the deployment without an active admin
-//     (ErrConflict);
+//     (ErrConflict): checked here for the message, and by the store's
+//     UpdateAgent against changes made at the same moment on other nodes;
 //   - a new password, a deactivation, revokes every login session of the
 //     agent.
 

@@ -117,7 +117,10 @@ type Store interface {
 	// CreateAgent stores a new agent and returns it with its ID. An email
 	// already taken (case-insensitively) is ErrConflict.
 	CreateAgent(ctx context.Context, a Agent) (Agent, error)
-	// UpdateAgent replaces the stored agent with the same ID.
+	// UpdateAgent replaces the stored agent with the same ID. A change that
+	// would leave no active admin (the agent is one, a is not, and no other
+	// is) is ErrConflict and changes nothing, atomically with other
+	// nodes' changes.
 	UpdateAgent(ctx context.Context, a Agent) error
 	Agent(ctx context.Context, id int64) (Agent, error)
 	AgentByEmail(ctx context.Context, email string) (Agent, error)

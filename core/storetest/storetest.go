@@ -64,6 +64,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"ReopenConflictsWithLiveConversation", testReopenConflict},
 		{"MarkUpTo", testMarkUpTo},
 		{"Agents", testAgents},
+		{"LastAdminConcurrently", testLastAdminConcurrently},
 		{"OutboxAppendDeliver", testOutboxDeliver},
 		{"OutboxEnqueueAndDue", testOutboxDue},
 		{"OutboxFinishIsAtomic", testOutboxFinish},
@@ -1331,7 +1332,19 @@ func testAgents(t *testing.T, s core.Store) {
 	wantErr(t, "unknown email", err, core.ErrNotFound)
 
 	alice.Name, alice.Active, alice.SlackUser = "Alice L.", false, ""
-	if err := s.UpdateAgent(ctx, alice); err != nil {
+	// The last active admin stays one: nothing changes.
+	wantErr(t, "deactivating the last active admin", s.UpdateAgent(ctx, alice), core.ErrConflict)
+	if got, err := s.Agent(ctx, alice.ID); err != nil || !got.Active || got.Name != "Alice" {
+		t.Errorf("after a refused update: %+v, %v", got, err)
+	}
+	demoted := alice
+	demoted.Active, demoted.Role = true, core.RoleAgent
+	wantErr(t, "demoting the last active admin", s.UpdateAgent(ctx, demoted), core.ErrConflict)
+	bob.Role = core.RoleAdmin
+	if err := s.UpdateAgent(ctx, bob); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateAgent(ctx, alice); err != nil { // bob is an admin now
 		t.Fatal(err)
 	}
 	if got, err := s.Agent(ctx, alice.ID); err != nil || got.Name != "Alice L." || got.Active || got.SlackUser != "" ||
@@ -1363,6 +1376,68 @@ func testAgents(t *testing.T, s core.Store) {
 	}
 	if all[0].Active {
 		t.Error("inactive agent listed as active")
+	}
+}
+
+// testLastAdminConcurrently: two active admins each demoted or deactivated
+// at the same moment: one change is refused (ErrConflict), and one active
+// admin remains.
+func testLastAdminConcurrently(t *testing.T, s core.Store) {
+	for round := range 10 {
+		var admins [2]core.Agent
+		for i := range admins {
+			a, err := s.CreateAgent(ctx, core.Agent{Email: fmt.Sprintf("admin%d-%d@example.com", round, i),
+				Role: core.RoleAdmin, Active: true, CreatedAt: t0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			admins[i] = a
+		}
+		// Every other admin of the earlier rounds steps down first.
+		all, err := s.Agents(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range all {
+			if a.Active && a.Role == core.RoleAdmin && a.ID != admins[0].ID && a.ID != admins[1].ID {
+				a.Active = false
+				if err := s.UpdateAgent(ctx, a); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		admins[0].Role = core.RoleAgent // demoted
+		admins[1].Active = false        // deactivated
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range admins {
+			wg.Go(func() { <-start; errs[i] = s.UpdateAgent(ctx, admins[i]) })
+		}
+		close(start)
+		wg.Wait()
+		refused := 0
+		for _, err := range errs {
+			switch {
+			case errors.Is(err, core.ErrConflict):
+				refused++
+			case err != nil:
+				t.Fatal(err)
+			}
+		}
+		all, err = s.Agents(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		active := 0
+		for _, a := range all {
+			if a.Active && a.Role == core.RoleAdmin {
+				active++
+			}
+		}
+		if refused != 1 || active != 1 {
+			t.Fatalf("round %d: %d of 2 changes refused, %d active admins left; want 1 and 1", round, refused, active)
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package postgres_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -280,4 +282,56 @@ func TestCapacityAcrossNodes(t *testing.T) {
 		t.Errorf("feed has %d messages, want %d customer messages and %d assignment events", len(ms), convs, total)
 	}
 	checkDense(t, ms)
+}
+
+// TestLastAdminAcrossNodes: another node's transaction demotes one of the
+// two active admins while this node demotes the other. This node's change
+// waits for that transaction (it locks the admins before its update), then
+// sees its result and is refused: one active admin remains.
+func TestLastAdminAcrossNodes(t *testing.T) {
+	dsn := freshSchema(t)
+	ctx := context.Background()
+	s := open(t, dsn, postgres.Options{})
+	var admins [2]core.Agent
+	for i := range admins {
+		a, err := s.CreateAgent(ctx, core.Agent{Email: fmt.Sprintf("admin%d@example.com", i), Role: core.RoleAdmin, Active: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		admins[i] = a
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	other, err := db.BeginTx(ctx, nil) // the other node, mid-transaction
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	if _, err := other.ExecContext(ctx, `SELECT id FROM agents WHERE role = 'admin' AND active ORDER BY id FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(ctx, `UPDATE agents SET role = 'agent' WHERE id = $1`, admins[1].ID); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan error, 1)
+	admins[0].Role = core.RoleAgent
+	go func() { done <- s.UpdateAgent(ctx, admins[0]) }()
+	select {
+	case err := <-done:
+		t.Fatalf("the update did not wait for the other node's transaction: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, core.ErrConflict) {
+		t.Fatalf("demoting the last active admin: %v, want a conflict", err)
+	}
+	if got, err := s.Agent(ctx, admins[0].ID); err != nil || got.Role != core.RoleAdmin || !got.Active {
+		t.Errorf("the last admin after the refused demotion: %+v, %v", got, err)
+	}
 }

@@ -546,12 +546,22 @@ func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
 		return err
 	}
 	return s.do(ctx, func(w *wtx) error {
+		if _, err := w.exec(sqlAgentAdminsLock); err != nil {
+			return dbErr(err, "lock the admins")
+		}
 		tag, err := w.exec(sqlAgentUpd, a.Email, a.Name, string(a.Role), a.PasswordHash, a.Active, a.WeComUserID,
 			a.SlackUser, a.ID)
 		if err != nil {
 			return dbErr(err, "update agent %d", a.ID)
 		}
 		if tag.RowsAffected() == 0 {
+			var n int
+			if err := w.queryRow(sqlAgentExists, a.ID).Scan(&n); err != nil {
+				return dbErr(err, "agent %d", a.ID)
+			}
+			if n > 0 {
+				return fmt.Errorf("postgres: %w: agent %d is the last active admin", core.ErrConflict, a.ID)
+			}
 			return fmt.Errorf("postgres: agent %d: %w", a.ID, core.ErrNotFound)
 		}
 		return nil

@@ -113,8 +113,11 @@ var wstmtSQL = [numWStmts]string{
 	stAgent: `SELECT ` + agentCols + ` FROM agents a WHERE a.id = ?`,
 	stAgentIns: `INSERT INTO agents (email, email_key, name, role, password_hash, active, wecom_userid,
 		slack_user, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	// An active admin stays one unless another active admin exists (?4 and
+	// ?6 are the new role and active): no update leaves none.
 	stAgentUpd: `UPDATE agents SET email = ?, email_key = ?, name = ?, role = ?, password_hash = ?, active = ?,
-		wecom_userid = ?, slack_user = ? WHERE id = ?`,
+		wecom_userid = ?, slack_user = ? WHERE id = ? AND (NOT (role = 'admin' AND active) OR (?4 = 'admin' AND ?6)
+		OR EXISTS (SELECT 1 FROM agents o WHERE o.id <> agents.id AND o.role = 'admin' AND o.active))`,
 
 	stOutbox: `SELECT ` + outboxCols + ` FROM outbox o WHERE o.id = ?`,
 	stOutboxIns: `INSERT INTO outbox (channel, key, message_id, payload, attempts, next_attempt_at, last_error,

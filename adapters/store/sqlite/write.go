@@ -673,10 +673,27 @@ func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
 			return dbErr(err, "update agent %d", a.ID)
 		}
 		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if err == nil {
+				err = lastAdmin(w.tx.QueryRowContext(w.ctx, `SELECT count(*) FROM agents WHERE id = ?`, a.ID), a.ID)
+			}
 			return dbErr(cmpErr(err, sql.ErrNoRows), "agent %d", a.ID)
 		}
 		return nil
 	})
+}
+
+// lastAdmin explains an agent update that changed no row: ErrConflict if
+// the agent exists (row counts it), as the last active admin; else nil,
+// for ErrNotFound.
+func lastAdmin(row *sql.Row, id int64) error {
+	var n int
+	if err := row.Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: agent %d is the last active admin", core.ErrConflict, id)
+	}
+	return nil
 }
 
 // cmpErr is err, or alt when err is nil.
