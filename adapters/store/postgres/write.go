@@ -546,8 +546,10 @@ func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
 		return err
 	}
 	return s.do(ctx, func(w *wtx) error {
-		if _, err := w.exec(sqlAgentAdminsLock); err != nil {
-			return dbErr(err, "lock the admins")
+		if a.Role != core.RoleAdmin || !a.Active { // it may be the last admin's demotion
+			if _, err := w.exec(sqlAgentAdminsLock); err != nil {
+				return dbErr(err, "lock the admins")
+			}
 		}
 		tag, err := w.exec(sqlAgentUpd, a.Email, a.Name, string(a.Role), a.PasswordHash, a.Active, a.WeComUserID,
 			a.SlackUser, a.ID)
