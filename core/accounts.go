@@ -205,6 +205,12 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 		// conversations back when Deactivate drains the queue.
 		s.presence.SetAway(id, true)
 		if err := s.Deactivate(ctx, by, id); err != nil {
+			if errors.Is(err, ErrConflict) {
+				// Refused by the store (the last active admin, after
+				// another node's change): still active, away as stored.
+				away, _ := s.store.Setting(ctx, flagSetting(flagAway, id))
+				s.presence.SetAway(id, away == "1")
+			}
 			return Agent{}, err
 		}
 		if _, err := s.store.RevokeSessions(ctx, id); err != nil {

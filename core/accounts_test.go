@@ -403,3 +403,46 @@ func TestLinkTakenThroughAnotherNode(t *testing.T) {
 		t.Errorf("carl: %+v", cur)
 	}
 }
+
+// TestLastAdminThroughAnotherNode: node 2 deactivates the root admin while
+// node 1 demotes the only other admin. Node 2's check passes; the store
+// refuses its write, and nothing of the deactivation stays behind: the
+// root is still an active admin, on and not away, on node 2 and as a
+// restart would find them.
+func TestLastAdminThroughAnotherNode(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	ctx := context.Background()
+	if _, err := a.svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{Role: ptr(core.RoleAdmin)}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8}
+	rs := &racingStore{Store: a.store}
+	p2 := core.NewMemoryPresence()
+	node2 := core.NewService(cfg, core.Deps{Store: rs, Presence: p2, Notifier: nopNotifier{}})
+	if err := node2.SetOn(ctx, a.admin.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	rs.before = func() {
+		if _, err := a.svc.UpdateAgent(ctx, a.alice.ID, a.alice.ID, core.AgentChange{Role: ptr(core.RoleAgent)}); err != nil {
+			t.Fatalf("node 1: alice steps down: %v", err)
+		}
+	}
+	_, err := node2.UpdateAgent(ctx, a.alice.ID, a.admin.ID, core.AgentChange{Active: ptr(false)})
+	isErr(t, "deactivating the last active admin", err, core.ErrConflict)
+
+	if cur, err := a.store.Agent(ctx, a.admin.ID); err != nil || !cur.Active || cur.Role != core.RoleAdmin {
+		t.Fatalf("root after the refusal: %+v, %v", cur, err)
+	}
+	if avail, _ := p2.Available(ctx); len(avail) != 1 || avail[0] != a.admin.ID {
+		t.Errorf("node 2 routes to %v after the refusal, want root", avail)
+	}
+	p3 := core.NewMemoryPresence()
+	restarted := core.NewService(cfg, core.Deps{Store: a.store, Presence: p3, Notifier: nopNotifier{}})
+	if err := restarted.RestorePresence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if avail, _ := p3.Available(ctx); len(avail) != 1 || avail[0] != a.admin.ID {
+		t.Errorf("after a restart, routing goes to %v, want root", avail)
+	}
+}

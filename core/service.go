@@ -400,6 +400,10 @@ func (s *Service) drainFor(ctx context.Context, conv int64) (handled, drained bo
 	return true, err == nil
 }
 
+// repliesWait bounds how long Run, as it ends, waits for the automatic
+// replies still being sent.
+const repliesWait = 10 * time.Second
+
 // drainRetries are the pauses before drainFor tries a failed drain again.
 var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond}
 
@@ -414,12 +418,19 @@ var drainRetries = []time.Duration{50 * time.Millisecond, 500 * time.Millisecond
 // not every attempt.
 func (s *Service) Run(ctx context.Context) error {
 	// The automatic replies started for others' conversations finish
-	// before Run returns (and the node closes the store).
+	// before Run returns (and the node closes the store), unless the store
+	// hangs: then for repliesWait at most.
 	defer func() {
 		s.repliesMu.Lock()
 		s.repliesWaited = true
 		s.repliesMu.Unlock()
-		s.replies.Wait()
+		done := make(chan struct{})
+		go func() { s.replies.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(repliesWait):
+			s.log.Warn("routing: automatic replies still being sent; stopping without them")
+		}
 	}()
 	t := time.NewTicker(s.cfg.Redrain)
 	defer t.Stop()
@@ -1033,6 +1044,10 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 	if err != nil {
 		return err
 	}
+	wasOn, err := s.store.Setting(ctx, flagSetting(flagOn, agentID))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	// Off first: a deactivation that fails after it leaves nothing that a
 	// reactivation and a restart would turn back on.
 	if err := s.saveFlag(ctx, flagOn, agentID, false); err != nil {
@@ -1040,6 +1055,11 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 	}
 	a.Active = false
 	if err := s.store.UpdateAgent(ctx, a); err != nil {
+		if errors.Is(err, ErrConflict) && wasOn == "1" {
+			// Refused (the last active admin, after another node's change):
+			// the agent stays active, and stays on.
+			err = errors.Join(err, s.saveFlag(ctx, flagOn, agentID, true))
+		}
 		return err
 	}
 	s.presence.SetOn(agentID, false)

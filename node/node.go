@@ -498,10 +498,10 @@ func (n *Node) registerGauges() {
 	n.reg.MustRegister(storeGauges{store: n.store})
 	if cs, ok := n.store.(commitStats); ok {
 		n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "kefu_store_commits_total", Help: "Transactions the store's writer committed (SQLite).",
+			Name: "kefu_store_commits_total", Help: "Transactions the store's writer ran, committed or rolled back (SQLite).",
 		}, func() float64 { c, _ := cs.CommitStats(); return float64(c) }))
 		n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "kefu_store_writes_total", Help: "Writes those transactions held: divided by the commits, the writes per commit (SQLite).",
+			Name: "kefu_store_writes_total", Help: "Writes those transactions held, failed ones included: divided by the commits, the writes per commit (SQLite).",
 		}, func() float64 { _, w := cs.CommitStats(); return float64(w) }))
 	}
 }

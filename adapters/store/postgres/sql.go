@@ -158,10 +158,11 @@ const (
 	sqlAgentIns  = `INSERT INTO agents (email, name, role, password_hash, active, wecom_userid, slack_user,
 		created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`
 	// An active admin stays one unless another active admin exists: no
-	// update leaves none. sqlAgentAdminsLock first, in the same
-	// transaction, so that two nodes demoting the last two admins at once
-	// are ordered: the second's EXISTS, a statement later, sees the first's
-	// change.
+	// update leaves none. kefu's writers already take write_lock, which
+	// orders two nodes' changes; sqlAgentAdminsLock, taken first in the
+	// same transaction, also orders this one after a transaction that does
+	// not (a psql session changing an admin), so that the EXISTS, a
+	// statement later, sees its result.
 	sqlAgentUpd = `UPDATE agents SET email = $1, name = $2, role = $3, password_hash = $4, active = $5,
 		wecom_userid = $6, slack_user = $7 WHERE id = $8 AND (NOT (role = 'admin' AND active) OR ($3 = 'admin' AND $5)
 		OR EXISTS (SELECT 1 FROM agents o WHERE o.id <> agents.id AND o.role = 'admin' AND o.active))`
