@@ -220,6 +220,10 @@ type Inbound struct {
 	Message Message
 	// ReopenWithin: a resolved conversation younger than this is reopened.
 	ReopenWithin time.Duration
+	// KeepsWindow: the message does not open or extend the live
+	// conversation's reply window (LastInboundAt stays): it says the
+	// customer can no longer be written to (a WeChat unfollow).
+	KeepsWindow bool
 }
 
 // Ingested is what Ingest did.

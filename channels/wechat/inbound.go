@@ -52,8 +52,9 @@ func (c *Channel) accept(ctx context.Context, in inbound) error {
 // dropped (logged): WeChat's retries would be refused the same way.
 func (c *Channel) store(ctx context.Context, in inbound, m *core.Media, at time.Time) error {
 	res, err := c.svc.Ingest(ctx, core.Inbound{
-		Channel:    c.name,
-		ExternalID: in.OpenID,
+		Channel:     c.name,
+		ExternalID:  in.OpenID,
+		KeepsWindow: in.KeepsWindow,
 		Message: core.Message{
 			Kind:      in.Kind,
 			Text:      in.Text,

@@ -80,6 +80,9 @@ type inbound struct {
 	// OnlyIfActive: store it only into a conversation that is waiting or
 	// open (an unfollow should not start a conversation).
 	OnlyIfActive bool `json:"only_if_active,omitempty"`
+	// KeepsWindow: it does not open or extend WeChat's 48-hour window (an
+	// unfollow: WeChat refuses messages to someone who unfollowed).
+	KeepsWindow bool `json:"keeps_window,omitempty"`
 	// Welcome: the customer followed the account.
 	Welcome bool `json:"welcome,omitempty"`
 }
@@ -146,7 +149,7 @@ func eventInbound(m *message.MixMessage, in inbound) (inbound, bool) {
 		}
 		in.Welcome = true
 	case message.EventUnsubscribe:
-		in.Text, in.OnlyIfActive = "[unfollowed the Official Account]", true
+		in.Text, in.OnlyIfActive, in.KeepsWindow = "[unfollowed the Official Account]", true, true
 	case message.EventClick:
 		in.Text = "[menu] " + key
 	case message.EventScancodePush, message.EventScancodeWaitmsg:

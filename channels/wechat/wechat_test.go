@@ -272,7 +272,13 @@ func TestFollowWelcomeAndUnfollow(t *testing.T) {
 		t.Fatalf("sent = %+v", sent)
 	}
 	conv := h.conversation("o-f")
+	time.Sleep(10 * time.Millisecond) // the unfollow comes later, as it would
 	h.post(wechattest.Plain, h.acct.Event("o-f", "unsubscribe", "", time.Now().Unix()+1))
+	// WeChat refuses messages to someone who unfollowed: the window does
+	// not move.
+	if c := h.conversation("o-f"); !c.LastInboundAt.Equal(conv.LastInboundAt) {
+		t.Errorf("the unfollow moved the reply window: last inbound %v, before %v", c.LastInboundAt, conv.LastInboundAt)
+	}
 	ms := h.messages(conv.ID)
 	if len(ms) != 3 || ms[0].Text != "[followed the Official Account by scanning QR code spring]" ||
 		ms[1].SenderKind != core.SenderBot || ms[2].Text != "[unfollowed the Official Account]" {

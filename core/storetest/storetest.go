@@ -63,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"SetStatus", testSetStatus},
 		{"ReopenConflictsWithLiveConversation", testReopenConflict},
 		{"MarkUpTo", testMarkUpTo},
+		{"KeepsWindow", testKeepsWindow},
 		{"Agents", testAgents},
 		{"LastAdminConcurrently", testLastAdminConcurrently},
 		{"OutboxAppendDeliver", testOutboxDeliver},
@@ -1376,6 +1377,36 @@ func testAgents(t *testing.T, s core.Store) {
 	}
 	if all[0].Active {
 		t.Error("inactive agent listed as active")
+	}
+}
+
+// testKeepsWindow: a message that keeps the reply window (a WeChat
+// unfollow) is stored into the live conversation without moving its
+// LastInboundAt, returned and stored alike; the customer's next message
+// moves it, and the first one sent again (a provider's retry) changes
+// nothing.
+func testKeepsWindow(t *testing.T, s core.Store) {
+	first := ingest(t, s, "wx", "o1", "hello", t0)
+	keep := core.Inbound{Channel: "wx", ExternalID: "o1", ReopenWithin: time.Hour, KeepsWindow: true,
+		Message: core.Message{Kind: core.KindText, Text: "[unfollowed]", CreatedAt: at(time.Minute), DedupKey: "p:wx:u1"}}
+	r, err := s.Ingest(ctx, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := r.Conversation; c.ID != first.Conversation.ID || !c.LastInboundAt.Equal(t0) || !c.UpdatedAt.Equal(at(time.Minute)) ||
+		c.LastSeq != 2 || r.Message.Text != "[unfollowed]" {
+		t.Fatalf("after the message that keeps the window: %+v", c)
+	}
+	stored, err := s.Conversation(ctx, r.Conversation.ID)
+	if err != nil || !stored.LastInboundAt.Equal(t0) || !stored.UpdatedAt.Equal(at(time.Minute)) || stored.LastSeq != 2 {
+		t.Fatalf("stored: %+v, %v", stored, err)
+	}
+	ingest(t, s, "wx", "o1", "I am back", at(2*time.Minute))
+	if _, err := s.Ingest(ctx, keep); err != nil { // the provider's retry
+		t.Fatal(err)
+	}
+	if c, err := s.Conversation(ctx, r.Conversation.ID); err != nil || !c.LastInboundAt.Equal(at(2*time.Minute)) || c.LastSeq != 3 {
+		t.Errorf("after the next message and a retry: %+v, %v", c, err)
 	}
 }
 

@@ -149,7 +149,19 @@ func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, err
 	}
 	var out core.Ingested
 	err := s.do(ctx, func(w *wtx) error {
+		var before core.Conversation
+		if in.KeepsWindow {
+			var err error
+			if before, err = w.liveConv(in.Channel, in.ExternalID); err != nil {
+				return err
+			}
+		}
 		r, err := w.ingest(in, m)
+		if err == nil && in.KeepsWindow && !r.Duplicate && before.ID != 0 && r.Conversation.ID == before.ID &&
+			r.Conversation.LastInboundAt.After(before.LastInboundAt) {
+			r.Conversation.LastInboundAt = before.LastInboundAt
+			err = w.saveConv(&r.Conversation)
+		}
 		out = r
 		return err
 	})
@@ -157,6 +169,22 @@ func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, err
 		return core.Ingested{}, err
 	}
 	return out, nil
+}
+
+// liveConv is the identity's conversation that is not resolved; zero if
+// it has none.
+func (w *wtx) liveConv(channel, externalID string) (core.Conversation, error) {
+	var contact, live int64
+	var name string
+	var created pgtype.Timestamptz
+	err := w.queryRow(sqlIdentityLookup, channel, externalID).Scan(&contact, &name, &created, &live)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows) || err == nil && live == 0:
+		return core.Conversation{}, nil
+	case err != nil:
+		return core.Conversation{}, dbErr(err, "identity %s/%s", channel, externalID)
+	}
+	return w.conv(live)
 }
 
 func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {

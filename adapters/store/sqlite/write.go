@@ -200,7 +200,24 @@ func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, err
 	}
 	var out core.Ingested
 	err := s.do(ctx, func(w *wtx) error {
+		var before core.Conversation
+		if in.KeepsWindow {
+			var err error
+			if before, err = w.liveConv(in.Channel, in.ExternalID); err != nil {
+				return err
+			}
+		}
 		r, err := w.ingest(in, m)
+		if err == nil && in.KeepsWindow && !r.Duplicate && before.ID != 0 && r.Conversation.ID == before.ID &&
+			r.Conversation.LastInboundAt.After(before.LastInboundAt) {
+			r.Conversation.LastInboundAt = before.LastInboundAt
+			c := r.Conversation
+			if _, err = w.exec(stConvBump, c.LastSeq, toDB(c.UpdatedAt), toDB(c.LastInboundAt), c.ID); err != nil {
+				err = dbErr(err, "update conversation %d", c.ID)
+			} else {
+				w.s.cache.put(c)
+			}
+		}
 		out = r
 		return err
 	})
@@ -208,6 +225,21 @@ func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, err
 		return core.Ingested{}, err
 	}
 	return out, nil
+}
+
+// liveConv is the identity's conversation that is not resolved; zero if
+// it has none.
+func (w *wtx) liveConv(channel, externalID string) (core.Conversation, error) {
+	var contact, created, live int64
+	var name string
+	err := w.queryRow(stIdentityLookup, channel, externalID).Scan(&contact, &name, &created, &live)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) || err == nil && live == 0:
+		return core.Conversation{}, nil
+	case err != nil:
+		return core.Conversation{}, dbErr(err, "identity %s/%s", channel, externalID)
+	}
+	return w.conv(live)
 }
 
 func (w *wtx) ingest(in core.Inbound, m core.Message) (core.Ingested, error) {
