@@ -133,6 +133,11 @@ func (w *wtx) appendMsg(c *core.Conversation, m *core.Message) error {
 		return err
 	}
 	c.Received(m.CreatedAt, m.SenderKind == core.SenderContact)
+	return w.bump(c)
+}
+
+// bump saves c's LastSeq, UpdatedAt and LastInboundAt.
+func (w *wtx) bump(c *core.Conversation) error {
 	if _, err := w.exec(stConvBump, c.LastSeq, toDB(c.UpdatedAt), toDB(c.LastInboundAt), c.ID); err != nil {
 		return dbErr(err, "update conversation %d", c.ID)
 	}
@@ -211,12 +216,7 @@ func (s *Store) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, err
 		if err == nil && in.KeepsWindow && !r.Duplicate && before.ID != 0 && r.Conversation.ID == before.ID &&
 			r.Conversation.LastInboundAt.After(before.LastInboundAt) {
 			r.Conversation.LastInboundAt = before.LastInboundAt
-			c := r.Conversation
-			if _, err = w.exec(stConvBump, c.LastSeq, toDB(c.UpdatedAt), toDB(c.LastInboundAt), c.ID); err != nil {
-				err = dbErr(err, "update conversation %d", c.ID)
-			} else {
-				w.s.cache.put(c)
-			}
+			err = w.bump(&r.Conversation)
 		}
 		out = r
 		return err
