@@ -1,11 +1,13 @@
 package node_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -18,6 +20,7 @@ import (
 	"github.com/kefuhq/kefu/channels/webhook/webhooktest"
 	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/internal/testenv"
+	"github.com/kefuhq/kefu/node"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
 
@@ -412,5 +415,60 @@ func TestClusteredBusesFromConfig(t *testing.T) {
 				t.Fatalf("/readyz on the %s bus: HTTP %d", bus.driver, resp.StatusCode)
 			}
 		})
+	}
+}
+
+// TestIdleKeepAliveClosed: an HTTP keep-alive connection that waits for its
+// next request longer than the idle timeout is closed (each one holds an
+// open file), and a WebSocket quieter than that is not: its pings decide.
+func TestIdleKeepAliveClosed(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	origin := "https://shop.example"
+	n := nodetest.StartWith(t, fmt.Sprintf("channels:\n  web: {enabled: true, allowed_origins: [%q]}\n", origin),
+		node.Options{IdleTimeout: idle})
+
+	cn, err := net.Dial("tcp", strings.TrimPrefix(n.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	if _, err := io.WriteString(cn, "GET /healthz HTTP/1.1\r\nHost: kefu\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(cn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("GET /healthz: HTTP %d, close %v; want 200 on a kept-alive connection", resp.StatusCode, resp.Close)
+	}
+	_ = cn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle keep-alive connection: read %q, %v; want it closed by the server (EOF)", b, err)
+	}
+
+	ctx := context.Background()
+	web := &webtest.Client{Base: n.URL, Origin: origin}
+	vs, err := web.StartSession(ctx, webtest.SessionRequest{Name: "Pat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc, err := web.DialVisitor(ctx, vs.Token, webtest.Cursor{}, webtest.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vc.Close()
+	if _, _, err := vc.Sync(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * idle)
+	if err := vc.SendText("i-1", 0, "still here", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vc.Ack("i-1", 10*time.Second); err != nil {
+		t.Fatalf("a WebSocket quiet for longer than the idle timeout: %v", err)
 	}
 }
