@@ -277,6 +277,8 @@ func (r *Report) WriteTable(w io.Writer) {
 			}
 			row("messages/s", "%.0f over %.2fs", x.MessagesPerSec, x.Seconds)
 			latRow(row, x.Latency)
+			row("ack latency ms", "p50 %.2f  p95 %.2f  p99 %.2f  max %.2f  (send to its ack: durable)",
+				x.AckLatency.P50MS, x.AckLatency.P95MS, x.AckLatency.P99MS, x.AckLatency.MaxMS)
 			srv(x.Server, x.Nodes)
 			row("server CPU", "%.0f %% of a core", x.Server.CPUPercent)
 			if s := x.Server; s.StoreCommits > 0 {

@@ -302,6 +302,10 @@ func checkAccounted(t *testing.T, tp *ThroughputResult, n int64) {
 	if tp.MessagesPerSec <= 0 || tp.Latency.MaxMS < tp.Latency.P50MS {
 		t.Errorf("figures missing: %+v", tp)
 	}
+	// Every ack's latency, once.
+	if tp.AckLatency.Count != uint64(tp.Acked) || tp.AckLatency.MaxMS <= 0 || tp.AckLatency.MaxMS < tp.AckLatency.P50MS {
+		t.Errorf("ack latency: %+v for %d acks", tp.AckLatency, tp.Acked)
+	}
 }
 
 // TestLongPollAndReference runs longpoll against a node and throughput and

@@ -92,8 +92,11 @@ type ThroughputResult struct {
 	Seconds        float64        `json:"seconds"`
 	MessagesPerSec float64        `json:"messages_per_second"`
 	Latency        Latency        `json:"latency"`
-	Server         ServerFigures  `json:"server"`
-	Nodes          []NodeFigures  `json:"nodes,omitempty"`
+	// AckLatency is from the send (open loop: when it was due) to its
+	// sender's ack: the message durable (docs/protocol.md, "ack").
+	AckLatency Latency       `json:"ack_latency"`
+	Server     ServerFigures `json:"server"`
+	Nodes      []NodeFigures `json:"nodes,omitempty"`
 }
 
 func figures(before, after serverSample, conns int, errb, erra error) ServerFigures {
@@ -306,7 +309,9 @@ func newFlow(n, agents int) *flow {
 	return &flow{n: n, agents: agents, sendAt: make([]atomic.Int64, n), state: make([]atomic.Uint32, n), recv: make([]atomic.Uint32, n)}
 }
 
-func (f *flow) answered(g int64, ok bool) {
+// answered records the answer to message g, the first one only; h, if not
+// nil, takes an ack's latency.
+func (f *flow) answered(g int64, ok bool, h *Hist) {
 	if g < 0 || g >= int64(f.n) {
 		return
 	}
@@ -317,6 +322,9 @@ func (f *flow) answered(g int64, ok bool) {
 	if f.state[g].CompareAndSwap(stSent, st) {
 		if ok {
 			f.acked.Add(1)
+			if h != nil {
+				h.Record(time.Since(f.t0) - time.Duration(f.sendAt[g].Load()))
+			}
 		} else {
 			f.refused.Add(1)
 		}
@@ -486,11 +494,12 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 
 	before := ns.sample(ctx)
 	f.t0 = time.Now()
-	var sendWG sync.WaitGroup
+	var sendWG, readWG sync.WaitGroup
+	ackHists := make([]Hist, len(vs)) // each written by its visitor's reader, or sender (long polling)
 	for v := range vs {
 		vis := vs[v]
 		if vis.cn != nil {
-			go readVisitor(vis.cn, f, vis.sem)
+			readWG.Go(func() { readVisitor(vis.cn, f, vis.sem, &ackHists[v]) })
 		}
 		sendWG.Add(1)
 		go func(v int) {
@@ -523,7 +532,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 					}
 					continue
 				}
-				sendLP(ctx, vis.p, buf, g, f)
+				sendLP(ctx, vis.p, buf, g, f, &ackHists[v])
 			}
 		}(v)
 	}
@@ -539,6 +548,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 			vis.cn.close()
 		}
 	}
+	readWG.Wait()
 	for _, l := range agentLinks {
 		l.close()
 	}
@@ -565,12 +575,17 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		all.Merge(&hists[i])
 	}
 	res.Latency = all.Summary()
+	var acks Hist
+	for i := range ackHists {
+		acks.Merge(&ackHists[i])
+	}
+	res.AckLatency = acks.Summary()
 	res.Server, res.Nodes = ns.figures(before, after, 0)
 	return res, nil
 }
 
 // readVisitor takes acks and refusals off a visitor connection.
-func readVisitor(cn *wsConn, f *flow, sem chan struct{}) {
+func readVisitor(cn *wsConn, f *flow, sem chan struct{}, h *Hist) {
 	for {
 		fr, err := cn.read()
 		if err != nil {
@@ -596,7 +611,7 @@ func readVisitor(cn *wsConn, f *flow, sem chan struct{}) {
 		if !ok {
 			f.errs.add(fmt.Errorf("refused: %.120s", fr))
 		}
-		f.answered(g, ok)
+		f.answered(g, ok, h)
 		if sem != nil {
 			select {
 			case <-sem:
@@ -732,20 +747,20 @@ func pollAgent(ctx context.Context, p *webtest.Poller, f *flow, seen []uint64, h
 }
 
 // sendLP posts one send frame over long polling and records its answer.
-func sendLP(ctx context.Context, p *webtest.Poller, frame []byte, g int64, f *flow) {
+func sendLP(ctx context.Context, p *webtest.Poller, frame []byte, g int64, f *flow, h *Hist) {
 	fs, err := p.PostRaw(ctx, frame)
 	if err != nil {
 		f.errs.add(err)
-		f.answered(g, false)
+		f.answered(g, false, nil)
 		return
 	}
 	for _, fr := range fs {
 		switch fr.Type {
 		case "ack":
-			f.answered(g, true)
+			f.answered(g, true, h)
 		case "error":
 			f.errs.add(fmt.Errorf("refused: %.120s", fr.Raw))
-			f.answered(g, false)
+			f.answered(g, false, nil)
 		}
 	}
 }
