@@ -50,8 +50,8 @@ func newClient(base string, srcs, offset int) *client {
 func (c *client) netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	// No TCP keep-alive: a bench connection is short, or kept alive by
 	// the protocol's pings. Its socket options cost four system calls per
-	// dial, about 5 % of the client's CPU in a handshake run, CPU the
-	// server under test shares (BENCHMARKS.md).
+	// dial, client CPU taken from the server under test on a shared
+	// machine (1-3 % of a handshake's, BENCHMARKS.md).
 	d := net.Dialer{Timeout: 15 * time.Second, KeepAlive: -1}
 	if len(c.srcs) > 0 {
 		d.LocalAddr = &net.TCPAddr{IP: c.srcs[c.next.Add(1)%uint64(len(c.srcs))]}
