@@ -175,6 +175,7 @@ func ratios(rs []Result) []Ratio {
 	}
 	if k, r := find("handshake", "kefu"), find("handshake", "reference"); k != nil && r != nil {
 		add("handshakes/s", k.Handshake.PerSecond, r.Handshake.PerSecond)
+		add("server CPU µs per handshake", k.Handshake.ServerCPUus, r.Handshake.ServerCPUus)
 	}
 	if k, r := find("idle", "kefu"), find("idle", "reference"); k != nil && r != nil {
 		add("RSS KB per idle connection", k.Idle.Server.RSSPerConnKB, r.Idle.Server.RSSPerConnKB)
@@ -257,6 +258,11 @@ func (r *Report) WriteTable(w io.Writer) {
 				row("frames replayed", "%d", x.Replayed)
 			}
 			latRow(row, x.Latency)
+			srv(x.Server, x.Nodes)
+			if x.Server.Error == "" {
+				row("server CPU", "%.0f µs per handshake (%.0f %% of a core)", x.ServerCPUus, x.Server.CPUPercent)
+			}
+			row("client CPU", "%.0f µs per handshake (this process)", x.ClientCPUus)
 			errRows(row, x.Errors)
 		case res.Throughput != nil:
 			x := res.Throughput

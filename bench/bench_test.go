@@ -282,6 +282,16 @@ func TestReconnectHandshakes(t *testing.T) {
 	if hs := rep.Results[0].Handshake; hs.Mode != "reconnect" || hs.Established == 0 || hs.Failed != 0 || hs.Replayed != 0 {
 		t.Errorf("reconnect handshakes: %+v", hs)
 	}
+	// The server's CPU per handshake from its /metrics (here the test
+	// process's, the client's included), the client's from its rusage.
+	if hs := rep.Results[0].Handshake; hs.Server.Error != "" || hs.Server.CPUSeconds <= 0 || hs.ServerCPUus <= 0 || hs.ClientCPUus <= 0 {
+		t.Errorf("CPU per handshake: server %v µs (%+v), client %v µs", hs.ServerCPUus, hs.Server, hs.ClientCPUus)
+	}
+	var table strings.Builder
+	rep.WriteTable(&table)
+	if !strings.Contains(table.String(), "µs per handshake") {
+		t.Errorf("table lacks the CPU per handshake:\n%s", table.String())
+	}
 	cs, err := n.Service().Store().Conversations(ctx, core.ConversationFilter{Limit: 10})
 	if err != nil {
 		t.Fatal(err)
@@ -526,7 +536,7 @@ bus: {driver: redis, url: %q, namespace: %s}
 		before[i] = p.accepted.Load()
 	}
 	rep = runArgs(ctx, t, "handshake -url "+list+" -c 3 -d 300ms")
-	if hs := rep.Results[0].Handshake; hs.Established == 0 || hs.Failed != 0 {
+	if hs := rep.Results[0].Handshake; hs.Established == 0 || hs.Failed != 0 || hs.ServerCPUus <= 0 || len(hs.Nodes) != 3 {
 		t.Errorf("handshake: %+v", hs)
 	}
 	for i, p := range proxies {

@@ -100,6 +100,7 @@ func (n *nodes) figures(before, after snapshot, conns int) (ServerFigures, []Nod
 		total.RSSBeforeMB += f.RSSBeforeMB
 		total.RSSAfterMB += f.RSSAfterMB
 		total.CPUPercent += f.CPUPercent
+		total.CPUSeconds += f.CPUSeconds
 		total.StoreCommits += f.StoreCommits
 		total.StoreWrites += f.StoreWrites
 		if total.GoroutinesBefore >= 0 && f.GoroutinesBefore >= 0 && f.GoroutinesAfter >= 0 {

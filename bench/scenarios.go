@@ -38,6 +38,7 @@ type ServerFigures struct {
 	GoroutinesAfter   float64 `json:"goroutines_after"`
 	GoroutinesPerConn float64 `json:"goroutines_per_conn,omitempty"`
 	CPUPercent        float64 `json:"cpu_percent"` // of one core, over the measured period
+	CPUSeconds        float64 `json:"cpu_seconds"` // over the measured period
 	// The store's commits over the period and the writes they held
 	// (SQLite's group commit); 0 when the server does not export them.
 	StoreCommits float64 `json:"store_commits,omitempty"`
@@ -56,6 +57,13 @@ type HandshakeResult struct {
 	Seconds     float64        `json:"seconds"`
 	PerSecond   float64        `json:"per_second"`
 	Latency     Latency        `json:"latency"`
+	// The CPU one handshake cost the server (all nodes) and this client
+	// process, in µs: less noisy than the rate on a machine whose speed
+	// moves, and the client's share shows what the server was left.
+	ServerCPUus float64       `json:"server_cpu_us_per_handshake"`
+	ClientCPUus float64       `json:"client_cpu_us_per_handshake"`
+	Server      ServerFigures `json:"server"`
+	Nodes       []NodeFigures `json:"nodes,omitempty"`
 }
 
 // ThroughputResult is the throughput (and longpoll) scenario's report.
@@ -115,8 +123,9 @@ func figures(before, after serverSample, conns int, errb, erra error) ServerFigu
 			f.GoroutinesPerConn = (after.Goroutines - before.Goroutines) / float64(conns)
 		}
 	}
+	f.CPUSeconds = after.CPU - before.CPU
 	if d := after.At.Sub(before.At).Seconds(); d > 0 {
-		f.CPUPercent = 100 * (after.CPU - before.CPU) / d
+		f.CPUPercent = 100 * f.CPUSeconds / d
 	}
 	return f
 }
@@ -235,6 +244,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 			hellos[w] = h
 		}
 	}
+	before, cpu0 := ns.sample(ctx), processCPU()
 	ctx2, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
@@ -267,9 +277,17 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
+	cpu1, after := processCPU(), ns.sample(ctx)
 	var all Hist
 	for i := range hists {
 		all.Merge(&hists[i])
+	}
+	res.Server, res.Nodes = ns.figures(before, after, 0)
+	if n := float64(ok.Load()); n > 0 {
+		if res.Server.Error == "" {
+			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
+		}
+		res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
 	}
 	res.Established, res.Failed, res.Errors = int(ok.Load()), int(failed.Load()), errs.snapshot()
 	res.Replayed = int(replayed.Load())

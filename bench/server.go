@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -124,4 +125,13 @@ func procStat(pid int) (rss, cpu float64, err error) {
 	pages, _ := strconv.ParseFloat(f[21], 64)
 	const clkTck = 100 // USER_HZ on Linux
 	return pages * float64(os.Getpagesize()), (ut + stime) / clkTck, nil
+}
+
+// processCPU is the CPU time this process has used (user and system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
