@@ -172,6 +172,7 @@ func ratios(rs []Result) []Ratio {
 	if k, r := find("throughput", "kefu"), find("throughput", "reference"); k != nil && r != nil {
 		add("messages/s", k.Throughput.MessagesPerSec, r.Throughput.MessagesPerSec)
 		add("latency p99 ms", k.Throughput.Latency.P99MS, r.Throughput.Latency.P99MS)
+		add("server CPU µs per message", k.Throughput.ServerCPUus, r.Throughput.ServerCPUus)
 	}
 	if k, r := find("handshake", "kefu"), find("handshake", "reference"); k != nil && r != nil {
 		add("handshakes/s", k.Handshake.PerSecond, r.Handshake.PerSecond)
@@ -286,7 +287,10 @@ func (r *Report) WriteTable(w io.Writer) {
 			row("ack latency ms", "p50 %.2f  p95 %.2f  p99 %.2f  max %.2f  (send to its ack: durable)",
 				x.AckLatency.P50MS, x.AckLatency.P95MS, x.AckLatency.P99MS, x.AckLatency.MaxMS)
 			srv(x.Server, x.Nodes)
-			row("server CPU", "%.0f %% of a core", x.Server.CPUPercent)
+			if x.Server.Error == "" {
+				row("server CPU", "%.0f %% of a core, %.0f µs per message", x.Server.CPUPercent, x.ServerCPUus)
+			}
+			row("client CPU", "%.0f µs per message (this process)", x.ClientCPUus)
 			if s := x.Server; s.StoreCommits > 0 {
 				row("store commits", "%.0f for %.0f writes (%.1f per commit)", s.StoreCommits, s.StoreWrites, s.StoreWrites/s.StoreCommits)
 			}

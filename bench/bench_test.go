@@ -207,9 +207,12 @@ func TestEndToEnd(t *testing.T) {
 	if s := tp.Server; s.StoreWrites < 200 || s.StoreCommits <= 0 || s.StoreCommits > s.StoreWrites {
 		t.Errorf("store commits %v for %v writes", s.StoreCommits, s.StoreWrites)
 	}
+	if tp.ServerCPUus <= 0 || tp.ClientCPUus <= 0 || tp.Server.CPUSeconds <= 0 {
+		t.Errorf("CPU per message: server %v µs, client %v µs", tp.ServerCPUus, tp.ClientCPUus)
+	}
 	var table strings.Builder
 	rep.WriteTable(&table)
-	if !strings.Contains(table.String(), "per commit)") {
+	if !strings.Contains(table.String(), "per commit)") || !strings.Contains(table.String(), "µs per message") {
 		t.Errorf("table lacks the store's commits:\n%s", table.String())
 	}
 

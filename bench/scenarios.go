@@ -102,9 +102,13 @@ type ThroughputResult struct {
 	Latency        Latency        `json:"latency"`
 	// AckLatency is from the send (open loop: when it was due) to its
 	// sender's ack: the message durable (docs/protocol.md, "ack").
-	AckLatency Latency       `json:"ack_latency"`
-	Server     ServerFigures `json:"server"`
-	Nodes      []NodeFigures `json:"nodes,omitempty"`
+	AckLatency Latency `json:"ack_latency"`
+	// The CPU one delivered message cost the server (all nodes) and this
+	// client process, in µs.
+	ServerCPUus float64       `json:"server_cpu_us_per_message"`
+	ClientCPUus float64       `json:"client_cpu_us_per_message"`
+	Server      ServerFigures `json:"server"`
+	Nodes       []NodeFigures `json:"nodes,omitempty"`
 }
 
 func figures(before, after serverSample, conns int, errb, erra error) ServerFigures {
@@ -510,7 +514,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		sleep(ctx, cfg.Settle) // the new conversations' routing is done
 	}
 
-	before := ns.sample(ctx)
+	before, cpu0 := ns.sample(ctx), processCPU()
 	f.t0 = time.Now()
 	var sendWG, readWG sync.WaitGroup
 	ackHists := make([]Hist, len(vs)) // each written by its visitor's reader, or sender (long polling)
@@ -559,7 +563,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	for !f.done() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
-	after := ns.sample(ctx)
+	after, cpu1 := ns.sample(ctx), processCPU()
 	cancel()
 	for _, vis := range vs {
 		if vis.cn != nil {
@@ -599,6 +603,12 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	}
 	res.AckLatency = acks.Summary()
 	res.Server, res.Nodes = ns.figures(before, after, 0)
+	if n := float64(res.Delivered); n > 0 {
+		if res.Server.Error == "" {
+			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
+		}
+		res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
+	}
 	return res, nil
 }
 
