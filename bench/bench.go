@@ -169,14 +169,21 @@ func ratios(rs []Result) []Ratio {
 		}
 		out = append(out, x)
 	}
+	// A figure that is 0 when not known (a server's CPU, if its sampler
+	// failed) gives no ratio rather than one of 0.
+	addKnown := func(fig string, k, r float64) {
+		if k > 0 && r > 0 {
+			add(fig, k, r)
+		}
+	}
 	if k, r := find("throughput", "kefu"), find("throughput", "reference"); k != nil && r != nil {
 		add("messages/s", k.Throughput.MessagesPerSec, r.Throughput.MessagesPerSec)
 		add("latency p99 ms", k.Throughput.Latency.P99MS, r.Throughput.Latency.P99MS)
-		add("server CPU µs per message", k.Throughput.ServerCPUus, r.Throughput.ServerCPUus)
+		addKnown("server CPU µs per message", k.Throughput.ServerCPUus, r.Throughput.ServerCPUus)
 	}
 	if k, r := find("handshake", "kefu"), find("handshake", "reference"); k != nil && r != nil {
 		add("handshakes/s", k.Handshake.PerSecond, r.Handshake.PerSecond)
-		add("server CPU µs per handshake", k.Handshake.ServerCPUus, r.Handshake.ServerCPUus)
+		addKnown("server CPU µs per handshake", k.Handshake.ServerCPUus, r.Handshake.ServerCPUus)
 	}
 	if k, r := find("idle", "kefu"), find("idle", "reference"); k != nil && r != nil {
 		add("RSS KB per idle connection", k.Idle.Server.RSSPerConnKB, r.Idle.Server.RSSPerConnKB)

@@ -212,7 +212,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	var table strings.Builder
 	rep.WriteTable(&table)
-	if !strings.Contains(table.String(), "per commit)") || !strings.Contains(table.String(), "µs per message") {
+	if !strings.Contains(table.String(), "per commit)") || !strings.Contains(table.String(), "of a core, ") {
 		t.Errorf("table lacks the store's commits:\n%s", table.String())
 	}
 
@@ -292,7 +292,7 @@ func TestReconnectHandshakes(t *testing.T) {
 	}
 	var table strings.Builder
 	rep.WriteTable(&table)
-	if !strings.Contains(table.String(), "µs per handshake") {
+	if !strings.Contains(table.String(), "% of a core)") {
 		t.Errorf("table lacks the CPU per handshake:\n%s", table.String())
 	}
 	cs, err := n.Service().Store().Conversations(ctx, core.ConversationFilter{Limit: 10})
@@ -586,11 +586,27 @@ func TestNodesFigures(t *testing.T) {
 	total, per := ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, nil), 4)
 	if len(per) != 2 || total.Error != "" || total.RSSBeforeMB != 20 || total.RSSAfterMB != 24 || total.CPUPercent != 100 ||
 		total.GoroutinesAfter != 18 || total.RSSPerConnKB != 1024 || total.GoroutinesPerConn != 2 || per[1].CPUPercent != 50 ||
-		total.StoreCommits != 10 || total.StoreWrites != 30 || per[0].StoreCommits != 5 {
+		total.StoreCommits != 10 || total.StoreWrites != 30 || per[0].StoreCommits != 5 || total.CPUSeconds != 1 || per[1].CPUSeconds != 0.5 {
 		t.Fatalf("total %+v, per node %+v", total, per)
 	}
 	total, per = ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, errors.New("gone")), 0)
 	if !strings.Contains(total.Error, "http://b: gone") || per[0].Error != "" || per[1].Error == "" {
 		t.Fatalf("total %+v, per node %+v", total, per)
+	}
+}
+
+// TestRatios: kefu's figures over the reference's; a CPU figure not known
+// on one side (its sampler failed: 0) gives no ratio, not one of 0.
+func TestRatios(t *testing.T) {
+	hs := func(tg string, perSec, cpu float64) Result {
+		return Result{Scenario: "handshake", Target: tg, Handshake: &HandshakeResult{PerSecond: perSec, ServerCPUus: cpu}}
+	}
+	got := ratios([]Result{hs("kefu", 900, 220), hs("reference", 1000, 200)})
+	if len(got) != 2 || got[0].Figure != "handshakes/s" || got[0].Ratio != 0.9 || got[1].Figure != "server CPU µs per handshake" || got[1].Ratio != 1.1 {
+		t.Errorf("ratios %+v", got)
+	}
+	got = ratios([]Result{hs("kefu", 900, 0), hs("reference", 1000, 200)})
+	if len(got) != 1 || got[0].Figure != "handshakes/s" {
+		t.Errorf("with kefu's CPU unknown: %+v", got)
 	}
 }

@@ -51,7 +51,7 @@ func (c *client) netDial(ctx context.Context, network, addr string) (net.Conn, e
 	// No TCP keep-alive: a bench connection is short, or kept alive by
 	// the protocol's pings. Its socket options cost four system calls per
 	// dial, client CPU taken from the server under test on a shared
-	// machine (1-3 % of a handshake's, BENCHMARKS.md).
+	// machine (1-3 % of the client's CPU per handshake, BENCHMARKS.md).
 	d := net.Dialer{Timeout: 15 * time.Second, KeepAlive: -1}
 	if len(c.srcs) > 0 {
 		d.LocalAddr = &net.TCPAddr{IP: c.srcs[c.next.Add(1)%uint64(len(c.srcs))]}

@@ -58,8 +58,9 @@ type HandshakeResult struct {
 	PerSecond   float64        `json:"per_second"`
 	Latency     Latency        `json:"latency"`
 	// The CPU one handshake cost the server (all nodes) and this client
-	// process, in µs: less noisy than the rate on a machine whose speed
-	// moves, and the client's share shows what the server was left.
+	// process, in µs (failed ones' CPU included): less noisy than the rate
+	// on a machine whose speed moves, and the client's share shows what
+	// the server was left. 0: not known.
 	ServerCPUus float64       `json:"server_cpu_us_per_handshake"`
 	ClientCPUus float64       `json:"client_cpu_us_per_handshake"`
 	Server      ServerFigures `json:"server"`
@@ -104,7 +105,7 @@ type ThroughputResult struct {
 	// sender's ack: the message durable (docs/protocol.md, "ack").
 	AckLatency Latency `json:"ack_latency"`
 	// The CPU one delivered message cost the server (all nodes) and this
-	// client process, in µs.
+	// client process, in µs; 0: not known.
 	ServerCPUus float64       `json:"server_cpu_us_per_message"`
 	ClientCPUus float64       `json:"client_cpu_us_per_message"`
 	Server      ServerFigures `json:"server"`
@@ -200,11 +201,11 @@ func runIdle(ctx context.Context, cfg Config, t target) (*IdleResult, error) {
 	// Idle CPU is over the hold only, not the opening.
 	hold, holdNodes := ns.figures(mid, after, 0)
 	if res.Server.Error == "" && hold.Error == "" {
-		res.Server.CPUPercent = hold.CPUPercent
+		res.Server.CPUPercent, res.Server.CPUSeconds = hold.CPUPercent, hold.CPUSeconds
 	}
 	for i := range res.Nodes {
 		if res.Nodes[i].Error == "" && holdNodes[i].Error == "" {
-			res.Nodes[i].CPUPercent = holdNodes[i].CPUPercent
+			res.Nodes[i].CPUPercent, res.Nodes[i].CPUSeconds = holdNodes[i].CPUPercent, holdNodes[i].CPUSeconds
 		}
 	}
 	return res, ctx.Err()
@@ -281,7 +282,8 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	}
 	wg.Wait()
 	el := time.Since(start).Seconds()
-	cpu1, after := processCPU(), ns.sample(ctx)
+	cpu1 := processCPU()
+	after := ns.sample(ctx)
 	var all Hist
 	for i := range hists {
 		all.Merge(&hists[i])
@@ -291,7 +293,9 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 		if res.Server.Error == "" {
 			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
 		}
-		res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
+		if cpu0 >= 0 && cpu1 >= 0 {
+			res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
+		}
 	}
 	res.Established, res.Failed, res.Errors = int(ok.Load()), int(failed.Load()), errs.snapshot()
 	res.Replayed = int(replayed.Load())
@@ -563,7 +567,8 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	for !f.done() && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
-	after, cpu1 := ns.sample(ctx), processCPU()
+	cpu1 := processCPU()
+	after := ns.sample(ctx)
 	cancel()
 	for _, vis := range vs {
 		if vis.cn != nil {
@@ -607,7 +612,9 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 		if res.Server.Error == "" {
 			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
 		}
-		res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
+		if cpu0 >= 0 && cpu1 >= 0 {
+			res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
+		}
 	}
 	return res, nil
 }

@@ -127,11 +127,12 @@ func procStat(pid int) (rss, cpu float64, err error) {
 	return pages * float64(os.Getpagesize()), (ut + stime) / clkTck, nil
 }
 
-// processCPU is the CPU time this process has used (user and system).
+// processCPU is the CPU time this process has used (user and system), or
+// -1 if it cannot be read.
 func processCPU() time.Duration {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
+		return -1
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -57,8 +57,8 @@ type Options struct {
 	// the fake APNs server's, which trusts its certificate).
 	APNsClient *http.Client
 	// IdleTimeout is how long an HTTP keep-alive connection may wait for
-	// its next request before the server closes it; 0: IdleTimeout. Tests
-	// shorten it.
+	// its next request before the server closes it; 0: IdleTimeout, below
+	// 0: no limit. Tests shorten it.
 	IdleTimeout time.Duration
 }
 
