@@ -589,6 +589,13 @@ func TestNodesFigures(t *testing.T) {
 		total.StoreCommits != 10 || total.StoreWrites != 30 || per[0].StoreCommits != 5 || total.CPUSeconds != 1 || per[1].CPUSeconds != 0.5 {
 		t.Fatalf("total %+v, per node %+v", total, per)
 	}
+	// A node without the store's counters (-1): the sum has none either,
+	// rather than the other nodes' alone.
+	after := snap(time.Second, 12, 1.5, 9, nil)
+	after.s[1].Commits, after.s[1].Writes = -1, -1
+	if total, per = ns.figures(snap(0, 10, 1, 5, nil), after, 4); total.Error != "" || total.StoreCommits != 0 || total.StoreWrites != 0 || per[0].StoreCommits != 5 || total.CPUPercent != 100 {
+		t.Fatalf("a node without commit counters: total %+v, per node %+v", total, per)
+	}
 	total, per = ns.figures(snap(0, 10, 1, 5, nil), snap(time.Second, 12, 1.5, 9, errors.New("gone")), 0)
 	if !strings.Contains(total.Error, "http://b: gone") || per[0].Error != "" || per[1].Error == "" {
 		t.Fatalf("total %+v, per node %+v", total, per)

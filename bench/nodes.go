@@ -87,6 +87,7 @@ func (n *nodes) figures(before, after snapshot, conns int) (ServerFigures, []Nod
 	var per []NodeFigures
 	var errs []error
 	var sources []string
+	commitsKnown := true
 	for i, s := range n.samplers {
 		f := figures(before.s[i], after.s[i], n.share(conns, i), before.errs[i], after.errs[i])
 		per = append(per, NodeFigures{URL: s.base, ServerFigures: f})
@@ -103,6 +104,7 @@ func (n *nodes) figures(before, after snapshot, conns int) (ServerFigures, []Nod
 		total.CPUSeconds += f.CPUSeconds
 		total.StoreCommits += f.StoreCommits
 		total.StoreWrites += f.StoreWrites
+		commitsKnown = commitsKnown && before.s[i].Commits >= 0 && after.s[i].Commits >= 0
 		if total.GoroutinesBefore >= 0 && f.GoroutinesBefore >= 0 && f.GoroutinesAfter >= 0 {
 			total.GoroutinesBefore += f.GoroutinesBefore
 			total.GoroutinesAfter += f.GoroutinesAfter
@@ -114,6 +116,9 @@ func (n *nodes) figures(before, after snapshot, conns int) (ServerFigures, []Nod
 		return ServerFigures{Error: err.Error(), GoroutinesBefore: -1, GoroutinesAfter: -1}, per
 	}
 	total.Source = strings.Join(sources, ", ")
+	if !commitsKnown { // a node without the counters (PostgreSQL): no partial sum
+		total.StoreCommits, total.StoreWrites = 0, 0
+	}
 	if conns > 0 {
 		total.RSSPerConnKB = (total.RSSAfterMB - total.RSSBeforeMB) * 1024 / float64(conns)
 		if total.GoroutinesAfter >= 0 {
