@@ -211,6 +211,22 @@ func runIdle(ctx context.Context, cfg Config, t target) (*IdleResult, error) {
 	return res, ctx.Err()
 }
 
+// cpuPer is the server's CPU (from its figures) and this process's (from
+// cpu0 to cpu1, processCPU readings) per operation, in µs, for n
+// operations; 0 where not known.
+func cpuPer(srv ServerFigures, cpu0, cpu1 time.Duration, n int64) (server, client float64) {
+	if n <= 0 {
+		return 0, 0
+	}
+	if srv.Error == "" {
+		server = srv.CPUSeconds * 1e6 / float64(n)
+	}
+	if cpu0 >= 0 && cpu1 >= 0 {
+		client = (cpu1 - cpu0).Seconds() * 1e6 / float64(n)
+	}
+	return server, client
+}
+
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -289,14 +305,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 		all.Merge(&hists[i])
 	}
 	res.Server, res.Nodes = ns.figures(before, after, 0)
-	if n := float64(ok.Load()); n > 0 {
-		if res.Server.Error == "" {
-			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
-		}
-		if cpu0 >= 0 && cpu1 >= 0 {
-			res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
-		}
-	}
+	res.ServerCPUus, res.ClientCPUus = cpuPer(res.Server, cpu0, cpu1, ok.Load())
 	res.Established, res.Failed, res.Errors = int(ok.Load()), int(failed.Load()), errs.snapshot()
 	res.Replayed = int(replayed.Load())
 	res.Seconds, res.PerSecond, res.Latency = el, float64(ok.Load())/el, all.Summary()
@@ -608,14 +617,7 @@ func runThroughput(ctx context.Context, cfg Config, t target, lp bool) (*Through
 	}
 	res.AckLatency = acks.Summary()
 	res.Server, res.Nodes = ns.figures(before, after, 0)
-	if n := float64(res.Delivered); n > 0 {
-		if res.Server.Error == "" {
-			res.ServerCPUus = res.Server.CPUSeconds * 1e6 / n
-		}
-		if cpu0 >= 0 && cpu1 >= 0 {
-			res.ClientCPUus = (cpu1 - cpu0).Seconds() * 1e6 / n
-		}
-	}
+	res.ServerCPUus, res.ClientCPUus = cpuPer(res.Server, cpu0, cpu1, res.Delivered)
 	return res, nil
 }
 
