@@ -77,6 +77,10 @@ type Server struct {
 	Addr           string   `yaml:"addr"`            // listen address, host:port; default ":8080"
 	PublicURL      string   `yaml:"public_url"`      // absolute http(s) URL users reach kefu at, for links and webhook URLs; optional
 	TrustedProxies []string `yaml:"trusted_proxies"` // CIDRs (or bare IPs) whose X-Forwarded-For is believed; default none
+	// IdleTimeout is how long an HTTP keep-alive connection may wait for
+	// its next request before kefu closes it (each holds an open file);
+	// default 2m. WebSockets and long polls in progress are not idle.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // Store is the store: section.
@@ -155,7 +159,7 @@ func defaults(lookupEnv func(string) (string, bool)) *Config {
 		nodeID = "kefu-1"
 	}
 	return &Config{
-		Server: Server{Addr: ":8080"},
+		Server: Server{Addr: ":8080", IdleTimeout: 2 * time.Minute},
 		NodeID: nodeID,
 		Store:  Store{Driver: StoreSQLite, DSN: "data/kefu.db", Sync: SyncNormal},
 		Media:  Media{Driver: MediaLocal, Dir: "data/media", MaxBytes: 20 << 20},
@@ -200,7 +204,7 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Validate checks addr, public_url and trusted_proxies.
+// Validate checks addr, public_url, trusted_proxies and idle_timeout.
 func (s *Server) Validate() error {
 	var errs []error
 	if _, port, err := net.SplitHostPort(s.Addr); err != nil {
@@ -215,6 +219,9 @@ func (s *Server) Validate() error {
 		if _, err := parsePrefix(p); err != nil {
 			errs = append(errs, Errorf("trusted_proxies["+strconv.Itoa(i)+"]", "must be a CIDR like 10.0.0.0/8 or an IP address; got %q", p))
 		}
+	}
+	if s.IdleTimeout <= 0 {
+		errs = append(errs, Errorf("idle_timeout", "must be positive (like \"2m\"); got %s", s.IdleTimeout))
 	}
 	return errors.Join(errs...)
 }

@@ -5,7 +5,6 @@
 package node
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,18 +55,7 @@ type Options struct {
 	// APNsClient, when set, replaces the APNs HTTP/2 client (tests pass
 	// the fake APNs server's, which trusts its certificate).
 	APNsClient *http.Client
-	// IdleTimeout is how long an HTTP keep-alive connection may wait for
-	// its next request before the server closes it; 0: IdleTimeout, below
-	// 0: no limit. Tests shorten it.
-	IdleTimeout time.Duration
 }
-
-// IdleTimeout is how long an idle HTTP keep-alive connection is kept
-// open by default. Without a bound, net/http keeps one for as long as its
-// client does, and each holds one of the process's open files. It does not
-// apply to WebSockets, whose pings find silent clients (docs/protocol.md),
-// nor to a long poll in progress.
-const IdleTimeout = 2 * time.Minute
 
 // Node is one running kefu process.
 type Node struct {
@@ -90,7 +78,7 @@ type Node struct {
 	windows  map[string]time.Duration
 	mux      *http.ServeMux
 	ln       net.Listener
-	idle     time.Duration      // the HTTP server's IdleTimeout
+	idle     time.Duration      // server.idle_timeout
 	leases   *bridge.HeldLeases // the cluster leases this node holds
 	leaseTTL time.Duration
 	leaseClk bridge.Clock // times the leases; nil: the wall clock (tests set it)
@@ -209,7 +197,7 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 	}
 
 	n.ln = opt.Listener
-	n.idle = cmp.Or(opt.IdleTimeout, IdleTimeout)
+	n.idle = cfg.Server.IdleTimeout
 	if n.ln == nil {
 		if n.ln, err = net.Listen("tcp", cfg.Server.Addr); err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Server.Addr, err)

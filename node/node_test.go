@@ -20,7 +20,6 @@ import (
 	"github.com/kefuhq/kefu/channels/webhook/webhooktest"
 	"github.com/kefuhq/kefu/core"
 	"github.com/kefuhq/kefu/internal/testenv"
-	"github.com/kefuhq/kefu/node"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
 
@@ -424,8 +423,7 @@ func TestClusteredBusesFromConfig(t *testing.T) {
 func TestIdleKeepAliveClosed(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	origin := "https://shop.example"
-	n := nodetest.StartWith(t, fmt.Sprintf("channels:\n  web: {enabled: true, allowed_origins: [%q]}\n", origin),
-		node.Options{IdleTimeout: idle})
+	n := nodetest.Start(t, fmt.Sprintf("server: {idle_timeout: %s}\nchannels:\n  web: {enabled: true, allowed_origins: [%q]}\n", idle, origin))
 
 	cn, err := net.Dial("tcp", strings.TrimPrefix(n.URL, "http://"))
 	if err != nil {

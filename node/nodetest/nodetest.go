@@ -35,12 +35,6 @@ type Node struct {
 // /readyz answers 200.
 func Start(t testing.TB, yaml string) *Node {
 	t.Helper()
-	return StartWith(t, yaml, node.Options{})
-}
-
-// StartWith is Start with opt (its Listener is the test's own).
-func StartWith(t testing.TB, yaml string, opt node.Options) *Node {
-	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -56,24 +50,18 @@ func StartWith(t testing.TB, yaml string, opt node.Options) *Node {
 	if cfg.Log.Level == def.Log.Level {
 		cfg.Log.Level = "error"
 	}
-	return startConfig(t, cfg, dir, opt)
+	return StartConfig(t, cfg, dir)
 }
 
 // StartConfig starts a node with cfg as it is. dir is reported as Node.Dir.
 func StartConfig(t testing.TB, cfg *config.Config, dir string) *Node {
 	t.Helper()
-	return startConfig(t, cfg, dir, node.Options{})
-}
-
-func startConfig(t testing.TB, cfg *config.Config, dir string, opt node.Options) *Node {
-	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt.Listener = ln
 	ctx, cancel := context.WithCancel(context.Background())
-	n, err := node.New(ctx, cfg, opt)
+	n, err := node.New(ctx, cfg, node.Options{Listener: ln})
 	if err != nil {
 		cancel()
 		t.Fatalf("node.New: %v", err)
