@@ -58,9 +58,8 @@ type HandshakeResult struct {
 	PerSecond   float64        `json:"per_second"`
 	Latency     Latency        `json:"latency"`
 	// The CPU one handshake cost the server (all nodes) and this client
-	// process, in µs (failed ones' CPU included): less noisy than the rate
-	// on a machine whose speed moves, and the client's share shows what
-	// the server was left. 0: not known.
+	// process, in µs (failed ones' CPU included); the client's share shows
+	// what a server on the same machine was left. 0: not known.
 	ServerCPUus float64       `json:"server_cpu_us_per_handshake"`
 	ClientCPUus float64       `json:"client_cpu_us_per_handshake"`
 	Server      ServerFigures `json:"server"`

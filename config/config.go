@@ -79,9 +79,13 @@ type Server struct {
 	TrustedProxies []string `yaml:"trusted_proxies"` // CIDRs (or bare IPs) whose X-Forwarded-For is believed; default none
 	// IdleTimeout is how long an HTTP keep-alive connection may wait for
 	// its next request before kefu closes it (each holds an open file);
-	// default 2m. WebSockets and long polls in progress are not idle.
+	// default DefaultIdleTimeout. WebSockets and long polls in progress
+	// are not idle.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
+
+// DefaultIdleTimeout is server.idle_timeout's default.
+const DefaultIdleTimeout = 2 * time.Minute
 
 // Store is the store: section.
 type Store struct {
@@ -159,7 +163,7 @@ func defaults(lookupEnv func(string) (string, bool)) *Config {
 		nodeID = "kefu-1"
 	}
 	return &Config{
-		Server: Server{Addr: ":8080", IdleTimeout: 2 * time.Minute},
+		Server: Server{Addr: ":8080", IdleTimeout: DefaultIdleTimeout},
 		NodeID: nodeID,
 		Store:  Store{Driver: StoreSQLite, DSN: "data/kefu.db", Sync: SyncNormal},
 		Media:  Media{Driver: MediaLocal, Dir: "data/media", MaxBytes: 20 << 20},

@@ -5,6 +5,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -197,7 +198,9 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 	}
 
 	n.ln = opt.Listener
-	n.idle = cfg.Server.IdleTimeout
+	// A config built in code may leave it 0: net/http would then keep
+	// idle connections for good.
+	n.idle = cmp.Or(cfg.Server.IdleTimeout, config.DefaultIdleTimeout)
 	if n.ln == nil {
 		if n.ln, err = net.Listen("tcp", cfg.Server.Addr); err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Server.Addr, err)
