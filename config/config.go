@@ -224,8 +224,8 @@ func (s *Server) Validate() error {
 			errs = append(errs, Errorf("trusted_proxies["+strconv.Itoa(i)+"]", "must be a CIDR like 10.0.0.0/8 or an IP address; got %q", p))
 		}
 	}
-	if s.IdleTimeout <= 0 {
-		errs = append(errs, Errorf("idle_timeout", "must be positive (like \"2m\"); got %s", s.IdleTimeout))
+	if s.IdleTimeout < time.Second { // below a second keep-alive is moot: a unit slip ("120ms" for "120s")
+		errs = append(errs, Errorf("idle_timeout", "must be at least 1s (like \"2m\"); got %s", s.IdleTimeout))
 	}
 	return errors.Join(errs...)
 }

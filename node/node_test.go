@@ -421,7 +421,7 @@ func TestClusteredBusesFromConfig(t *testing.T) {
 // next request longer than the idle timeout is closed (each one holds an
 // open file), and a WebSocket quieter than that is not: its pings decide.
 func TestIdleKeepAliveClosed(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	const idle = time.Second // the least server.idle_timeout takes
 	origin := "https://shop.example"
 	n := nodetest.Start(t, fmt.Sprintf("server: {idle_timeout: %s}\nchannels:\n  web: {enabled: true, allowed_origins: [%q]}\n", idle, origin))
 
@@ -462,7 +462,7 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 	if _, _, err := vc.Sync(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * idle)
+	time.Sleep(2 * idle)
 	if err := vc.SendText("i-1", 0, "still here", false); err != nil {
 		t.Fatal(err)
 	}
