@@ -29,6 +29,7 @@ type client struct {
 	srcs   []net.IP // source addresses to spread WebSockets over (nil: any)
 	next   atomic.Uint64
 	dialer websocket.Dialer
+	sess   *sessions // nil: sessions start through wc
 }
 
 func newClient(base string, srcs, offset int) *client {
@@ -44,6 +45,7 @@ func newClient(base string, srcs, offset int) *client {
 	}
 	c.dialer = websocket.Dialer{HandshakeTimeout: 15 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024,
 		NetDialContext: c.netDial}
+	c.sess = newSessions(c, base)
 	return c
 }
 
@@ -61,6 +63,9 @@ func (c *client) netDial(ctx context.Context, network, addr string) (net.Conn, e
 
 // session starts a new anonymous visitor session and returns its token.
 func (c *client) session(ctx context.Context) (string, error) {
+	if c.sess != nil {
+		return c.sess.start(ctx)
+	}
 	s, err := c.wc.StartSession(ctx, webtest.SessionRequest{})
 	if err != nil {
 		return "", err

@@ -52,6 +52,16 @@ func (t target) connect(srcs int) *nodes {
 // the servers (visitors, agent connections, dialers).
 func (n *nodes) client(i int) *client { return n.clients[i%len(n.clients)] }
 
+// closeSessions closes the connections the clients keep for starting
+// sessions.
+func (n *nodes) closeSessions() {
+	for _, c := range n.clients {
+		if c.sess != nil {
+			c.sess.close()
+		}
+	}
+}
+
 // snapshot is every server's state at one moment.
 type snapshot struct {
 	s    []serverSample

@@ -299,6 +299,7 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	el := time.Since(start).Seconds()
 	cpu1 := processCPU()
 	after := ns.sample(ctx)
+	ns.closeSessions()
 	var all Hist
 	for i := range hists {
 		all.Merge(&hists[i])
