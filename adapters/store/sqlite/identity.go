@@ -50,6 +50,9 @@ func (s *Store) MoveIdentity(ctx context.Context, channel, from, to string) erro
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return dbErr(err, "conversations of %s/%s", channel, from)
 		}
+		if len(ids) > 0 {
+			w.s.idents.add(channel, to) // before the commit: see identFilter
+		}
 		if _, err := w.tx.ExecContext(w.ctx, `UPDATE conversations SET external_id = ? WHERE channel = ? AND external_id = ?`,
 			to, channel, from); err != nil {
 			return dbErr(err, "move conversations of %s/%s", channel, from)

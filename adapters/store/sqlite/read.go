@@ -96,6 +96,13 @@ func (s *Store) MessageByExternalID(ctx context.Context, channel, externalID str
 // Conversations implements core.Store: newest (highest ID) first; Limit
 // defaults to 50 and is at most 500.
 func (s *Store) Conversations(ctx context.Context, f core.ConversationFilter) ([]core.Conversation, error) {
+	if s.isClosed.Load() {
+		return nil, core.ErrClosed
+	}
+	if f.Channel != "" && f.ExternalID != "" && !s.idents.mayHave(f.Channel, f.ExternalID) {
+		s.identSkips.Add(1)
+		return nil, nil // the identity has no conversation: see identFilter
+	}
 	var where []string
 	var args []any
 	if len(f.Statuses) > 0 {
@@ -133,9 +140,6 @@ func (s *Store) Conversations(ctx context.Context, f core.ConversationFilter) ([
 	q += " ORDER BY c.id DESC LIMIT ?"
 	args = append(args, limit(f.Limit, 50, 500))
 
-	if s.isClosed.Load() {
-		return nil, core.ErrClosed
-	}
 	rows, err := s.query(ctx, q, args...)
 	if err != nil {
 		return nil, s.readErr(err, "conversations")

@@ -85,6 +85,12 @@ type Store struct {
 	batch int
 	cache *convCache // the writer's; see convCache
 
+	// The identities with a conversation (see identFilter), and the scan
+	// that fills it from what was stored before Open.
+	idents     *identFilter
+	identsStop context.CancelFunc
+	identsDone chan struct{}
+
 	leases leaseTable // the cluster leases, kept off the writer; see lease.go
 
 	// The checkpointer (nil channels when it is off).
@@ -98,6 +104,8 @@ type Store struct {
 	// What the writer has done, for tests: batches committed (or failed)
 	// and the writes in them.
 	commits, committed atomic.Int64
+	// Conversations questions the identity filter answered, for tests.
+	identSkips atomic.Int64
 
 	// mu guards closed and sending on ops: Close takes it exclusively, so no
 	// caller sends on a closed channel.
@@ -270,7 +278,16 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		s.ckDone = make(chan struct{})
 	}
 
+	var convs int64
+	if err := s.r.QueryRowContext(ctx, `SELECT IFNULL(MAX(id), 0) FROM conversations`).Scan(&convs); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", o.Path, err)
+	}
+	s.idents = newIdentFilter(convs)
+
 	ok = true
+	scan, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.identsStop, s.identsDone = stop, make(chan struct{})
+	go s.fillIdents(scan)
 	go s.writer()
 	if background {
 		go s.checkpointer(s.ckDB, o.CheckpointInterval, s.ckStop)
@@ -324,6 +341,8 @@ func (s *Store) Close() error {
 		close(s.ops)
 		s.mu.Unlock()
 		<-s.done
+		s.identsStop()
+		<-s.identsDone
 		if s.ckStop != nil {
 			close(s.ckStop)
 			<-s.ckDone

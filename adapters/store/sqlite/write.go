@@ -75,6 +75,7 @@ func (w *wtx) byDedup(key string) (core.Message, bool, error) {
 }
 
 func (w *wtx) insertConv(c *core.Conversation) error {
+	w.s.idents.add(c.Channel, c.ExternalID) // before the commit: see identFilter
 	res, err := w.exec(stConvIns, c.ContactID, c.Channel, c.ExternalID, string(c.Status), nullInt(c.AssigneeID),
 		c.LastSeq, toDB(c.LastInboundAt), toDB(c.QueuedAt), toDB(c.CreatedAt), toDB(c.UpdatedAt),
 		toDB(c.ResolvedAt))

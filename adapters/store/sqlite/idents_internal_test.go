@@ -1,0 +1,138 @@
+package sqlite
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/kefuhq/kefu/core"
+)
+
+// The filter never says "no" for an identity added, says "maybe" for
+// everything until it is ready, and "no" for almost every other.
+func TestIdentFilter(t *testing.T) {
+	f := newIdentFilter(0)
+	if f.mask+1 != identMinBits {
+		t.Fatalf("%d bits for an empty store, want %d", f.mask+1, identMinBits)
+	}
+	if big := newIdentFilter(1 << 20); big.mask+1 != 1<<20*identBitsEach {
+		t.Errorf("%d bits for 2^20 conversations, want %d", big.mask+1, 1<<20*identBitsEach)
+	}
+	const n = 20000
+	for i := range n {
+		f.add("web", fmt.Sprint("v", i))
+	}
+	if !f.mayHave("web", "absent") {
+		t.Fatal("no before the filter is ready")
+	}
+	f.ready.Store(true)
+	for i := range n {
+		if !f.mayHave("web", fmt.Sprint("v", i)) {
+			t.Fatalf("no for v%d, which was added", i)
+		}
+	}
+	maybe := 0
+	for i := range n {
+		if f.mayHave("web", fmt.Sprint("w", i)) {
+			maybe++
+		}
+		if f.mayHave("telegram", fmt.Sprint("v", i)) { // another instance's identity
+			maybe++
+		}
+	}
+	// 2^21 bits, 4 per identity, 20,000 identities: 1 in 10^5 expected.
+	if maybe > 2*n/100 {
+		t.Errorf("maybe for %d of %d identities never added", maybe, 2*n)
+	}
+}
+
+// Conversations answers for an identity without a conversation without a
+// query, and finds the conversations of every other: those stored before
+// Open (the scan), those created since, and those moved to an identity.
+func TestIdentFilterConversations(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kefu.db")
+	s := openStore(t, Options{Path: path})
+	for i := range 3 {
+		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, Options{Path: path})
+	<-s.identsDone
+	if !s.idents.ready.Load() {
+		t.Fatal("the scan did not finish")
+	}
+	count := func(ext string) int {
+		t.Helper()
+		cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: ext, Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(cs)
+	}
+	for i := range 3 {
+		if n := count(fmt.Sprint("old", i)); n != 1 {
+			t.Errorf("old%d, stored before Open: %d conversations, want 1", i, n)
+		}
+	}
+	before := s.identSkips.Load()
+	if n := count("new"); n != 0 {
+		t.Fatalf("a new identity has %d conversations", n)
+	}
+	if s.identSkips.Load() != before+1 {
+		t.Fatal("a new identity's conversations were queried")
+	}
+	if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "new", Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("new"); n != 1 {
+		t.Errorf("after its first message the new identity has %d conversations, want 1", n)
+	}
+	if err := s.MoveIdentity(ctx, "web", "old0", "verified"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count("verified"); n != 1 {
+		t.Errorf("the identity conversations moved to has %d, want 1", n)
+	}
+	if n := count("old0"); n != 0 {
+		t.Errorf("the identity conversations moved from has %d, want 0", n)
+	}
+	// Other filters with an identity are answered the same way.
+	cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: "nobody", Statuses: []core.ConversationStatus{core.StatusPending}})
+	if err != nil || len(cs) != 0 {
+		t.Fatalf("%d conversations, %v", len(cs), err)
+	}
+}
+
+// Until the scan is done, every identity's conversations are queried.
+func TestIdentFilterNotReady(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Options{})
+	<-s.identsDone
+	s.idents.ready.Store(false)
+	before := s.identSkips.Load()
+	cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: "new", Limit: 1})
+	if err != nil || len(cs) != 0 {
+		t.Fatalf("%d conversations, %v", len(cs), err)
+	}
+	if s.identSkips.Load() != before {
+		t.Error("the filter answered before the scan was done")
+	}
+}
+
+// A closed store says so, filter or not.
+func TestIdentFilterClosed(t *testing.T) {
+	s := openStore(t, Options{})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Conversations(context.Background(), core.ConversationFilter{Channel: "web", ExternalID: "new"}); err != core.ErrClosed {
+		t.Fatalf("err %v, want ErrClosed", err)
+	}
+}
