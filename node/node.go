@@ -212,7 +212,11 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 func openStore(ctx context.Context, c config.Store, log *slog.Logger) (core.Store, error) {
 	switch c.Driver {
 	case "sqlite":
-		return sqlite.Open(ctx, sqlite.Options{Path: c.DSN, Sync: c.Sync, Logger: log})
+		s, err := sqlite.Open(ctx, sqlite.Options{Path: c.DSN, Sync: c.Sync, Logger: log})
+		if err != nil { // not a typed nil in the interface: New's cleanup would close it
+			return nil, err
+		}
+		return s, nil
 	case "postgres":
 		// store.sync does not apply: PostgreSQL's own settings
 		// (synchronous_commit) decide what a commit survives.
