@@ -12,9 +12,9 @@ import (
 // that has one. A visitor's first WebSocket hello asks for their newest
 // conversation, and a visitor who just started a session has none: that
 // read, its SQLite read transaction and the goroutine modernc starts to
-// interrupt a query, was 15–18 % of the server's CPU per new-visitor
-// handshake (BENCHMARKS.md). Conversations answers such a question from the
-// filter when it can.
+// interrupt a query, cost the server 11–16 % of its CPU per new-visitor
+// handshake (BENCHMARKS.md, "Day"). Conversations answers such a question
+// from the filter when it can.
 //
 // "No" is exact, "maybe" is a query. The writer adds an identity before the
 // transaction that gives it a conversation commits (insertConv, and
@@ -23,10 +23,11 @@ import (
 // (a conversation is never deleted, and one moved away leaves a harmless
 // "maybe" behind). The conversations stored before Open are added by a
 // scan that runs beside the writer; until it is done every answer is
-// "maybe". The filter is sized at Open for twice the conversations then
-// stored (at least identMinBits): beyond that its "maybe"s grow more
-// frequent and cost what every read cost before, until the next start
-// sizes it again.
+// "maybe". The filter is sized at Open, 32 bits per conversation then
+// stored (a power of two, between identMinBits and identMaxBits); it never
+// grows: as conversations are added its "maybe"s grow more frequent (about
+// 1 in 5,000 at the start, 1 in 400 once they have doubled) and cost what
+// every read cost before, until the next start sizes it again.
 type identFilter struct {
 	seed  maphash.Seed
 	mask  uint64 // bit count - 1 (a power of two)
@@ -36,16 +37,17 @@ type identFilter struct {
 
 const (
 	identHashes   = 4       // bits set per identity
-	identBitsEach = 32      // bits per conversation stored at Open (16 per identity once they double)
+	identBitsEach = 32      // bits per conversation stored at Open
 	identMinBits  = 1 << 21 // 256 KB
+	identMaxBits  = 1 << 28 // 32 MB: 8 million conversations at 32 bits; positions fit in 32 bits
 )
 
-// newIdentFilter returns a filter sized for convs conversations stored.
+// newIdentFilter returns a filter sized for convs conversations stored
+// (the highest conversation ID: at least their number).
 func newIdentFilter(convs int64) *identFilter {
-	n := uint64(max(convs, 0)) * identBitsEach
-	size := uint64(identMinBits)
-	if n > size {
-		size = 1 << bits.Len64(n-1)
+	size := uint64(identMaxBits)
+	if convs <= identMaxBits/identBitsEach {
+		size = max(uint64(identMinBits), uint64(1)<<bits.Len64(uint64(max(convs, 1))*identBitsEach-1))
 	}
 	return &identFilter{seed: maphash.MakeSeed(), mask: size - 1, words: make([]atomic.Uint64, size/64)}
 }
@@ -86,34 +88,57 @@ func (f *identFilter) mayHave(channel, externalID string) bool {
 	return true
 }
 
+// identScanPage is how many conversations one read of fillIdents covers:
+// each page is a read transaction of its own, so that the scan of a large
+// database holds no snapshot (which keeps the WAL from starting over) for
+// long. A variable for tests.
+var identScanPage = 4096
+
+// fillIdentsHook, when set by a test, runs before the scan.
+var fillIdentsHook func()
+
 // fillIdents adds the identities of the conversations stored before Open
-// to s.idents, then marks it ready. The writer adds new ones meanwhile. A
-// failed scan leaves the filter answering "maybe", as if there were none.
+// to s.idents, then marks it ready. The writer adds new ones meanwhile,
+// and those a page after the first will find again are added twice,
+// harmlessly. A failed scan leaves the filter answering "maybe", as if
+// there were none, until the next start.
 func (s *Store) fillIdents(ctx context.Context) {
 	defer close(s.identsDone)
-	rows, err := s.r.QueryContext(ctx, `SELECT DISTINCT channel, external_id FROM conversations`)
-	if err != nil {
-		s.identsFailed(ctx, err)
-		return
+	if fillIdentsHook != nil {
+		fillIdentsHook()
 	}
-	defer func() { _ = rows.Close() }()
-	var channel, ext string
-	for rows.Next() {
-		if err := rows.Scan(&channel, &ext); err != nil {
-			s.identsFailed(ctx, err)
+	for after := int64(0); ; {
+		n, last, err := s.fillIdentsPage(ctx, after)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("sqlite: reading the identities with a conversation failed; every identity's conversations are queried", "err", err)
+			}
 			return
 		}
-		s.idents.add(channel, ext)
-	}
-	if err := rows.Err(); err != nil {
-		s.identsFailed(ctx, err)
-		return
+		if n < identScanPage {
+			break
+		}
+		after = last
 	}
 	s.idents.ready.Store(true)
 }
 
-func (s *Store) identsFailed(ctx context.Context, err error) {
-	if ctx.Err() == nil {
-		s.log.Warn("sqlite: reading the identities with a conversation failed; every identity's conversations are queried", "err", err)
+// fillIdentsPage adds the identities of up to identScanPage conversations
+// with an ID above after, and returns how many it read and the last ID.
+func (s *Store) fillIdentsPage(ctx context.Context, after int64) (n int, last int64, err error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id, channel, external_id FROM conversations WHERE id > ? ORDER BY id LIMIT ?`,
+		after, identScanPage)
+	if err != nil {
+		return 0, 0, err
 	}
+	defer func() { _ = rows.Close() }()
+	var channel, ext string
+	for rows.Next() {
+		if err := rows.Scan(&last, &channel, &ext); err != nil {
+			return n, last, err
+		}
+		s.idents.add(channel, ext)
+		n++
+	}
+	return n, last, rows.Err()
 }
