@@ -238,6 +238,7 @@ func sleep(ctx context.Context, d time.Duration) {
 // closing each one established.
 func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, error) {
 	ns := t.connect(cfg.Srcs)
+	defer ns.closeSessions() // not to hold them through the next scenario
 	var errs errCounts
 	var ok, failed, replayed atomic.Int64
 	hists := make([]Hist, cfg.Dialers)
@@ -299,7 +300,6 @@ func runHandshake(ctx context.Context, cfg Config, t target) (*HandshakeResult, 
 	el := time.Since(start).Seconds()
 	cpu1 := processCPU()
 	after := ns.sample(ctx)
-	ns.closeSessions()
 	var all Hist
 	for i := range hists {
 		all.Merge(&hists[i])

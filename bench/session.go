@@ -11,16 +11,21 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/kefuhq/kefu/channels/web/webtest"
 )
 
 // sessions starts visitor sessions (POST /api/v1/visitor/session) over
 // kept-alive HTTP/1.1 connections of its own, one request at a time on
 // each, without net/http's client. Its transport runs two goroutines per
 // connection and hands every request and response between them and the
-// caller: in a profile of the handshake scenario that was a quarter of
-// the client's CPU per handshake (BENCHMARKS.md), taken from the server
-// under test on a machine they share. The server sees the same request.
+// caller: in a profile of the handshake scenario that was about a quarter
+// of the client's CPU per handshake (BENCHMARKS.md, "Day"), taken from the
+// server under test on a machine they share. The request is the one
+// webtest's client sends (its User-Agent aside, and no Accept-Encoding:
+// kefu does not compress). Safe for concurrent use.
 type sessions struct {
 	c    *client
 	addr string // host:port to dial
@@ -35,15 +40,17 @@ type sessionConn struct {
 }
 
 // maxIdleSessionConns bounds the connections sessions keeps between
-// requests; a connection beyond it is closed after its request.
-const maxIdleSessionConns = 256
+// requests, as the net/http transport's MaxIdleConnsPerHost did; a
+// connection beyond it is closed after its request.
+const maxIdleSessionConns = 1024
 
 // newSessions returns sessions for the server at base (http://host[:port]
 // with an optional path prefix), or nil for one it does not speak to
-// (https): the client then starts sessions through net/http.
+// (https, or a URL with user info or a query): the client then starts
+// sessions through net/http.
 func newSessions(c *client, base string) *sessions {
 	u, err := url.Parse(base)
-	if err != nil || u.Scheme != "http" || u.Host == "" {
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil || u.RawQuery != "" {
 		return nil
 	}
 	addr := u.Host
@@ -51,7 +58,7 @@ func newSessions(c *client, base string) *sessions {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
 	body := "{}"
-	req := "POST " + strings.TrimSuffix(u.Path, "/") + "/api/v1/visitor/session HTTP/1.1\r\n" +
+	req := "POST " + strings.TrimSuffix(u.EscapedPath(), "/") + "/api/v1/visitor/session HTTP/1.1\r\n" +
 		"Host: " + u.Host + "\r\n" +
 		"User-Agent: kefu-bench\r\n" +
 		"Content-Type: application/json\r\n" +
@@ -60,8 +67,12 @@ func newSessions(c *client, base string) *sessions {
 }
 
 // start starts one anonymous visitor session and returns its token. A kept
-// connection that fails before an answer (the server closed it while it
-// was idle) is dropped and the request made once more on a new one.
+// connection the server closed while it was idle (the request could not be
+// written, or the connection ended before any answer) is dropped and the
+// request made once more on a new one. (A server that closed it after
+// making the session would then make a second one: harmless in a load
+// test, and kefu answers every request it reads.) A timeout is not tried
+// again.
 func (s *sessions) start(ctx context.Context) (string, error) {
 	var sc *sessionConn
 	select {
@@ -70,7 +81,7 @@ func (s *sessions) start(ctx context.Context) (string, error) {
 	}
 	if sc != nil {
 		tok, keep, err := sc.do(ctx, s.req)
-		if err == nil || !errors.Is(err, errNoAnswer) {
+		if err == nil || !errors.Is(err, errClosedIdle) || ctx.Err() != nil {
 			s.done(sc, keep)
 			return tok, err
 		}
@@ -110,8 +121,18 @@ func (s *sessions) close() {
 	}
 }
 
-// errNoAnswer is a request whose connection ended before any answer.
-var errNoAnswer = errors.New("connection closed before an answer")
+// errClosedIdle is a request whose connection was closed by the server
+// before it answered: on a kept connection, most likely while it was idle.
+var errClosedIdle = errors.New("connection closed before an answer")
+
+// closedIdle tells a connection the server closed (an end of file, a
+// reset, a broken pipe) from other failures, a timeout among them.
+func closedIdle(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("%w: %v", errClosedIdle, err)
+	}
+	return err
+}
 
 // sessionTimeout bounds one session request, as the net/http client's
 // timeout does for the bench's other requests.
@@ -121,22 +142,37 @@ const sessionTimeout = 60 * time.Second
 const maxSessionAnswer = 1 << 20
 
 // do sends req and reads the answer: the session's token, and whether the
-// connection may serve another request.
+// connection may serve another request. It gives up when ctx ends.
 func (sc *sessionConn) do(ctx context.Context, req []byte) (tok string, keep bool, err error) {
 	dl := time.Now().Add(sessionTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
 	}
 	_ = sc.cn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = sc.cn.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !stop() || ctx.Err() != nil {
+			keep = false
+			if err != nil {
+				err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			}
+		}
+	}()
 	if _, err := sc.cn.Write(req); err != nil {
-		return "", false, fmt.Errorf("%w: %v", errNoAnswer, err)
+		return "", false, closedIdle(err)
 	}
 	if _, err := sc.br.Peek(1); err != nil {
-		return "", false, fmt.Errorf("%w: %v", errNoAnswer, err)
+		return "", false, closedIdle(err)
 	}
-	resp, err := http.ReadResponse(sc.br, nil)
-	if err != nil {
-		return "", false, err
+	var resp *http.Response
+	for {
+		if resp, err = http.ReadResponse(sc.br, nil); err != nil {
+			return "", false, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// 1xx (a proxy's 103 Early Hints): the answer follows.
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxSessionAnswer+1))
 	resp.Body.Close()
@@ -148,7 +184,7 @@ func (sc *sessionConn) do(ctx context.Context, req []byte) (tok string, keep boo
 	}
 	keep = !resp.Close
 	if resp.StatusCode/100 != 2 {
-		return "", keep, fmt.Errorf("HTTP %d %s", resp.StatusCode, strings.TrimSpace(string(data)))
+		return "", keep, webtest.ResponseError(resp, data)
 	}
 	var s struct {
 		Token string `json:"token"`

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -28,7 +29,7 @@ func newSessionServer(t *testing.T, prefix string, answer func(w http.ResponseWr
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		s.mu.Lock()
-		s.seen = append(s.seen, r.Method+" "+r.URL.Path+" "+r.Header.Get("Content-Type")+" "+string(body))
+		s.seen = append(s.seen, r.Host+" "+r.Method+" "+r.URL.Path+" "+r.Header.Get("Content-Type")+" "+string(body))
 		n := len(s.seen)
 		s.mu.Unlock()
 		if r.Method != http.MethodPost || r.URL.Path != prefix+"/api/v1/visitor/session" {
@@ -72,7 +73,7 @@ func TestSessionsKeepTheConnection(t *testing.T) {
 	if n := srv.conns.Load(); n != 1 {
 		t.Errorf("3 sessions took %d connections, want 1", n)
 	}
-	want := "POST /support/api/v1/visitor/session application/json {}"
+	want := strings.TrimPrefix(srv.URL, "http://") + " POST /support/api/v1/visitor/session application/json {}"
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	for _, got := range srv.seen {
@@ -111,7 +112,7 @@ func TestSessionsBadAnswers(t *testing.T) {
 		name   string
 		answer func(w http.ResponseWriter, n int)
 		err    string
-		conns  int64 // after two requests
+		conns  int64 // after two requests: 1 if the answer leaves the connection usable
 	}{
 		{"refused", func(w http.ResponseWriter, _ int) {
 			w.Header().Set("Retry-After", "3")
@@ -123,6 +124,11 @@ func TestSessionsBadAnswers(t *testing.T) {
 			w.Header().Set("Connection", "close")
 			http.Error(w, "bye", http.StatusServiceUnavailable)
 		}, "HTTP 503", 2},
+		{"refused, JSON", func(w http.ResponseWriter, _ int) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTooManyRequests)
+			fmt.Fprint(w, `{"error":{"code":"rate_limited","message":"slow down"}}`)
+		}, "HTTP 429 rate_limited", 1},
 		{"too long", func(w http.ResponseWriter, _ int) {
 			fmt.Fprintf(w, `{"token":"%s"}`, strings.Repeat("x", maxSessionAnswer))
 		}, "over", 2},
@@ -142,6 +148,13 @@ func TestSessionsBadAnswers(t *testing.T) {
 			}
 			if n := srv.conns.Load(); n != tc.conns {
 				t.Errorf("%d connections, want %d", n, tc.conns)
+			}
+			want := 0
+			if tc.conns == 1 {
+				want = 1
+			}
+			if kept := len(c.sess.idle); kept != want {
+				t.Errorf("%d connections kept, want %d", kept, want)
 			}
 		})
 	}
@@ -175,5 +188,70 @@ func TestSessionsHTTPS(t *testing.T) {
 	tok, err := c.session(context.Background())
 	if err != nil || tok != "t1" {
 		t.Fatalf("token %q, error %v", tok, err)
+	}
+}
+
+// A chunked answer, and one that a 103 Early Hints precedes, are read
+// whole, and the connection serves the next request.
+func TestSessionsAnswerForms(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter, n int)
+	}{
+		{"chunked", func(w http.ResponseWriter, n int) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"token":"t%d",`, n)
+			w.(http.Flusher).Flush() // no Content-Length: chunked
+			fmt.Fprint(w, `"visitor":{}}`)
+		}},
+		{"early hints", func(w http.ResponseWriter, n int) {
+			w.Header().Set("Link", "</widget.js>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			tokenAnswer(w, n)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newSessionServer(t, "", tc.answer)
+			c := newClient(srv.URL, 1, 0)
+			for i := 1; i <= 2; i++ {
+				tok, err := c.session(context.Background())
+				if err != nil || tok != fmt.Sprint("t", i) {
+					t.Fatalf("session %d: token %q, error %v", i, tok, err)
+				}
+			}
+			if n := srv.conns.Load(); n != 1 {
+				t.Errorf("%d connections, want 1", n)
+			}
+		})
+	}
+}
+
+// A request in flight ends when its context does, with the context's
+// error, and its connection is not kept.
+func TestSessionsContext(t *testing.T) {
+	arrived, unblock := make(chan struct{}), make(chan struct{})
+	srv := newSessionServer(t, "", func(w http.ResponseWriter, n int) {
+		if n == 2 {
+			close(arrived)
+			<-unblock
+		}
+		tokenAnswer(w, n)
+	})
+	defer close(unblock)
+	c := newClient(srv.URL, 1, 0)
+	if _, err := c.session(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-arrived
+		cancel()
+	}()
+	_, err := c.session(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	if kept := len(c.sess.idle); kept != 0 {
+		t.Errorf("%d connections kept after a cancelled request", kept)
 	}
 }

@@ -149,6 +149,19 @@ func (e *HTTPError) Error() string {
 	return fmt.Sprintf("HTTP %d %s: %s", e.Status, e.Err.Code, e.Err.Message)
 }
 
+// ResponseError is the *HTTPError of an answer that is not a success, with
+// its body read: its status, Retry-After and JSON error.
+func ResponseError(resp *http.Response, body []byte) *HTTPError {
+	he := &HTTPError{Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	var eb struct {
+		Error Error `json:"error"`
+	}
+	if json.Unmarshal(body, &eb) == nil {
+		he.Err = eb.Error
+	}
+	return he
+}
+
 // StatusOf returns the HTTP status of an *HTTPError, or 0.
 func StatusOf(err error) int {
 	var he *HTTPError
@@ -205,14 +218,7 @@ func (c *Client) do(ctx context.Context, method, path, token string, body, out a
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		he := &HTTPError{Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
-		var eb struct {
-			Error Error `json:"error"`
-		}
-		if json.Unmarshal(data, &eb) == nil {
-			he.Err = eb.Error
-		}
-		return he
+		return ResponseError(resp, data)
 	}
 	if out == nil {
 		return nil
