@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"math/bits"
 	"sync/atomic"
+	"time"
 )
 
 // identFilter tells the identities that have no conversation apart without
@@ -94,26 +95,49 @@ func (f *identFilter) mayHave(channel, externalID string) bool {
 // long. A variable for tests.
 var identScanPage = 4096
 
-// fillIdentsHook, when set by a test, runs before the scan.
-var fillIdentsHook func()
+// fillIdentsHook, when set by a test, runs before the scan; identPageHook
+// before each page, whose read fails with its error.
+var (
+	fillIdentsHook func()
+	identPageHook  func() error
+)
+
+// identRetry is how long fillIdents waits before it reads a page again
+// after a failure. A variable for tests.
+var identRetry = 5 * time.Second
 
 // fillIdents adds the identities of the conversations stored before Open
 // to s.idents, then marks it ready. The writer adds new ones meanwhile,
 // and those a page after the first will find again are added twice,
-// harmlessly. A failed scan leaves the filter answering "maybe", as if
-// there were none, until the next start.
+// harmlessly. A page that cannot be read is read again identRetry later
+// (the filter answers "maybe" meanwhile, as if there were none), until
+// ctx ends with Close.
 func (s *Store) fillIdents(ctx context.Context) {
 	defer close(s.identsDone)
 	if fillIdentsHook != nil {
 		fillIdentsHook()
 	}
+	failing := false
 	for after := int64(0); ; {
 		n, last, err := s.fillIdentsPage(ctx, after)
 		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("sqlite: reading the identities with a conversation failed; every identity's conversations are queried", "err", err)
+			if ctx.Err() != nil {
+				return
 			}
-			return
+			if !failing {
+				s.log.Warn("sqlite: reading the identities with a conversation failed; every identity's conversations are queried until it succeeds", "err", err)
+				failing = true
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(identRetry):
+			}
+			continue
+		}
+		if failing {
+			s.log.Info("sqlite: reading the identities with a conversation succeeded")
+			failing = false
 		}
 		if n < identScanPage {
 			break
@@ -126,6 +150,11 @@ func (s *Store) fillIdents(ctx context.Context) {
 // fillIdentsPage adds the identities of up to identScanPage conversations
 // with an ID above after, and returns how many it read and the last ID.
 func (s *Store) fillIdentsPage(ctx context.Context, after int64) (n int, last int64, err error) {
+	if identPageHook != nil {
+		if err := identPageHook(); err != nil {
+			return 0, 0, err
+		}
+	}
 	rows, err := s.r.QueryContext(ctx, `SELECT id, channel, external_id FROM conversations WHERE id > ? ORDER BY id LIMIT ?`,
 		after, identScanPage)
 	if err != nil {

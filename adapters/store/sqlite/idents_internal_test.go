@@ -2,10 +2,13 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -204,5 +207,44 @@ func TestIdentFilterBeforeTheScan(t *testing.T) {
 	}
 	if s.idents.mayHave("web", "new") {
 		t.Error("maybe for an identity never stored")
+	}
+}
+
+// A page the scan cannot read is read again: the filter is ready, and
+// right, once it succeeds.
+func TestIdentFilterScanRetries(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "kefu.db")
+	s := openStore(t, Options{Path: path})
+	for i := range 3 {
+		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int, d time.Duration) { identScanPage, identRetry, identPageHook = n, d, nil }(identScanPage, identRetry)
+	identScanPage, identRetry = 2, time.Millisecond
+	var pages, failed atomic.Int64
+	identPageHook = func() error {
+		if pages.Add(1)%2 == 0 { // every second read fails: the second page, once
+			failed.Add(1)
+			return errors.New("disk I/O error")
+		}
+		return nil
+	}
+	s = openStore(t, Options{Path: path})
+	<-s.identsDone
+	if !s.idents.ready.Load() {
+		t.Fatal("the scan gave up")
+	}
+	for i := range 3 {
+		if !s.idents.mayHave("web", fmt.Sprint("old", i)) {
+			t.Errorf("old%d: the scan missed it", i)
+		}
+	}
+	if failed.Load() == 0 {
+		t.Errorf("no read failed in %d", pages.Load())
 	}
 }
