@@ -13,6 +13,23 @@ import (
 	"github.com/kefuhq/kefu/core"
 )
 
+// storedIdentities returns the path of a database that holds a conversation
+// of each of identities old0 … old(n-1) on channel web, closed.
+func storedIdentities(t *testing.T, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kefu.db")
+	s := openStore(t, Options{Path: path})
+	for i := range n {
+		if _, err := s.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // The filter never says "no" for an identity added, says "maybe" for
 // everything until it is ready, and "no" for almost every other.
 func TestIdentFilter(t *testing.T) {
@@ -72,18 +89,9 @@ func TestIdentFilter(t *testing.T) {
 // Open (the scan), those created since, and those moved to an identity.
 func TestIdentFilterConversations(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "kefu.db")
-	s := openStore(t, Options{Path: path})
-	for i := range 3 {
-		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := storedIdentities(t, 3)
 
-	s = openStore(t, Options{Path: path})
+	s := openStore(t, Options{Path: path})
 	<-s.identsDone
 	if !s.idents.ready.Load() {
 		t.Fatal("the scan did not finish")
@@ -162,23 +170,14 @@ func TestIdentFilterClosed(t *testing.T) {
 // The scan reads in pages and finds every one.
 func TestIdentFilterBeforeTheScan(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "kefu.db")
-	s := openStore(t, Options{Path: path})
-	for i := range 5 {
-		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := storedIdentities(t, 5)
 
 	release := make(chan struct{})
 	fillIdentsHook = func() { <-release }
 	defer func() { fillIdentsHook = nil }()
 	defer func(n int) { identScanPage = n }(identScanPage)
 	identScanPage = 2 // 5 conversations: 3 pages, the last one short
-	s = openStore(t, Options{Path: path})
+	s := openStore(t, Options{Path: path})
 	defer func() {
 		select {
 		case <-release:
@@ -213,17 +212,7 @@ func TestIdentFilterBeforeTheScan(t *testing.T) {
 // A page the scan cannot read is read again: the filter is ready, and
 // right, once it succeeds.
 func TestIdentFilterScanRetries(t *testing.T) {
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "kefu.db")
-	s := openStore(t, Options{Path: path})
-	for i := range 3 {
-		if _, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: fmt.Sprint("old", i), Message: core.Message{Kind: core.KindText, Text: "hi"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := storedIdentities(t, 3)
 	defer func(n int, d time.Duration) { identScanPage, identRetry, identPageHook = n, d, nil }(identScanPage, identRetry)
 	identScanPage, identRetry = 2, time.Millisecond
 	var pages, failed atomic.Int64
@@ -234,7 +223,7 @@ func TestIdentFilterScanRetries(t *testing.T) {
 		}
 		return nil
 	}
-	s = openStore(t, Options{Path: path})
+	s := openStore(t, Options{Path: path})
 	<-s.identsDone
 	if !s.idents.ready.Load() {
 		t.Fatal("the scan gave up")
