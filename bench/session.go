@@ -74,10 +74,17 @@ func newSessions(c *client, base string) *sessions {
 // test, and kefu answers every request it reads.) A timeout is not tried
 // again.
 func (s *sessions) start(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
 	var sc *sessionConn
 	select {
 	case sc = <-s.idle:
 	default:
+	}
+	if sc != nil && sc.br.Buffered() > 0 { // bytes nobody asked for: not to be trusted
+		s.done(sc, false)
+		sc = nil
 	}
 	if sc != nil {
 		tok, keep, err := sc.do(ctx, s.req)
@@ -135,8 +142,8 @@ func closedIdle(err error) error {
 }
 
 // sessionTimeout bounds one session request, as the net/http client's
-// timeout does for the bench's other requests.
-const sessionTimeout = 60 * time.Second
+// timeout does for the bench's other requests. A variable for tests.
+var sessionTimeout = 60 * time.Second
 
 // maxSessionAnswer bounds the body of a session request's answer.
 const maxSessionAnswer = 1 << 20
@@ -165,24 +172,29 @@ func (sc *sessionConn) do(ctx context.Context, req []byte) (tok string, keep boo
 		return "", false, closedIdle(err)
 	}
 	var resp *http.Response
-	for {
+	for informational := 0; ; informational++ {
 		if resp, err = http.ReadResponse(sc.br, nil); err != nil {
 			return "", false, err
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		// 1xx (a proxy's 103 Early Hints): the answer follows.
+		// 1xx (a proxy's 103 Early Hints): the answer follows, as net/http
+		// reads up to 5 of them.
+		if informational == 4 {
+			return "", false, errors.New("too many 1xx answers")
+		}
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxSessionAnswer+1))
-	resp.Body.Close()
 	if err != nil {
 		return "", false, err
 	}
 	if len(data) > maxSessionAnswer {
+		// Not closing the body, which would read the rest: the connection goes.
 		return "", false, fmt.Errorf("session answer over %d bytes", maxSessionAnswer)
 	}
-	keep = !resp.Close
+	resp.Body.Close()
+	keep = !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	if resp.StatusCode/100 != 2 {
 		return "", keep, webtest.ResponseError(resp, data)
 	}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // sessionServer answers POST {prefix}/api/v1/visitor/session as answer
@@ -253,5 +254,66 @@ func TestSessionsContext(t *testing.T) {
 	}
 	if kept := len(c.sess.idle); kept != 0 {
 		t.Errorf("%d connections kept after a cancelled request", kept)
+	}
+}
+
+// A request that times out is not made again: a slow server is not sent
+// more load. A switch of protocols leaves the connection unusable.
+func TestSessionsNoRetry(t *testing.T) {
+	unblock := make(chan struct{})
+	srv := newSessionServer(t, "", func(w http.ResponseWriter, n int) {
+		if n == 2 {
+			<-unblock
+		}
+		tokenAnswer(w, n)
+	})
+	defer close(unblock)
+	c := newClient(srv.URL, 1, 0)
+	if _, err := c.session(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { sessionTimeout = d }(sessionTimeout)
+	sessionTimeout = 200 * time.Millisecond // the second request is never answered
+	var ne net.Error
+	if _, err := c.session(context.Background()); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("error %v, want a timeout", err)
+	}
+	srv.mu.Lock()
+	n := len(srv.seen)
+	srv.mu.Unlock()
+	if n != 2 {
+		t.Errorf("the server saw %d requests, want 2", n)
+	}
+	if kept := len(c.sess.idle); kept != 0 {
+		t.Errorf("%d connections kept after a timeout", kept)
+	}
+
+	// A context already ended sends nothing.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.session(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	srv.mu.Lock()
+	n = len(srv.seen)
+	srv.mu.Unlock()
+	if n != 2 {
+		t.Errorf("the server saw %d requests after an ended context, want 2", n)
+	}
+}
+
+// A 101 answer leaves nothing to reuse.
+func TestSessionsSwitchingProtocols(t *testing.T) {
+	srv := newSessionServer(t, "", func(w http.ResponseWriter, _ int) {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+	})
+	c := newClient(srv.URL, 1, 0)
+	if _, err := c.session(context.Background()); err == nil {
+		t.Fatal("a session from a 101 answer")
+	}
+	if kept := len(c.sess.idle); kept != 0 {
+		t.Errorf("%d connections kept after a 101", kept)
 	}
 }

@@ -30,6 +30,17 @@ func storedIdentities(t *testing.T, n int) string {
 	return path
 }
 
+// waitScan waits for s's identity scan to end, failing the test if it
+// does not within a minute (a scan that loops).
+func waitScan(t *testing.T, s *Store) {
+	t.Helper()
+	select {
+	case <-s.identsDone:
+	case <-time.After(time.Minute):
+		t.Fatal("the identity scan did not end")
+	}
+}
+
 // The filter never says "no" for an identity added, says "maybe" for
 // everything until it is ready, and "no" for almost every other.
 func TestIdentFilter(t *testing.T) {
@@ -92,7 +103,7 @@ func TestIdentFilterConversations(t *testing.T) {
 	path := storedIdentities(t, 3)
 
 	s := openStore(t, Options{Path: path})
-	<-s.identsDone
+	waitScan(t, s)
 	if !s.idents.ready.Load() {
 		t.Fatal("the scan did not finish")
 	}
@@ -142,7 +153,7 @@ func TestIdentFilterConversations(t *testing.T) {
 func TestIdentFilterNotReady(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, Options{})
-	<-s.identsDone
+	waitScan(t, s)
 	s.idents.ready.Store(false)
 	before := s.identSkips.Load()
 	cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: "new", Limit: 1})
@@ -178,12 +189,13 @@ func TestIdentFilterBeforeTheScan(t *testing.T) {
 	defer func(n int) { identScanPage = n }(identScanPage)
 	identScanPage = 2 // 5 conversations: 3 pages, the last one short
 	s := openStore(t, Options{Path: path})
-	defer func() {
+	defer func() { // on a failure before the release: let the scan end before the globals are restored
 		select {
 		case <-release:
 		default:
 			close(release)
 		}
+		<-s.identsDone
 	}()
 	for i := range 5 {
 		cs, err := s.Conversations(ctx, core.ConversationFilter{Channel: "web", ExternalID: fmt.Sprint("old", i), Limit: 1})
@@ -195,7 +207,7 @@ func TestIdentFilterBeforeTheScan(t *testing.T) {
 		t.Fatal("the filter answered before the scan")
 	}
 	close(release)
-	<-s.identsDone
+	waitScan(t, s)
 	if !s.idents.ready.Load() {
 		t.Fatal("the scan did not finish")
 	}
@@ -224,7 +236,7 @@ func TestIdentFilterScanRetries(t *testing.T) {
 		return nil
 	}
 	s := openStore(t, Options{Path: path})
-	<-s.identsDone
+	waitScan(t, s)
 	if !s.idents.ready.Load() {
 		t.Fatal("the scan gave up")
 	}
