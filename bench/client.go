@@ -21,7 +21,8 @@ import (
 )
 
 // client reaches one server (kefu or the reference) through the protocol of
-// docs/protocol.md: sessions and long polling through webtest, and its own
+// docs/protocol.md: logins and long polling through webtest, sessions over
+// kept connections of its own (sessions; webtest for https), and its own
 // lean WebSocket connections for the hot loop.
 type client struct {
 	base   string
