@@ -42,9 +42,9 @@ const DefaultRedrain = 2 * time.Second
 // DefaultOfflineAfter is Config.OfflineAfter's default.
 const DefaultOfflineAfter = 30 * time.Second
 
-// offlineBatch bounds the waiting conversations one Run pass sends the
-// offline reply to: the oldest ones.
-const offlineBatch = 1000
+// offlinePage is how many waiting conversations the offline pass reads at
+// a time (the stores' largest page). A variable for tests.
+var offlinePage = 500
 
 // Service is the session-and-agent core: every channel hands customer
 // messages to Ingest, and every agent action (from the console, Work WeChat,
@@ -465,8 +465,8 @@ func (s *Service) Run(ctx context.Context) error {
 // were waiting when everyone left (agents at capacity, then gone): a
 // conversation that arrives with nobody available gets it from routeNew,
 // but those already queued would otherwise wait in silence. It waits until
-// nobody has been available for Config.OfflineAfter, and covers the oldest
-// offlineBatch waiting.
+// nobody has been available for Config.OfflineAfter, and covers every
+// conversation waiting.
 func (s *Service) offlineWaiting(ctx context.Context) {
 	if s.cfg.OfflineReply == "" {
 		return
@@ -477,19 +477,30 @@ func (s *Service) offlineWaiting(ctx context.Context) {
 	if since.IsZero() || sent || s.now().Sub(since) < s.cfg.OfflineAfter {
 		return
 	}
-	queue, err := s.store.Queue(ctx, offlineBatch)
-	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Warn("routing: offline replies to the queue", "err", err)
-		}
-		return
-	}
-	for _, c := range queue {
-		// Each checks again that nobody is available; a failure leaves
-		// the pass to be tried again at the next tick.
-		if err := s.offlineReply(ctx, c.ID); err != nil {
+	// Every waiting conversation, a page at a time, newest first (the
+	// queue's own read stops at one page): a pass tried again after a
+	// failure finds those answered already and skips them (autoReply's
+	// dedup key).
+	for before := int64(0); ; {
+		page, err := s.store.Conversations(ctx, ConversationFilter{Statuses: []ConversationStatus{StatusPending},
+			BeforeID: before, Limit: offlinePage})
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("routing: offline replies to the queue", "err", err)
+			}
 			return
 		}
+		for _, c := range page {
+			// Each checks again that nobody is available; a failure leaves
+			// the pass to be tried again at the next tick.
+			if err := s.offlineReply(ctx, c.ID); err != nil {
+				return
+			}
+		}
+		if len(page) < offlinePage {
+			break
+		}
+		before = page[len(page)-1].ID
 	}
 	s.fullMu.Lock()
 	if s.nobodySince.Equal(since) {

@@ -1041,6 +1041,44 @@ func TestOfflineReplyToTheQueueWhenEveryoneLeaves(t *testing.T) {
 	}
 }
 
+// The offline pass reaches every waiting conversation, not only the first
+// page of the queue.
+func TestOfflineReplyToTheWholeQueue(t *testing.T) {
+	defer core.SetOfflinePage(2)()
+	f := newFixture(t, core.Config{Strategy: core.RoundRobin, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
+		OfflineReply: "away", Redrain: 5 * time.Millisecond, OfflineAfter: time.Minute}, 1, 0)
+	leave := f.presence.Connect(f.agents[0].ID)
+	x := f.say("x", "1", "hello").Conversation.ID
+	var waiting []int64
+	for i := range 5 { // 5 waiting: three pages of 2
+		waiting = append(waiting, f.say(fmt.Sprint("w", i), fmt.Sprint("m", i), "hello").Conversation.ID)
+	}
+	leave()
+	if err := f.svc.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer f.run()()
+	f.clock.Advance(time.Minute)
+	all := func() bool {
+		for _, id := range waiting {
+			if f.botMessages(id) == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(all)
+	time.Sleep(50 * time.Millisecond) // more passes: still one reply each
+	for _, id := range waiting {
+		if n := f.botMessages(id); n != 1 {
+			t.Errorf("waiting conversation %d got %d offline replies, want 1", id, n)
+		}
+	}
+	if n := f.botMessages(x); n != 0 {
+		t.Errorf("conversation x, with its agent, got %d offline replies, want 0", n)
+	}
+}
+
 // A node that starts while its agents have yet to reconnect has not seen
 // everyone leave: the conversations waiting in the store get no offline
 // reply however long the agents take.
