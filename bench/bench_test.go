@@ -617,3 +617,27 @@ func TestRatios(t *testing.T) {
 		t.Errorf("with kefu's CPU unknown: %+v", got)
 	}
 }
+
+// cpuPer divides the CPU used by the operations done, and gives 0 for a
+// figure not known: a server whose sampler failed, an unreadable rusage
+// (-1), no operation.
+func TestCPUPer(t *testing.T) {
+	srv := ServerFigures{CPUSeconds: 0.5}
+	for _, tc := range []struct {
+		name           string
+		srv            ServerFigures
+		cpu0, cpu1     time.Duration
+		n              int64
+		server, client float64
+	}{
+		{"both", srv, time.Second, 1250 * time.Millisecond, 1000, 500, 250},
+		{"server unknown", ServerFigures{CPUSeconds: 0.5, Error: "no /proc"}, 0, time.Second, 1000, 0, 1000},
+		{"client unknown", srv, -1, time.Second, 1000, 500, 0},
+		{"nothing done", srv, 0, time.Second, 0, 0, 0},
+	} {
+		server, client := cpuPer(tc.srv, tc.cpu0, tc.cpu1, tc.n)
+		if server != tc.server || client != tc.client {
+			t.Errorf("%s: %v µs server, %v µs client; want %v, %v", tc.name, server, client, tc.server, tc.client)
+		}
+	}
+}

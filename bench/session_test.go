@@ -227,9 +227,11 @@ func TestSessionsAnswerForms(t *testing.T) {
 	}
 }
 
-// A request in flight ends when its context does, with the context's
-// error, and its connection is not kept.
-func TestSessionsContext(t *testing.T) {
+// stallSecond returns a server that answers the first session request and
+// holds the second one until the test ends (arrived is closed when it
+// comes), and a client that has made the first.
+func stallSecond(t *testing.T) (*sessionServer, *client, <-chan struct{}) {
+	t.Helper()
 	arrived, unblock := make(chan struct{}), make(chan struct{})
 	srv := newSessionServer(t, "", func(w http.ResponseWriter, n int) {
 		if n == 2 {
@@ -238,11 +240,18 @@ func TestSessionsContext(t *testing.T) {
 		}
 		tokenAnswer(w, n)
 	})
-	defer close(unblock)
+	t.Cleanup(func() { close(unblock) }) // before the server's Close, registered earlier, waits for it
 	c := newClient(srv.URL, 1, 0)
 	if _, err := c.session(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return srv, c, arrived
+}
+
+// A request in flight ends when its context does, with the context's
+// error, and its connection is not kept.
+func TestSessionsContext(t *testing.T) {
+	_, c, arrived := stallSecond(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		<-arrived
@@ -260,18 +269,7 @@ func TestSessionsContext(t *testing.T) {
 // A request that times out is not made again: a slow server is not sent
 // more load. A switch of protocols leaves the connection unusable.
 func TestSessionsNoRetry(t *testing.T) {
-	unblock := make(chan struct{})
-	srv := newSessionServer(t, "", func(w http.ResponseWriter, n int) {
-		if n == 2 {
-			<-unblock
-		}
-		tokenAnswer(w, n)
-	})
-	defer close(unblock)
-	c := newClient(srv.URL, 1, 0)
-	if _, err := c.session(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	srv, c, _ := stallSecond(t)
 	defer func(d time.Duration) { sessionTimeout = d }(sessionTimeout)
 	sessionTimeout = 200 * time.Millisecond // the second request is never answered
 	var ne net.Error
