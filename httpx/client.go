@@ -1,6 +1,7 @@
 package httpx
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -131,4 +132,100 @@ func (l *Limiter) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.buckets)
+}
+
+// Window is one limit of a WindowLimiter: at most N events in any span of
+// Span.
+type Window struct {
+	N    int
+	Span time.Duration
+}
+
+// WindowLimiter allows each key at most Window.N events in any span of
+// Window.Span, for every window given: a sliding log of the key's recent
+// events, exact where a token bucket is not (a bucket with burst b lets
+// b + rate × span through in a span). For providers that drop, rather than
+// refuse, what goes over their limit. Keys idle for the longest span are
+// forgotten. Safe for concurrent use.
+type WindowLimiter struct {
+	windows []Window
+	longest time.Duration
+	cap     int // events kept per key: the largest N
+	now     func() time.Time
+
+	mu    sync.Mutex
+	logs  map[string]*eventLog
+	swept time.Time
+}
+
+// eventLog is a ring of a key's most recent events, oldest at head.
+type eventLog struct {
+	at   []time.Time
+	head int
+}
+
+// NewWindowLimiter returns a limiter enforcing every window (each N ≥ 1,
+// Span > 0).
+func NewWindowLimiter(windows ...Window) *WindowLimiter {
+	l := &WindowLimiter{windows: windows, now: time.Now, logs: map[string]*eventLog{}}
+	for _, w := range windows {
+		if w.N < 1 || w.Span <= 0 {
+			panic(fmt.Sprintf("httpx: window limit %d per %v", w.N, w.Span))
+		}
+		l.cap = max(l.cap, w.N)
+		l.longest = max(l.longest, w.Span)
+	}
+	return l
+}
+
+// Allow records one event for key if every window has room for it, and
+// otherwise returns false and how long until it would.
+func (l *WindowLimiter) Allow(key string) (bool, time.Duration) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > l.longest {
+		for k, g := range l.logs {
+			if newest := g.at[(g.head+len(g.at)-1)%len(g.at)]; now.Sub(newest) >= l.longest {
+				delete(l.logs, k)
+			}
+		}
+		l.swept = now
+	}
+	g := l.logs[key]
+	var wait time.Duration
+	if g != nil {
+		n := len(g.at)
+		for _, w := range l.windows {
+			if n < w.N {
+				continue
+			}
+			// The w.N-th most recent event: while it is within the span,
+			// one more would make w.N + 1 in it.
+			if d := g.at[(g.head+n-w.N)%n].Add(w.Span).Sub(now); d > wait {
+				wait = d
+			}
+		}
+	}
+	if wait > 0 {
+		return false, wait
+	}
+	if g == nil {
+		g = &eventLog{at: make([]time.Time, 0, min(l.cap, 8))}
+		l.logs[key] = g
+	}
+	if len(g.at) < l.cap {
+		g.at = append(g.at, now)
+	} else {
+		g.at[g.head] = now
+		g.head = (g.head + 1) % len(g.at)
+	}
+	return true, 0
+}
+
+// Len reports how many keys the limiter holds (for tests and metrics).
+func (l *WindowLimiter) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.logs)
 }

@@ -157,3 +157,73 @@ func FuzzUnmarshal(f *testing.F) {
 		_ = Unmarshal(data, &v)
 	})
 }
+
+func TestWindowLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := NewWindowLimiter(Window{N: 3, Span: time.Minute}, Window{N: 5, Span: time.Hour})
+	l.now = func() time.Time { return now }
+	allow := func(key string) (bool, time.Duration) {
+		t.Helper()
+		return l.Allow(key)
+	}
+	// The whole window at once: no bucket refilling on top of it.
+	for i := range 3 {
+		if ok, _ := allow("a"); !ok {
+			t.Fatalf("event %d refused within the window", i)
+		}
+		now = now.Add(time.Second)
+	}
+	ok, wait := allow("a")
+	if ok || wait != 57*time.Second { // the first event leaves the minute at 1060
+		t.Fatalf("fourth event in the minute: ok %v wait %v, want false 57s", ok, wait)
+	}
+	if ok, _ := allow("b"); !ok {
+		t.Fatal("another key is limited by the first")
+	}
+	// In any minute, never more than 3: just before the first event leaves,
+	// still refused; at its end, one more.
+	now = now.Add(wait - time.Millisecond)
+	if ok, _ := allow("a"); ok {
+		t.Fatal("allowed before the oldest event left the minute")
+	}
+	now = now.Add(time.Millisecond)
+	if ok, _ := allow("a"); !ok {
+		t.Fatal("refused after waiting the advertised time")
+	}
+	if ok, _ := allow("a"); ok {
+		t.Fatal("a fifth event in the minute the fourth was allowed in")
+	}
+	// The hour: 5 events, then the wait is for the hour, not the minute.
+	now = now.Add(2 * time.Minute)
+	if ok, _ := allow("a"); !ok {
+		t.Fatal("fifth event of the hour refused")
+	}
+	now = now.Add(2 * time.Minute)
+	ok, wait = allow("a")
+	if ok || wait <= time.Minute || wait > time.Hour {
+		t.Fatalf("sixth event in the hour: ok %v wait %v", ok, wait)
+	}
+	now = now.Add(wait)
+	if ok, _ := allow("a"); !ok {
+		t.Fatal("refused after the hour's wait")
+	}
+	// Keys idle for the longest span are forgotten.
+	now = now.Add(2 * time.Hour)
+	allow("c")
+	if n := l.Len(); n != 1 {
+		t.Fatalf("idle keys kept: %d", n)
+	}
+}
+
+func TestWindowLimiterRejectsEmptyWindow(t *testing.T) {
+	for _, w := range []Window{{N: 0, Span: time.Minute}, {N: 1, Span: 0}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("NewWindowLimiter(%+v) did not panic", w)
+				}
+			}()
+			NewWindowLimiter(w)
+		}()
+	}
+}

@@ -64,10 +64,13 @@ const (
 	MaxBodyBytes = 64 << 10
 	// maxEchoStr bounds the URL check's echostr.
 	maxEchoStr = 1024
-	// perMinute and burst rate-limit app messages to one member: Work
-	// WeChat accepts about 30 per minute per member per app.
+	// perMinute and perHour limit app messages to one member. Work
+	// WeChat takes at most 30 a minute and 1,000 an hour per member per
+	// app and silently drops the rest (errcode 0; "访问频率限制",
+	// developer.work.weixin.qq.com/document/path/90454), so the limits are
+	// sliding windows, exact, and what is over them waits in the outbox.
 	perMinute = 30
-	burst     = 20
+	perHour   = 1000
 	// backlogSize is how many waiting customer messages an assignment
 	// notification shows.
 	backlogSize = 10
@@ -152,7 +155,7 @@ type Channel struct {
 	now     func() time.Time
 	kicker  *bridge.Notifier // nil without a bus: entries wait for the outbox sweep
 	tokens  *wxapi.Tokens
-	limiter *httpx.Limiter
+	limiter *httpx.WindowLimiter
 
 	agentsMu sync.Mutex
 	agents   []core.Agent
@@ -190,7 +193,7 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 		log:     log.With("channel", name),
 		now:     time.Now,
 		tokens:  wxapi.NewTokens(cache, "gettoken", handle.GetAccessTokenContext),
-		limiter: httpx.NewLimiter(perMinute, time.Minute, burst),
+		limiter: httpx.NewWindowLimiter(httpx.Window{N: perMinute, Span: time.Minute}, httpx.Window{N: perHour, Span: time.Hour}),
 		release: release,
 	}
 	if deps.Bus != nil {
