@@ -1,6 +1,8 @@
 package wechat
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -94,7 +96,7 @@ func toInbound(m *message.MixMessage) (in inbound, ok bool) {
 	in.OpenID = string(m.FromUserName)
 	in.ID = "msg:" + strconv.FormatInt(m.MsgID, 10)
 	if m.MsgID == 0 {
-		in.ID = fmt.Sprintf("evt:%s:%d:%s", in.OpenID, m.CreateTime, clean(string(m.MsgType)+"/"+string(m.Event), maxIDLen))
+		in.ID = eventID(m)
 	}
 	in.Kind = core.KindText
 	switch m.MsgType {
@@ -133,6 +135,19 @@ func toInbound(m *message.MixMessage) (in inbound, ok bool) {
 		in.Text = "[unsupported WeChat message: " + clean(string(m.MsgType), 64) + "]"
 	}
 	return in, true
+}
+
+// eventID is an event's dedup key. WeChat gives events no MsgId and
+// recommends FromUserName + CreateTime, but CreateTime is in seconds: two
+// menu clicks in one second would be one. The event's key and scan result
+// (a retry repeats them) tell them apart.
+func eventID(m *message.MixMessage) string {
+	id := fmt.Sprintf("evt:%s:%d:%s", m.FromUserName, m.CreateTime, clean(string(m.MsgType)+"/"+string(m.Event), maxIDLen))
+	if m.EventKey == "" && m.ScanCodeInfo.ScanResult == "" {
+		return id
+	}
+	sum := sha256.Sum256([]byte(m.EventKey + "\x00" + m.ScanCodeInfo.ScanResult))
+	return id + ":" + hex.EncodeToString(sum[:8])
 }
 
 // eventInbound maps the events that open WeChat's 48-hour window (follow,

@@ -57,6 +57,13 @@ func (c *Channel) verifyURL(w http.ResponseWriter, r *http.Request) {
 		httpx.Error(w, http.StatusBadRequest, httpx.CodeBadRequest, "echostr: missing or too long")
 		return
 	}
+	// The URL check's query is signed as a callback's is: remembered, it
+	// cannot be posted again with a body of someone else's making. (A NUL
+	// keeps the marker from ever equalling a posted body.)
+	if !c.replays.Check(q.Get("timestamp"), q.Get("nonce"), q.Get("signature"), []byte("\x00GET\x00"+echo), false, c.now()) {
+		httpx.Error(w, http.StatusForbidden, httpx.CodeForbidden, ErrReplayed.Error())
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	_, _ = io.WriteString(w, echo)

@@ -185,6 +185,14 @@ func TestDuplicatesStoredOnce(t *testing.T) {
 	if ms := h.messages(h.conversation("o-dup").ID); len(ms) != 3 {
 		t.Fatalf("%d messages after a second click, want 3", len(ms))
 	}
+	// And another menu in the same second too (CreateTime is in seconds).
+	other := h.acct.Event("o-dup", "CLICK", "TALK_TO_AGENT", created)
+	for range 2 {
+		h.post(wechattest.Plain, other)
+	}
+	if ms := h.messages(h.conversation("o-dup").ID); len(ms) != 4 || ms[3].Text != "[menu] TALK_TO_AGENT" {
+		t.Fatalf("messages after another menu in the same second = %+v, want it stored once", ms)
+	}
 }
 
 func TestInboundKinds(t *testing.T) {
@@ -528,6 +536,37 @@ func TestReplayedQueryRefused(t *testing.T) {
 	}
 	if cs := h.conversations(); len(cs) != 1 || cs[0].ExternalID != "o-real" {
 		t.Fatalf("conversations = %+v, want o-real's only", cs)
+	}
+}
+
+// TestURLCheckQueryNotReusable: the URL check's query is signed as a
+// callback's is. Copied (from an access log, say) and posted with a
+// plaintext body, it is refused and stores nothing; the same URL check
+// again is still answered.
+func TestURLCheckQueryNotReusable(t *testing.T) {
+	h := newHarness(t, options{})
+	check, err := h.acct.VerifyRequest(h.srv.URL, "echo-5678")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if code, body := h.do(check.Clone(context.Background())); code != http.StatusOK || body != "echo-5678" {
+			t.Fatalf("URL check, time %d: %d %q", i+1, code, body)
+		}
+	}
+	q := check.URL.Query()
+	q.Del("echostr")
+	q.Set("openid", "o-forged")
+	forged := h.acct.Text("o-forged", "forged", 3)
+	req, err := http.NewRequest(http.MethodPost, check.URL.Scheme+"://"+check.URL.Host+check.URL.Path+"?"+q.Encode(), bytes.NewReader(forged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := h.do(req); code != http.StatusForbidden {
+		t.Errorf("URL check's query, plaintext forged body: HTTP %d, want 403", code)
+	}
+	if cs := h.conversations(); len(cs) != 0 {
+		t.Fatalf("conversations = %+v, want none", cs)
 	}
 }
 
