@@ -603,6 +603,13 @@ func (d *Deliverer) send(ctx context.Context, out Outgoing) (res SendResult, err
 
 // retry records a failed attempt and sets the key's timer for next.
 func (d *Deliverer) retry(log *slog.Logger, e core.OutboxEntry, next time.Time, sendErr error) {
+	// No wait outlasts the entry's time to give up: a provider's
+	// Retry-After of a year would hold the key's later entries behind it
+	// for that long. The attempt at the give-up time fails it for good
+	// unless it goes through.
+	if giveUp := e.CreatedAt.Add(d.cfg.GiveUpAfter); next.After(giveUp) {
+		next = giveUp
+	}
 	ctx, cancel := d.storeCtx()
 	defer cancel()
 	if err := d.cfg.Store.RetryOutbox(ctx, e.ID, next, clip(sendErr.Error(), maxLastError)); err != nil &&

@@ -436,6 +436,28 @@ func TestDeliverRetryAfterHonoured(t *testing.T) {
 	}
 }
 
+// TestDeliverRetryAfterClampedToGiveUp: a Retry-After longer than the
+// entry has left does not hold it (and its key) beyond the give-up time:
+// it is tried again then, and failed for good if that fails too.
+func TestDeliverRetryAfterClampedToGiveUp(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	t0 := h.clock.Now()
+	e := h.store.addReply(channel, 1, "hi", t0.Add(-24*time.Hour+time.Minute))
+	year := bridge.RetryAfter(365*24*time.Hour, errors.New("429 Too Many Requests"))
+	h.sender.fail(e.ID, year, year)
+	h.kick(e)
+	h.waitAttempts(e.ID, 1)
+	if got, _ := h.store.entry(e.ID); !got.NextAttemptAt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("next attempt at t0+%v, want t0+1m (the give-up time)", got.NextAttemptAt.Sub(t0))
+	}
+	h.clock.Advance(time.Minute)
+	h.waitFinished(e.ID)
+	if m := h.store.message(e.MessageID); m.Status != core.MsgFailed || !strings.Contains(m.FailReason, "not delivered within 24h0m0s") {
+		t.Fatalf("message %q %q, want failed with the give-up reason", m.Status, m.FailReason)
+	}
+}
+
 func TestDeliverBackingOffKeyDoesNotBlockOthers(t *testing.T) {
 	h := newHarness(t)
 	h.start(func(c *bridge.DelivererConfig) { c.Workers = 1 })

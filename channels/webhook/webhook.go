@@ -97,11 +97,17 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 		name:   name,
 		cfg:    cfg,
 		svc:    deps.Service,
-		client: &http.Client{Timeout: cfg.Timeout},
+		client: &http.Client{Timeout: cfg.Timeout, CheckRedirect: noRedirects},
 		log:    log.With("channel", name),
 		now:    time.Now,
 	}, nil
 }
+
+// noRedirects keeps a delivery where deliver_url says. Following a 301,
+// 302 or 303 turns the POST into a GET without its body, and a 2xx from
+// there would mark a reply sent that nobody received; a 307 or 308 would
+// send the signed body to another address. The 3xx is an error instead.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // Name implements channels.Channel.
 func (c *Channel) Name() string { return c.name }
@@ -313,6 +319,12 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 		var dr DeliveryReply
 		_ = json.Unmarshal(respBody, &dr) // the id is optional
 		return bridge.SendResult{ExternalID: dr.ID}, nil
+	case resp.StatusCode/100 == 3:
+		reason := fmt.Sprintf("deliver_url redirects (HTTP %d)", resp.StatusCode)
+		if loc := resp.Header.Get("Location"); loc != "" && utf8.ValidString(loc) {
+			reason += " to " + truncate(loc, 200)
+		}
+		return bridge.SendResult{}, bridge.Permanent(reason+"; set deliver_url to the final address", fmt.Errorf("webhook: deliver: HTTP %d", resp.StatusCode))
 	case resp.StatusCode == http.StatusTooManyRequests:
 		return bridge.SendResult{}, bridge.RetryAfter(retryAfter(resp.Header.Get("Retry-After"), c.now()), fmt.Errorf("webhook: deliver: HTTP 429"))
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooEarly:

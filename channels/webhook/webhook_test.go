@@ -1,9 +1,18 @@
 package webhook
 
 import (
+	"context"
+	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kefuhq/kefu/bridge"
+	"github.com/kefuhq/kefu/channels"
+	"github.com/kefuhq/kefu/core"
 )
 
 func TestSignVerify(t *testing.T) {
@@ -88,4 +97,37 @@ func FuzzParseInbound(f *testing.F) {
 			t.Fatalf("accepted an incomplete message: %+v", in)
 		}
 	})
+}
+
+// TestSendDoesNotFollowRedirects: a deliver_url that redirects fails the
+// reply with a reason that says so. Followed, a 302 would have become a
+// GET without the reply, and its 2xx would have marked the reply sent.
+func TestSendDoesNotFollowRedirects(t *testing.T) {
+	var reached atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/302":
+			http.Redirect(w, r, "/final", http.StatusFound)
+		case "/307":
+			http.Redirect(w, r, "/final", http.StatusTemporaryRedirect)
+		default:
+			reached.Add(1)
+		}
+	}))
+	defer srv.Close()
+	for _, path := range []string{"/302", "/307"} {
+		ch, err := New("crm", Config{Secret: "s", DeliverURL: srv.URL + path, Timeout: 5 * time.Second}, channels.Deps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &core.Message{ID: 1, ConversationID: 1, Seq: 2, Kind: core.KindText, Text: "your order ships today"}
+		_, err = ch.Send(context.Background(), bridge.Outgoing{Message: m, Conversation: &core.Conversation{ID: 1, ExternalID: "cust-1"}})
+		var perm *bridge.PermanentError
+		if !errors.As(err, &perm) || !strings.Contains(perm.Reason, "redirects") || !strings.Contains(perm.Reason, "/final") {
+			t.Errorf("%s: Send = %v, want a permanent failure saying where it redirects", path, err)
+		}
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("the redirect's target got %d requests, want 0", n)
+	}
 }
