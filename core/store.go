@@ -68,8 +68,10 @@ type Store interface {
 	SetStatus(ctx context.Context, c StatusChange) (Changed, error)
 
 	// UpdateStatus moves one message's delivery status forward and records
-	// u.Reason (failed) and u.ExternalID when given. changed is false, and
-	// nothing is written, when the status would not advance.
+	// u.Reason (failed) and u.ExternalID when given. changed is false when
+	// the status would not advance; then only u.ExternalID is recorded, if
+	// the message has none yet (a receipt that got ahead of the send's
+	// answer).
 	UpdateStatus(ctx context.Context, u StatusUpdate) (m Message, changed bool, err error)
 
 	// MarkUpTo advances to r.Status every message of the conversation with a

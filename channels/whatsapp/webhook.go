@@ -183,7 +183,11 @@ func (c *Channel) ingest(ctx context.Context, in inbound) error {
 		}
 	}
 	res, err := c.svc.Ingest(ctx, core.Inbound{Channel: c.name, ExternalID: ext, Name: in.name, Message: msg})
-	if msg.Media != nil && (err != nil || res.Duplicate) {
+	// The file goes only when no message can point at it: a repeat, or a
+	// message refused before any write. After another error the write may
+	// still have committed (core.Store), and a file too many is better
+	// than a stored message whose file is gone.
+	if msg.Media != nil && (res.Duplicate || errors.Is(err, core.ErrInvalid)) {
 		c.dropMedia(ctx, msg.Media.Key)
 	}
 	if err != nil {

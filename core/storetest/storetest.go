@@ -833,6 +833,23 @@ func testMessageByExternalID(t *testing.T, s core.Store) {
 	if err != nil || found.ID != m.ID || found.Status != core.MsgDelivered {
 		t.Errorf("MessageByExternalID = %+v, %v", found, err)
 	}
+	// A receipt that got ahead of the send's answer: the late "sent" does
+	// not move the status back, and its id is kept; a later id does not
+	// replace it.
+	early := appendMsg(t, s, wa.ID, agentText(1, "another reply", at(2*time.Second))).Message
+	if _, _, err := s.UpdateStatus(ctx, core.StatusUpdate{MessageID: early.ID, Status: core.MsgDelivered}); err != nil {
+		t.Fatal(err)
+	}
+	got, changed, err = s.UpdateStatus(ctx, core.StatusUpdate{MessageID: early.ID, Status: core.MsgSent, ExternalID: "wamid.LATE"})
+	if err != nil || changed || got.Status != core.MsgDelivered || got.ExternalID != "wamid.LATE" {
+		t.Errorf("late sent with its id: %+v changed %v err %v, want delivered with wamid.LATE, unchanged", got, changed, err)
+	}
+	if _, _, err := s.UpdateStatus(ctx, core.StatusUpdate{MessageID: early.ID, Status: core.MsgSent, ExternalID: "wamid.OTHER"}); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := s.MessageByExternalID(ctx, "wa", "wamid.LATE"); err != nil || found.ID != early.ID || found.Status != core.MsgDelivered {
+		t.Errorf("MessageByExternalID(wamid.LATE) = %+v, %v", found, err)
+	}
 	// Another channel does not know it.
 	_, err = s.MessageByExternalID(ctx, "tg", "wamid.ABC")
 	wantErr(t, "other channel", err, core.ErrNotFound)

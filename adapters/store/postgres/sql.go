@@ -152,6 +152,8 @@ const (
 			external_id = COALESCE($4::text, m.external_id)
 		WHERE m.id = $1 AND m.status = ANY($5::text[])
 		RETURNING ` + msgCols
+	// sqlMsgExternalID records the provider's id of a message that has none.
+	sqlMsgExternalID = `UPDATE messages SET external_id = $2 WHERE id = $1 AND external_id IS NULL`
 
 	sqlAgent     = `SELECT ` + agentCols + ` FROM agents a WHERE a.id = $1`
 	sqlAgentLock = `SELECT 1 FROM agents WHERE id = $1 FOR UPDATE`

@@ -118,7 +118,16 @@ func (w *wtx) updateStatus(u core.StatusUpdate) (core.Message, bool, error) {
 	}
 	// Not moved: missing, or the status would not advance.
 	m, err = w.msg(u.MessageID)
-	return m, false, err
+	if err != nil || u.ExternalID == "" || m.ExternalID != "" {
+		return m, false, err
+	}
+	// A receipt got ahead of the send's answer: the status stays, and the
+	// provider's id is still kept.
+	if _, err := w.exec(sqlMsgExternalID, m.ID, u.ExternalID); err != nil {
+		return m, false, dbErr(err, "update message %d", m.ID)
+	}
+	m.ExternalID = u.ExternalID
+	return m, false, nil
 }
 
 // changeFailed explains why a conditional update of conversation id wrote

@@ -163,7 +163,14 @@ func (w *wtx) updateStatus(u core.StatusUpdate) (core.Message, bool, error) {
 		return m, false, err
 	}
 	if !m.Status.Advances(u.Status) {
-		return m, false, nil
+		if u.ExternalID == "" || m.ExternalID != "" {
+			return m, false, nil
+		}
+		// A receipt got ahead of the send's answer: the status stays, and
+		// the provider's id is still kept.
+		m.ExternalID = u.ExternalID
+		_, err = w.exec(stMsgStatus, string(m.Status), m.FailReason, nullStr(m.ExternalID), m.ID)
+		return m, false, dbErr(err, "update message %d", m.ID)
 	}
 	m.Status = u.Status
 	if u.Status == core.MsgFailed {
