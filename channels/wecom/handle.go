@@ -85,7 +85,8 @@ func (c *Channel) command(ctx context.Context, a core.Agent, m Message) error {
 	case OpSelect:
 		return c.selectCmd(ctx, a, cmd.Conv)
 	case OpAnswer:
-		return c.answer(ctx, a, cmd.Conv, core.Message{Kind: core.KindText, Text: cmd.Text, DedupKey: c.dedupKey(m)}, true)
+		_, err := c.answer(ctx, a, cmd.Conv, core.Message{Kind: core.KindText, Text: cmd.Text, DedupKey: c.dedupKey(m)}, true)
+		return err
 	default: // OpReply
 		conv, problem, err := c.target(ctx, a)
 		if err != nil {
@@ -94,38 +95,39 @@ func (c *Channel) command(ctx context.Context, a core.Agent, m Message) error {
 		if problem != "" {
 			return c.tell(ctx, to, problem)
 		}
-		return c.answer(ctx, a, conv.ID, core.Message{Kind: core.KindText, Text: cmd.Text, DedupKey: c.dedupKey(m)}, false)
+		_, err = c.answer(ctx, a, conv.ID, core.Message{Kind: core.KindText, Text: cmd.Text, DedupKey: c.dedupKey(m)}, false)
+		return err
 	}
 }
 
 // answer sends msg to conversation convID as a's reply, through the
 // console's path (core.Service.Reply), and selects it when sel is set.
-func (c *Channel) answer(ctx context.Context, a core.Agent, convID int64, msg core.Message, sel bool) error {
+func (c *Channel) answer(ctx context.Context, a core.Agent, convID int64, msg core.Message, sel bool) (core.Message, error) {
 	conv, err := c.store.Conversation(ctx, convID)
 	if errors.Is(err, core.ErrNotFound) {
-		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("There is no conversation #%d; nothing was sent.", convID))
+		return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("There is no conversation #%d; nothing was sent.", convID))
 	}
 	if err != nil {
-		return err
+		return core.Message{}, err
 	}
 	if !mayAnswer(a, conv) {
-		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is handled by %s; nothing was sent.", convID, c.assigneeName(ctx, conv.AssigneeID)))
+		return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is handled by %s; nothing was sent.", convID, c.assigneeName(ctx, conv.AssigneeID)))
 	}
-	_, err = c.svc.Reply(ctx, a.ID, convID, msg)
+	stored, err := c.svc.Reply(ctx, a.ID, convID, msg)
 	switch {
 	case errors.Is(err, core.ErrWindowClosed):
 		ends := c.svc.WindowEnds(conv)
-		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("%s: the customer's app only accepts replies for a while after their last message, and that ended at %s. Nothing was sent; the customer must write first.",
+		return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("%s: the customer's app only accepts replies for a while after their last message, and that ended at %s. Nothing was sent; the customer must write first.",
 			c.label(ctx, conv), ends.Local().Format("2006-01-02 15:04")))
 	case errors.Is(err, core.ErrInvalid), errors.Is(err, core.ErrForbidden), errors.Is(err, core.ErrConflict):
-		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d: %s. Nothing was sent.", convID, err))
+		return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d: %s. Nothing was sent.", convID, err))
 	case err != nil:
-		return err
+		return core.Message{}, err
 	}
 	if sel {
-		return c.selectConv(ctx, a.ID, convID)
+		return stored, c.selectConv(ctx, a.ID, convID)
 	}
-	return nil
+	return stored, nil
 }
 
 // imageReply sends an agent's image to the conversation a plain reply
@@ -145,8 +147,12 @@ func (c *Channel) imageReply(ctx context.Context, a core.Agent, m Message) error
 		c.log.Warn("wecom: agent's image not fetched", "err", err)
 		return c.tell(ctx, a.WeComUserID, "Your image could not be fetched from Work WeChat; nothing was sent. Please send it again.")
 	}
-	err = c.answer(ctx, a, conv.ID, core.Message{Kind: core.KindImage, Media: &med, DedupKey: c.dedupKey(m)}, false)
-	if err != nil {
+	stored, err := c.answer(ctx, a, conv.ID, core.Message{Kind: core.KindImage, Media: &med, DedupKey: c.dedupKey(m)}, false)
+	// The file stays only as the stored reply's: not when the reply was
+	// refused (the agent was told) or was Work WeChat's retry of one
+	// stored before, with its own copy. After an error the reply may
+	// still have been stored, so the file stays then too.
+	if err == nil && (stored.Media == nil || stored.Media.Key != med.Key) {
 		c.discard(med)
 	}
 	return err

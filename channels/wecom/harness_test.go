@@ -7,6 +7,7 @@ import (
 	"image/color"
 	"image/png"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -52,6 +53,7 @@ type harness struct {
 	app      wecomtest.App
 	store    core.Store
 	media    *media.Store
+	mediaDir string
 	svc      *core.Service
 	presence *core.MemoryPresence
 	ch       *wecom.Channel
@@ -89,7 +91,8 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	h.store = st
-	backend, err := local.New(filepath.Join(dir, "media"))
+	h.mediaDir = filepath.Join(dir, "media")
+	backend, err := local.New(h.mediaDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,4 +281,20 @@ func pngImage(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// mediaFiles counts the files in the media store's directory.
+func (h *harness) mediaFiles() int {
+	h.t.Helper()
+	n := 0
+	err := filepath.WalkDir(h.mediaDir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			n++
+		}
+		return err
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n
 }

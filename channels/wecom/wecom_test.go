@@ -258,6 +258,25 @@ func TestImages(t *testing.T) {
 		}
 		return false
 	})
+	// Work WeChat's retry of the same image (same MsgId) is stored once,
+	// and the file fetched again for it does not stay behind. (A callback
+	// is handled before it is answered.)
+	again := h.app.Image("alice", "agent-photo", "", wecomtest.NextMsgID())
+	h.post(again)
+	files := h.mediaFiles()
+	h.post(again)
+	if got := h.mediaFiles(); got != files {
+		t.Errorf("%d media files after a retried image, want %d", got, files)
+	}
+	agentImages := 0
+	for _, m := range h.messages(c.ID) {
+		if m.SenderKind == core.SenderAgent && m.Kind == core.KindImage {
+			agentImages++
+		}
+	}
+	if agentImages != 2 {
+		t.Errorf("%d agent images, want 2 (the retry stored once)", agentImages)
+	}
 	// Other message types go nowhere, with a word to the agent.
 	h.post([]byte(strings.Replace(string(h.app.Text("alice", "x", "")), "<![CDATA[text]]>", "<![CDATA[voice]]>", 1)))
 	h.expect("alice", n, "Only text and images reach customers")
