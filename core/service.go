@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Config is the routing policy (the routing section of kefu.yaml).
@@ -179,6 +180,7 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	if in.Channel == "" || in.ExternalID == "" {
 		return Ingested{}, fmt.Errorf("%w: inbound message without channel or sender", ErrInvalid)
 	}
+	in.Message.Text, in.Name = storableText(in.Message.Text), storableText(in.Name)
 	if err := checkContent(in.Message); err != nil {
 		return Ingested{}, err
 	}
@@ -811,6 +813,7 @@ func (s *Service) Note(ctx context.Context, agentID, convID int64, m Message) (M
 }
 
 func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+	m.Text = storableText(m.Text)
 	if err := checkContent(m); err != nil {
 		return Message{}, err
 	}
@@ -1185,6 +1188,17 @@ func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
 }
 
 // checkContent rejects a message with nothing in it.
+// storableText returns s as every store keeps it: valid UTF-8 (invalid
+// bytes become U+FFFD) without NUL characters, which PostgreSQL's text
+// refuses (SQLite would keep them), so that a message is stored, or not,
+// the same on every store.
+func storableText(s string) string {
+	if strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+}
+
 func checkContent(m Message) error {
 	switch m.Kind {
 	case KindText:

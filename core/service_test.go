@@ -755,6 +755,35 @@ func TestIngestRejectsEmptyContent(t *testing.T) {
 	}
 }
 
+// TestTextStorableEverywhere: NUL characters and invalid UTF-8, which
+// PostgreSQL's text refuses, are taken out of messages and names before
+// any store sees them; a text of nothing else is empty, so refused.
+func TestTextStorableEverywhere(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8}, 1, 0)
+	ctx := context.Background()
+	res, err := f.svc.Ingest(ctx, core.Inbound{Channel: "ext", ExternalID: "x", Name: "Zh\x00ang",
+		Message: core.Message{Kind: core.KindText, Text: "a\x00b\xffc"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Message.Text != "ab\uFFFDc" || res.Contact.Name != "Zhang" {
+		t.Errorf("stored %q from %q, want %q from %q", res.Message.Text, res.Contact.Name, "ab\uFFFDc", "Zhang")
+	}
+	if _, err := f.svc.Ingest(ctx, core.Inbound{Channel: "ext", ExternalID: "x",
+		Message: core.Message{Kind: core.KindText, Text: "\x00\x00"}}); !errors.Is(err, core.ErrInvalid) {
+		t.Errorf("a text of NULs: %v, want ErrInvalid", err)
+	}
+	conv := res.Conversation
+	m, err := f.svc.Reply(ctx, f.agents[0].ID, conv.ID, core.Message{Kind: core.KindText, Text: "ok\x00"})
+	if err != nil || m.Text != "ok" {
+		t.Errorf("reply stored %q (%v), want \"ok\"", m.Text, err)
+	}
+	b, err := f.svc.BotMessage(ctx, conv.ID, core.Message{Kind: core.KindText, Text: "\x00hi"})
+	if err != nil || b.Text != "hi" {
+		t.Errorf("bot message stored %q (%v), want \"hi\"", b.Text, err)
+	}
+}
+
 // BenchmarkDrainPage is an agent coming online to 100 waiting
 // conversations: the drain that assigns them all.
 func BenchmarkDrainPage(b *testing.B) {

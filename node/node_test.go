@@ -283,6 +283,8 @@ func TestWebhookRejectsBadInput(t *testing.T) {
 	do("malformed JSON", signed([]byte(`{"id":`), secret, time.Now()), http.StatusBadRequest)
 	do("unknown field", signed([]byte(`{"id":"z2","from":"c","text":"hi","admin":true}`), secret, time.Now()), http.StatusBadRequest)
 	do("empty text", signed([]byte(`{"id":"z3","from":"c","text":"  "}`), secret, time.Now()), http.StatusBadRequest)
+	// Nothing storable once NULs are taken out: refused for good, not "retry".
+	do("text of NULs", signed([]byte(`{"id":"z5","from":"c","text":"\u0000"}`), secret, time.Now()), http.StatusBadRequest)
 	big := []byte(`{"id":"z4","from":"c","text":"` + strings.Repeat("x", 70<<10) + `"}`)
 	do("oversize", signed(big, secret, time.Now()), http.StatusRequestEntityTooLarge)
 	get, _ := http.NewRequest(http.MethodGet, url, nil)

@@ -187,7 +187,12 @@ func (c *Channel) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			DedupKey: core.ProviderKey(c.name, in.ID),
 		},
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, core.ErrInvalid):
+		// Not storable as sent (an empty text): retrying would not help.
+		httpx.FromError(w, c.log, err)
+		return
+	case err != nil:
 		c.log.Error("ingest failed", "err", err)
 		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "message not stored; retry")
 		return
