@@ -171,6 +171,10 @@ type DelivererConfig struct {
 	SweepLimit int
 	// SendTimeout bounds one Send. Default 30 s.
 	SendTimeout time.Duration
+	// MediaSendTimeout bounds one Send of a message with an attachment,
+	// which may upload it first: up to media.max_bytes on the server's
+	// uplink. Default 5 min.
+	MediaSendTimeout time.Duration
 	// ShutdownTimeout is how long Run waits for sends in flight when its
 	// ctx ends before cancelling them, and again after. Default 10 s. A
 	// Deliverer whose lease was lost cancels them at once (see Run).
@@ -202,6 +206,9 @@ func (c *DelivererConfig) setDefaults() {
 	}
 	if c.SendTimeout <= 0 {
 		c.SendTimeout = 30 * time.Second
+	}
+	if c.MediaSendTimeout <= 0 {
+		c.MediaSendTimeout = 5 * time.Minute
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 10 * time.Second
@@ -538,7 +545,11 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 		out.Message, out.Conversation = &m, &c
 	}
 
-	ctx, cancel := context.WithTimeout(d.sendCtx, d.cfg.SendTimeout)
+	budget := d.cfg.SendTimeout
+	if out.Message != nil && out.Message.Media != nil {
+		budget = max(budget, d.cfg.MediaSendTimeout)
+	}
+	ctx, cancel := context.WithTimeout(d.sendCtx, budget)
 	res, err := d.send(ctx, out)
 	cancel()
 	now := d.clock.Now()

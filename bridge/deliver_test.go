@@ -47,8 +47,10 @@ type sendAttempt struct {
 	entry int64
 	key   string
 	at    time.Time // fake time at the start of Send
-	out   bridge.Outgoing
-	err   error
+	// budget is the time ctx left the Send at its start (real time).
+	budget time.Duration
+	out    bridge.Outgoing
+	err    error
 }
 
 func newFakeSender(clock *fakeClock) *fakeSender {
@@ -81,7 +83,11 @@ func (f *fakeSender) Send(ctx context.Context, out bridge.Outgoing) (bridge.Send
 	if panics {
 		delete(f.panicOn, id)
 	}
-	f.attempts = append(f.attempts, sendAttempt{entry: id, key: key, at: f.clock.Now(), out: out, err: err})
+	var budget time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		budget = time.Until(dl)
+	}
+	f.attempts = append(f.attempts, sendAttempt{entry: id, key: key, at: f.clock.Now(), budget: budget, out: out, err: err})
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -455,6 +461,30 @@ func TestDeliverRetryAfterClampedToGiveUp(t *testing.T) {
 	h.waitFinished(e.ID)
 	if m := h.store.message(e.MessageID); m.Status != core.MsgFailed || !strings.Contains(m.FailReason, "not delivered within 24h0m0s") {
 		t.Fatalf("message %q %q, want failed with the give-up reason", m.Status, m.FailReason)
+	}
+}
+
+// TestDeliverMediaGetsLonger: a reply with an attachment, which the sender
+// may upload first, gets MediaSendTimeout; a text gets SendTimeout.
+func TestDeliverMediaGetsLonger(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	text := h.store.addReply(channel, 1, "hi", h.clock.Now())
+	file := h.store.addReply(channel, 2, "", h.clock.Now())
+	h.store.mu.Lock()
+	m := h.store.messages[file.MessageID]
+	m.Kind, m.Media = core.KindFile, &core.Media{Key: "k", Name: "report.pdf", Type: "application/pdf", Size: 20 << 20}
+	h.store.messages[file.MessageID] = m
+	h.store.mu.Unlock()
+	for _, e := range []core.OutboxEntry{text, file} {
+		h.kick(e)
+		h.waitFinished(e.ID)
+	}
+	if b := h.sender.attemptsOf(text.ID)[0].budget; b <= 0 || b > 30*time.Second {
+		t.Errorf("text send had %v, want at most the 30 s default", b)
+	}
+	if b := h.sender.attemptsOf(file.ID)[0].budget; b <= 4*time.Minute || b > 5*time.Minute {
+		t.Errorf("attachment send had %v, want the 5 min default", b)
 	}
 }
 

@@ -263,7 +263,7 @@ func (c *Channel) upload(ctx context.Context, med core.Media) (string, error) {
 	req.ContentLength = int64(len(head)) + size + int64(len(tail))
 	req.Header.Set("Content-Type", mw.FormDataContentType())
 	var ans idAnswer
-	if err := c.call(req, &ans); err != nil {
+	if err := c.callWith(c.uploader, req, &ans); err != nil {
 		return "", err
 	}
 	if ans.ID == "" {
@@ -303,9 +303,12 @@ func (e *graphError) Error() string {
 // call sends a Graph API request with the access token and decodes a 2xx
 // answer into out (when not nil). Other answers are *graphError. An answer
 // with error 190 marks the channel unhealthy; any 2xx marks it healthy.
-func (c *Channel) call(req *http.Request, out any) error {
+func (c *Channel) call(req *http.Request, out any) error { return c.callWith(c.client, req, out) }
+
+// callWith is call through client.
+func (c *Channel) callWith(client *http.Client, req *http.Request, out any) error {
 	req.Header.Set("Authorization", "Bearer "+c.cfg.AccessToken)
-	resp, err := c.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {

@@ -61,9 +61,12 @@ const (
 	// MaxBodyBytes caps a webhook body. Meta batches at most a few hundred
 	// updates per POST, far below this.
 	MaxBodyBytes = 4 << 20
-	// apiTimeout bounds one Graph API request (a send, an upload, a media
-	// lookup or download).
-	apiTimeout = 60 * time.Second
+	// apiTimeout bounds one Graph API request (a send, a media lookup or
+	// download); uploadTimeout an upload, which may be up to
+	// media.max_bytes on a slow uplink (the outbox gives such a send
+	// bridge.DelivererConfig.MediaSendTimeout in all).
+	apiTimeout    = 60 * time.Second
+	uploadTimeout = 4 * time.Minute
 	// maxIDLen bounds wamids, wa_ids and BSUIDs; longer ones are ignored.
 	maxIDLen = 256
 )
@@ -227,8 +230,10 @@ type Channel struct {
 	svc    *core.Service
 	media  *media.Store
 	client *http.Client
-	log    *slog.Logger
-	now    func() time.Time
+	// uploader is client with uploadTimeout, for media uploads.
+	uploader *http.Client
+	log      *slog.Logger
+	now      func() time.Time
 
 	// health is the reason the channel is unusable (the access token was
 	// refused), or "" when it is fine. Checked by /readyz.
@@ -260,18 +265,19 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 		log = slog.Default()
 	}
 	c := &Channel{
-		name:    name,
-		cfg:     cfg,
-		base:    strings.TrimRight(cfg.APIBase, "/") + "/" + cfg.APIVersion,
-		svc:     deps.Service,
-		media:   deps.Media,
-		client:  &http.Client{Timeout: apiTimeout},
-		log:     log.With("channel", name),
-		now:     time.Now,
-		sent:    newRecent[int64](10_000, 10*time.Minute),
-		seen:    newRecent[struct{}](10_000, time.Hour),
-		aliases: newRecent[string](10_000, 24*time.Hour),
-		uploads: newRecent[string](1_000, 24*time.Hour),
+		name:     name,
+		cfg:      cfg,
+		base:     strings.TrimRight(cfg.APIBase, "/") + "/" + cfg.APIVersion,
+		svc:      deps.Service,
+		media:    deps.Media,
+		client:   &http.Client{Timeout: apiTimeout},
+		uploader: &http.Client{Timeout: uploadTimeout},
+		log:      log.With("channel", name),
+		now:      time.Now,
+		sent:     newRecent[int64](10_000, 10*time.Minute),
+		seen:     newRecent[struct{}](10_000, time.Hour),
+		aliases:  newRecent[string](10_000, 24*time.Hour),
+		uploads:  newRecent[string](1_000, 24*time.Hour),
 	}
 	if deps.PublicURL != "" {
 		c.log.Info("whatsapp: set the Meta app's callback URL", "url", strings.TrimRight(deps.PublicURL, "/")+"/webhooks/"+name)
