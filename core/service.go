@@ -1187,7 +1187,6 @@ func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
 	return a, nil
 }
 
-// checkContent rejects a message with nothing in it.
 // storableText returns s as every store keeps it: valid UTF-8 (invalid
 // bytes become U+FFFD) without NUL characters, which PostgreSQL's text
 // refuses (SQLite would keep them), so that a message is stored, or not,
@@ -1199,6 +1198,7 @@ func storableText(s string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
 
+// checkContent rejects a message with nothing in it.
 func checkContent(m Message) error {
 	switch m.Kind {
 	case KindText:

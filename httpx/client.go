@@ -164,9 +164,12 @@ type eventLog struct {
 	head int
 }
 
-// NewWindowLimiter returns a limiter enforcing every window (each N ≥ 1,
-// Span > 0).
+// NewWindowLimiter returns a limiter enforcing every window (at least one;
+// each N ≥ 1, Span > 0).
 func NewWindowLimiter(windows ...Window) *WindowLimiter {
+	if len(windows) == 0 {
+		panic("httpx: a window limiter without windows")
+	}
 	l := &WindowLimiter{windows: windows, now: time.Now, logs: map[string]*eventLog{}}
 	for _, w := range windows {
 		if w.N < 1 || w.Span <= 0 {

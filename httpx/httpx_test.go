@@ -216,14 +216,14 @@ func TestWindowLimiter(t *testing.T) {
 }
 
 func TestWindowLimiterRejectsEmptyWindow(t *testing.T) {
-	for _, w := range []Window{{N: 0, Span: time.Minute}, {N: 1, Span: 0}} {
+	for _, ws := range [][]Window{{{N: 0, Span: time.Minute}}, {{N: 1, Span: 0}}, nil} {
 		func() {
 			defer func() {
 				if recover() == nil {
-					t.Errorf("NewWindowLimiter(%+v) did not panic", w)
+					t.Errorf("NewWindowLimiter(%+v) did not panic", ws)
 				}
 			}()
-			NewWindowLimiter(w)
+			NewWindowLimiter(ws...)
 		}()
 	}
 }

@@ -105,9 +105,22 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 
 // noRedirects keeps a delivery where deliver_url says. Following a 301,
 // 302 or 303 turns the POST into a GET without its body, and a 2xx from
-// there would mark a reply sent that nobody received; a 307 or 308 would
-// send the signed body to another address. The 3xx is an error instead.
-func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+// there would mark a reply sent that nobody received: such a 3xx is an
+// error instead. A 307 or 308 keeps the method and the body, and is
+// followed on the same host (http to https included, never back), so a
+// receiver that moved to https or added a slash still gets its replies;
+// to another host it would hand the signed body to someone else.
+func noRedirects(req *http.Request, via []*http.Request) error {
+	first := via[0].URL
+	switch {
+	case len(via) >= 5, req.Response == nil,
+		req.Response.StatusCode != http.StatusTemporaryRedirect && req.Response.StatusCode != http.StatusPermanentRedirect,
+		req.URL.Hostname() != first.Hostname(),
+		first.Scheme == "https" && req.URL.Scheme != "https":
+		return http.ErrUseLastResponse
+	}
+	return nil
+}
 
 // Name implements channels.Channel.
 func (c *Channel) Name() string { return c.name }
@@ -241,6 +254,10 @@ func ParseInbound(body []byte) (Inbound, error) {
 	return in, nil
 }
 
+// storableID reports whether every store can keep s as it is: valid
+// UTF-8 without NUL characters (PostgreSQL's text refuses them).
+func storableID(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
+
 func (in *Inbound) check() error {
 	switch in.Type {
 	case "", "message":
@@ -256,6 +273,8 @@ func (in *Inbound) check() error {
 			return fmt.Errorf("text: longer than %d bytes", maxTextLen)
 		case !utf8.ValidString(in.Text) || !utf8.ValidString(in.Name) || !utf8.ValidString(in.From):
 			return errors.New("text, name and from must be UTF-8")
+		case !storableID(in.ID) || !storableID(in.From):
+			return errors.New("id and from must be UTF-8 without NUL characters")
 		case len(in.Name) > maxIDLen:
 			return fmt.Errorf("name: at most %d bytes", maxIDLen)
 		}
@@ -267,6 +286,9 @@ func (in *Inbound) check() error {
 		case core.MsgDelivered, core.MsgRead, core.MsgFailed:
 		default:
 			return errors.New("status: must be delivered, read or failed")
+		}
+		if len(in.Reason) > maxTextLen || !storableID(in.Reason) {
+			return fmt.Errorf("reason: UTF-8 without NUL characters, at most %d bytes", maxTextLen)
 		}
 	default:
 		return fmt.Errorf("type: must be message or status, not %q", in.Type)
@@ -323,6 +345,12 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 	case resp.StatusCode/100 == 2:
 		var dr DeliveryReply
 		_ = json.Unmarshal(respBody, &dr) // the id is optional
+		if len(dr.ID) > maxIDLen || !storableID(dr.ID) {
+			// Not an id any store keeps: the reply was delivered all the
+			// same, and recording it must not fail.
+			c.log.Warn("webhook: deliver_url answered an id that cannot be stored; ignored", "message", m.ID)
+			dr.ID = ""
+		}
 		return bridge.SendResult{ExternalID: dr.ID}, nil
 	case resp.StatusCode/100 == 3:
 		reason := fmt.Sprintf("deliver_url redirects (HTTP %d)", resp.StatusCode)

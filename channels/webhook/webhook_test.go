@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -99,11 +100,13 @@ func FuzzParseInbound(f *testing.F) {
 	})
 }
 
-// TestSendDoesNotFollowRedirects: a deliver_url that redirects fails the
-// reply with a reason that says so. Followed, a 302 would have become a
-// GET without the reply, and its 2xx would have marked the reply sent.
-func TestSendDoesNotFollowRedirects(t *testing.T) {
+// TestSendRedirects: a deliver_url answering 302 fails the reply with a
+// reason that says so (followed, it would have become a GET without the
+// reply, and its 2xx would have marked the reply sent); a 307 on the same
+// host keeps the POST and its body, and is followed.
+func TestSendRedirects(t *testing.T) {
 	var reached atomic.Int64
+	var got []byte
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/302":
@@ -111,23 +114,30 @@ func TestSendDoesNotFollowRedirects(t *testing.T) {
 		case "/307":
 			http.Redirect(w, r, "/final", http.StatusTemporaryRedirect)
 		default:
+			if r.Method == http.MethodPost {
+				got, _ = io.ReadAll(r.Body)
+			}
 			reached.Add(1)
 		}
 	}))
 	defer srv.Close()
-	for _, path := range []string{"/302", "/307"} {
+	send := func(path string) error {
 		ch, err := New("crm", Config{Secret: "s", DeliverURL: srv.URL + path, Timeout: 5 * time.Second}, channels.Deps{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		m := &core.Message{ID: 1, ConversationID: 1, Seq: 2, Kind: core.KindText, Text: "your order ships today"}
 		_, err = ch.Send(context.Background(), bridge.Outgoing{Message: m, Conversation: &core.Conversation{ID: 1, ExternalID: "cust-1"}})
-		var perm *bridge.PermanentError
-		if !errors.As(err, &perm) || !strings.Contains(perm.Reason, "redirects") || !strings.Contains(perm.Reason, "/final") {
-			t.Errorf("%s: Send = %v, want a permanent failure saying where it redirects", path, err)
-		}
+		return err
+	}
+	var perm *bridge.PermanentError
+	if err := send("/302"); !errors.As(err, &perm) || !strings.Contains(perm.Reason, "redirects") || !strings.Contains(perm.Reason, "/final") {
+		t.Errorf("302: Send = %v, want a permanent failure saying where it redirects", err)
 	}
 	if n := reached.Load(); n != 0 {
-		t.Errorf("the redirect's target got %d requests, want 0", n)
+		t.Fatalf("a 302 was followed: the target got %d requests", n)
+	}
+	if err := send("/307"); err != nil || reached.Load() != 1 || !strings.Contains(string(got), "your order ships today") {
+		t.Errorf("307: Send = %v, target reached %d times with %q, want the POST delivered once", err, reached.Load(), got)
 	}
 }

@@ -123,8 +123,14 @@ func (w *wtx) updateStatus(u core.StatusUpdate) (core.Message, bool, error) {
 	}
 	// A receipt got ahead of the send's answer: the status stays, and the
 	// provider's id is still kept.
-	if _, err := w.exec(sqlMsgExternalID, m.ID, u.ExternalID); err != nil {
+	tag, err := w.exec(sqlMsgExternalID, m.ID, u.ExternalID)
+	if err != nil {
 		return m, false, dbErr(err, "update message %d", m.ID)
+	}
+	if tag.RowsAffected() == 0 {
+		// Another node recorded an id first: that one stands.
+		m, err = w.msg(u.MessageID)
+		return m, false, err
 	}
 	m.ExternalID = u.ExternalID
 	return m, false, nil
