@@ -287,6 +287,7 @@ func TestWebhookRejectsBadInput(t *testing.T) {
 	do("text of NULs", signed([]byte(`{"id":"z5","from":"c","text":"\u0000"}`), secret, time.Now()), http.StatusBadRequest)
 	do("NUL in from", signed([]byte(`{"id":"z6","from":"a\u0000b","text":"hi"}`), secret, time.Now()), http.StatusBadRequest)
 	do("NUL in id", signed([]byte(`{"id":"\u0000","from":"c","text":"hi"}`), secret, time.Now()), http.StatusBadRequest)
+	do("NUL in a status's reason", signed([]byte(`{"type":"status","message_id":1,"status":"failed","reason":"x\u0000"}`), secret, time.Now()), http.StatusBadRequest)
 	big := []byte(`{"id":"z4","from":"c","text":"` + strings.Repeat("x", 70<<10) + `"}`)
 	do("oversize", signed(big, secret, time.Now()), http.StatusRequestEntityTooLarge)
 	get, _ := http.NewRequest(http.MethodGet, url, nil)

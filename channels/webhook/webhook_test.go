@@ -141,3 +141,21 @@ func TestSendRedirects(t *testing.T) {
 		t.Errorf("307: Send = %v, target reached %d times with %q, want the POST delivered once", err, reached.Load(), got)
 	}
 }
+
+// TestSendIgnoresUnstorableID: an id in deliver_url's answer that no store
+// keeps (a NUL in it) is dropped; the reply was delivered all the same.
+func TestSendIgnoresUnstorableID(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"id":"a\u0000b"}`)
+	}))
+	defer srv.Close()
+	ch, err := New("crm", Config{Secret: "s", DeliverURL: srv.URL, Timeout: 5 * time.Second}, channels.Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &core.Message{ID: 1, ConversationID: 1, Seq: 2, Kind: core.KindText, Text: "hi"}
+	res, err := ch.Send(context.Background(), bridge.Outgoing{Message: m, Conversation: &core.Conversation{ID: 1, ExternalID: "cust-1"}})
+	if err != nil || res.ExternalID != "" {
+		t.Fatalf("Send = %+v, %v; want delivered without the id", res, err)
+	}
+}

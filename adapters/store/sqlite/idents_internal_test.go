@@ -208,14 +208,7 @@ func TestIdentFilterBeforeTheScan(t *testing.T) {
 	}
 	close(release)
 	waitScan(t, s)
-	if !s.idents.ready.Load() {
-		t.Fatal("the scan did not finish")
-	}
-	for i := range 5 {
-		if !s.idents.mayHave("web", fmt.Sprint("old", i)) {
-			t.Errorf("old%d: the scan missed it", i)
-		}
-	}
+	wantScanned(t, s, 5)
 	if s.idents.mayHave("web", "new") {
 		t.Error("maybe for an identity never stored")
 	}
@@ -237,15 +230,22 @@ func TestIdentFilterScanRetries(t *testing.T) {
 	}
 	s := openStore(t, Options{Path: path})
 	waitScan(t, s)
-	if !s.idents.ready.Load() {
-		t.Fatal("the scan gave up")
+	wantScanned(t, s, 3)
+	if failed.Load() == 0 {
+		t.Errorf("no read failed in %d", pages.Load())
 	}
-	for i := range 3 {
+}
+
+// wantScanned checks that the scan finished and the filter has the n
+// identities storedIdentities made.
+func wantScanned(t *testing.T, s *Store, n int) {
+	t.Helper()
+	if !s.idents.ready.Load() {
+		t.Fatal("the scan did not finish")
+	}
+	for i := range n {
 		if !s.idents.mayHave("web", fmt.Sprint("old", i)) {
 			t.Errorf("old%d: the scan missed it", i)
 		}
-	}
-	if failed.Load() == 0 {
-		t.Errorf("no read failed in %d", pages.Load())
 	}
 }
