@@ -97,7 +97,9 @@ func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 	}
 	for _, d := range devices {
 		n.Device = d
-		f.send(ctx, log, n, pause)
+		if !f.send(ctx, log, n, pause) {
+			return
+		}
 	}
 }
 
@@ -170,12 +172,15 @@ func (f *Fallback) compose(ctx context.Context, to side, c core.Conversation, m 
 
 // pauseFunc waits for at, off the worker's slot (so that one throttled
 // device does not hold a worker other conversations need), and reports
-// whether the push may go on: false once ctx has ended.
+// whether the push may go on: false once ctx has ended, or when a newer
+// push for the same conversation side has taken over.
 type pauseFunc func(at <-chan time.Time) bool
 
 // send pushes n to its device, retrying temporary refusals with backoff
-// while the recipient still has not seen the message.
-func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, pause pauseFunc) {
+// while the recipient still has not seen the message. It reports false when
+// the notification must go to no more devices: a pause said to stop, or the
+// recipient has seen the message.
+func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, pause pauseFunc) bool {
 	backoff := f.cfg.Backoff
 	for attempt := 0; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, f.cfg.AttemptTimeout)
@@ -192,9 +197,9 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 			f.setHealth(nil)
 			f.cfg.Metrics.result("sent")
 			log.Debug("push: sent", "device", shortToken(n.Device.Token))
-			return
+			return true
 		case ctx.Err() != nil:
-			return
+			return false
 		case errors.Is(err, ErrGone):
 			f.cfg.Metrics.result("gone")
 			// Only the registration that was pushed: if the token has moved
@@ -205,11 +210,11 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 			default:
 				log.Warn("push: device token gone; removing it failed", "device", shortToken(n.Device.Token), "err", rerr)
 			}
-			return
+			return true
 		case errors.Is(err, ErrProviderAuth):
 			f.cfg.Metrics.result("auth")
 			f.setHealth(err)
-			return
+			return true
 		case errors.As(err, &retry) && attempt < f.cfg.Retries:
 			f.cfg.Metrics.result("retry")
 			wait := retry.After
@@ -219,16 +224,16 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 			}
 			log.Debug("push: temporary refusal; retrying", "device", shortToken(n.Device.Token), "in", wait, "err", err)
 			if !pause(f.cfg.Clock.At(f.cfg.Clock.Now().Add(wait))) {
-				return
+				return false
 			}
 			if seen, serr := f.seen(ctx, n.MessageID); serr == nil && seen {
 				f.cfg.Metrics.skipped("seen")
-				return
+				return false
 			}
 		default:
 			f.cfg.Metrics.result("failed")
 			log.Warn("push: notification refused", "device", shortToken(n.Device.Token), "attempts", attempt+1, "err", err)
-			return
+			return true
 		}
 	}
 }

@@ -120,6 +120,14 @@ type entry struct {
 	due   time.Time
 }
 
+// job is a push that fell due and waits for a worker. Another push for the
+// same conversation side that falls due meanwhile takes its place with the
+// newer message rather than waiting beside it: a provider that stops
+// answering leaves one waiting push per conversation side, not one per
+// collapse window, and the device gets the newest message, which would
+// replace the older alert anyway (they share a collapse id).
+type job struct{ e *entry } // e: guarded by Fallback.mu
+
 // Fallback decides, for every new message, whether its recipient needs a
 // push, and sends it through the Pusher to the recipient's devices:
 //
@@ -158,6 +166,7 @@ type Fallback struct {
 	lastTick int64             // cursorAt at the cursor's last tick (lagged)
 	caughtUp int64             // the last message the catch-up read: the bus's copies are skipped
 	inflight map[int64]int     // messages whose push is under way, by ID
+	queued   map[key]*job      // the pushes waiting for a worker, by conversation side
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -215,6 +224,7 @@ func New(cfg Config) (*Fallback, error) {
 	return &Fallback{
 		cfg: cfg, log: cfg.Logger.With("component", "push"),
 		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1), inflight: map[int64]int{},
+		queued: map[key]*job{},
 	}, nil
 }
 
@@ -274,6 +284,7 @@ func (f *Fallback) reset() {
 	clear(f.sent)
 	f.newest, f.saved, f.lastTick, f.caughtUp = 0, 0, 0, 0
 	clear(f.inflight)
+	clear(f.queued)
 	select {
 	case <-f.kick:
 	default:
@@ -296,10 +307,24 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 	// (zero: at once).
 	push := func(es []*entry, notBefore func(*entry) time.Time) {
 		for _, e := range es {
-			wg.Add(1)
 			f.mu.Lock()
+			if j := f.queued[e.key]; j != nil && notBefore == nil {
+				// The push before it still waits for a worker: it goes
+				// out with this newer message instead (see job).
+				f.done(j.e.msg.ID)
+				f.inflight[e.msg.ID]++
+				j.e = e
+				f.mu.Unlock()
+				f.cfg.Metrics.skipped("superseded")
+				continue
+			}
+			j := &job{e: e}
+			if notBefore == nil {
+				f.queued[e.key] = j
+			}
 			f.inflight[e.msg.ID]++
 			f.mu.Unlock()
+			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() {
@@ -307,9 +332,7 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 						return // cut off: it stays below the cursor, for the next run
 					}
 					f.mu.Lock()
-					if f.inflight[e.msg.ID]--; f.inflight[e.msg.ID] <= 0 {
-						delete(f.inflight, e.msg.ID)
-					}
+					f.done(j.e.msg.ID)
 					f.mu.Unlock()
 				}()
 				if notBefore != nil {
@@ -334,7 +357,14 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 						<-slots
 					}
 				}()
-				if !take() {
+				ok := take()
+				f.mu.Lock()
+				if f.queued[e.key] == j {
+					delete(f.queued, e.key)
+				}
+				e := j.e
+				f.mu.Unlock()
+				if !ok {
 					return
 				}
 				f.deliver(wctx, e, func(at <-chan time.Time) bool {
@@ -342,10 +372,14 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 					held = false
 					select {
 					case <-at:
-						return take()
 					case <-wctx.Done():
 						return false
 					}
+					if f.superseded(e) {
+						f.cfg.Metrics.skipped("superseded")
+						return false
+					}
+					return take()
 				})
 			}()
 		}
@@ -537,6 +571,23 @@ func (f *Fallback) lagged() int64 {
 	prev := f.lastTick
 	f.lastTick = at
 	return min(prev, at)
+}
+
+// done forgets one push of message id as under way (f.mu held).
+func (f *Fallback) done(id int64) {
+	if f.inflight[id]--; f.inflight[id] <= 0 {
+		delete(f.inflight, id)
+	}
+}
+
+// superseded reports whether a newer push for e's conversation side waits
+// for a worker: a retry of e would only bring the older message back on
+// the device after it.
+func (f *Fallback) superseded(e *entry) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.queued[e.key]
+	return j != nil && j.e.msg.Seq > e.msg.Seq
 }
 
 // cursorAt returns the ID at or below which this run has dealt with every

@@ -18,7 +18,7 @@ type Metrics struct {
 // NewMetrics registers the push metrics with reg:
 //
 //	kefu_push_notifications_total{pusher,result}  sent, retry, gone (token removed), auth (credentials refused), failed, error (kefu's side)
-//	kefu_push_skipped_total{pusher,reason}        acked (acknowledged in time), seen, no_device, no_recipient
+//	kefu_push_skipped_total{pusher,reason}        acked (acknowledged in time), seen, no_device, no_recipient, superseded (a newer message for the conversation went instead)
 //	kefu_push_unhealthy{pusher}                   1 while the provider refuses kefu's credentials
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{

@@ -2,6 +2,8 @@ package push
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,4 +115,180 @@ func TestTimedOutAttemptIsRetried(t *testing.T) {
 		return calls.Load() >= 2
 	})
 	<-done
+}
+
+// TestWaitingPushTakesTheNewerMessage: while APNs leaves every worker's
+// push unanswered, a conversation whose pushes keep falling due keeps one
+// waiting push, carrying its newest message, not one per collapse window
+// (goroutines and entries piling up for as long as APNs is silent).
+func TestWaitingPushTakesTheNewerMessage(t *testing.T) {
+	h := newHarness(t)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var pushed []Notification
+	blocked := make(chan struct{}, 1)
+	var err error
+	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+		if n.Device.Token == token(1) {
+			blocked <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		mu.Lock()
+		pushed = append(pushed, n)
+		mu.Unlock()
+		return nil
+	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
+		Workers: 1, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := h.conversation() // u:42, device token(1): its push holds the only worker
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:b", Message: core.Message{Kind: core.KindText, Text: "hi"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.register(core.IdentityDevices("web", "u:b"), 3)
+	h.rec.take()
+
+	tn := h.startTenure()
+	h.agentSays(slow, "for the phone APNs does not answer")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	<-blocked
+	var last core.Message
+	for i := range 3 {
+		last = h.agentSays(other, fmt.Sprint("update ", i))
+		tn.feed()
+		tn.waitArmed(h.clock.Now().Add(collapse))
+		h.clock.Advance(collapse) // due: waits for the worker
+		wait.For(t, "the push to wait for the worker", func() bool {
+			h.f.mu.Lock()
+			defer h.f.mu.Unlock()
+			j := h.f.queued[key{other.ID, toContact}]
+			return j != nil && j.e.msg.ID == last.ID
+		})
+	}
+	close(release)
+	wait.For(t, "the waiting push", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(pushed) >= 2
+	})
+	if err := tn.stop(DefaultStopGrace); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var forOther []int64
+	for _, n := range pushed {
+		if n.ConversationID == other.ID {
+			forOther = append(forOther, n.MessageID)
+		}
+	}
+	if len(forOther) != 1 || forOther[0] != last.ID {
+		t.Errorf("conversation %d was pushed messages %v, want only its newest, %d", other.ID, forOther, last.ID)
+	}
+	if s := h.skipped("superseded"); s != 2 {
+		t.Errorf("skipped superseded %v, want 2", s)
+	}
+}
+
+// TestOvertakenRetryIsDropped: a push backing off after a temporary refusal
+// is dropped once a newer push for its conversation waits: retried after
+// it, the older message would be the last alert on the device.
+func TestOvertakenRetryIsDropped(t *testing.T) {
+	h := newHarness(t)
+	release := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	var mu sync.Mutex
+	var pushed []Notification
+	refused := false
+	var err error
+	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+		switch n.Device.Token {
+		case token(1):
+			blocked <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case token(3):
+			mu.Lock()
+			first := !refused
+			refused = true
+			mu.Unlock()
+			if first {
+				return &RetryError{Err: errors.New("429 TooManyRequests")}
+			}
+		}
+		mu.Lock()
+		pushed = append(pushed, n)
+		mu.Unlock()
+		return nil
+	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
+		Backoff: 10 * time.Second, Workers: 1, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := h.conversation() // u:42, device token(1)
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:b", Message: core.Message{Kind: core.KindText, Text: "hi"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.register(core.IdentityDevices("web", "u:b"), 3)
+	h.rec.take()
+
+	tn := h.startTenure()
+	t0 := h.clock.Now()
+	h.agentSays(other, "first")
+	tn.feed()
+	tn.waitArmed(t0.Add(collapse))
+	h.clock.Advance(collapse) // refused: backs off until t0+collapse+10s
+	if !h.clock.WaitFor(t0.Add(collapse+10*time.Second), tn.finished) {
+		t.Fatal("no backoff")
+	}
+	h.agentSays(slow, "for the phone APNs does not answer")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	<-blocked // the only worker is busy
+	newer := h.agentSays(other, "second")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	wait.For(t, "the newer push to wait for the worker", func() bool {
+		h.f.mu.Lock()
+		defer h.f.mu.Unlock()
+		return h.f.queued[key{other.ID, toContact}] != nil
+	})
+	h.clock.Advance(10 * time.Second) // the first's backoff ends
+	wait.For(t, "the overtaken retry to be dropped", func() bool { return h.skipped("superseded") == 1 })
+	close(release)
+	wait.For(t, "the newer push", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(pushed) == 2
+	})
+	if err := tn.stop(DefaultStopGrace); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := pushed[1]; n.MessageID != newer.ID {
+		t.Errorf("pushed %+v, want the newer message %d", n, newer.ID)
+	}
 }
