@@ -202,6 +202,14 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 			return false
 		case errors.Is(err, ErrGone):
 			f.cfg.Metrics.result("gone")
+			if g := (*GoneError)(nil); errors.As(err, &g) && n.Device.UpdatedAt.Truncate(time.Second).After(g.Since) {
+				// The app registered the token again after the provider
+				// found it invalid: the registration is newer than the
+				// refusal, and stays.
+				log.Info("push: device token refused, but registered again since; kept", "device", shortToken(n.Device.Token),
+					"registered", n.Device.UpdatedAt, "reason", err)
+				return true
+			}
 			// Only the registration that was pushed: if the token has moved
 			// to another owner since, that registration is not this one.
 			switch rerr := f.cfg.Store.RemoveDevice(ctx, n.Device.Token, n.Device.Owner); {

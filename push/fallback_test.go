@@ -992,3 +992,45 @@ func TestMetricsByPusher(t *testing.T) {
 		t.Fatalf("apns_beta's skip counted for apns: %v", m.GetCounter().GetValue())
 	}
 }
+
+// TestGoneBeforeTheRegistrationKeepsIt: APNs's 410 says when it last found
+// the token invalid; a registration made after that (the app registered
+// the token again) is newer than the refusal and stays. One made before
+// it is removed.
+func TestGoneBeforeTheRegistrationKeepsIt(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		since   time.Duration // the refusal's time, from the registration's
+		removed bool
+	}{
+		{"refused before it registered again", -time.Hour, false},
+		{"refused in the same second", 0, true},
+		{"refused after", time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var err error
+			h.f, err = New(Config{Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
+				Clock: h.clock, Logger: quiet(), Metrics: h.metrics,
+				Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+					if n.Device.Owner != core.IdentityDevices("web", "u:42") {
+						return nil
+					}
+					return &GoneError{Since: n.Device.UpdatedAt.Add(tc.since).Truncate(time.Second), Err: errors.New("410 Unregistered")}
+				})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := h.conversation()
+			h.agentSays(c, "Found it!")
+			h.advance(collapse)
+			ds, err := h.store.Devices(h.ctx, core.IdentityDevices("web", "u:42"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if removed := len(ds) == 0; removed != tc.removed {
+				t.Errorf("devices after the 410: %v; want removed %v", ds, tc.removed)
+			}
+		})
+	}
+}

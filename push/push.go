@@ -25,7 +25,8 @@ import (
 // Implementations are safe for concurrent use. Push returns nil once the
 // provider accepted the notification. Otherwise its error is, or wraps:
 //   - ErrGone: the token is no longer valid for the app (uninstalled, or
-//     never valid for this topic); the caller removes the device.
+//     never valid for this topic); the caller removes the device. A
+//     *GoneError also says since when: a registration made later is kept.
 //   - *RetryError: a temporary refusal (throttled, provider trouble, a
 //     network failure); the same push may succeed later.
 //   - ErrProviderAuth: the provider refused kefu's credentials (a revoked or
@@ -72,6 +73,24 @@ func (n Notification) CollapseID() string { return fmt.Sprint(n.ConversationID) 
 // ErrGone is wrapped by Push errors that mean the device token must be
 // removed.
 var ErrGone = errors.New("push: device token is no longer valid")
+
+// GoneError is an ErrGone that says when the provider last found the token
+// invalid (APNs's 410 carries it). A registration made after that is newer
+// than the refusal (the app registered the token again since) and is kept.
+type GoneError struct {
+	// Since is when the provider last confirmed the token invalid, to the
+	// second.
+	Since time.Time
+	// Err says what the provider answered.
+	Err error
+}
+
+func (e *GoneError) Error() string {
+	return fmt.Sprintf("%v (invalid since %s)", e.Err, e.Since.UTC().Format(time.RFC3339))
+}
+
+// Unwrap makes a GoneError an ErrGone, and the provider's answer.
+func (e *GoneError) Unwrap() []error { return []error{ErrGone, e.Err} }
 
 // ErrProviderAuth is wrapped by Push errors that mean the provider refused
 // kefu's credentials.

@@ -202,6 +202,11 @@ func classify(res *apns2.Response) error {
 	}
 	err := fmt.Errorf("apns: %d %s", res.StatusCode, res.Reason)
 	switch {
+	case res.StatusCode == http.StatusGone && !res.Timestamp.IsZero():
+		// The time APNs last confirmed the token invalid: a registration
+		// made after it is kept (Apple: stop pushing "until the device
+		// registers a token with a later timestamp").
+		return &push.GoneError{Since: res.Timestamp.Time, Err: err}
 	case res.StatusCode == http.StatusGone,
 		res.Reason == apns2.ReasonUnregistered, res.Reason == apns2.ReasonExpiredToken,
 		res.Reason == apns2.ReasonBadDeviceToken, res.Reason == apns2.ReasonDeviceTokenNotForTopic:

@@ -231,3 +231,20 @@ func TestConfigThroughLoader(t *testing.T) {
 		t.Error("an unknown key was accepted")
 	}
 }
+
+// TestGoneSince: a 410's timestamp (milliseconds since the epoch) comes
+// back as the GoneError's Since, to the second, and is still an ErrGone.
+func TestGoneSince(t *testing.T) {
+	cfg, srv := setup(t)
+	c := client(t, cfg, srv)
+	at := time.Date(2026, 11, 20, 8, 30, 15, 250e6, time.UTC)
+	srv.Script(token, apnstest.Answer{Status: 410, Reason: "Unregistered", Timestamp: at})
+	err := c.Push(context.Background(), note())
+	var g *push.GoneError
+	if !errors.As(err, &g) || !errors.Is(err, push.ErrGone) {
+		t.Fatalf("err = %v, want a GoneError that is ErrGone", err)
+	}
+	if want := at.Truncate(time.Second); !g.Since.Equal(want) {
+		t.Errorf("Since = %v, want %v", g.Since, want)
+	}
+}

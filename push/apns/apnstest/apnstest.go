@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Config is what the server accepts.
@@ -42,6 +43,9 @@ type Config struct {
 type Answer struct {
 	Status int    // HTTP status
 	Reason string // APNs reason, e.g. "Unregistered"
+	// Timestamp, for a 410, is when APNs last confirmed the token invalid
+	// (sent in milliseconds since the epoch); zero leaves it out.
+	Timestamp time.Time
 }
 
 // Common answers.
@@ -143,22 +147,22 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	req.Token = tok
 	switch {
 	case r.ProtoMajor != 2:
-		req.Answer, req.Problem = Answer{http.StatusBadRequest, "BadPath"}, "not HTTP/2: "+r.Proto
+		req.Answer, req.Problem = Answer{Status: http.StatusBadRequest, Reason: "BadPath"}, "not HTTP/2: "+r.Proto
 	case r.Method != http.MethodPost:
-		req.Answer, req.Problem = Answer{http.StatusMethodNotAllowed, "MethodNotAllowed"}, "method "+r.Method
+		req.Answer, req.Problem = Answer{Status: http.StatusMethodNotAllowed, Reason: "MethodNotAllowed"}, "method "+r.Method
 	case !pathOK || !isHex(tok):
-		req.Answer, req.Problem = Answer{http.StatusNotFound, "BadPath"}, "path "+r.URL.Path
+		req.Answer, req.Problem = Answer{Status: http.StatusNotFound, Reason: "BadPath"}, "path "+r.URL.Path
 	case req.Topic == "":
-		req.Answer, req.Problem = Answer{http.StatusBadRequest, "MissingTopic"}, "no apns-topic"
+		req.Answer, req.Problem = Answer{Status: http.StatusBadRequest, Reason: "MissingTopic"}, "no apns-topic"
 	case len(s.cfg.Topics) > 0 && !slices.Contains(s.cfg.Topics, req.Topic):
-		req.Answer, req.Problem = Answer{http.StatusBadRequest, "TopicDisallowed"}, "topic "+req.Topic
+		req.Answer, req.Problem = Answer{Status: http.StatusBadRequest, Reason: "TopicDisallowed"}, "topic "+req.Topic
 	case req.PushType != "alert" && req.PushType != "background":
-		req.Answer, req.Problem = Answer{http.StatusBadRequest, "InvalidPushType"}, "apns-push-type "+req.PushType
+		req.Answer, req.Problem = Answer{Status: http.StatusBadRequest, Reason: "InvalidPushType"}, "apns-push-type "+req.PushType
 	case err != nil:
-		req.Answer, req.Problem = Answer{http.StatusBadRequest, "PayloadEmpty"}, "body: "+err.Error()
+		req.Answer, req.Problem = Answer{Status: http.StatusBadRequest, Reason: "PayloadEmpty"}, "body: "+err.Error()
 	default:
 		if problem := s.checkJWT(r.Header.Get("authorization")); problem != "" {
-			req.Answer, req.Problem = Answer{http.StatusForbidden, "InvalidProviderToken"}, problem
+			req.Answer, req.Problem = Answer{Status: http.StatusForbidden, Reason: "InvalidProviderToken"}, problem
 			break
 		}
 		req.Answer = Answer{Status: http.StatusOK}
@@ -182,7 +186,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(req.Answer.Status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"reason": req.Answer.Reason})
+	answer := map[string]any{"reason": req.Answer.Reason}
+	if !req.Answer.Timestamp.IsZero() {
+		answer["timestamp"] = req.Answer.Timestamp.UnixMilli()
+	}
+	_ = json.NewEncoder(w).Encode(answer)
 }
 
 // checkJWT verifies a provider token; it returns what is wrong, or "".
