@@ -1,6 +1,7 @@
 package wecom
 
 import (
+	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -134,7 +135,8 @@ func (c *Channel) verifyURL(w http.ResponseWriter, r *http.Request) {
 // receive handles one callback. Nothing is stored for one that fails its
 // checks; an accepted one is answered 200 with an empty body once what it
 // asked for is committed (Work WeChat retries a callback it gets no answer
-// to within 5 seconds).
+// to within 5 seconds). A retry of a callback this node has handled, or is
+// handling, is not carried out again (see callbacks).
 func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
@@ -176,7 +178,15 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if err := c.handle(r.Context(), msg); err != nil {
+	err = c.handled.do(r.Context(), msg.MsgID, c.now(), func() error {
+		// Work WeChat hangs up after 5 s and sends the callback again: the
+		// handling goes on to its end, for the retry to find it done,
+		// rather than stopping halfway through a command.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), handleBudget)
+		defer cancel()
+		return c.handle(ctx, msg)
+	})
+	if err != nil {
 		c.log.Error("wecom: callback not handled; Work WeChat will retry", "err", err)
 		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "not handled; retry")
 		return

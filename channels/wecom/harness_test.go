@@ -3,6 +3,7 @@ package wecom_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"image"
 	"image/color"
 	"image/png"
@@ -63,6 +64,8 @@ type harness struct {
 	// beforeEnqueue, when set, runs before the channel queues an outbox
 	// entry: what the agent could do the moment a notification is queued.
 	beforeEnqueue atomic.Pointer[func(core.OutboxEntry)]
+	// failEnqueues is how many of the next outbox writes fail.
+	failEnqueues atomic.Int32
 }
 
 // hookStore lets a test act just before the channel's outbox writes.
@@ -74,6 +77,11 @@ type hookStore struct {
 func (s hookStore) Enqueue(ctx context.Context, e core.OutboxEntry) (core.OutboxEntry, error) {
 	if f := s.h.beforeEnqueue.Load(); f != nil {
 		(*f)(e)
+	}
+	for n := s.h.failEnqueues.Load(); n > 0; n = s.h.failEnqueues.Load() {
+		if s.h.failEnqueues.CompareAndSwap(n, n-1) {
+			return core.OutboxEntry{}, errors.New("the disk is full")
+		}
 	}
 	return s.Store.Enqueue(ctx, e)
 }

@@ -156,6 +156,7 @@ type Channel struct {
 	kicker  *bridge.Notifier // nil without a bus: entries wait for the outbox sweep
 	tokens  *wxapi.Tokens
 	limiter *httpx.WindowLimiter
+	handled callbacks // by MsgId, for Work WeChat's retries
 
 	agentsMu sync.Mutex
 	agents   []core.Agent

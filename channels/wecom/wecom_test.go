@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -553,4 +554,76 @@ func TestOnEndsAwayAndTakeLeavesClosedAlone(t *testing.T) {
 	if c := h.conv(c1.ID); c.Status != core.StatusResolved || len(h.agentTexts(c1.ID)) != 0 {
 		t.Fatalf("a plain reply after /take of a closed conversation: %+v, agent texts %q", c, h.agentTexts(c1.ID))
 	}
+}
+
+// TestRetriedCommandCarriedOutOnce: Work WeChat sends a callback again when
+// its answer is late or lost. A command is carried out, and answered, once:
+// for a retry after it was handled, and for one that comes while the first
+// is still under way after Work WeChat hung up on it. A callback whose
+// handling failed is handled again when it comes back.
+func TestRetriedCommandCarriedOutOnce(t *testing.T) {
+	h := newHarness(t)
+	post := func(ctx context.Context, msg []byte) int {
+		req, err := h.app.Request(h.srv.URL, msg)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp, err := h.srv.Client().Do(req.WithContext(ctx))
+		if err != nil {
+			return 0 // hung up
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	help := h.app.Text("alice", "/help", wecomtest.NextMsgID())
+	h.post(help)
+	h.post(help) // the retry of an answered callback
+	n := h.expect("alice", 0, "kefu commands")
+	h.quietFor("alice", n)
+	if n != 1 {
+		t.Fatalf("%d answers to one /help", n)
+	}
+
+	// A slow handling: Work WeChat hangs up and retries while it runs.
+	var handlings atomic.Int32
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	hook := func(core.OutboxEntry) {
+		if handlings.Add(1) == 1 {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	h.beforeEnqueue.Store(&hook)
+	list := h.app.Text("alice", "/list", wecomtest.NextMsgID())
+	hungUp, hangUp := context.WithCancel(context.Background())
+	first := make(chan int, 1)
+	go func() { first <- post(hungUp, list) }()
+	<-entered
+	hangUp()
+	<-first
+	retry := make(chan int, 1)
+	go func() { retry <- post(context.Background(), list) }()
+	time.Sleep(100 * time.Millisecond) // time for a second handling to start, if it would
+	close(release)
+	if code := <-retry; code != http.StatusOK {
+		t.Fatalf("the retry: HTTP %d", code)
+	}
+	h.beforeEnqueue.Store(nil)
+	if n := handlings.Load(); n != 1 {
+		t.Errorf("the command was carried out %d times", n)
+	}
+	n = h.expect("alice", n, "You have no open conversation.")
+	h.quietFor("alice", n)
+
+	// A failed handling is carried out again by the retry.
+	h.failEnqueues.Store(1)
+	again := h.app.Text("alice", "/help", wecomtest.NextMsgID())
+	if code := post(context.Background(), again); code != http.StatusServiceUnavailable {
+		t.Fatalf("a callback whose answer could not be queued: HTTP %d, want 503", code)
+	}
+	h.post(again)
+	n = h.expect("alice", n, "kefu commands")
+	h.quietFor("alice", n)
 }
