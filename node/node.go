@@ -521,13 +521,21 @@ type commitStats interface {
 	CommitStats() (commits, writes int64)
 }
 
-// Close releases the bus and the store. Run calls it; call it yourself only
-// for a Node that never ran.
+// Close releases the channels (those with a Close), the bus and the store.
+// Run calls it once its workers have stopped; call it yourself only for a
+// Node that never ran.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
 		if n.ln != nil {
 			_ = n.ln.Close()
+		}
+		// After the workers (Run has waited for them): a channel's Close
+		// releases what its deliveries use (WeChat's api_base route).
+		for _, ch := range n.channels {
+			if c, ok := ch.(io.Closer); ok {
+				errs = append(errs, c.Close())
+			}
 		}
 		if n.bus != nil {
 			errs = append(errs, n.bus.Close())

@@ -43,6 +43,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -157,7 +158,7 @@ type Channel struct {
 }
 
 // New builds a channel instance. It routes api.weixin.qq.com to
-// cfg.APIBase for the whole process until Close (or the end of Run).
+// cfg.APIBase for the whole process until Close.
 func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 	if cfg.APIBase == "" {
 		cfg.APIBase = DefaultAPIBase
@@ -209,15 +210,9 @@ func (c *Channel) Type() string { return Type }
 // ReplyWindow implements channels.Windowed.
 func (c *Channel) ReplyWindow() time.Duration { return Window }
 
-// Run implements channels.Runner. The channel has no loop of its own; Run
-// holds the instance's api_base route while the node runs and releases it
-// when ctx ends.
-func (c *Channel) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return c.Close()
-}
-
-// Close releases the api_base route. It is idempotent.
+// Close releases the api_base route. It is idempotent. A node calls it
+// once its outbox deliveries and followers have stopped, so that none of
+// them goes to the real host meanwhile.
 func (c *Channel) Close() error {
 	c.releaseOnce.Do(c.release)
 	return nil
@@ -242,8 +237,8 @@ func (c *Channel) Check(context.Context) error {
 
 var (
 	_ channels.Channel  = (*Channel)(nil)
+	_ io.Closer         = (*Channel)(nil)
 	_ channels.Windowed = (*Channel)(nil)
-	_ channels.Runner   = (*Channel)(nil)
 	_ channels.Checker  = (*Channel)(nil)
 	_ bridge.Sender     = (*Channel)(nil)
 )

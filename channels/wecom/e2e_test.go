@@ -16,6 +16,7 @@ import (
 	_ "github.com/kefuhq/kefu/channels/web"
 	"github.com/kefuhq/kefu/channels/wechat"
 	"github.com/kefuhq/kefu/channels/wechat/wechattest"
+	"github.com/kefuhq/kefu/channels/wechat/wxapi"
 	"github.com/kefuhq/kefu/channels/wecom/wecomtest"
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
@@ -252,4 +253,40 @@ channels:
 	if !slices.Equal(texts, want) {
 		t.Fatalf("REST conversation = %q, want %q", texts, want)
 	}
+}
+
+// TestFailedNodeReleasesTheRoute: a node that fails to start after building
+// its channels (here: its address is taken) releases the api_base route
+// they took, so that the process can route Work WeChat elsewhere.
+func TestFailedNodeReleasesTheRoute(t *testing.T) {
+	wc := wecomtest.NewServer(corpID, secret, agentID)
+	t.Cleanup(wc.Close)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	yaml := fmt.Sprintf(`
+server: {addr: %q}
+store: {driver: sqlite, dsn: %q}
+media: {dir: %q}
+log: {level: error}
+channels:
+  wecom: {enabled: true, corp_id: %q, agent_id: %d, secret: %q, token: %q, encoding_aes_key: %q, api_base: %q}
+`, taken.Addr().String(), filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"),
+		corpID, agentID, secret, token, aesKey, wc.URL)
+	cfg, err := config.Parse("failed.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := node.New(context.Background(), cfg, node.Options{Logger: quiet}); err == nil {
+		n.Close()
+		t.Fatal("node.New on a taken address succeeded")
+	}
+	release, err := wxapi.Route(wxapi.WorkHost, "http://127.0.0.1:1/elsewhere")
+	if err != nil {
+		t.Fatalf("after the failed start: %v", err)
+	}
+	release()
 }

@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -167,7 +168,7 @@ type Channel struct {
 }
 
 // New builds a channel instance. It routes qyapi.weixin.qq.com to
-// cfg.APIBase for the whole process until Close (or the end of Run).
+// cfg.APIBase for the whole process until Close.
 func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 	if cfg.APIBase == "" {
 		cfg.APIBase = DefaultAPIBase
@@ -212,16 +213,9 @@ func (c *Channel) Name() string { return c.name }
 // Type implements channels.Channel.
 func (c *Channel) Type() string { return Type }
 
-// Run implements channels.Runner. The channel has no loop of its own (the
-// node runs its follower and its outbox delivery); Run holds the
-// instance's api_base route while the node runs and releases it when ctx
-// ends.
-func (c *Channel) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return c.Close()
-}
-
-// Close releases the api_base route. It is idempotent.
+// Close releases the api_base route. It is idempotent. A node calls it
+// once its outbox deliveries and followers have stopped, so that none of
+// them goes to the real host meanwhile.
 func (c *Channel) Close() error {
 	c.releaseOnce.Do(c.release)
 	return nil
@@ -299,7 +293,7 @@ func (c *Channel) agentByUserID(ctx context.Context, userID string) (core.Agent,
 
 var (
 	_ channels.Channel     = (*Channel)(nil)
-	_ channels.Runner      = (*Channel)(nil)
+	_ io.Closer            = (*Channel)(nil)
 	_ channels.Checker     = (*Channel)(nil)
 	_ bridge.Sender        = (*Channel)(nil)
 	_ bridge.FollowHandler = (*Channel)(nil)
