@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,7 +174,9 @@ type DelivererConfig struct {
 	SendTimeout time.Duration
 	// MediaSendTimeout bounds one Send of a message with an attachment,
 	// which may upload it first: up to media.max_bytes on the server's
-	// uplink. Default 5 min.
+	// uplink. Default 5 min. At most half the Workers (at least one) send
+	// attachments at once: sends that hang for this long leave the other
+	// half to text.
 	MediaSendTimeout time.Duration
 	// ShutdownTimeout is how long Run waits for sends in flight when its
 	// ctx ends before cancelling them, and again after. Default 10 s. A
@@ -276,7 +279,13 @@ type Deliverer struct {
 	ready    []string             // keys waiting for a worker, oldest first
 	active   int                  // lanes running
 	stopping bool
-	lanes    sync.WaitGroup
+	// mediaActive counts the sends of attachments under way, at most
+	// mediaMax; the keys whose head is an attachment that found them all
+	// taken wait in mediaWaiting (oldest first, once each) for a kick.
+	mediaActive  int
+	mediaMax     int
+	mediaWaiting []string
+	lanes        sync.WaitGroup
 
 	tmu    sync.Mutex
 	timers timerHeap            // backoff wake-ups, earliest first
@@ -300,13 +309,14 @@ func NewDeliverer(cfg DelivererConfig) (*Deliverer, error) {
 	}
 	cfg.setDefaults()
 	return &Deliverer{
-		cfg:     cfg,
-		log:     cfg.Logger.With("channel", cfg.Channel),
-		metrics: cfg.Metrics,
-		clock:   cfg.Clock,
-		keys:    map[string]*keyState{},
-		due:     map[string]time.Time{},
-		wake:    make(chan struct{}, 1),
+		cfg:      cfg,
+		log:      cfg.Logger.With("channel", cfg.Channel),
+		metrics:  cfg.Metrics,
+		clock:    cfg.Clock,
+		keys:     map[string]*keyState{},
+		due:      map[string]time.Time{},
+		mediaMax: max(1, cfg.Workers/2),
+		wake:     make(chan struct{}, 1),
 	}, nil
 }
 
@@ -547,6 +557,10 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 
 	budget := d.cfg.SendTimeout
 	if out.Message != nil && out.Message.Media != nil {
+		if !d.takeMedia(e.Key) {
+			return false // kicked when an attachment's send ends
+		}
+		defer d.releaseMedia()
 		budget = max(budget, d.cfg.MediaSendTimeout)
 	}
 	ctx, cancel := context.WithTimeout(d.sendCtx, budget)
@@ -598,6 +612,37 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 		d.metrics.messageOut(d.cfg.Channel, ResultRetry)
 		d.retry(log, e, now.Add(d.cfg.Backoff(attempts)), err)
 		return false
+	}
+}
+
+// takeMedia claims one of the attachment sends, or reports false and
+// puts key among those waiting for one.
+func (d *Deliverer) takeMedia(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.mediaActive < d.mediaMax {
+		d.mediaActive++
+		return true
+	}
+	if !slices.Contains(d.mediaWaiting, key) {
+		d.mediaWaiting = append(d.mediaWaiting, key)
+	}
+	return false
+}
+
+// releaseMedia ends an attachment's send and kicks the key that has waited
+// longest for one.
+func (d *Deliverer) releaseMedia() {
+	d.mu.Lock()
+	d.mediaActive--
+	var next string
+	if len(d.mediaWaiting) > 0 {
+		next = d.mediaWaiting[0]
+		d.mediaWaiting = d.mediaWaiting[1:]
+	}
+	d.mu.Unlock()
+	if next != "" {
+		d.kick(next)
 	}
 }
 

@@ -842,3 +842,47 @@ func TestSweepFindsAKeyBehindABacklog(t *testing.T) {
 	}
 	t.Fatalf("conversation 2's reply still waits after %d sweeps: the page was full of conversation 1's backlog", h.store.sweeps())
 }
+
+// TestDeliverAttachmentsLeaveWorkersToText: a send with an attachment may
+// take MediaSendTimeout (5 min); at most half the workers send attachments
+// at once, so that attachments hanging on a silent provider leave the
+// other half to text. The attachments that waited go once a send ends.
+func TestDeliverAttachmentsLeaveWorkersToText(t *testing.T) {
+	h := newHarness(t)
+	h.start(func(c *bridge.DelivererConfig) { c.Workers = 4 })
+	gate := make(chan struct{})
+	var files []core.OutboxEntry
+	for conv := int64(1); conv <= 4; conv++ {
+		e := h.store.addReply(channel, conv, "", h.clock.Now())
+		h.store.mu.Lock()
+		m := h.store.messages[e.MessageID]
+		m.Kind, m.Media = core.KindFile, &core.Media{Key: "k", Name: "report.pdf", Type: "application/pdf", Size: 20 << 20}
+		h.store.messages[e.MessageID] = m
+		h.store.mu.Unlock()
+		h.sender.mu.Lock()
+		h.sender.gates[e.ID] = gate
+		h.sender.mu.Unlock()
+		files = append(files, e)
+	}
+	for _, e := range files {
+		h.kick(e)
+	}
+	started := func() int {
+		n := 0
+		for _, e := range files {
+			n += len(h.sender.attemptsOf(e.ID))
+		}
+		return n
+	}
+	eventually(t, "two attachments' sends to start", func() bool { return started() == 2 })
+	text := h.store.addReply(channel, 5, "a text goes through meanwhile", h.clock.Now())
+	h.kick(text)
+	h.waitFinished(text.ID)
+	if n := started(); n != 2 {
+		t.Errorf("%d attachments' sends under way, want 2 of the 4 workers", n)
+	}
+	close(gate)
+	for _, e := range files {
+		h.waitFinished(e.ID)
+	}
+}
