@@ -184,8 +184,10 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 			return Agent{}, err
 		}
 	}
-	deactivate := cur.Active && !next.Active
-	if deactivate {
+	// Deactivating an agent who is inactive already finishes a deactivation
+	// that failed part way (its conversations, its sessions).
+	deactivate := !next.Active && (cur.Active || ch.Active != nil)
+	if deactivate && cur.Active {
 		next.Active = true // Deactivate flips it, after the other fields are saved
 	}
 	if next != cur {

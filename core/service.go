@@ -219,21 +219,34 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 // their customers.)
 func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
 	ctx = context.WithoutCancel(ctx) // the message is committed
+	if back, ok := s.offInactive(ctx, c); ok {
+		s.routeNew(ctx, back)
+	}
+}
+
+// offInactive takes a reopened conversation from its assignee when that
+// agent was deactivated (or deleted) since it was theirs: it goes back to
+// the queue. It returns the conversation as it is then, and whether it was
+// taken back.
+func (s *Service) offInactive(ctx context.Context, c Conversation) (Conversation, bool) {
+	if c.AssigneeID == 0 {
+		return c, false
+	}
 	a, err := s.store.Agent(ctx, c.AssigneeID)
 	switch {
 	case err == nil && a.Active:
-		return
+		return c, false
 	case err == nil, errors.Is(err, ErrNotFound):
 		var back Changed
 		if back, err = s.assign(ctx, c.ID, 0, c.AssigneeID, 0, EventUnassigned, 0); err == nil {
-			s.routeNew(ctx, back.Conversation)
-			return
+			return back.Conversation, true
 		}
 		if errors.Is(err, ErrConflict) {
-			return // changed meanwhile (taken, transferred, closed): leave it
+			return c, false // changed meanwhile (taken, transferred, closed): leave it
 		}
 	}
 	s.log.Warn("routing: reopened conversation left with its agent", "conversation", c.ID, "agent", c.AssigneeID, "err", err)
+	return c, false
 }
 
 // routeNew routes a conversation that is waiting: it drains the queue (which
@@ -592,9 +605,11 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			waiting = waiting[len(done):] // all of the plan when err is nil
 			switch {
 			case err == nil:
-			case errors.Is(err, ErrCapacity):
+			case errors.Is(err, ErrCapacity), errors.Is(err, ErrForbidden):
 				// Its count moved under us (another node, an agent's own
-				// take): plan the rest again without that agent.
+				// take), or it was deactivated on a node whose news has
+				// not reached this one's presence yet: plan the rest
+				// again without that agent.
 				agent := plan[len(done)].AgentID
 				full[agent] = true
 				counts[agent] = s.cfg.MaxOpenPerAgent
@@ -735,6 +750,10 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	}
 	typ := EventTransferred
 	if toID == 0 {
+		if c.AssigneeID == 0 {
+			// Unassigning again would only send it to the back of the queue.
+			return Conversation{}, fmt.Errorf("%w: #%d is already waiting in the queue", ErrConflict, convID)
+		}
 		typ = EventUnassigned
 	} else if _, err := s.activeAgent(ctx, toID); err != nil {
 		return Conversation{}, err
@@ -752,15 +771,20 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 
 // Close resolves a conversation. Any active agent may close.
 func (s *Service) Close(ctx context.Context, by, convID int64) (Conversation, error) {
-	return s.setStatus(ctx, by, convID, StatusResolved, EventResolved)
+	return s.setStatus(ctx, by, convID, StatusResolved, EventResolved, true)
 }
 
-// Reopen reopens a resolved conversation: back to its assignee, or to the queue.
+// Reopen reopens a resolved conversation: back to its assignee, or to the
+// queue (and routed) when it had none or that agent has been deactivated
+// since.
 func (s *Service) Reopen(ctx context.Context, by, convID int64) (Conversation, error) {
-	return s.setStatus(ctx, by, convID, StatusOpen, EventReopened)
+	return s.setStatus(ctx, by, convID, StatusOpen, EventReopened, true)
 }
 
-func (s *Service) setStatus(ctx context.Context, by, convID int64, to ConversationStatus, typ EventType) (Conversation, error) {
+// setStatus resolves or reopens a conversation. A reopened one that waits
+// in the queue is routed when route is set; an agent replying leaves it
+// unrouted, to take it.
+func (s *Service) setStatus(ctx context.Context, by, convID int64, to ConversationStatus, typ EventType, route bool) (Conversation, error) {
 	if _, err := s.activeAgent(ctx, by); err != nil {
 		return Conversation{}, err
 	}
@@ -790,10 +814,14 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 	s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
 	if to == StatusResolved {
 		s.capacityChanged(ctx)
-	} else if ch.Conversation.Status == StatusPending {
-		s.routeNew(ctx, ch.Conversation)
+		return ch.Conversation, nil
 	}
-	return ch.Conversation, nil
+	// The reopen is committed: what follows does not depend on the caller.
+	c, _ := s.offInactive(context.WithoutCancel(ctx), ch.Conversation)
+	if route && c.Status == StatusPending {
+		s.routeNew(ctx, c)
+	}
+	return c, nil
 }
 
 // Reply sends an agent's public message to the customer. A reply to a
@@ -847,7 +875,10 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				ErrWindowClosed, s.window(c.Channel), c.ID, ends.UTC().Format(time.RFC3339))
 		}
 		if c.Status == StatusResolved {
-			switch reopened, err := s.Reopen(ctx, agentID, convID); {
+			// Not routed: the reply takes it for the agent, below, rather
+			// than the queue giving it to someone else or telling the
+			// customer that nobody is there.
+			switch reopened, err := s.setStatus(ctx, agentID, convID, StatusOpen, EventReopened, false); {
 			case err == nil:
 				c = reopened
 			case !errors.Is(err, ErrConflict):
@@ -867,6 +898,9 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 			if taken, err := s.Take(ctx, agentID, convID); err == nil {
 				c = taken
 			} else if !errors.Is(err, ErrConflict) {
+				if c.Status == StatusPending {
+					s.routeNew(ctx, c) // not left waiting unrouted
+				}
 				return Message{}, err
 			}
 		}

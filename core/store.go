@@ -51,7 +51,10 @@ type Store interface {
 	// already has MaxOpen open conversations it fails with ErrCapacity. With
 	// AgentID 0 the conversation goes back to the queue (pending, QueuedAt
 	// now). If the assignee is no longer a.From it fails with ErrConflict, so
-	// of two agents racing to take a conversation exactly one wins.
+	// of two agents racing to take a conversation exactly one wins. An
+	// agent that is not active is refused with ErrForbidden, in the same
+	// transaction: a deactivation on another node that a drain has not
+	// heard of yet cannot be undone by it.
 	Assign(ctx context.Context, a Assignment) (Changed, error)
 
 	// AssignAll applies the assignments in order, each as Assign would. It

@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"TemplateMessage", testTemplateMessage},
 		{"AtomicTake", testAtomicTake},
 		{"AssignCapacity", testCapacity},
+		{"AssignRefusesInactiveAgent", testAssignInactive},
 		{"AssignAllInOrder", testAssignAll},
 		{"AssignAllStopsAtTheFirstFailure", testAssignAllStops},
 		{"AssignTransferAndFrom", testTransfer},
@@ -929,6 +930,37 @@ func testCapacity(t *testing.T, s core.Store) {
 	c4 := ingest(t, s, "web", "v4", "hi", t0).Conversation
 	if _, err := s.Assign(ctx, asg(c4.ID, agent.ID, 0, 0, at(5*time.Second))); err != nil {
 		t.Errorf("assign without limit: %v", err)
+	}
+}
+
+// testAssignInactive: an agent deactivated (by another node, say) is
+// refused by the store itself, with or without a capacity limit.
+func testAssignInactive(t *testing.T, s core.Store) {
+	agent := newAgent(t, s, "a@example.com")
+	agent.Active = false
+	if err := s.UpdateAgent(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	c := ingest(t, s, "web", "v1", "hi", t0).Conversation
+	for _, maxOpen := range []int{0, 5} {
+		_, err := s.Assign(ctx, asg(c.ID, agent.ID, 0, maxOpen, at(time.Second)))
+		wantErr(t, fmt.Sprintf("assigning to a deactivated agent (max open %d)", maxOpen), err, core.ErrForbidden)
+	}
+	if got := conversation(t, s, c.ID); got.Status != core.StatusPending || got.AssigneeID != 0 || got.LastSeq != 1 {
+		t.Errorf("refused conversation changed: %+v", got)
+	}
+	// Back to the queue needs no agent.
+	agent.Active = true
+	if err := s.UpdateAgent(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	assign(t, s, c.ID, agent.ID, 0, at(2*time.Second))
+	agent.Active = false
+	if err := s.UpdateAgent(ctx, agent); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Assign(ctx, asg(c.ID, 0, agent.ID, 0, at(3*time.Second))); err != nil {
+		t.Errorf("unassigning a deactivated agent's conversation: %v", err)
 	}
 }
 

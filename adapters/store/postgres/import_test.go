@@ -30,7 +30,7 @@ func fillSQLite(t *testing.T, s core.Store) {
 	alice, err := s.CreateAgent(ctx, core.Agent{Email: "Alice@Example.com", Name: "Alice", Role: core.RoleAdmin,
 		PasswordHash: "$2a$10$hash", Active: true, WeComUserID: "alice", SlackUser: "U0ALICE", CreatedAt: t0})
 	must(err)
-	bob, err := s.CreateAgent(ctx, core.Agent{Email: "bob@example.com", Name: "Bob", CreatedAt: t0})
+	bob, err := s.CreateAgent(ctx, core.Agent{Email: "bob@example.com", Name: "Bob", Active: true, CreatedAt: t0})
 	must(err)
 	must(s.CreateSession(ctx, core.Session{TokenHash: "hash-a", AgentID: alice.ID, CreatedAt: t0,
 		ExpiresAt: at(time.Hour), IP: "203.0.113.7", UserAgent: "Mozilla/5.0"}))
@@ -98,6 +98,8 @@ func fillSQLite(t *testing.T, s core.Store) {
 	must(err)
 	_, err = s.Assign(ctx, core.Assignment{ConversationID: web2.Conversation.ID, AgentID: bob.ID, At: at(49 * time.Hour)})
 	must(err)
+	bob.Active = false // deactivated since, and still the assignee
+	must(s.UpdateAgent(ctx, bob))
 
 	// Agent notifications in the outbox, one retried.
 	e, err := s.Enqueue(ctx, core.OutboxEntry{Channel: "wecom", Key: "alice", Payload: []byte(`{"n":1}`), CreatedAt: t0})

@@ -155,9 +155,14 @@ const (
 	// sqlMsgExternalID records the provider's id of a message that has none.
 	sqlMsgExternalID = `UPDATE messages SET external_id = $2 WHERE id = $1 AND external_id IS NULL`
 
-	sqlAgent     = `SELECT ` + agentCols + ` FROM agents a WHERE a.id = $1`
-	sqlAgentLock = `SELECT 1 FROM agents WHERE id = $1 FOR UPDATE`
-	sqlAgentIns  = `INSERT INTO agents (email, name, role, password_hash, active, wecom_userid, slack_user,
+	sqlAgent = `SELECT ` + agentCols + ` FROM agents a WHERE a.id = $1`
+	// sqlAgentLock locks an agent whose open conversations are counted
+	// (an assignment at capacity); sqlAgentShare holds one that is being
+	// assigned against a concurrent deactivation. Both read whether the
+	// agent is active.
+	sqlAgentLock  = `SELECT active FROM agents WHERE id = $1 FOR UPDATE`
+	sqlAgentShare = `SELECT active FROM agents WHERE id = $1 FOR SHARE`
+	sqlAgentIns   = `INSERT INTO agents (email, name, role, password_hash, active, wecom_userid, slack_user,
 		created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`
 	// An active admin stays one unless another active admin exists: no
 	// update leaves none. kefu's writers already take write_lock, which

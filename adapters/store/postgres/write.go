@@ -407,10 +407,20 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 	}
 	var out core.Changed
 	err = s.do(ctx, func(w *wtx) error {
-		if a.AgentID != 0 && a.MaxOpen > 0 {
-			if _, err := w.exec(sqlAgentLock, a.AgentID); err != nil {
-				return dbErr(err, "lock agent %d", a.AgentID)
+		if a.AgentID != 0 {
+			lock := sqlAgentShare
+			if a.MaxOpen > 0 {
+				lock = sqlAgentLock
 			}
+			var active bool
+			if err := w.queryRow(lock, a.AgentID).Scan(&active); err != nil {
+				return dbErr(err, "agent %d", a.AgentID)
+			}
+			if !active {
+				return fmt.Errorf("postgres: agent %d is deactivated: %w", a.AgentID, core.ErrForbidden)
+			}
+		}
+		if a.AgentID != 0 && a.MaxOpen > 0 {
 			// A statement of its own, after the lock: its snapshot sees
 			// every assignment committed before the lock was granted.
 			var n int

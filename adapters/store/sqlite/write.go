@@ -537,8 +537,12 @@ func (w *wtx) assign(a core.Assignment, ev core.Message) (core.Changed, error) {
 		return core.Changed{}, conflict("conversation %d is assigned to %d, not %d", c.ID, c.AssigneeID, a.From)
 	}
 	if a.AgentID != 0 {
-		if _, err := scanAgent(w.queryRow(stAgent, a.AgentID)); err != nil {
+		ag, err := scanAgent(w.queryRow(stAgent, a.AgentID))
+		if err != nil {
 			return core.Changed{}, dbErr(err, "agent %d", a.AgentID)
+		}
+		if !ag.Active {
+			return core.Changed{}, fmt.Errorf("sqlite: agent %d is deactivated: %w", a.AgentID, core.ErrForbidden)
 		}
 		if a.MaxOpen > 0 {
 			var n int
