@@ -147,6 +147,12 @@ func (f *Follower) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 		case <-f.wake:
+			if backoff > 0 {
+				// Backing off after a failure: a new message does not cut
+				// the wait short (every update on the bus wakes the
+				// follower, and would retry a failing handler at once).
+				continue
+			}
 		}
 		if !loaded {
 			var err error

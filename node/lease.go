@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -95,13 +96,56 @@ func (n *Node) runLeased(ctx context.Context, g *errgroup.Group, work []leasedWo
 }
 
 // runWork runs each piece of work under its lease until ctx ends (it then
-// returns nil once all have stopped) or one fails.
+// returns nil once all have stopped). A piece that fails (the bus briefly
+// unreachable as it subscribes, say) has released its lease when it
+// returns: it is tried again after a backoff, here or on the node that
+// takes the lease first, rather than stopping this node and every
+// connection it serves.
 func (n *Node) runWork(ctx context.Context, work []leasedWork) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, w := range work {
-		g.Go(func() error { return bridge.RunLeased(ctx, n.leaseConfig(w.name, n.cfg.NodeID, false), w.run) })
+		g.Go(func() error { return n.runRetrying(ctx, w) })
 	}
 	return g.Wait()
+}
+
+// Backoff of leased work that failed: doubling from workRetryMin to
+// workRetryMax, and back to workRetryMin after a run that lasted
+// workRetryMax.
+const (
+	workRetryMin = time.Second
+	workRetryMax = time.Minute
+)
+
+// runRetrying runs w under its lease until ctx ends or w returns nil,
+// trying it again when it fails.
+func (n *Node) runRetrying(ctx context.Context, w leasedWork) error {
+	cfg := n.leaseConfig(w.name, n.cfg.NodeID, false)
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	var clock bridge.Clock = bridge.RealClock{}
+	if n.leaseClk != nil {
+		clock = n.leaseClk
+	}
+	backoff := workRetryMin
+	for {
+		start := clock.Now()
+		err := bridge.RunLeased(ctx, cfg, w.run)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if clock.Now().Sub(start) >= workRetryMax {
+			backoff = workRetryMin
+		}
+		n.log.Error("leased work failed; trying again", "work", w.name, "in", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-clock.At(clock.Now().Add(backoff)):
+		}
+		backoff = min(2*backoff, workRetryMax)
+	}
 }
 
 func (n *Node) leaseConfig(name, holder string, claim bool) bridge.LeaseConfig {

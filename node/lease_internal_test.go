@@ -231,3 +231,48 @@ func TestNodeIDClaimTakenIsFatal(t *testing.T) {
 		t.Fatalf("the other process's claim was freed (holder %q)", got)
 	}
 }
+
+// TestFailedWorkIsTriedAgain: leased work that fails (a Deliverer whose
+// bus subscription was refused, say) is run again after a backoff instead
+// of stopping the node's other work, and the node with it.
+func TestFailedWorkIsTriedAgain(t *testing.T) {
+	clock := fakeclock.New(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
+	cfg := &config.Config{NodeID: "kefu-a"}
+	cfg.Store.Driver = "postgres"
+	n := &Node{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), store: newClaimStore(clock),
+		leases: bridge.NewHeldLeases(), leaseTTL: testTTL, leaseClk: clock}
+	var mu sync.Mutex
+	runs := 0
+	running := make(chan struct{})
+	work := leasedWork{name: "deliver.wa", run: func(ctx context.Context) error {
+		mu.Lock()
+		runs++
+		first := runs == 1
+		mu.Unlock()
+		if first {
+			return errors.New("deliver wa: subscribe: dial tcp 127.0.0.1:6379: connection refused")
+		}
+		close(running)
+		<-ctx.Done()
+		return nil
+	}}
+	other := leasedWork{name: "follow.wecom", run: func(ctx context.Context) error { <-ctx.Done(); return nil }}
+	ctx, stop := context.WithCancel(context.Background())
+	done, returned := make(chan error, 1), make(chan struct{})
+	go func() { done <- n.runWork(ctx, []leasedWork{work, other}); close(returned) }()
+	if !clock.WaitFor(clock.Now().Add(workRetryMin), returned) {
+		t.Fatalf("the work was not tried again: runWork returned %v", <-done)
+	}
+	clock.Advance(workRetryMin)
+	select {
+	case <-running:
+	case err := <-done:
+		t.Fatalf("runWork returned %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the work did not run again")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("runWork returned %v after the stop", err)
+	}
+}
