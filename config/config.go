@@ -195,9 +195,17 @@ func (c *Config) Validate() error {
 	if c.Media.Driver == MediaPostgres && c.Store.Driver != StorePostgres {
 		errs = append(errs, Errorf("media.driver", "postgres keeps files in the PostgreSQL store's database and needs store.driver: postgres; store.driver is %q", c.Store.Driver))
 	}
+	single := map[string]string{} // type → the first enabled instance of a SingleInstance type
 	for _, ci := range c.EnabledChannels() {
 		if ci.Config != nil {
 			errs = append(errs, Prefix("channels."+ci.Name, ci.Config.Validate()))
+		}
+		if _, ok := ci.Config.(SingleInstance); ok {
+			if first, dup := single[ci.Type]; dup {
+				errs = append(errs, Errorf("channels."+ci.Name, "only one channel of type %s may be enabled, and %s is: its paths are fixed", ci.Type, first))
+			} else {
+				single[ci.Type] = ci.Name
+			}
 		}
 	}
 	for _, pi := range c.EnabledPushers() {

@@ -18,6 +18,12 @@ type Section interface {
 	Validate() error
 }
 
+// SingleInstance is implemented by the section of a channel type of which
+// at most one instance may be enabled (the web channel serves fixed paths).
+type SingleInstance interface {
+	SingleInstance()
+}
+
 // Defaulter is implemented by list items and map values that have defaults
 // of their own: the loader calls SetDefaults on each new item before decoding
 // its keys into it. (A section's top level gets its defaults from the

@@ -72,6 +72,10 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 }
 
+// SingleInstance implements config.SingleInstance: every web channel would
+// serve the same fixed paths (docs/protocol.md).
+func (*Config) SingleInstance() {}
+
 // Limits are the web channel's rate limits. Addresses are the client's, as
 // server.trusted_proxies allows X-Forwarded-For to tell.
 type Limits struct {
