@@ -58,7 +58,7 @@ func (a *api) login(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	ip := httpx.ClientIP(r, a.trusted)
-	at, wait := a.throttle.begin(strings.ToLower(req.Email), loginIPKey(ip))
+	at, wait := a.throttle.begin(strings.ToLower(req.Email), ipKey(ip))
 	if wait > 0 {
 		httpx.TooMany(w, wait)
 		return
@@ -175,7 +175,7 @@ func (a *api) changePassword(w http.ResponseWriter, r *http.Request, me core.Age
 		return err
 	}
 	ctx := r.Context()
-	at, wait := a.throttle.begin(strings.ToLower(me.Email), loginIPKey(httpx.ClientIP(r, a.trusted)))
+	at, wait := a.throttle.begin(strings.ToLower(me.Email), ipKey(httpx.ClientIP(r, a.trusted)))
 	if wait > 0 {
 		httpx.TooMany(w, wait)
 		return nil

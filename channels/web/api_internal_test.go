@@ -207,11 +207,11 @@ func TestLoginIPKey(t *testing.T) {
 		"2001:db8:1:3:3:4:5:6":      "2001:db8:1:3::/64",
 		"2001:db8:1:2:3:4:5:6%eth0": "2001:db8:1:2::/64",
 	} {
-		if got := loginIPKey(netip.MustParseAddr(in)); got != want {
-			t.Errorf("loginIPKey(%s) = %s, want %s", in, got, want)
+		if got := ipKey(netip.MustParseAddr(in)); got != want {
+			t.Errorf("ipKey(%s) = %s, want %s", in, got, want)
 		}
 	}
-	if got := loginIPKey(netip.Addr{}); got == "" {
+	if got := ipKey(netip.Addr{}); got == "" {
 		t.Error("the zero address needs a key too")
 	}
 }

@@ -138,9 +138,11 @@ func (l *loginThrottle) sweepLocked(now time.Time) {
 	l.swept = now
 }
 
-// loginIPKey is the throttle's key for a client address: the address itself for
-// IPv4, its /64 for IPv6 (one host commonly holds a whole /64).
-func loginIPKey(a netip.Addr) string {
+// ipKey is the key of a client address in the login throttle and the
+// visitor limits: the address itself for IPv4, its /64 for IPv6 (one host
+// commonly holds a whole /64, and would otherwise get around every limit
+// by changing address).
+func ipKey(a netip.Addr) string {
 	if a.Is6() && !a.Is4In6() {
 		p, err := a.Prefix(64)
 		if err == nil {

@@ -423,14 +423,15 @@ func (rt *realtime) waitReady(ctx context.Context) bool {
 	}
 }
 
-func (rt *realtime) clientIP(r *http.Request) string {
-	return httpx.ClientIP(r, rt.c.deps.TrustedProxies).String()
+// clientKey is the key of r's client in the visitor limits (see ipKey).
+func (rt *realtime) clientKey(r *http.Request) string {
+	return ipKey(httpx.ClientIP(r, rt.c.deps.TrustedProxies))
 }
 
 // allowRequest applies the per-IP request rate of the visitor endpoints,
 // answering 429 with Retry-After when it is exceeded.
 func (rt *realtime) allowRequest(w http.ResponseWriter, r *http.Request) bool {
-	ok, wait := rt.ipLimit.Allow(rt.clientIP(r))
+	ok, wait := rt.ipLimit.Allow(rt.clientKey(r))
 	if !ok {
 		httpx.TooMany(w, wait)
 	}

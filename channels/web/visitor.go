@@ -304,7 +304,7 @@ func (rt *realtime) serveSession(w http.ResponseWriter, r *http.Request) {
 	}
 	if !resumed {
 		// A new identity here may start a conversation: cap them per address.
-		if ok, wait := rt.convLimit.Allow(rt.clientIP(r)); !ok {
+		if ok, wait := rt.convLimit.Allow(rt.clientKey(r)); !ok {
 			httpx.TooMany(w, wait)
 			return
 		}
