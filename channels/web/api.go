@@ -62,39 +62,42 @@ func newAPI(c *Channel) (*api, error) {
 // routes registers every endpoint. The list is docs/api.md's table of
 // contents.
 func (a *api) routes() {
+	// Every endpoint but the two lists (which check their own filters)
+	// refuses query parameters: "?note=true" on a reply must not send a
+	// note to the customer.
 	a.mux.HandleFunc("POST /api/v1/auth/login", a.login)
-	a.handle("POST /api/v1/auth/logout", a.logout)
+	a.handle("POST /api/v1/auth/logout", apiNoQuery(a.logout))
 
 	a.handle("GET /api/v1/me", apiNoQuery(a.getMe))
-	a.handle("PATCH /api/v1/me", a.patchMe)
-	a.handle("POST /api/v1/me/password", a.changePassword)
+	a.handle("PATCH /api/v1/me", apiNoQuery(a.patchMe))
+	a.handle("POST /api/v1/me/password", apiNoQuery(a.changePassword))
 
 	a.handle("GET /api/v1/conversations", a.listConversations)
 	a.handle("GET /api/v1/conversations/{id}", apiNoQuery(a.getConversation))
 	a.handle("GET /api/v1/conversations/{id}/messages", a.listMessages)
-	a.handle("POST /api/v1/conversations/{id}/messages", a.postReply)
-	a.handle("POST /api/v1/conversations/{id}/notes", a.postNote)
-	a.handle("POST /api/v1/conversations/{id}/take", a.take)
-	a.handle("POST /api/v1/conversations/{id}/assign", a.assign)
-	a.handle("POST /api/v1/conversations/{id}/transfer", a.transfer)
-	a.handle("POST /api/v1/conversations/{id}/close", a.closeConversation)
-	a.handle("POST /api/v1/conversations/{id}/reopen", a.reopenConversation)
-	a.handle("POST /api/v1/conversations/{id}/read", a.markRead)
-	a.handle("POST /api/v1/messages/{id}/resend", a.resend)
+	a.handle("POST /api/v1/conversations/{id}/messages", apiNoQuery(a.postReply))
+	a.handle("POST /api/v1/conversations/{id}/notes", apiNoQuery(a.postNote))
+	a.handle("POST /api/v1/conversations/{id}/take", apiNoQuery(a.take))
+	a.handle("POST /api/v1/conversations/{id}/assign", apiNoQuery(a.assign))
+	a.handle("POST /api/v1/conversations/{id}/transfer", apiNoQuery(a.transfer))
+	a.handle("POST /api/v1/conversations/{id}/close", apiNoQuery(a.closeConversation))
+	a.handle("POST /api/v1/conversations/{id}/reopen", apiNoQuery(a.reopenConversation))
+	a.handle("POST /api/v1/conversations/{id}/read", apiNoQuery(a.markRead))
+	a.handle("POST /api/v1/messages/{id}/resend", apiNoQuery(a.resend))
 	a.handle("GET /api/v1/conversations/{id}/templates", apiNoQuery(a.listTemplates))
 
-	a.handle("POST /api/v1/uploads", a.upload)
-	a.handle("GET /api/v1/media/{key}", a.getMedia)
-	a.handle("GET /api/v1/media/{key}/preview", a.getMediaPreview)
+	a.handle("POST /api/v1/uploads", apiNoQuery(a.upload))
+	a.handle("GET /api/v1/media/{key}", apiNoQuery(a.getMedia))
+	a.handle("GET /api/v1/media/{key}/preview", apiNoQuery(a.getMediaPreview))
 
-	a.handle("POST /api/v1/devices", a.postDevice)
+	a.handle("POST /api/v1/devices", apiNoQuery(a.postDevice))
 	a.handle("GET /api/v1/devices", apiNoQuery(a.listDevices))
-	a.handle("DELETE /api/v1/devices/{token}", a.deleteDevice)
+	a.handle("DELETE /api/v1/devices/{token}", apiNoQuery(a.deleteDevice))
 
 	a.handle("GET /api/v1/agents", apiNoQuery(a.listAgents))
-	a.handle("POST /api/v1/agents", apiAdminOnly(a.createAgent))
-	a.handle("PATCH /api/v1/agents/{id}", apiAdminOnly(a.patchAgent))
-	a.handle("POST /api/v1/agents/{id}/password", apiAdminOnly(a.resetPassword))
+	a.handle("POST /api/v1/agents", apiNoQuery(apiAdminOnly(a.createAgent)))
+	a.handle("PATCH /api/v1/agents/{id}", apiNoQuery(apiAdminOnly(a.patchAgent)))
+	a.handle("POST /api/v1/agents/{id}/password", apiNoQuery(apiAdminOnly(a.resetPassword)))
 }
 
 func (a *api) mount(mux *http.ServeMux) { mux.Handle(apiPrefix, a) }
@@ -196,19 +199,27 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	httpx.FromError(w, a.log, err)
 }
 
-// apiAdminOnly lets only admins through (403 for others), before the body is
-// read.
 // apiNoQuery refuses any query parameter, for endpoints that take none:
 // a misspelt filter must not silently list everything (docs/api.md).
 func apiNoQuery(h apiHandler) apiHandler {
 	return func(w http.ResponseWriter, r *http.Request, me core.Agent) error {
-		for k := range r.URL.Query() {
-			return httpx.BadRequest("unknown query parameter %q: this endpoint takes none", k)
+		if err := noQuery(r); err != nil {
+			return err
 		}
 		return h(w, r, me)
 	}
 }
 
+// noQuery is apiNoQuery's check.
+func noQuery(r *http.Request) error {
+	for k := range r.URL.Query() {
+		return httpx.BadRequest("unknown query parameter %q: this endpoint takes none", k)
+	}
+	return nil
+}
+
+// apiAdminOnly lets only admins through (403 for others), before the body is
+// read.
 func apiAdminOnly(h apiHandler) apiHandler {
 	return func(w http.ResponseWriter, r *http.Request, me core.Agent) error {
 		if me.Role != core.RoleAdmin {

@@ -51,6 +51,10 @@ type apiLoginResponse struct {
 // are throttled per account and per client address; a throttled login is
 // refused (429) before the password is looked at.
 func (a *api) login(w http.ResponseWriter, r *http.Request) {
+	if err := noQuery(r); err != nil {
+		a.fail(w, err)
+		return
+	}
 	req, err := apiDecode[apiLoginRequest](w, r, apiMaxSmallBody)
 	if err != nil {
 		a.fail(w, err)

@@ -1143,6 +1143,11 @@ func TestAPIBadInput(t *testing.T) {
 		{"agent id", "PATCH", "/api/v1/agents/x", `{"name":"X"}`, 403, "forbidden"}, // admins only, before anything else
 		{"unknown endpoint", "GET", "/api/v1/nothing", nil, 404, "not_found"},
 		{"method", "DELETE", msgs, nil, 405, "method_not_allowed"},
+		// A query parameter no endpoint takes: "?note=true" must not send
+		// the customer what was meant as a note.
+		{"query on a reply", "POST", msgs + "?note=true", `{"client_id":"q1","text":"meant as a note"}`, 400, "bad_request"},
+		{"query on close", "POST", fmt.Sprintf("/api/v1/conversations/%d/close?notify=false", conv), nil, 400, "bad_request"},
+		{"query on login", "POST", "/api/v1/auth/login?remember=1", `{"email":"x@example.com","password":"y"}`, 400, "bad_request"},
 	} {
 		r := h.do(tc.method, tc.path, alice, tc.body)
 		if r.status != tc.status || r.code() != tc.code {
@@ -1168,6 +1173,9 @@ func TestAPIBadInput(t *testing.T) {
 	}
 	if n := h.messageCount(conv); n != before {
 		t.Fatalf("bad input stored %d messages", n-before)
+	}
+	if c := h.conversation(conv); c.Status == core.StatusResolved {
+		t.Fatal("a close with an unknown query parameter closed the conversation")
 	}
 	// Admin endpoints with bad bodies change nothing either.
 	root := h.login(apiRootEmail, apiRootPass)
