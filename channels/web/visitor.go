@@ -398,13 +398,18 @@ func queryInt(s string) (int64, error) {
 
 // visitorConversation returns conversation id if it is the identity's;
 // anything else, including another visitor's conversation, is ErrNotFound.
+// The answer is the same for both, so that it does not tell which
+// conversations exist.
 func (rt *realtime) visitorConversation(ctx context.Context, identity string, id int64) (core.Conversation, error) {
 	c, err := rt.store.Conversation(ctx, id)
+	if err == nil && (c.Channel != rt.c.name || c.ExternalID != identity) {
+		err = core.ErrNotFound
+	}
+	if errors.Is(err, core.ErrNotFound) {
+		return core.Conversation{}, fmt.Errorf("conversation %d: %w", id, core.ErrNotFound)
+	}
 	if err != nil {
 		return core.Conversation{}, err
-	}
-	if c.Channel != rt.c.name || c.ExternalID != identity {
-		return core.Conversation{}, fmt.Errorf("conversation %d: %w", id, core.ErrNotFound)
 	}
 	return c, nil
 }

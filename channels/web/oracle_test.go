@@ -1,0 +1,46 @@
+package web_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/kefuhq/kefu/channels/web/webtest"
+)
+
+// TestOthersConversationLooksMissing: asking for another visitor's
+// conversation is answered exactly as asking for one that does not exist,
+// so that a visitor cannot find out which conversations exist.
+func TestOthersConversationLooksMissing(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	victim := h.session("")
+	vp := &webtest.Poller{Client: h.cl, Token: victim.Token}
+	conv := must(vp.SendText(ctx, "v-1", 0, "secret", false)).Message.ConversationID
+	other := h.session("")
+	get := func(path string) string {
+		req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+other.Token)
+		req.Header.Set("Origin", rtOrigin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, strings.ReplaceAll(string(b), fmt.Sprint(conv+1000), fmt.Sprint(conv)))
+	}
+	for _, path := range []string{"/lp/visitor?conversation_id=%d", "/api/v1/visitor/messages?conversation_id=%d"} {
+		theirs, missing := get(fmt.Sprintf(path, conv)), get(fmt.Sprintf(path, conv+1000))
+		if theirs != missing || !strings.HasPrefix(theirs, "404 ") {
+			t.Errorf("%s: another visitor's conversation: %s; a missing one: %s; want the same 404", path, theirs, missing)
+		}
+	}
+}
