@@ -630,19 +630,17 @@ func (d *Deliverer) takeMedia(key string) bool {
 	return false
 }
 
-// releaseMedia ends an attachment's send and kicks the key that has waited
-// longest for one.
+// releaseMedia ends an attachment's send and kicks the keys waiting for
+// one, oldest first: the first to come takes the free send, the others
+// wait again (a single kick would be lost on a key whose head has changed).
 func (d *Deliverer) releaseMedia() {
 	d.mu.Lock()
 	d.mediaActive--
-	var next string
-	if len(d.mediaWaiting) > 0 {
-		next = d.mediaWaiting[0]
-		d.mediaWaiting = d.mediaWaiting[1:]
-	}
+	waiting := d.mediaWaiting
+	d.mediaWaiting = nil
 	d.mu.Unlock()
-	if next != "" {
-		d.kick(next)
+	for _, key := range waiting {
+		d.kick(key)
 	}
 }
 

@@ -95,7 +95,10 @@ func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 		f.failed(ctx, log, "composing the notification", err)
 		return
 	}
-	for _, d := range devices {
+	for i, d := range devices {
+		if i > 0 && f.superseded(e) {
+			return // a newer message is on its way to them
+		}
 		n.Device = d
 		if !f.send(ctx, log, n, pause) {
 			return

@@ -128,6 +128,15 @@ type entry struct {
 // replace the older alert anyway (they share a collapse id).
 type job struct{ e *entry } // e: guarded by Fallback.mu
 
+// started is, for a conversation side, the newest message a push has been
+// started for (queued, sending or backing off) while any of its pushes is
+// alive: an older push still alive is overtaken and must not go out after
+// it.
+type started struct {
+	seq  int64
+	live int // pushes alive
+}
+
 // Fallback decides, for every new message, whether its recipient needs a
 // push, and sends it through the Pusher to the recipient's devices:
 //
@@ -167,6 +176,7 @@ type Fallback struct {
 	caughtUp int64             // the last message the catch-up read: the bus's copies are skipped
 	inflight map[int64]int     // messages whose push is under way, by ID
 	queued   map[key]*job      // the pushes waiting for a worker, by conversation side
+	started  map[key]started   // per conversation side with pushes alive: the newest message handed to one
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -224,7 +234,7 @@ func New(cfg Config) (*Fallback, error) {
 	return &Fallback{
 		cfg: cfg, log: cfg.Logger.With("component", "push"),
 		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1), inflight: map[int64]int{},
-		queued: map[key]*job{},
+		queued: map[key]*job{}, started: map[key]started{},
 	}, nil
 }
 
@@ -285,6 +295,7 @@ func (f *Fallback) reset() {
 	f.newest, f.saved, f.lastTick, f.caughtUp = 0, 0, 0, 0
 	clear(f.inflight)
 	clear(f.queued)
+	clear(f.started)
 	select {
 	case <-f.kick:
 	default:
@@ -308,16 +319,23 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 	push := func(es []*entry, notBefore func(*entry) time.Time) {
 		for _, e := range es {
 			f.mu.Lock()
+			st := f.started[e.key]
+			st.seq = max(st.seq, e.msg.Seq)
 			if j := f.queued[e.key]; j != nil && notBefore == nil {
-				// The push before it still waits for a worker: it goes
-				// out with this newer message instead (see job).
-				f.done(j.e.msg.ID)
-				f.inflight[e.msg.ID]++
-				j.e = e
+				// The push before it still waits for a worker: the newer
+				// of the two messages goes out, once (see job).
+				if e.msg.Seq > j.e.msg.Seq {
+					f.done(j.e.msg.ID)
+					f.inflight[e.msg.ID]++
+					j.e = e
+				}
+				f.started[e.key] = st
 				f.mu.Unlock()
 				f.cfg.Metrics.skipped("superseded")
 				continue
 			}
+			st.live++
+			f.started[e.key] = st
 			j := &job{e: e}
 			if notBefore == nil {
 				f.queued[e.key] = j
@@ -328,12 +346,18 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 			go func() {
 				defer wg.Done()
 				defer func() {
+					f.mu.Lock()
+					defer f.mu.Unlock()
+					if st := f.started[e.key]; st.live > 1 {
+						st.live--
+						f.started[e.key] = st
+					} else {
+						delete(f.started, e.key)
+					}
 					if wctx.Err() != nil {
 						return // cut off: it stays below the cursor, for the next run
 					}
-					f.mu.Lock()
 					f.done(j.e.msg.ID)
-					f.mu.Unlock()
 				}()
 				if notBefore != nil {
 					select {
@@ -375,11 +399,10 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 					case <-wctx.Done():
 						return false
 					}
-					if f.superseded(e) {
-						f.cfg.Metrics.skipped("superseded")
+					if f.superseded(e) || !take() || f.superseded(e) {
 						return false
 					}
-					return take()
+					return true
 				})
 			}()
 		}
@@ -580,14 +603,17 @@ func (f *Fallback) done(id int64) {
 	}
 }
 
-// superseded reports whether a newer push for e's conversation side waits
-// for a worker: a retry of e would only bring the older message back on
-// the device after it.
+// superseded reports whether a push for a newer message of e's
+// conversation side has been started (see started): e going out after it
+// would bring the older message back on the device. It counts the skip.
 func (f *Fallback) superseded(e *entry) bool {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	j := f.queued[e.key]
-	return j != nil && j.e.msg.Seq > e.msg.Seq
+	newer := f.started[e.key].seq > e.msg.Seq
+	f.mu.Unlock()
+	if newer {
+		f.cfg.Metrics.skipped("superseded")
+	}
+	return newer
 }
 
 // cursorAt returns the ID at or below which this run has dealt with every

@@ -292,3 +292,63 @@ func TestOvertakenRetryIsDropped(t *testing.T) {
 		t.Errorf("pushed %+v, want the newer message %d", n, newer.ID)
 	}
 }
+
+// TestOvertakenRetryIsDroppedAfterTheNewerWent: with workers free, the
+// newer push goes out at once while the older one backs off; the older
+// one's retry must not follow it, or the device is left showing the older
+// message.
+func TestOvertakenRetryIsDroppedAfterTheNewerWent(t *testing.T) {
+	h := newHarness(t)
+	var mu sync.Mutex
+	var pushed []Notification
+	refused := false
+	var err error
+	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n.Device.Token == token(1) && !refused {
+			refused = true
+			return &RetryError{Err: errors.New("429 TooManyRequests")}
+		}
+		pushed = append(pushed, n)
+		return nil
+	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
+		Backoff: 10 * time.Second, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.conversation()
+	h.rec.take()
+	tn := h.startTenure()
+	t0 := h.clock.Now()
+	h.agentSays(c, "first")
+	tn.feed()
+	tn.waitArmed(t0.Add(collapse))
+	h.clock.Advance(collapse) // refused: backs off for 10 s
+	if !h.clock.WaitFor(t0.Add(collapse+10*time.Second), tn.finished) {
+		t.Fatal("no backoff")
+	}
+	newer := h.agentSays(c, "second")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	wait.For(t, "the newer push", func() bool { mu.Lock(); defer mu.Unlock(); return len(pushed) == 1 })
+	h.clock.Advance(10 * time.Second) // the older one's backoff ends
+	wait.For(t, "the older retry to be dropped or sent", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(pushed) > 1 || h.skipped("superseded") > 0
+	})
+	if err := tn.stop(DefaultStopGrace); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(pushed) != 1 || pushed[0].MessageID != newer.ID {
+		var ids []int64
+		for _, n := range pushed {
+			ids = append(ids, n.MessageID)
+		}
+		t.Errorf("pushed messages %v, want only the newer %d", ids, newer.ID)
+	}
+}

@@ -186,6 +186,12 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		return c.handle(ctx, msg)
 	})
+	if err != nil && r.Context().Err() != nil && errors.Is(err, r.Context().Err()) {
+		// Work WeChat hung up (a retry waiting for the first handling,
+		// which goes on): nobody reads this answer.
+		c.log.Info("wecom: Work WeChat stopped waiting for a callback's answer", "msgid", msg.MsgID, "err", err)
+		return
+	}
 	if err != nil {
 		c.log.Error("wecom: callback not handled; Work WeChat will retry", "err", err)
 		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "not handled; retry")

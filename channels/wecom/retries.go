@@ -2,6 +2,7 @@ package wecom
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -12,8 +13,13 @@ import (
 const retryWindow = 5 * time.Minute
 
 // handleBudget bounds the handling of one callback, which goes on when
-// Work WeChat hangs up (at 5 s) so that its retry finds it done.
-const handleBudget = 30 * time.Second
+// Work WeChat hangs up (at 5 s) so that its retry finds it done. It stays
+// well inside the node's shutdown timeout, which waits for it.
+const handleBudget = 10 * time.Second
+
+// errUnfinished is the outcome of a handling that never returned (it
+// panicked): a retry runs it again.
+var errUnfinished = errors.New("wecom: the callback's handling did not finish")
 
 // maxRemembered bounds the callbacks remembered (about 55 a second over
 // retryWindow); past it the oldest are forgotten early.
@@ -69,6 +75,7 @@ func (cs *callbacks) do(ctx context.Context, id string, now time.Time, handle fu
 			cs.remember(id, cb, now)
 			cs.mu.Unlock()
 			defer close(cb.done)
+			cb.err = errUnfinished // until handle returns: a panic leaves it failed
 			cb.err = handle()
 			return cb.err
 		}
