@@ -366,3 +366,39 @@ func TestLastMessageID(t *testing.T) {
 		}
 	}
 }
+
+// TestSequencerProbeFindsALostLastUpdate: the update of the newest message
+// never came (its publish was lost) and nothing came after it: the probe
+// finds it in the store, and once the gap's wait has passed it is released
+// from there; an update that does come meanwhile is released as usual.
+func TestSequencerProbeFindsALostLastUpdate(t *testing.T) {
+	st := &fakeStore{msgs: history(3, func(int) int64 { return 7 }, nil)}
+	s := newSequencer(1, 500*time.Millisecond)
+	s.feed, s.conv = st.feed, st.conv
+	t0 := time.Unix(1000, 0)
+	var got []int64
+	emit := func(u core.Update) { got = append(got, u.Message.ID) }
+	if err := s.probe(context.Background(), t0); err != nil {
+		t.Fatal(err)
+	}
+	d, held := s.deadline()
+	if !held || !d.Equal(t0.Add(500*time.Millisecond)) {
+		t.Fatalf("after the probe: deadline %v, held %v; want the 2 and 3 waited for", d, held)
+	}
+	s.add(update(st, st.msgs[1]), t0, emit) // 2's update was only late
+	if err := s.fill(context.Background(), d, emit); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []int64{2, 3}) {
+		t.Fatalf("released %v, want 2 (its update) and 3 (from the store)", got)
+	}
+	if _, held := s.deadline(); held {
+		t.Error("still holding after the fill")
+	}
+	if err := s.probe(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if _, held := s.deadline(); held {
+		t.Error("a probe with nothing new holds something")
+	}
+}

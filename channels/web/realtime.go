@@ -34,6 +34,7 @@ const (
 	pathLPVis    = "/lp/visitor"
 	pathLPAgent  = "/lp/agent"
 	resequenceBy = 500 * time.Millisecond // how long a gap in message IDs is waited for
+	probeEvery   = 2 * time.Second        // how often the store is read past the last message released
 )
 
 // realtime is the realtime half of a web channel instance.
@@ -218,10 +219,21 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 			timer.Reset(time.Until(d))
 		}
 	}
+	// A message whose publish was lost is found by the probe (see
+	// sequencer.probe).
+	probe := time.NewTicker(probeEvery)
+	defer probe.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-probe.C:
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := rt.seq.probe(fctx, rt.c.now()); err != nil && ctx.Err() == nil {
+				rt.log.Warn("web: reading the store for updates that never came failed", "err", err)
+			}
+			cancel()
+			arm()
 		case msg, ok := <-msgs:
 			if !ok {
 				if ctx.Err() != nil {

@@ -145,6 +145,24 @@ func (s *sequencer) deadline() (t time.Time, ok bool) {
 	return s.gap.Add(s.wait), true
 }
 
+// probe looks in the store past last when nothing is held. A message whose
+// update never reached this node (its publish was lost) shows as a gap only
+// when a later update arrives; with nothing after it, live sockets would
+// never get it. What probe finds is held, without an update, as a gap
+// seen at now: updates still on their way release it as usual, and fill
+// reads the rest from the store once the gap's wait has passed.
+func (s *sequencer) probe(ctx context.Context, now time.Time) error {
+	if len(s.pending) > 0 {
+		return nil // a gap is being waited for; fill reads it
+	}
+	page, err := s.feed(ctx, s.last, 500)
+	if err != nil || len(page) == 0 {
+		return err
+	}
+	s.hold(page[len(page)-1].ID, now)
+	return nil
+}
+
 // fill reads the held range from the store and releases everything in it in
 // ID order: the updates that arrived, and messages rebuilt from the store for
 // those that did not. On a store error nothing is released, and the gap is
