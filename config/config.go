@@ -275,7 +275,7 @@ func (s *Store) Validate() error {
 	case s.DSN == "":
 		errs = append(errs, Errorf("dsn", "required"))
 	case s.Driver == StorePostgres && !isURL:
-		errs = append(errs, Errorf("dsn", "must be a postgres:// or postgresql:// URL when driver is postgres; got %q", s.DSN))
+		errs = append(errs, Errorf("dsn", "must be a postgres:// or postgresql:// URL when driver is postgres; got %q", Redact(s.DSN)))
 	case s.Driver == StoreSQLite && isURL:
 		errs = append(errs, Errorf("dsn", "is a PostgreSQL URL but driver is sqlite (set driver: postgres)"))
 	}
@@ -317,21 +317,26 @@ func (b *Bus) Validate() error {
 	}
 	u, err := url.Parse(b.URL)
 	if err != nil || !slices.Contains(schemes, u.Scheme) || u.Host == "" {
-		return Errorf("url", "must be a %s URL when driver is %s; got %q", want, b.Driver, redact(b.URL))
+		return Errorf("url", "must be a %s URL when driver is %s; got %q", want, b.Driver, Redact(b.URL))
 	}
 	return nil
 }
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
-// redact hides the password of a URL-like string for an error message.
-func redact(s string) string {
+// kvPassword is a password in a key=value connection string
+// ("host=db password=secret").
+var kvPassword = regexp.MustCompile(`(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// Redact hides the password of a connection string (a URL's, or a
+// key=value string's) for a message or a log line.
+func Redact(s string) string {
 	if u, err := url.Parse(s); err == nil && u.User != nil {
 		if _, has := u.User.Password(); has {
 			return u.Redacted()
 		}
 	}
-	return s
+	return kvPassword.ReplaceAllString(s, "${1}xxxxx")
 }
 
 // Validate checks strategy, max_open_per_agent and reopen_within.

@@ -480,3 +480,24 @@ func TestHostileInput(t *testing.T) {
 		})
 	}
 }
+
+// TestRedact: a connection string in a message shows no password, in
+// either form PostgreSQL takes.
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://kefu:S3cret@db:5432/kefu":           "postgres://kefu:xxxxx@db:5432/kefu",
+		"host=db user=kefu password=S3cret dbname=kefu": "host=db user=kefu password=xxxxx dbname=kefu",
+		"host=db PASSWORD='a b\\' c' dbname=kefu":       "host=db PASSWORD=xxxxx dbname=kefu",
+		"data/kefu.db":             "data/kefu.db",
+		"redis://127.0.0.1:6379/0": "redis://127.0.0.1:6379/0",
+	} {
+		if got := config.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	_, err := config.Parse("t.yaml", []byte("store: {driver: postgres, dsn: \"host=db password=S3cretPassw0rd\"}\n"),
+		func(string) (string, bool) { return "", false })
+	if err == nil || strings.Contains(err.Error(), "S3cretPassw0rd") {
+		t.Errorf("config error shows the password: %v", err)
+	}
+}

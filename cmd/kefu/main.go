@@ -123,7 +123,10 @@ func configFlag(name string, args []string, stderr io.Writer) (string, error) {
 		return "", err
 	}
 	if fs.NArg() > 0 {
-		return "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		err := fmt.Errorf("unexpected argument %q (a config file is given with -c FILE)", fs.Arg(0))
+		fmt.Fprintf(stderr, "kefu %s: %v\n", name, err)
+		fs.Usage()
+		return "", err
 	}
 	return *path, nil
 }
@@ -286,7 +289,11 @@ func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "kefu migrate:", err)
 		return 1
 	}
-	// Opening the SQLite store brings its schema to this kefu's version.
+	// Only a kefu database is opened as a store (which brings its schema to
+	// this kefu's version): any other file is left as it is.
+	if err := checkKefuDB(*from); err != nil {
+		return fail(err)
+	}
 	quiet := slog.New(slog.DiscardHandler)
 	ss, err := sqlite.Open(ctx, sqlite.Options{Path: *from, Logger: quiet})
 	if err != nil {
@@ -308,7 +315,7 @@ func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 	start := time.Now()
 	counts, err := postgres.ImportSQLite(ctx, src, dst, postgres.ImportOptions{Force: *force})
 	if errors.Is(err, core.ErrConflict) {
-		return fail(fmt.Errorf("%s already holds data; -force replaces it", *to))
+		return fail(fmt.Errorf("%s already holds data; -force replaces it", config.Redact(*to)))
 	}
 	if err != nil {
 		return fail(err)
@@ -371,4 +378,25 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// checkKefuDB reports whether path is an existing SQLite file that kefu
+// made, reading it only.
+func checkKefuDB(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite", path+"?_query_only=on")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = db.Close() }()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('goose_db_version', 'messages')`).Scan(&n); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if n != 2 {
+		return fmt.Errorf("%s is not a kefu database (no kefu tables in it)", path)
+	}
+	return nil
 }

@@ -95,3 +95,15 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("version: exit %d, %q", code, &stdout)
 	}
 }
+
+// TestStrayArgumentIsExplained: "kefu serve kefu.yaml" (the -c left out)
+// exits 2 saying why, not silently.
+func TestStrayArgumentIsExplained(t *testing.T) {
+	for _, args := range [][]string{{"serve", "kefu.yaml"}, {"config", "check", "-c", "a.yaml", "extra"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "unexpected argument") ||
+			!strings.Contains(stderr.String(), "-c FILE") {
+			t.Errorf("kefu %s: exit %d, stderr %q; want 2 and the reason", strings.Join(args, " "), code, &stderr)
+		}
+	}
+}

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,5 +88,39 @@ func TestMigrateMedia(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "media files    0 (0 bytes; 1 there already)") {
 		t.Errorf("second run:\n%s", out.String())
+	}
+}
+
+// TestMigrateLeavesOtherFilesAlone: -from naming a SQLite file kefu did not
+// make (or no file) fails without writing kefu's schema into it.
+func TestMigrateLeavesOtherFilesAlone(t *testing.T) {
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other.db")
+	db, err := sql.Open("sqlite", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE notes (x TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	for _, from := range []string{other, filepath.Join(dir, "missing.db")} {
+		var out, errOut bytes.Buffer
+		code := run([]string{"migrate", "sqlite-to-postgres", "-from", from, "-to", "postgres://kefu:S3cret@127.0.0.1:1/x"}, &out, &errOut)
+		if code != 1 || strings.Contains(errOut.String(), "S3cret") {
+			t.Errorf("-from %s: exit %d, stderr %q; want 1, without the password", from, code, &errOut)
+		}
+	}
+	db, err = sql.Open("sqlite", other+"?_query_only=on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var tables int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table'`).Scan(&tables); err != nil || tables != 1 {
+		t.Errorf("other.db has %d tables (%v), want only its own", tables, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "missing.db")); !os.IsNotExist(err) {
+		t.Errorf("a missing -from was created: %v", err)
 	}
 }
