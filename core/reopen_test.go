@@ -3,6 +3,7 @@ package core_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -89,29 +90,41 @@ func TestReopenLeavesADeactivatedAgent(t *testing.T) {
 
 // Two nodes share a store; this node's presence has not heard yet that
 // the other deactivated agent 1. Its drain must not give agent 1 a
-// conversation: the store refuses, and the drain goes on without them.
+// conversation: the store refuses, and the drain goes on without them
+// (with or without a limit per agent).
 func TestDrainSkipsAnAgentDeactivatedElsewhere(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 5, ReopenWithin: time.Hour}, 2, 0)
-	admin, err := f.store.CreateAgent(ctx, core.Agent{Email: "admin@example.com", Role: core.RoleAdmin, Active: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a0, a1 := f.agents[0].ID, f.agents[1].ID
-	other := core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 5, ReopenWithin: time.Hour},
-		core.Deps{Store: f.store, Presence: core.NewMemoryPresence(), Notifier: &recorder{}})
-	f.presence.Connect(a0)
-	if c := f.conv(f.say("x", "1", "first").Conversation.ID); c.AssigneeID != a0 {
-		t.Fatalf("first conversation %+v, want agent %d's", c, a0)
-	}
-	f.presence.Connect(a1) // agent 0 has one: least busy picks agent 1 next
-	off := false
-	if _, err := other.UpdateAgent(ctx, admin.ID, a1, core.AgentChange{Active: &off}); err != nil {
-		t.Fatal(err)
-	}
-	y := f.say("y", "2", "hello")
-	if c := f.conv(y.Conversation.ID); c.AssigneeID != a0 {
-		t.Errorf("conversation %s with agent %d, want agent %d (agent %d is deactivated)", c.Status, c.AssigneeID, a0, a1)
+	for _, maxOpen := range []int{5, 0} {
+		t.Run(fmt.Sprint("max open ", maxOpen), func(t *testing.T) {
+			ctx := context.Background()
+			cfg := core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: maxOpen, ReopenWithin: time.Hour}
+			f := newFixture(t, cfg, 2, 0)
+			admin, err := f.store.CreateAgent(ctx, core.Agent{Email: "admin@example.com", Role: core.RoleAdmin, Active: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a0, a1 := f.agents[0].ID, f.agents[1].ID
+			other := core.NewService(cfg, core.Deps{Store: f.store, Presence: core.NewMemoryPresence(), Notifier: &recorder{}})
+			f.presence.Connect(a0)
+			if c := f.conv(f.say("x", "1", "first").Conversation.ID); c.AssigneeID != a0 {
+				t.Fatalf("first conversation %+v, want agent %d's", c, a0)
+			}
+			f.presence.Connect(a1) // agent 0 has one: least busy picks agent 1 next
+			off := false
+			if _, err := other.UpdateAgent(ctx, admin.ID, a1, core.AgentChange{Active: &off}); err != nil {
+				t.Fatal(err)
+			}
+			said := make(chan core.Ingested, 1)
+			go func() { said <- f.say("y", "2", "hello") }()
+			var y core.Ingested
+			select {
+			case y = <-said:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the drain did not end")
+			}
+			if c := f.conv(y.Conversation.ID); c.AssigneeID != a0 {
+				t.Errorf("conversation %s with agent %d, want agent %d (agent %d is deactivated)", c.Status, c.AssigneeID, a0, a1)
+			}
+		})
 	}
 }
 
@@ -161,8 +174,8 @@ func TestDeactivationTriedAgainFinishes(t *testing.T) {
 	}
 }
 
-// Sending a waiting conversation "back to the queue" is refused: it would
-// only move it behind those that came after it.
+// Sending a waiting conversation "back to the queue" changes nothing: it
+// is not moved behind those that came after it.
 func TestTransferOfAWaitingConversationToTheQueue(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 5, ReopenWithin: time.Hour}, 1, 0)
@@ -173,8 +186,11 @@ func TestTransferOfAWaitingConversationToTheQueue(t *testing.T) {
 	y := f.say("y", "1", "first")
 	f.clock.Advance(time.Second)
 	z := f.say("z", "2", "second")
-	if _, err := f.svc.Transfer(ctx, admin.ID, y.Conversation.ID, 0); !errors.Is(err, core.ErrConflict) {
-		t.Errorf("Transfer to the queue of a waiting conversation: %v, want ErrConflict", err)
+	if c, err := f.svc.Transfer(ctx, admin.ID, y.Conversation.ID, 0); err != nil || c.Status != core.StatusPending {
+		t.Errorf("Transfer to the queue of a waiting conversation: %+v, %v; want it as it is", c, err)
+	}
+	if got := f.conv(y.Conversation.ID); got.LastSeq != y.Conversation.LastSeq {
+		t.Errorf("the transfer added %d events", got.LastSeq-y.Conversation.LastSeq)
 	}
 	q, err := f.store.Queue(ctx, 10)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -551,7 +552,8 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		s.fullMu.Unlock()
 	}()
 	gen := s.capacity()
-	full := map[int64]bool{} // agents the store found at capacity in this drain
+	full := map[int64]bool{}     // agents the store found at capacity in this drain
+	excluded := map[int64]bool{} // agents the store refused as deactivated
 	// A page handed to the store may commit even if ctx ends meanwhile
 	// (core.Store): the drain waits for it regardless, so that every
 	// assignment made is published, and checks ctx between pages.
@@ -564,6 +566,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		if err != nil {
 			return err
 		}
+		avail = slices.DeleteFunc(avail, func(id int64) bool { return excluded[id] })
 		s.noteAvailable(len(avail) > 0)
 		if len(avail) == 0 {
 			s.setFull(gen, true)
@@ -605,11 +608,15 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			waiting = waiting[len(done):] // all of the plan when err is nil
 			switch {
 			case err == nil:
-			case errors.Is(err, ErrCapacity), errors.Is(err, ErrForbidden):
+			case errors.Is(err, ErrForbidden):
+				// Deactivated on a node whose news has not reached this
+				// one's presence yet: plan the rest without that agent.
+				agent := plan[len(done)].AgentID
+				excluded[agent] = true
+				avail = slices.DeleteFunc(avail, func(id int64) bool { return id == agent })
+			case errors.Is(err, ErrCapacity):
 				// Its count moved under us (another node, an agent's own
-				// take), or it was deactivated on a node whose news has
-				// not reached this one's presence yet: plan the rest
-				// again without that agent.
+				// take): plan the rest again without that agent.
 				agent := plan[len(done)].AgentID
 				full[agent] = true
 				counts[agent] = s.cfg.MaxOpenPerAgent
@@ -750,9 +757,10 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	}
 	typ := EventTransferred
 	if toID == 0 {
-		if c.AssigneeID == 0 {
-			// Unassigning again would only send it to the back of the queue.
-			return Conversation{}, fmt.Errorf("%w: #%d is already waiting in the queue", ErrConflict, convID)
+		if c.AssigneeID == 0 && c.Status == StatusPending {
+			// Already waiting: unassigning again would only send it to
+			// the back of the queue. Nothing changes.
+			return c, nil
 		}
 		typ = EventUnassigned
 	} else if _, err := s.activeAgent(ctx, toID); err != nil {

@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kefuhq/kefu/bridge"
 )
 
@@ -62,7 +64,11 @@ func (n *Node) initLeases(opt Options) error {
 		return fmt.Errorf("node: lease TTL %v is below the minimum %v", n.leaseTTL, bridge.MinLeaseTTL)
 	}
 	n.leases = bridge.NewHeldLeases()
-	return n.reg.Register(n.leases)
+	n.workFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kefu_leased_work_failures_total",
+		Help: "Times a piece of leased work (deliver.CHANNEL, follow.CHANNEL, push.NAME…) failed and was tried again after a backoff.",
+	}, []string{"work"})
+	return errors.Join(n.reg.Register(n.leases), n.reg.Register(n.workFailures))
 }
 
 // Leases returns the names of the cluster leases this node holds now,
@@ -137,6 +143,9 @@ func (n *Node) runRetrying(ctx context.Context, w leasedWork) error {
 		}
 		if clock.Now().Sub(start) >= workRetryMax {
 			backoff = workRetryMin
+		}
+		if n.workFailures != nil {
+			n.workFailures.WithLabelValues(w.name).Inc()
 		}
 		n.log.Error("leased work failed; trying again", "work", w.name, "in", backoff, "err", err)
 		select {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kefuhq/kefu/bridge"
@@ -240,7 +242,8 @@ func TestFailedWorkIsTriedAgain(t *testing.T) {
 	cfg := &config.Config{NodeID: "kefu-a"}
 	cfg.Store.Driver = "postgres"
 	n := &Node{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), store: newClaimStore(clock),
-		leases: bridge.NewHeldLeases(), leaseTTL: testTTL, leaseClk: clock}
+		leases: bridge.NewHeldLeases(), leaseTTL: testTTL, leaseClk: clock,
+		workFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "f"}, []string{"work"})}
 	var mu sync.Mutex
 	runs := 0
 	running := make(chan struct{})
@@ -274,5 +277,9 @@ func TestFailedWorkIsTriedAgain(t *testing.T) {
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("runWork returned %v after the stop", err)
+	}
+	var m dto.Metric
+	if err := n.workFailures.WithLabelValues("deliver.wa").Write(&m); err != nil || m.GetCounter().GetValue() != 1 {
+		t.Errorf("kefu_leased_work_failures_total{work=\"deliver.wa\"} = %v (%v), want 1", m.GetCounter().GetValue(), err)
 	}
 }

@@ -81,8 +81,10 @@ type Node struct {
 	ln       net.Listener
 	idle     time.Duration      // server.idle_timeout
 	leases   *bridge.HeldLeases // the cluster leases this node holds
-	leaseTTL time.Duration
-	leaseClk bridge.Clock // times the leases; nil: the wall clock (tests set it)
+	// workFailures counts the failures of leased work (runRetrying).
+	workFailures *prometheus.CounterVec
+	leaseTTL     time.Duration
+	leaseClk     bridge.Clock // times the leases; nil: the wall clock (tests set it)
 
 	closeOnce sync.Once
 	closeErr  error
