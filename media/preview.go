@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"image"
+	"image/color"
 	"image/draw"
 	"image/gif"
 	"image/jpeg"
@@ -26,8 +27,12 @@ import (
 // Decoding happens only after the declared dimensions (read by
 // DecodeConfig from the first bytes) pass the pixel limit: a small file
 // declaring a huge canvas (a decompression bomb) is saved without a
-// preview and never decoded. How many previews decode at once is bounded
-// too, since a 40-megapixel image takes 160 MB or more while it does.
+// preview and never decoded. The limit is on the memory decoding takes:
+// MaxPixels at 4 bytes a pixel (8-bit RGBA), so an image with 16 bits a
+// channel (8 bytes a pixel), an interlaced PNG or a progressive JPEG
+// (decoded in passes, with more memory) passes with fewer pixels. How
+// many previews decode at once is bounded too, since a 40-megapixel image
+// takes 160 MB or more while it does.
 
 // previewQuality is the JPEG quality of previews.
 const previewQuality = 82
@@ -70,7 +75,7 @@ func (s *Store) makePreview(ctx context.Context, key, typ string) (string, error
 	head := &capBuffer{max: exifScan}
 	cfg, err := dec.config(bufio.NewReader(io.TeeReader(rc, head)))
 	_ = rc.Close()
-	if err != nil || cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > s.opt.MaxPixels {
+	if err != nil || cfg.Width <= 0 || cfg.Height <= 0 || decodeBytes(typ, cfg, head.Bytes()) > 4*s.opt.MaxPixels {
 		return "", nil
 	}
 	orient := 1
@@ -96,6 +101,59 @@ func (s *Store) makePreview(ctx context.Context, key, typ string) (string, error
 	return pk, nil
 }
 
+// decodeBytes estimates the memory that decoding an image of cfg takes:
+// its pixels as the decoder holds them, more for a PNG that is interlaced
+// or a JPEG that is progressive (decoded in passes). head is the file's
+// first bytes.
+func decodeBytes(typ string, cfg image.Config, head []byte) int64 {
+	per := int64(4)
+	switch m := cfg.ColorModel; {
+	case m == color.RGBA64Model, m == color.NRGBA64Model:
+		per = 8
+	case m == color.Gray16Model:
+		per = 2
+	case m == color.GrayModel:
+		per = 1
+	case m == color.YCbCrModel:
+		per = 3
+	default:
+		if _, ok := m.(color.Palette); ok {
+			per = 1
+		}
+	}
+	n := int64(cfg.Width) * int64(cfg.Height) * per
+	switch {
+	case typ == "image/png" && pngInterlaced(head):
+		n *= 2 // each pass decoded on its own, then merged
+	case typ == "image/jpeg" && jpegProgressive(head):
+		n *= 4 // every coefficient held until the last scan
+	}
+	return n
+}
+
+// pngInterlaced reports whether a PNG's header says Adam7 interlacing:
+// the IHDR chunk comes first, its interlace byte at offset 28.
+func pngInterlaced(head []byte) bool {
+	return len(head) > 28 && string(head[12:16]) == "IHDR" && head[28] == 1
+}
+
+// jpegProgressive reports whether a JPEG's frame header, found before its
+// first scan, is a progressive one (SOF2, SOF6, SOF10 or SOF14).
+func jpegProgressive(head []byte) bool {
+	i := 2 // after SOI
+	for i+4 <= len(head) && head[i] == 0xFF {
+		marker := head[i+1]
+		switch marker {
+		case 0xC2, 0xC6, 0xCA, 0xCE:
+			return true
+		case 0xDA, 0xD9: // the first scan, or the end: no progressive frame before it
+			return false
+		}
+		i += 2 + int(binary.BigEndian.Uint16(head[i+2:]))
+	}
+	return false
+}
+
 // render decodes the object under key and returns its preview as JPEG.
 func (s *Store) render(ctx context.Context, key string, dec decoder, orient int) ([]byte, bool, error) {
 	rc, _, err := s.b.Open(ctx, key)
@@ -108,7 +166,7 @@ func (s *Store) render(ctx context.Context, key string, dec decoder, orient int)
 		return nil, false, nil
 	}
 	b := src.Bounds()
-	if b.Dx() <= 0 || b.Dy() <= 0 || int64(b.Dx())*int64(b.Dy()) > s.opt.MaxPixels {
+	if b.Dx() <= 0 || b.Dy() <= 0 {
 		return nil, false, nil
 	}
 	w, h := fit(b.Dx(), b.Dy(), s.opt.PreviewMax)

@@ -90,3 +90,39 @@ func FuzzJPEGOrientation(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeMemoryHeaders: the headers that make decoding take more
+// memory are recognised, and nothing else is.
+func TestDecodeMemoryHeaders(t *testing.T) {
+	ihdr := func(interlace byte) []byte {
+		b := []byte("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x06\x00\x00")
+		return append(b, interlace, 0, 0, 0, 0)
+	}
+	if !pngInterlaced(ihdr(1)) || pngInterlaced(ihdr(0)) || pngInterlaced(ihdr(1)[:20]) {
+		t.Error("pngInterlaced")
+	}
+	segment := func(marker byte, n int) []byte {
+		return append([]byte{0xFF, marker, 0, byte(n + 2)}, make([]byte, n)...)
+	}
+	jpeg := func(segs ...[]byte) []byte {
+		b := []byte{0xFF, 0xD8}
+		for _, s := range segs {
+			b = append(b, s...)
+		}
+		return b
+	}
+	for _, tt := range []struct {
+		name string
+		head []byte
+		want bool
+	}{
+		{"baseline", jpeg(segment(0xE0, 14), segment(0xDB, 65), segment(0xC0, 15), segment(0xDA, 10)), false},
+		{"progressive after APP1", jpeg(segment(0xE1, 100), segment(0xC2, 15), segment(0xDA, 10)), true},
+		{"progressive after the scan", jpeg(segment(0xC0, 15), segment(0xDA, 10), segment(0xC2, 15)), false},
+		{"cut short", jpeg(segment(0xE1, 100))[:50], false},
+	} {
+		if got := jpegProgressive(tt.head); got != tt.want {
+			t.Errorf("jpegProgressive(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

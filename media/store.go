@@ -37,8 +37,11 @@ type Options struct {
 	// PreviewMax is the longest side of a preview, in pixels; default 480.
 	PreviewMax int
 	// MaxPixels is the largest image (width × height, as the file declares
-	// it) that is decoded for a preview; a larger one is saved without a
-	// preview. Default 40 megapixels, about 160 MB while decoding.
+	// it) that is decoded for a preview, counted at 8-bit RGBA; a larger
+	// one is saved without a preview. Images that take more memory a pixel
+	// to decode (16 bits a channel, interlaced PNG, progressive JPEG) count
+	// for more (see decodeBytes). Default 40 megapixels, about 160 MB while
+	// decoding.
 	MaxPixels int64
 	// PreviewJobs bounds how many images decode at once (memory); default 2.
 	PreviewJobs int

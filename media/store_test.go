@@ -532,6 +532,8 @@ func TestDecompressionBomb(t *testing.T) {
 		{"10 gigapixels declared", pngHeaderOnly(100_000, 100_000), 0},
 		{"just over the limit", pngHeaderOnly(8000, 5001), 0},
 		{"over a custom limit", pngBytes(t, testImage(100, 100)), 9_999},
+		// 16 bits a channel: 8 bytes a pixel to decode, so it counts double.
+		{"16-bit over half the limit", pngBytes(t, image.NewRGBA64(image.Rect(0, 0, 100, 60))), 10_000},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b := newFake()
@@ -550,6 +552,29 @@ func TestDecompressionBomb(t *testing.T) {
 				t.Fatalf("OpenPreview = %v, want ErrNotFound", err)
 			}
 		})
+	}
+}
+
+// An 8-bit image of the same size as the 16-bit one refused above is
+// within the limit: the limit is on decoding memory, not on pixels alone.
+func TestPreviewLimitCountsBytes(t *testing.T) {
+	s := newStore(t, newFake(), media.Options{MaxPixels: 10_000})
+	for _, tt := range []struct {
+		name string
+		img  image.Image
+		want bool
+	}{
+		{"8-bit", image.NewRGBA(image.Rect(0, 0, 100, 60)), true},
+		{"16-bit", image.NewRGBA64(image.Rect(0, 0, 100, 60)), false},
+		{"16-bit, half the pixels", image.NewRGBA64(image.Rect(0, 0, 100, 50)), true},
+	} {
+		m, err := s.Save(context.Background(), bytes.NewReader(pngBytes(t, tt.img)), "a.png")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.Preview != ""; got != tt.want {
+			t.Errorf("%s: preview %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
 
