@@ -1,6 +1,7 @@
 package media
 
 import (
+	"mime"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -59,4 +60,59 @@ func truncateUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// runnable are extensions under which a saved file is run or rendered with
+// script when it is opened: by a browser (HTML, SVG, XML), or by the
+// system (Windows Script Host, installers, shortcuts, shell scripts).
+var runnable = map[string]bool{
+	"html": true, "htm": true, "xhtml": true, "shtml": true, "mht": true, "mhtml": true,
+	"svg": true, "svgz": true, "xml": true, "xsl": true,
+	"js": true, "mjs": true, "cjs": true, "jse": true, "vbs": true, "vbe": true, "wsf": true, "wsh": true, "hta": true,
+	"bat": true, "cmd": true, "com": true, "exe": true, "scr": true, "pif": true, "msi": true, "msp": true,
+	"ps1": true, "psm1": true, "lnk": true, "url": true, "scf": true, "inf": true, "reg": true, "cpl": true,
+	"chm": true, "jar": true, "sh": true, "command": true, "app": true,
+}
+
+// FileName returns the name a stored file goes by when a person calls it
+// name: SanitizeName's, made safe to open (see nameFor). key and typ are
+// the stored object's key and type.
+func FileName(name, key, typ string) string {
+	ext := ""
+	if i := strings.LastIndexByte(key, '.'); i >= 0 {
+		ext = key[i+1:]
+	}
+	return nameFor(SanitizeName(name), typ, ext)
+}
+
+// nameFor returns the name a saved file of type typ (stored with extension
+// ext) goes by: name, unless its extension would make the file run when
+// opened and the content is not of that kind; then the real type's
+// extension is added ("invoice.html" holding text → "invoice.html.txt"),
+// so that downloading and opening it shows text instead of running it.
+func nameFor(name, typ, ext string) string {
+	i := strings.LastIndexByte(name, '.')
+	if i < 0 {
+		return name
+	}
+	given := strings.ToLower(name[i+1:])
+	if given == ext {
+		return name
+	}
+	if !runnable[given] && !active(mediaType(mime.TypeByExtension("."+given))) {
+		return name
+	}
+	if t := mediaType(mime.TypeByExtension("." + given)); t != "" && t == typ {
+		return name
+	}
+	return name + "." + ext
+}
+
+// mediaType is the type of a Content-Type value, without parameters.
+func mediaType(v string) string {
+	t, _, err := mime.ParseMediaType(v)
+	if err != nil {
+		return ""
+	}
+	return t
 }

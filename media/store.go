@@ -152,7 +152,7 @@ func (s *Store) Save(ctx context.Context, r io.Reader, name string) (core.Media,
 		}
 		return core.Media{}, fmt.Errorf("media: store: %w", err)
 	}
-	m := core.Media{Key: key, Name: SanitizeName(name), Type: sn.typ, Size: body.n}
+	m := core.Media{Key: key, Name: FileName(name, key, sn.typ), Type: sn.typ, Size: body.n}
 	if previewable(sn.typ) {
 		p, err := s.makePreview(ctx, key, sn.typ)
 		if err != nil {

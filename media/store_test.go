@@ -610,3 +610,36 @@ func TestOpenPreviewChecksKeys(t *testing.T) {
 	}
 	rc.Close()
 }
+
+// TestRunnableNamesGetTheRealExtension: a file whose name would make it
+// run when opened (HTML, script, an installer) but whose content is text
+// or data is saved under its name with the real type's extension added;
+// ordinary names stay as they are.
+func TestRunnableNamesGetTheRealExtension(t *testing.T) {
+	s := newStore(t, newFake(), media.Options{})
+	for _, tt := range []struct {
+		name, content, want string
+	}{
+		{"invoice.html", "Invoice\n\n<html><script>alert(1)</script>", "invoice.html.txt"},
+		{"invoice.pdf.js", `var s=new ActiveXObject("WScript.Shell");s.Run("calc.exe")`, "invoice.pdf.js.txt"},
+		{"setup.EXE", "just text", "setup.EXE.txt"},
+		{"notes.md", "# notes", "notes.md"},
+		{"readme.txt", "hello", "readme.txt"},
+		{"no extension", "hello", "no extension"},
+	} {
+		m, err := s.Save(context.Background(), strings.NewReader(tt.content), tt.name)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if m.Name != tt.want {
+			t.Errorf("Save(%q) named it %q, want %q", tt.name, m.Name, tt.want)
+		}
+	}
+	m, err := s.Save(context.Background(), bytes.NewReader(jpegBytes(t, testImage(4, 4))), "photo.jpeg")
+	if err != nil || m.Name != "photo.jpeg" {
+		t.Errorf("a JPEG named photo.jpeg: %q, %v", m.Name, err)
+	}
+	if got := media.FileName("renamed.hta", m.Key, m.Type); got != "renamed.hta.jpg" {
+		t.Errorf("FileName(renamed.hta) for a JPEG = %q, want renamed.hta.jpg", got)
+	}
+}

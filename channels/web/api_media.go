@@ -180,7 +180,8 @@ func (a *api) replyMedia(ctx context.Context, ref *apiMediaRef, kind core.Conten
 		return nil, err
 	}
 	_ = rc.Close()
-	m := &core.Media{Key: key, Name: media.SanitizeName(ref.Name), Type: media.TypeOf(key), Size: size}
+	typ := media.TypeOf(key)
+	m := &core.Media{Key: key, Name: media.FileName(ref.Name, key, typ), Type: typ, Size: size}
 	if kind == core.KindImage && !strings.HasPrefix(m.Type, "image/") {
 		return nil, httpx.BadRequest("kind image needs an image; this file is %s (send it as kind file)", m.Type)
 	}

@@ -242,7 +242,7 @@ func (p *peer) sendContent(ctx context.Context, f *inFrame) (core.Message, error
 	}
 	m := rec.Media
 	if f.Media.Name != "" {
-		m.Name = media.SanitizeName(f.Media.Name)
+		m.Name = media.FileName(f.Media.Name, m.Key, m.Type)
 	}
 	if kind == core.KindImage && !strings.HasPrefix(m.Type, "image/") {
 		return core.Message{}, &protoError{Code: codeBadRequest, Msg: "the file is " + m.Type + ", not an image: send it with kind file", ID: f.ID}

@@ -227,9 +227,10 @@ func TestVisitorUploadRefusesWhatItMustAndStoresNothing(t *testing.T) {
 		})
 	}
 
-	// A good one is stored, under a sniffed type and a sanitised name.
+	// A good one is stored, under a sniffed type and a sanitised name (which,
+	// ending in .exe, gets the real type's extension too).
 	m := n.upload(s.Token, "../../x/猫\u202egnp.exe", testPNG(t))
-	if m.Type != "image/png" || !strings.HasSuffix(m.Key, ".png") || m.Preview == "" || m.Name != "猫gnp.exe" {
+	if m.Type != "image/png" || !strings.HasSuffix(m.Key, ".png") || m.Preview == "" || m.Name != "猫gnp.exe.png" {
 		t.Fatalf("stored %+v", m)
 	}
 	// Raw bodies work too, named by ?name=.
