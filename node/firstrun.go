@@ -17,26 +17,31 @@ import (
 // FirstAdminEmail is the email of the admin account created on first start.
 const FirstAdminEmail = "admin@localhost"
 
-// EnsureFirstAdmin creates the deployment's first account when there is
-// none: if the store holds no agent and the config's agents list is empty,
-// it creates the admin FirstAdminEmail with a random password and returns
-// the email and the password. The store keeps only the password's bcrypt
+// EnsureFirstAdmin creates the deployment's first admin when there is
+// none: if no agent in the store is an active admin and the config names
+// no admin, it creates the admin FirstAdminEmail with a random password
+// and returns the email and the password (a deployment whose config lists
+// only agents would otherwise have nobody to manage them). The store keeps only the password's bcrypt
 // hash, so this is the one moment it can be shown; the caller shows it to
 // the operator once (cmd/kefu prints it to stderr) and nobody logs it.
 //
-// It returns empty strings when there is nothing to do: the store has
-// agents, the config names some (they are created instead), or another
+// It returns empty strings when there is nothing to do: the store has an
+// active admin, the config names one (it is created instead), or another
 // node of the cluster created the account a moment earlier.
 func (n *Node) EnsureFirstAdmin(ctx context.Context) (email, password string, err error) {
-	if len(n.cfg.Agents) > 0 {
-		return "", "", nil
+	for _, a := range n.cfg.Agents {
+		if a.Role == string(core.RoleAdmin) {
+			return "", "", nil
+		}
 	}
 	agents, err := n.store.Agents(ctx)
 	if err != nil {
 		return "", "", fmt.Errorf("first admin: %w", err)
 	}
-	if len(agents) > 0 {
-		return "", "", nil
+	for _, a := range agents {
+		if a.Role == core.RoleAdmin && a.Active || a.Email == FirstAdminEmail {
+			return "", "", nil
+		}
 	}
 	password = rand.Text() // 26 characters, 130 random bits
 	created, err := n.svc.EnsureAgents(ctx, []core.AgentSeed{{

@@ -56,3 +56,22 @@ agents:
 		t.Errorf("URL %q, want the public URL", u)
 	}
 }
+
+// Configured agents without an admin among them, and none in the store:
+// the admin is made up all the same, or nobody could manage the agents.
+func TestFirstAdminWhenNoConfiguredAgentIsAdmin(t *testing.T) {
+	n := nodetest.Start(t, `
+agents:
+  - {email: alice@example.com, name: Alice, role: agent, password: alice-password}
+`)
+	email, password, err := n.EnsureFirstAdmin(context.Background())
+	if err != nil || email != node.FirstAdminEmail || password == "" {
+		t.Fatalf("EnsureFirstAdmin = %q %q %v, want the admin", email, password, err)
+	}
+	if a := n.Agent(t, node.FirstAdminEmail); a.Role != core.RoleAdmin || !a.Active {
+		t.Fatalf("%+v, want an active admin", a)
+	}
+	if e, p, err := n.EnsureFirstAdmin(context.Background()); e != "" || p != "" || err != nil {
+		t.Fatalf("again: %q %q %v, want nothing", e, p, err)
+	}
+}
