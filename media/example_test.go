@@ -13,7 +13,8 @@ import (
 )
 
 // Saving a file someone sent: the type comes from the bytes, the key is
-// random, and the name is kept only for display.
+// random, and the name is kept only for display (with the real type's
+// extension added when its own would make the file run when opened).
 func ExampleStore_Save() {
 	dir, err := os.MkdirTemp("", "kefu-media")
 	if err != nil {
@@ -49,7 +50,7 @@ func ExampleStore_Save() {
 	_, err = store.Save(ctx, strings.NewReader("<html><script>alert(1)</script></html>"), "cat.jpg")
 	fmt.Println(err)
 	// Output:
-	// text/plain receipt.exe 19 true
+	// text/plain receipt.exe.txt 19 true
 	// "Order #123 receipt\n"
 	// invalid request: file type not allowed: text/html
 }

@@ -106,8 +106,12 @@ func TestSniffing(t *testing.T) {
 			if m.Type != tt.wantType || !strings.HasSuffix(m.Key, tt.wantExt) {
 				t.Fatalf("saved as %s under %s, want %s with %s", m.Type, m.Key, tt.wantType, tt.wantExt)
 			}
-			if m.Name != tt.filename || m.Size != int64(len(tt.data)) {
-				t.Fatalf("name %q size %d, want %q %d", m.Name, m.Size, tt.filename, len(tt.data))
+			wantName := tt.filename
+			if strings.HasSuffix(wantName, ".exe") { // a name that would run gets the real extension
+				wantName += tt.wantExt
+			}
+			if m.Name != wantName || m.Size != int64(len(tt.data)) {
+				t.Fatalf("name %q size %d, want %q %d", m.Name, m.Size, wantName, len(tt.data))
 			}
 			if media.TypeOf(m.Key) != m.Type && !strings.HasPrefix(media.TypeOf(m.Key), "application/octet-stream") {
 				t.Fatalf("TypeOf(%s) = %s, want %s", m.Key, media.TypeOf(m.Key), m.Type)
