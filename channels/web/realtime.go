@@ -60,6 +60,7 @@ type realtime struct {
 	ipLimit     *httpx.Limiter // requests per IP on visitor endpoints
 	msgLimit    *httpx.Limiter // messages per visitor
 	convLimit   *httpx.Limiter // new visitor sessions per IP
+	uploadLimit *httpx.Limiter // visitor upload MiB per IP
 	signalLimit *httpx.Limiter // typing and receipt frames per visitor
 
 	ready          chan struct{} // closed once the hub is fed and the writers run
@@ -101,6 +102,7 @@ func newRealtime(c *Channel) (*realtime, error) {
 		ipLimit:     httpx.NewLimiter(cfg.Limits.RequestsPerMinute, time.Minute, cfg.Limits.RequestsPerMinute),
 		msgLimit:    httpx.NewLimiter(cfg.Limits.MessagesPerMinute, time.Minute, cfg.Limits.MessagesPerMinute),
 		convLimit:   httpx.NewLimiter(cfg.Limits.ConversationsPerHour, time.Hour, cfg.Limits.ConversationsPerHour),
+		uploadLimit: httpx.NewLimiter(cfg.Limits.UploadMBPerHour, time.Hour, cfg.Limits.UploadMBPerHour),
 		signalLimit: httpx.NewLimiter(cfg.Limits.RequestsPerMinute, time.Minute, cfg.Limits.RequestsPerMinute),
 	}
 	rt.aside = newAsidePool(rt.done)

@@ -118,6 +118,15 @@ func (rt *realtime) serveVisitorUpload(w http.ResponseWriter, r *http.Request) {
 		httpx.FromError(w, rt.log, uploadError(st, err))
 		return
 	}
+	// The address's upload budget is charged once the size is known; a
+	// file over what is left is not kept.
+	if ok, wait := rt.uploadLimit.AllowN(rt.clientKey(r), int((m.Size+1<<20-1)>>20)); !ok {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), uploadCleanupTimeout)
+		_ = st.Delete(dctx, m.Key)
+		cancel()
+		httpx.TooMany(w, wait)
+		return
+	}
 	if err := rt.c.recordUpload(ctx, uploadRecord{Visitor: rt.visitorScope(v), Media: m}); err != nil {
 		// Without its record nobody could send the file: do not keep it.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), uploadCleanupTimeout)

@@ -3,6 +3,7 @@ package web_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/json"
 	"image"
 	"image/color"
@@ -41,6 +42,12 @@ type vmNode struct {
 
 func startMediaNode(t *testing.T) *vmNode {
 	t.Helper()
+	return startMediaNodeLimits(t, "requests_per_minute: 10000, messages_per_minute: 10000, conversations_per_hour: 10000")
+}
+
+// startMediaNodeLimits is startMediaNode with the web channel's limits.
+func startMediaNodeLimits(t *testing.T, limits string) *vmNode {
+	t.Helper()
 	n := nodetest.Start(t, `
 media: {max_bytes: 65536}
 routing: {offline_reply: ""}
@@ -50,7 +57,7 @@ channels:
   web:
     enabled: true
     allowed_origins: ["`+vmOrigin+`"]
-    limits: {requests_per_minute: 10000, messages_per_minute: 10000, conversations_per_hour: 10000}
+    limits: {`+limits+`}
 `)
 	return &vmNode{Node: n, t: t, cl: &webtest.Client{Base: n.URL, Origin: vmOrigin}}
 }
@@ -497,5 +504,23 @@ func TestWidgetAndDemoAreServed(t *testing.T) {
 	// Only known values reach the page.
 	if d := n.do("GET", `/demo?lang="><script>alert(1)</script>`, "", "", nil, ""); bytes.Contains(d.body, []byte("alert(1)")) || !bytes.Contains(d.body, []byte(`<script src="/widget.js" async></script>`)) {
 		t.Fatalf("demo echoed its query:\n%s", d.body)
+	}
+}
+
+// TestVisitorUploadBudgetPerAddress: an address may upload
+// limits.upload_mb_per_hour megabytes an hour (each file counted in whole
+// MiB); a file over what is left is refused with 429 and not kept, since
+// uploads that are never sent stay on disk.
+func TestVisitorUploadBudgetPerAddress(t *testing.T) {
+	n := startMediaNodeLimits(t, "requests_per_minute: 10000, messages_per_minute: 10000, conversations_per_hour: 10000, upload_mb_per_hour: 2")
+	for i, want := range []int{http.StatusCreated, http.StatusCreated, http.StatusTooManyRequests} {
+		s := n.visitor(fmt.Sprint("v", i)) // a new identity each time: the budget is the address's
+		a := n.do("POST", "/api/v1/visitor/uploads?name=notes.txt", s.Token, "application/octet-stream", []byte("order #123\n"), vmOrigin)
+		if a.status != want {
+			t.Fatalf("upload %d: HTTP %d %s, want %d", i+1, a.status, a.body, want)
+		}
+	}
+	if got := n.mediaFiles(); got != 2 {
+		t.Fatalf("%d files kept, want the 2 within the budget", got)
 	}
 }

@@ -86,6 +86,11 @@ type Limits struct {
 	// ConversationsPerHour: new visitor sessions that may start a
 	// conversation, per IP.
 	ConversationsPerHour int `yaml:"conversations_per_hour"`
+	// UploadMBPerHour: megabytes (MiB) visitors may upload per IP; a file
+	// over what is left is refused (429) and not kept. Uploads that are
+	// never sent are kept, so this bounds how fast an address can fill
+	// the disk.
+	UploadMBPerHour int `yaml:"upload_mb_per_hour"`
 	// LoginFailuresPerAccount within LoginWindow before that account's
 	// logins are refused until the window passes.
 	LoginFailuresPerAccount int `yaml:"login_failures_per_account"`
@@ -111,6 +116,7 @@ func DefaultConfig() *Config {
 			RequestsPerMinute:       300,
 			MessagesPerMinute:       30,
 			ConversationsPerHour:    20,
+			UploadMBPerHour:         200,
 			LoginFailuresPerAccount: 5,
 			LoginFailuresPerIP:      20,
 			LoginWindow:             15 * time.Minute,
@@ -163,7 +169,7 @@ func (c *Config) Validate() error {
 	for k, v := range map[string]int{
 		"limits.requests_per_minute": c.Limits.RequestsPerMinute, "limits.messages_per_minute": c.Limits.MessagesPerMinute,
 		"limits.conversations_per_hour": c.Limits.ConversationsPerHour, "limits.login_failures_per_account": c.Limits.LoginFailuresPerAccount,
-		"limits.login_failures_per_ip": c.Limits.LoginFailuresPerIP,
+		"limits.login_failures_per_ip": c.Limits.LoginFailuresPerIP, "limits.upload_mb_per_hour": c.Limits.UploadMBPerHour,
 	} {
 		if v < 1 {
 			errs = append(errs, config.Errorf(k, "must be at least 1"))
