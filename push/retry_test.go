@@ -147,16 +147,7 @@ func TestWaitingPushTakesTheNewerMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	slow := h.conversation() // u:42, device token(1): its push holds the only worker
-	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:b", Message: core.Message{Kind: core.KindText, Text: "hi"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.register(core.IdentityDevices("web", "u:b"), 3)
-	h.rec.take()
+	other := h.otherConversation()
 
 	tn := h.startTenure()
 	h.agentSays(slow, "for the phone APNs does not answer")
@@ -241,16 +232,7 @@ func TestOvertakenRetryIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	slow := h.conversation() // u:42, device token(1)
-	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:b", Message: core.Message{Kind: core.KindText, Text: "hi"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.register(core.IdentityDevices("web", "u:b"), 3)
-	h.rec.take()
+	other := h.otherConversation()
 
 	tn := h.startTenure()
 	t0 := h.clock.Now()
@@ -351,4 +333,21 @@ func TestOvertakenRetryIsDroppedAfterTheNewerWent(t *testing.T) {
 		}
 		t.Errorf("pushed messages %v, want only the newer %d", ids, newer.ID)
 	}
+}
+
+// otherConversation starts a second conversation, of visitor "u:b" with
+// device token(3), taken by Alice, and forgets what it published.
+func (h *harness) otherConversation() core.Conversation {
+	h.t.Helper()
+	in, err := h.svc.Ingest(h.ctx, core.Inbound{Channel: "web", ExternalID: "u:b", Message: core.Message{Kind: core.KindText, Text: "hi"}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	c, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.register(core.IdentityDevices("web", "u:b"), 3)
+	h.rec.take()
+	return c
 }

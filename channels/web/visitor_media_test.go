@@ -3,8 +3,8 @@ package web_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
