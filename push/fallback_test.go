@@ -119,11 +119,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h.metrics = all.For("apns")
-	h.f, err = New(Config{Pusher: h.pusher, Store: st, Presence: h.presence, FallbackAfter: fallbackAfter,
-		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.use(h.pusher, nil)
 	return h
 }
 
@@ -639,12 +635,7 @@ func (p *blockingPusher) Push(ctx context.Context, _ Notification) error {
 func TestHandOverBoundedByGrace(t *testing.T) {
 	h := newHarness(t)
 	bp := &blockingPusher{started: make(chan struct{}, 1)}
-	var err error
-	h.f, err = New(Config{Pusher: bp, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
-		Collapse: collapse, StopGrace: 3 * time.Second, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.use(bp, func(c *Config) { c.StopGrace = 3 * time.Second })
 	c := h.conversation() // the first message's push to Alice waited for no Run
 	tn := h.startTenure()
 	h.agentSays(c, "Found it!")
@@ -705,23 +696,17 @@ func (p pusherFunc) Push(ctx context.Context, n Notification) error { return p(c
 func TestGoneRemovesOnlyThePushedRegistration(t *testing.T) {
 	h := newHarness(t)
 	other := core.IdentityDevices("web", "u:43")
-	var err error
-	h.f, err = New(Config{Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-		Clock: h.clock, Logger: quiet(), Metrics: h.metrics,
-		Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
-			if n.Device.Owner != core.IdentityDevices("web", "u:42") {
-				return nil
-			}
-			// While the push is on its way, the phone changes users: the
-			// token now belongs to u:43, whose registration is valid.
-			if _, err := h.store.RegisterDevice(ctx, core.Device{Token: n.Device.Token, Owner: other}); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: 400 DeviceTokenNotForTopic", ErrGone)
-		})})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
+		if n.Device.Owner != core.IdentityDevices("web", "u:42") {
+			return nil
+		}
+		// While the push is on its way, the phone changes users: the
+		// token now belongs to u:43, whose registration is valid.
+		if _, err := h.store.RegisterDevice(ctx, core.Device{Token: n.Device.Token, Owner: other}); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: 400 DeviceTokenNotForTopic", ErrGone)
+	}), nil)
 	c := h.conversation()
 	h.agentSays(c, "Found it!")
 	h.advance(collapse)
@@ -739,8 +724,19 @@ func (h *harness) withCursor(p ...Pusher) {
 	if len(p) > 0 {
 		pusher = p[0]
 	}
-	f, err := New(Config{Pusher: pusher, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
-		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics, Cursor: "push.test.cursor"})
+	h.use(pusher, func(c *Config) { c.Cursor = "push.test.cursor" })
+}
+
+// use gives h a new Fallback with pusher p and the harness's config, as
+// edit changes it (nil: unchanged).
+func (h *harness) use(p Pusher, edit func(*Config)) {
+	h.t.Helper()
+	cfg := Config{Pusher: p, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
+		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics}
+	if edit != nil {
+		edit(&cfg)
+	}
+	f, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -1009,18 +1005,12 @@ func TestGoneBeforeTheRegistrationKeepsIt(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			var err error
-			h.f, err = New(Config{Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-				Clock: h.clock, Logger: quiet(), Metrics: h.metrics,
-				Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
-					if n.Device.Owner != core.IdentityDevices("web", "u:42") {
-						return nil
-					}
-					return &GoneError{Since: n.Device.UpdatedAt.Add(tc.since).Truncate(time.Second), Err: errors.New("410 Unregistered")}
-				})})
-			if err != nil {
-				t.Fatal(err)
-			}
+			h.use(pusherFunc(func(ctx context.Context, n Notification) error {
+				if n.Device.Owner != core.IdentityDevices("web", "u:42") {
+					return nil
+				}
+				return &GoneError{Since: n.Device.UpdatedAt.Add(tc.since).Truncate(time.Second), Err: errors.New("410 Unregistered")}
+			}), nil)
 			c := h.conversation()
 			h.agentSays(c, "Found it!")
 			h.advance(collapse)

@@ -33,12 +33,7 @@ func TestThrottledDevicesHoldNoWorker(t *testing.T) {
 		}
 		return nil
 	})
-	var err error
-	h.f, err = New(Config{Pusher: p, Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter,
-		Collapse: collapse, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.use(p, nil)
 	var convs []core.Conversation
 	for i := range DefaultWorkers + 1 {
 		ext := "u:" + string(rune('a'+i))
@@ -93,18 +88,13 @@ func TestThrottledDevicesHoldNoWorker(t *testing.T) {
 func TestTimedOutAttemptIsRetried(t *testing.T) {
 	h := newHarness(t)
 	var calls atomic.Int32
-	var err error
-	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
 		if calls.Add(1) == 1 {
 			<-ctx.Done() // the first attempt stalls
 			return ctx.Err()
 		}
 		return nil
-	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-		Clock: h.clock, Logger: quiet(), Metrics: h.metrics, AttemptTimeout: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}), func(c *Config) { c.AttemptTimeout = 20 * time.Millisecond })
 	c := h.conversation()
 	calls.Store(0)
 	h.agentSays(c, "Found it!")
@@ -127,8 +117,7 @@ func TestWaitingPushTakesTheNewerMessage(t *testing.T) {
 	var mu sync.Mutex
 	var pushed []Notification
 	blocked := make(chan struct{}, 1)
-	var err error
-	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
 		if n.Device.Token == token(1) {
 			blocked <- struct{}{}
 			select {
@@ -141,11 +130,7 @@ func TestWaitingPushTakesTheNewerMessage(t *testing.T) {
 		pushed = append(pushed, n)
 		mu.Unlock()
 		return nil
-	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-		Workers: 1, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}), func(c *Config) { c.Workers = 1 })
 	slow := h.conversation() // u:42, device token(1): its push holds the only worker
 	other := h.otherConversation()
 
@@ -203,8 +188,7 @@ func TestOvertakenRetryIsDropped(t *testing.T) {
 	var mu sync.Mutex
 	var pushed []Notification
 	refused := false
-	var err error
-	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
 		switch n.Device.Token {
 		case token(1):
 			blocked <- struct{}{}
@@ -226,11 +210,7 @@ func TestOvertakenRetryIsDropped(t *testing.T) {
 		pushed = append(pushed, n)
 		mu.Unlock()
 		return nil
-	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-		Backoff: 10 * time.Second, Workers: 1, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}), func(c *Config) { c.Backoff = 10 * time.Second; c.Workers = 1 })
 	slow := h.conversation() // u:42, device token(1)
 	other := h.otherConversation()
 
@@ -284,8 +264,7 @@ func TestOvertakenRetryIsDroppedAfterTheNewerWent(t *testing.T) {
 	var mu sync.Mutex
 	var pushed []Notification
 	refused := false
-	var err error
-	h.f, err = New(Config{Pusher: pusherFunc(func(ctx context.Context, n Notification) error {
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if n.Device.Token == token(1) && !refused {
@@ -294,11 +273,7 @@ func TestOvertakenRetryIsDroppedAfterTheNewerWent(t *testing.T) {
 		}
 		pushed = append(pushed, n)
 		return nil
-	}), Store: h.store, Presence: h.presence, FallbackAfter: fallbackAfter, Collapse: collapse,
-		Backoff: 10 * time.Second, Clock: h.clock, Logger: quiet(), Metrics: h.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}), func(c *Config) { c.Backoff = 10 * time.Second })
 	c := h.conversation()
 	h.rec.take()
 	tn := h.startTenure()
