@@ -172,6 +172,18 @@ type Store interface {
 	// PutSetting stores value under key, replacing any earlier value. Used
 	// for cursors such as an agent-side channel's place in the message log.
 	PutSetting(ctx context.Context, key, value string) error
+	// Settings lists the settings whose key starts with prefix and sorts
+	// after after, in key order, at most limit (1 to MaxBatchRead, else
+	// ErrInvalid) of them. Passing the last key back pages through them.
+	Settings(ctx context.Context, prefix, after string, limit int) ([]Setting, error)
+	// ReplaceSetting stores value under key if the value stored there is
+	// old, and reports whether it did: false, with no error, when the key
+	// holds another value or none. Of two callers racing from the same old
+	// value, on any node, exactly one replaces it.
+	ReplaceSetting(ctx context.Context, key, old, value string) (bool, error)
+	// DeleteSetting removes key if the value stored there is old, and
+	// reports whether it did, as ReplaceSetting does.
+	DeleteSetting(ctx context.Context, key, old string) (bool, error)
 
 	// LeaseStore keeps cluster leases (core/lease.go).
 	LeaseStore
@@ -201,6 +213,11 @@ type Store interface {
 // MaxBatchRead is the most IDs one Contacts or LastMessages call takes;
 // more is ErrInvalid.
 const MaxBatchRead = 1000
+
+// Setting is one key and its value in the store's settings.
+type Setting struct {
+	Key, Value string
+}
 
 // Session is an agent's login: a bearer token (stored only as a hash) that
 // expires and can be revoked.

@@ -59,6 +59,117 @@ func testPutSetting(t *testing.T, s core.Store) {
 	}
 }
 
+func testSettingsList(t *testing.T, s core.Store) {
+	for _, k := range []string{"media.upload.c", "media.upload.a", "media.uploads", "media.upload.b", "media.upload", "media.uploaa.z", "agent.1.away"} {
+		if err := s.PutSetting(ctx, k, "v-"+k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := func(kvs []core.Setting) []string {
+		var out []string
+		for _, kv := range kvs {
+			if kv.Value != "v-"+kv.Key {
+				t.Errorf("%s holds %q", kv.Key, kv.Value)
+			}
+			out = append(out, kv.Key)
+		}
+		return out
+	}
+	got, err := s.Settings(ctx, "media.upload.", "", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := keys(got); fmt.Sprint(k) != "[media.upload.a media.upload.b]" {
+		t.Fatalf("first page = %v", k)
+	}
+	got, err = s.Settings(ctx, "media.upload.", got[1].Key, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := keys(got); fmt.Sprint(k) != "[media.upload.c]" {
+		t.Fatalf("second page = %v", k)
+	}
+	if got, err = s.Settings(ctx, "media.upload.", "media.upload.c", 2); err != nil || len(got) != 0 {
+		t.Fatalf("past the last = %v, %v", got, err)
+	}
+	if got, err = s.Settings(ctx, "nothing.", "", 10); err != nil || len(got) != 0 {
+		t.Fatalf("no such prefix = %v, %v", got, err)
+	}
+	for _, n := range []int{0, core.MaxBatchRead + 1} {
+		if _, err := s.Settings(ctx, "media.", "", n); !errors.Is(err, core.ErrInvalid) {
+			t.Errorf("limit %d: %v, want ErrInvalid", n, err)
+		}
+	}
+}
+
+func testSwapSetting(t *testing.T, s core.Store) {
+	if err := s.PutSetting(ctx, "rec", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want string) {
+		t.Helper()
+		got, err := s.Setting(ctx, "rec")
+		if want == "" {
+			if !errors.Is(err, core.ErrNotFound) {
+				t.Fatalf("Setting = %q, %v; want ErrNotFound", got, err)
+			}
+			return
+		}
+		if err != nil || got != want {
+			t.Fatalf("Setting = %q, %v; want %q", got, err, want)
+		}
+	}
+	if ok, err := s.ReplaceSetting(ctx, "rec", "v0", "v2"); ok || err != nil {
+		t.Fatalf("replace from a stale value = %v, %v", ok, err)
+	}
+	check("v1")
+	if ok, err := s.DeleteSetting(ctx, "rec", "v0"); ok || err != nil {
+		t.Fatalf("delete of a stale value = %v, %v", ok, err)
+	}
+	check("v1")
+	// Racing replacements from one value: exactly one wins.
+	const n = 8
+	won := make([]bool, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ok, err := s.ReplaceSetting(ctx, "rec", "v1", fmt.Sprintf("w%d", i))
+			if err != nil {
+				t.Error(err)
+			}
+			won[i] = ok
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, ok := range won {
+		if ok && winner >= 0 {
+			t.Fatalf("replacements %d and %d both won", winner, i)
+		}
+		if ok {
+			winner = i
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no replacement won")
+	}
+	check(fmt.Sprintf("w%d", winner))
+	if ok, err := s.DeleteSetting(ctx, "rec", fmt.Sprintf("w%d", winner)); !ok || err != nil {
+		t.Fatalf("delete = %v, %v", ok, err)
+	}
+	check("")
+	if ok, err := s.ReplaceSetting(ctx, "rec", "v1", "v3"); ok || err != nil {
+		t.Fatalf("replace of a missing key = %v, %v", ok, err)
+	}
+	check("")
+	if ok, err := s.DeleteSetting(ctx, "rec", "v1"); ok || err != nil {
+		t.Fatalf("delete of a missing key = %v, %v", ok, err)
+	}
+	if _, err := s.ReplaceSetting(ctx, "", "a", "b"); !errors.Is(err, core.ErrInvalid) {
+		t.Fatalf("empty key: %v, want ErrInvalid", err)
+	}
+}
+
 func testSessions(t *testing.T, s core.Store) {
 	alice := newAgent(t, s, "alice@example.com")
 	bob := newAgent(t, s, "bob@example.com")

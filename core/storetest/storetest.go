@@ -78,6 +78,8 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"MoveIdentity", testMoveIdentity},
 		{"EnsureSetting", testEnsureSetting},
 		{"PutSetting", testPutSetting},
+		{"SettingsList", testSettingsList},
+		{"SwapSetting", testSwapSetting},
 		{"Sessions", testSessions},
 		{"Devices", testDevices},
 		{"NotFound", testNotFound},

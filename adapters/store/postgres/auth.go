@@ -60,6 +60,49 @@ func (s *Store) PutSetting(ctx context.Context, key, value string) error {
 	})
 }
 
+// Settings implements core.Store.
+func (s *Store) Settings(ctx context.Context, prefix, after string, limit int) ([]core.Setting, error) {
+	if limit < 1 || limit > core.MaxBatchRead {
+		return nil, invalid("settings: limit %d (1 to %d)", limit, core.MaxBatchRead)
+	}
+	// key >= $1 lets the primary key's index start at the prefix (a key
+	// that extends the prefix sorts after it in every collation).
+	return list(ctx, s, scanSetting, "settings", `SELECT key, value FROM settings
+		WHERE key >= $1 AND key > $2 AND starts_with(key, $1) ORDER BY key LIMIT $3`,
+		prefix, after, limit)
+}
+
+func scanSetting(r rowScanner) (core.Setting, error) {
+	var kv core.Setting
+	err := r.Scan(&kv.Key, &kv.Value)
+	return kv, err
+}
+
+// ReplaceSetting implements core.Store.
+func (s *Store) ReplaceSetting(ctx context.Context, key, old, value string) (bool, error) {
+	return s.changeSetting(ctx, key, `UPDATE settings SET value = $1 WHERE key = $2 AND value = $3`, value, key, old)
+}
+
+// DeleteSetting implements core.Store.
+func (s *Store) DeleteSetting(ctx context.Context, key, old string) (bool, error) {
+	return s.changeSetting(ctx, key, `DELETE FROM settings WHERE key = $1 AND value = $2`, key, old)
+}
+
+// changeSetting runs a conditional write of key and reports whether it
+// changed a row.
+func (s *Store) changeSetting(ctx context.Context, key, q string, args ...any) (bool, error) {
+	if key == "" {
+		return false, invalid("empty setting key")
+	}
+	var n int64
+	err := s.do(ctx, func(w *wtx) error {
+		tag, err := w.exec(q, args...)
+		n = tag.RowsAffected()
+		return dbErr(err, "change setting %s", key)
+	})
+	return n == 1, err
+}
+
 // CreateSession implements core.Store. TokenHash, AgentID and ExpiresAt are
 // required (ErrInvalid); CreatedAt defaults to now. An unknown agent is
 // ErrNotFound, a token hash already stored ErrConflict.
