@@ -30,7 +30,8 @@ const (
 	// apiMaxSmallBody caps every request body but a message's, whose cap is
 	// max_frame_bytes.
 	apiMaxSmallBody = 16 << 10
-	// apiSweepEvery is how often expired sessions are deleted.
+	// apiSweepEvery is how often expired sessions and unsent uploads are
+	// deleted.
 	apiSweepEvery = time.Hour
 )
 
@@ -143,8 +144,9 @@ func (h *apiHeaderRecorder) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// run deletes expired sessions and forgets old login failures, once at the
-// start and then every apiSweepEvery, until ctx is done.
+// run deletes expired sessions and unsent uploads (uploads.go) and forgets
+// old login failures, once at the start and then every apiSweepEvery,
+// until ctx is done.
 func (a *api) run(ctx context.Context) error {
 	t := time.NewTicker(apiSweepEvery)
 	defer t.Stop()
@@ -166,6 +168,13 @@ func (a *api) sweep(ctx context.Context) {
 		a.log.Warn("deleting expired sessions failed", "err", err)
 	case n > 0:
 		a.log.Debug("expired sessions deleted", "n", n)
+	}
+	n, err = a.c.sweepUploads(ctx, a.c.now())
+	if err != nil && ctx.Err() == nil {
+		a.log.Warn("deleting unsent uploads failed", "err", err)
+	}
+	if n > 0 {
+		a.log.Info("unsent uploads deleted", "n", n)
 	}
 }
 

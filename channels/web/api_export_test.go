@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -41,3 +42,25 @@ func (c *Channel) SetLoginClock(now func() time.Time) { c.api.throttle.now = now
 
 // HashAgentToken is hashToken, for tests that plant sessions in the store.
 func HashAgentToken(token string) string { return hashToken(token) }
+
+// SweepUploads runs the sweep of unsent uploads (uploads.go) as at now.
+// afterList, when not nil, runs after each page of upload records is read
+// and before any of them is settled.
+func (c *Channel) SweepUploads(ctx context.Context, now time.Time, afterList func()) (int, error) {
+	cc := *c
+	cc.store = &listHookStore{Store: c.store, afterList: afterList}
+	return cc.sweepUploads(ctx, now)
+}
+
+type listHookStore struct {
+	core.Store
+	afterList func()
+}
+
+func (s *listHookStore) Settings(ctx context.Context, prefix, after string, limit int) ([]core.Setting, error) {
+	kvs, err := s.Store.Settings(ctx, prefix, after, limit)
+	if s.afterList != nil {
+		s.afterList()
+	}
+	return kvs, err
+}

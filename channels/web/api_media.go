@@ -32,9 +32,6 @@ import (
 // limit plus this.
 const uploadEnvelope = 64 << 10
 
-// errNoMedia answers when the node has no media storage.
-var errNoMedia = &httpx.RequestError{Status: http.StatusServiceUnavailable, Code: httpx.CodeUnavailable, Msg: "media storage is not configured"}
-
 // mediaError turns an error of media.Store.Save into its answer: 413 for
 // a file over media.max_bytes (or a body over the cap), 415 for a type
 // that is not allowed.
@@ -54,11 +51,12 @@ func mediaError(err error, max int64) error {
 // upload is POST /api/v1/uploads: a multipart/form-data body whose "file"
 // part is stored (type sniffed from the content, size limited while
 // streaming) and answered 201 with its media reference, for a reply or a
-// note to send.
-func (a *api) upload(w http.ResponseWriter, r *http.Request, _ core.Agent) error {
+// note to send. Like a visitor's, the upload has a record (uploads.go), and
+// is deleted if no message uses it within a day.
+func (a *api) upload(w http.ResponseWriter, r *http.Request, me core.Agent) error {
 	st := a.c.deps.Media
 	if st == nil {
-		return errNoMedia
+		return errNoMediaStore
 	}
 	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
@@ -84,9 +82,17 @@ func (a *api) upload(w http.ResponseWriter, r *http.Request, _ core.Agent) error
 		if part.FormName() != "file" {
 			continue // NextPart skips what is left of it
 		}
-		m, err := st.Save(r.Context(), part, part.FileName())
+		ctx := r.Context()
+		m, err := st.Save(ctx, part, part.FileName())
 		if err != nil {
 			return mediaError(err, st.MaxBytes())
+		}
+		if err := a.c.recordUpload(ctx, uploadRecord{AgentID: me.ID, Media: m}); err != nil {
+			// Without its record the sweep would never find the file.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), uploadCleanupTimeout)
+			_ = st.Delete(dctx, m.Key)
+			cancel()
+			return err
 		}
 		httpx.JSON(w, http.StatusCreated, apiViewMedia(m))
 		return nil
@@ -111,7 +117,7 @@ func (a *api) getMediaPreview(w http.ResponseWriter, r *http.Request, _ core.Age
 func (a *api) serveMedia(w http.ResponseWriter, r *http.Request, preview bool) error {
 	st := a.c.deps.Media
 	if st == nil {
-		return errNoMedia
+		return errNoMediaStore
 	}
 	key := r.PathValue("key")
 	if err := media.CheckKey(key); err != nil {
@@ -164,37 +170,17 @@ func (a *api) serveMedia(w http.ResponseWriter, r *http.Request, preview bool) e
 // and the preview come from storage, never from the request; the name is
 // only for display and is sanitised again.
 func (a *api) replyMedia(ctx context.Context, ref *apiMediaRef, kind core.ContentKind) (*core.Media, error) {
-	st := a.c.deps.Media
-	if st == nil {
-		return nil, errNoMedia
+	if a.c.deps.Media == nil {
+		return nil, errNoMediaStore
 	}
-	key := ref.Key
-	if media.CheckKey(key) != nil || strings.HasSuffix(key, mediaPreviewSuffix) {
-		return nil, httpx.BadRequest("media.key is not the key of an uploaded file")
-	}
-	rc, size, err := st.Open(ctx, key)
-	if errors.Is(err, core.ErrNotFound) || errors.Is(err, core.ErrInvalid) {
-		return nil, httpx.BadRequest("media.key %q names no stored file; upload it first", key)
+	m, err := a.c.sendableMedia(ctx, ref.Key, ref.Name, kind, "")
+	if errors.Is(err, core.ErrNotFound) {
+		return nil, httpx.BadRequest("media.key %q names no uploaded file; upload it first", ref.Key)
 	}
 	if err != nil {
 		return nil, err
 	}
-	_ = rc.Close()
-	typ := media.TypeOf(key)
-	m := &core.Media{Key: key, Name: media.FileName(ref.Name, key, typ), Type: typ, Size: size}
-	if kind == core.KindImage && !strings.HasPrefix(m.Type, "image/") {
-		return nil, httpx.BadRequest("kind image needs an image; this file is %s (send it as kind file)", m.Type)
-	}
-	// The preview, if the image has one: its key is the object's id with
-	// the preview suffix, which OpenPreview confirms (format and existence).
-	if i := strings.IndexByte(key, '.'); i > 0 {
-		pk := key[:i] + mediaPreviewSuffix
-		if prc, _, err := st.OpenPreview(ctx, core.Media{Key: key, Preview: pk}); err == nil {
-			_ = prc.Close()
-			m.Preview = pk
-		}
-	}
-	return m, nil
+	return &m, nil
 }
 
 // mediaPreviewSuffix ends the key of an image's preview.

@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,12 +22,12 @@ import (
 // see inFrame.Media), and downloads the files of their own conversations
 // (GET /api/v1/visitor/media/{key}).
 //
-// An upload is bound to whoever made it by a record in the store's settings,
-// "media.upload.KEY", holding the uploader and the file's metadata as Save
+// An upload is bound to whoever made it by its record in the store
+// (uploads.go), holding the uploader and the file's metadata as Save
 // returned it. A send names only the key: the server takes the type, size and
 // preview from its own record (a client cannot lie about them) and refuses a
-// key that another visitor uploaded. The store is shared by every node of a
-// cluster, so an upload on one node can be sent through another. (A signed
+// key that another visitor uploaded. An upload that no message uses within
+// a day is deleted. (A signed
 // upload receipt would have saved the row, but it would also have to carry
 // the metadata back through the client, and could not authorise the
 // uploader's own download; one small row per upload, rate-limited, is the
@@ -45,25 +44,12 @@ const (
 	pathUploads      = "/api/v1/visitor/uploads"
 	pathVisitorMedia = "/api/v1/visitor/media/{key}"
 
-	// uploadSettingPrefix + key is the store setting recording an upload.
-	uploadSettingPrefix = "media.upload."
 	// multipartSlack is what a multipart body may hold beyond the file
 	// itself: part headers, boundaries, a few small fields.
 	multipartSlack = 64 << 10
 	// uploadFormField is the multipart field holding the file.
 	uploadFormField = "file"
 )
-
-// uploadRecord is the value of an upload's store setting: who uploaded the
-// file and its metadata.
-type uploadRecord struct {
-	// Visitor is the uploader's instance and identity ("web/a:3f9c…"), as
-	// peer.scope spells it; empty for an agent's upload.
-	Visitor string `json:"visitor,omitempty"`
-	// AgentID is the uploading agent; 0 for a visitor's upload.
-	AgentID int64      `json:"agent_id,omitempty"`
-	Media   core.Media `json:"media"`
-}
 
 // visitorScope is how an upload record names a visitor of this instance.
 func (rt *realtime) visitorScope(v visitor) string { return rt.c.name + "/" + v.identity }
@@ -196,91 +182,30 @@ func uploadTooLarge(st *media.Store) error {
 // uploadCleanupTimeout bounds deleting a file whose upload failed.
 const uploadCleanupTimeout = 30 * time.Second
 
-// recordUpload stores an upload's record. The console's agent uploads may
-// use it too (AgentID set), so that agents' sends find the metadata.
-func (c *Channel) recordUpload(ctx context.Context, rec uploadRecord) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return c.store.PutSetting(ctx, uploadSettingPrefix+rec.Media.Key, string(b))
-}
-
-// uploadRecordOf reads the record of the upload of key: core.ErrNotFound when there
-// is none (not a key, or not uploaded through these endpoints).
-func (c *Channel) uploadRecordOf(ctx context.Context, key string) (uploadRecord, error) {
-	if err := media.CheckKey(key); err != nil {
-		return uploadRecord{}, fmt.Errorf("upload %q: %w", key, core.ErrNotFound)
-	}
-	s, err := c.store.Setting(ctx, uploadSettingPrefix+key)
-	if err != nil {
-		return uploadRecord{}, err
-	}
-	var rec uploadRecord
-	if err := json.Unmarshal([]byte(s), &rec); err != nil || rec.Media.Key != key {
-		return uploadRecord{}, fmt.Errorf("upload record of %q is malformed", key)
-	}
-	return rec, nil
-}
-
 // errNoUpload answers a send naming a file that is not the sender's upload.
 func errNoUpload(id string) *protoError {
 	return &protoError{Code: codeNotFound, Msg: "no such upload: upload the file first (POST " + pathUploads + ")", ID: id}
 }
 
 // sendContent is the message a send frame carries: its text, or an image or
-// file with an optional caption. A visitor may send only their own uploads;
-// an agent, who may read every file anyway, any stored file.
+// file with an optional caption (sendableMedia says which files).
 func (p *peer) sendContent(ctx context.Context, f *inFrame) (core.Message, error) {
 	kind := core.ContentKind(f.Kind)
 	if kind == "" || kind == core.KindText {
 		return core.Message{Kind: core.KindText, Text: f.Text}, nil
 	}
-	rec, err := p.rt.c.uploadRecordOf(ctx, f.Media.Key)
-	switch {
-	case errors.Is(err, core.ErrNotFound) && p.isAgent():
-		if rec.Media, err = p.rt.c.storedMedia(ctx, f.Media.Key); err != nil {
-			return core.Message{}, err
-		}
-	case errors.Is(err, core.ErrNotFound):
+	visitor := ""
+	if !p.isAgent() {
+		visitor = p.rt.visitorScope(p.vis)
+	}
+	m, err := p.rt.c.sendableMedia(ctx, f.Media.Key, f.Media.Name, kind, visitor)
+	if errors.Is(err, core.ErrNotFound) {
 		return core.Message{}, errNoUpload(f.ID)
-	case err != nil:
+	}
+	if err != nil {
 		return core.Message{}, err
-	case !p.isAgent() && rec.Visitor != p.rt.visitorScope(p.vis):
-		return core.Message{}, errNoUpload(f.ID)
-	}
-	m := rec.Media
-	if f.Media.Name != "" {
-		m.Name = media.FileName(f.Media.Name, m.Key, m.Type)
-	}
-	if kind == core.KindImage && !strings.HasPrefix(m.Type, "image/") {
-		return core.Message{}, &protoError{Code: codeBadRequest, Msg: "the file is " + m.Type + ", not an image: send it with kind file", ID: f.ID}
 	}
 	return core.Message{Kind: kind, Text: f.Text, Media: &m}, nil
-}
-
-// storedMedia describes a stored file that has no upload record (provider
-// media a channel fetched): its type from its key, its size from storage,
-// and its preview if it has one.
-func (c *Channel) storedMedia(ctx context.Context, key string) (core.Media, error) {
-	st := c.deps.Media
-	if st == nil {
-		return core.Media{}, errNoMediaStore
-	}
-	if err := media.CheckKey(key); err != nil || strings.HasSuffix(key, ".preview.jpg") {
-		return core.Media{}, fmt.Errorf("no such file %q: %w", key, core.ErrNotFound)
-	}
-	rc, size, err := st.Open(ctx, key)
-	if err != nil {
-		return core.Media{}, err
-	}
-	rc.Close()
-	m := core.Media{Key: key, Type: media.TypeOf(key), Size: size}
-	if rc, _, err := st.OpenPreview(ctx, m); err == nil {
-		rc.Close()
-		m.Preview = key[:strings.IndexByte(key, '.')] + ".preview.jpg" // media's preview key of key
-	}
-	return m, nil
 }
 
 // serveVisitorMediaFile is GET /api/v1/visitor/media/{key}[?message_id=N]
@@ -338,7 +263,7 @@ func (rt *realtime) visitorMedia(ctx context.Context, v visitor, key string, msg
 			}
 		}
 	}
-	rec, err := rt.c.uploadRecordOf(ctx, key)
+	rec, _, err := rt.c.uploadRecordOf(ctx, key)
 	switch {
 	case errors.Is(err, core.ErrNotFound):
 		return core.Media{}, notFound

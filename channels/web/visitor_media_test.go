@@ -48,6 +48,13 @@ func startMediaNode(t *testing.T) *vmNode {
 // startMediaNodeLimits is startMediaNode with the web channel's limits.
 func startMediaNodeLimits(t *testing.T, limits string) *vmNode {
 	t.Helper()
+	return startMediaNodeAs(t, web.Type, limits)
+}
+
+// startMediaNodeAs is startMediaNodeLimits with the web channel's type
+// (web.APITestType to reach the instance).
+func startMediaNodeAs(t *testing.T, typ, limits string) *vmNode {
+	t.Helper()
 	n := nodetest.Start(t, `
 media: {max_bytes: 65536}
 routing: {offline_reply: ""}
@@ -55,6 +62,7 @@ agents:
   - {email: alice@example.com, name: Alice, password: alice-password}
 channels:
   web:
+    type: `+typ+`
     enabled: true
     allowed_origins: ["`+vmOrigin+`"]
     limits: {`+limits+`}
