@@ -115,6 +115,7 @@ type Store struct {
 	ops      chan *op
 	done     chan struct{} // closed when the writer goroutine has returned
 
+	lock      *lockFile // one process per database (lock.go)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -184,7 +185,12 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 		return nil, fmt.Errorf("sqlite: %w", err)
 	}
 
+	lock, err := lockDB(o.Path)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
+		lock:  lock,
 		log:   o.Logger,
 		now:   o.Now,
 		batch: o.MaxBatch,
@@ -374,6 +380,7 @@ func (s *Store) closeDBs() error {
 	if s.w != nil {
 		errs = append(errs, s.w.Close())
 	}
+	errs = append(errs, s.lock.release()) // after the databases: no write may follow
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sqlite: close: %w", err)
 	}
