@@ -187,9 +187,12 @@ type DeviceStore interface {
 	RegisterDevice(ctx context.Context, d Device) (Device, error)
 	// RemoveDevice deletes owner's device with the token: an app signing
 	// out, or the push provider saying the token is gone (only the
-	// registration that was pushed; the token may have moved since). owner
-	// "" is ErrInvalid; a token the owner does not have is ErrNotFound.
-	RemoveDevice(ctx context.Context, token string, owner DeviceOwner) error
+	// registration that was pushed: the token may have moved since, and
+	// with notAfter not zero a registration updated after notAfter, the
+	// app registering again since, is kept). owner "" is ErrInvalid; a
+	// token the owner does not have, or has registered since, is
+	// ErrNotFound.
+	RemoveDevice(ctx context.Context, token string, owner DeviceOwner, notAfter time.Time) error
 	// Devices lists the owner's devices, most recently registered first.
 	Devices(ctx context.Context, owner DeviceOwner) ([]Device, error)
 }

@@ -214,10 +214,13 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 				return true
 			}
 			// Only the registration that was pushed: if the token has moved
-			// to another owner since, that registration is not this one.
-			switch rerr := f.cfg.Store.RemoveDevice(ctx, n.Device.Token, n.Device.Owner); {
-			case rerr == nil || errors.Is(rerr, core.ErrNotFound):
+			// to another owner since, or the app registered it again while
+			// the push was on its way, that registration is not this one.
+			switch rerr := f.cfg.Store.RemoveDevice(ctx, n.Device.Token, n.Device.Owner, n.Device.UpdatedAt); {
+			case rerr == nil:
 				log.Info("push: device token gone; removed", "device", shortToken(n.Device.Token), "reason", err)
+			case errors.Is(rerr, core.ErrNotFound):
+				log.Info("push: device token gone; registered again or removed since, so left as it is", "device", shortToken(n.Device.Token), "reason", err)
 			default:
 				log.Warn("push: device token gone; removing it failed", "device", shortToken(n.Device.Token), "err", rerr)
 			}

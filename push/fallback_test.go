@@ -716,6 +716,29 @@ func TestGoneRemovesOnlyThePushedRegistration(t *testing.T) {
 	}
 }
 
+func TestGoneKeepsARegistrationMadeDuringThePush(t *testing.T) {
+	h := newHarness(t)
+	owner := core.IdentityDevices("web", "u:42")
+	h.use(pusherFunc(func(ctx context.Context, n Notification) error {
+		// While the push is on its way, the app registers its token
+		// again (it was reinstalled, say); the provider's refusal is of
+		// the registration that was pushed, with no date.
+		d := n.Device
+		d.UpdatedAt = d.UpdatedAt.Add(time.Second)
+		if _, err := h.store.RegisterDevice(ctx, d); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: 410 Unregistered", ErrGone)
+	}), nil)
+	c := h.conversation()
+	h.agentSays(c, "Found it!")
+	h.advance(collapse)
+	ds, err := h.store.Devices(h.ctx, owner)
+	if err != nil || len(ds) != 1 || ds[0].Token != token(1) {
+		t.Fatalf("devices after the gone answer for the earlier registration: %v, %v", ds, err)
+	}
+}
+
 // withCursor gives h's Fallback a cursor in the store (Config.Cursor), and
 // p as its Pusher unless nil.
 func (h *harness) withCursor(p ...Pusher) {

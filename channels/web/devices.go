@@ -106,7 +106,7 @@ func removeDevice(w http.ResponseWriter, r *http.Request, st core.Store, owner c
 	if err != nil {
 		return err
 	}
-	if err := st.RemoveDevice(r.Context(), tok, owner); err != nil {
+	if err := st.RemoveDevice(r.Context(), tok, owner, time.Time{}); err != nil {
 		if errors.Is(err, core.ErrNotFound) {
 			return errNoDevice
 		}

@@ -118,24 +118,29 @@ func testDevices(t *testing.T, s core.Store) {
 	})
 
 	t.Run("remove", func(t *testing.T) {
-		wantErr(t, "remove another owner's token", s.RemoveDevice(ctx, deviceToken(3), alice), core.ErrNotFound)
-		wantErr(t, "remove without an owner", s.RemoveDevice(ctx, deviceToken(3), ""), core.ErrInvalid)
-		if got, _ := s.Devices(ctx, visitor); len(got) != 1 {
+		wantErr(t, "remove another owner's token", s.RemoveDevice(ctx, deviceToken(3), alice, time.Time{}), core.ErrNotFound)
+		wantErr(t, "remove without an owner", s.RemoveDevice(ctx, deviceToken(3), "", time.Time{}), core.ErrInvalid)
+		// The provider's refusal of a registration older than the one
+		// stored (the app registered again since) removes nothing; of the
+		// stored one, removes it.
+		got, _ := s.Devices(ctx, visitor)
+		if len(got) != 1 {
 			t.Fatalf("a refused removal removed the device: %v", deviceTokens(got))
 		}
-		if err := s.RemoveDevice(ctx, deviceToken(3), visitor); err != nil {
+		wantErr(t, "remove an older registration", s.RemoveDevice(ctx, deviceToken(3), visitor, got[0].UpdatedAt.Add(-time.Millisecond)), core.ErrNotFound)
+		if err := s.RemoveDevice(ctx, deviceToken(3), visitor, got[0].UpdatedAt); err != nil {
 			t.Fatal(err)
 		}
-		wantErr(t, "remove twice", s.RemoveDevice(ctx, deviceToken(3), visitor), core.ErrNotFound)
+		wantErr(t, "remove twice", s.RemoveDevice(ctx, deviceToken(3), visitor, time.Time{}), core.ErrNotFound)
 		for _, n := range []int{1, 2} {
-			if err := s.RemoveDevice(ctx, deviceToken(n), alice); err != nil {
+			if err := s.RemoveDevice(ctx, deviceToken(n), alice, time.Time{}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if got, _ := s.Devices(ctx, alice); len(got) != 0 {
 			t.Errorf("devices left: %v", deviceTokens(got))
 		}
-		wantErr(t, "remove unknown", s.RemoveDevice(ctx, deviceToken(77), alice), core.ErrNotFound)
+		wantErr(t, "remove unknown", s.RemoveDevice(ctx, deviceToken(77), alice, time.Time{}), core.ErrNotFound)
 	})
 
 	t.Run("oldest dropped beyond the cap", func(t *testing.T) {

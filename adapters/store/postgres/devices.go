@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"time"
+
 	"context"
 	"fmt"
 
@@ -55,12 +57,16 @@ func (s *Store) RegisterDevice(ctx context.Context, d core.Device) (core.Device,
 }
 
 // RemoveDevice implements core.Store.
-func (s *Store) RemoveDevice(ctx context.Context, token string, owner core.DeviceOwner) error {
+func (s *Store) RemoveDevice(ctx context.Context, token string, owner core.DeviceOwner, notAfter time.Time) error {
 	if token == "" || owner == "" {
 		return invalid("a device is removed by its token and owner")
 	}
+	q, args := `DELETE FROM devices WHERE token = $1 AND owner = $2`, []any{token, string(owner)}
+	if !notAfter.IsZero() {
+		q, args = q+` AND updated_at <= $3`, append(args, notAfter)
+	}
 	return s.do(ctx, func(w *wtx) error {
-		tag, err := w.exec(`DELETE FROM devices WHERE token = $1 AND owner = $2`, token, string(owner))
+		tag, err := w.exec(q, args...)
 		if err != nil {
 			return dbErr(err, "remove device")
 		}

@@ -1,6 +1,8 @@
 package sqlite
 
 import (
+	"time"
+
 	"context"
 	"fmt"
 
@@ -56,12 +58,16 @@ func (s *Store) RegisterDevice(ctx context.Context, d core.Device) (core.Device,
 }
 
 // RemoveDevice implements core.Store.
-func (s *Store) RemoveDevice(ctx context.Context, token string, owner core.DeviceOwner) error {
+func (s *Store) RemoveDevice(ctx context.Context, token string, owner core.DeviceOwner, notAfter time.Time) error {
 	if token == "" || owner == "" {
 		return invalid("a device is removed by its token and owner")
 	}
+	q, args := `DELETE FROM devices WHERE token = ? AND owner = ?`, []any{token, string(owner)}
+	if !notAfter.IsZero() {
+		q, args = q+` AND updated_at <= ?`, append(args, toDB(notAfter))
+	}
 	return s.do(ctx, func(w *wtx) error {
-		res, err := w.tx.ExecContext(w.ctx, `DELETE FROM devices WHERE token = ? AND owner = ?`, token, string(owner))
+		res, err := w.tx.ExecContext(w.ctx, q, args...)
 		if err != nil {
 			return dbErr(err, "remove device")
 		}
