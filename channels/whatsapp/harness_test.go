@@ -130,7 +130,9 @@ func testConfig(apiBase string) Config {
 	}
 }
 
-func newHarness(t *testing.T) *harness {
+// newHarness builds the harness; wrap, if given, wraps the store the
+// service (and so the channel) uses, while h.store stays the real one.
+func newHarness(t *testing.T, wrap ...func(core.Store) core.Store) *harness {
 	t.Helper()
 	h := &harness{t: t, clock: newFakeClock(), notes: &notes{}, ctx: context.Background()}
 	h.api = whatsapptest.New(testPhoneID, testToken)
@@ -142,6 +144,10 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	h.store = st
+	var svcStore core.Store = st
+	for _, w := range wrap {
+		svcStore = w(svcStore)
+	}
 	h.mediaPath = filepath.Join(dir, "media")
 	backend, err := local.New(h.mediaPath)
 	if err != nil {
@@ -152,7 +158,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	h.svc = core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: 240 * time.Hour},
 		core.Deps{
-			Store: st, Presence: core.NewMemoryPresence(), Notifier: h.notes, Now: h.clock.Now, Logger: quiet(),
+			Store: svcStore, Presence: core.NewMemoryPresence(), Notifier: h.notes, Now: h.clock.Now, Logger: quiet(),
 			Delivers: func(ch string) bool { return ch == testName },
 			Window: func(ch string) time.Duration {
 				if ch == testName {

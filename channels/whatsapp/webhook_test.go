@@ -2,6 +2,7 @@ package whatsapp
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	wt "github.com/kefuhq/kefu/channels/whatsapp/whatsapptest"
@@ -152,6 +154,14 @@ func TestDuplicatesStoredOnce(t *testing.T) {
 		t.Fatalf("messages = %+v", ms)
 	}
 	// The duplicate's media was fetched again and dropped: only one file is kept.
+	if files, names := h.mediaFiles(); files != 1 {
+		t.Fatalf("%d media files kept, want 1 (%v)", files, names)
+	}
+}
+
+// mediaFiles counts the stored files, previews aside, and lists every name.
+func (h *harness) mediaFiles() (int, []string) {
+	h.t.Helper()
 	var files int
 	var names []string
 	err := filepath.WalkDir(h.mediaPath, func(p string, d fs.DirEntry, err error) error {
@@ -170,9 +180,55 @@ func TestDuplicatesStoredOnce(t *testing.T) {
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		h.t.Fatal(err)
 	}
-	if files != 1 {
+	return files, names
+}
+
+// lostAnswerStore's Ingest commits and then, while fail is set, reports an
+// error: the connection to the database dropped before the answer came.
+type lostAnswerStore struct {
+	core.Store
+	fail atomic.Bool
+}
+
+func (s *lostAnswerStore) Ingest(ctx context.Context, in core.Inbound) (core.Ingested, error) {
+	res, err := s.Store.Ingest(ctx, in)
+	if err == nil && s.fail.Load() {
+		return core.Ingested{}, errors.New("store: connection reset by peer")
+	}
+	return res, err
+}
+
+// TestMediaKeptWhenTheWriteMayHaveCommitted: after a store error that
+// leaves the write's fate unknown, the fetched file stays (a stored message
+// may point at it); Meta's retry is then a duplicate, whose own copy goes.
+func TestMediaKeptWhenTheWriteMayHaveCommitted(t *testing.T) {
+	var lost *lostAnswerStore
+	h := newHarness(t, func(s core.Store) core.Store {
+		lost = &lostAnswerStore{Store: s}
+		return lost
+	})
+	h.api.AddMedia("media-1", "image/jpeg", jpegSample(t))
+	body := wt.Body(wt.Messages(testPhoneID, zhang, wt.Image("wamid.L1", "media-1", "image/jpeg", "my order")))
+	lost.fail.Store(true)
+	if code := h.post(body); code < 500 {
+		t.Fatalf("webhook after a lost answer: HTTP %d, want a 5xx for Meta to retry", code)
+	}
+	lost.fail.Store(false)
+	if code := h.post(body); code != http.StatusOK {
+		t.Fatalf("Meta's retry: HTTP %d", code)
+	}
+	ms := h.customerMessages(h.only().ID)
+	if len(ms) != 1 || ms[0].Media == nil {
+		t.Fatalf("messages = %+v", ms)
+	}
+	rc, _, err := h.media.Open(h.ctx, ms[0].Media.Key)
+	if err != nil {
+		t.Fatalf("the stored message's file: %v", err)
+	}
+	rc.Close()
+	if files, names := h.mediaFiles(); files != 1 {
 		t.Fatalf("%d media files kept, want 1 (%v)", files, names)
 	}
 }
