@@ -307,8 +307,15 @@ func (f *Fallback) reset() {
 // stop).
 func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error {
 	f.reset()
-	if err := f.catchUp(ctx); err != nil && ctx.Err() == nil {
-		f.log.Warn("push: could not catch up on the messages committed while no node pushed; they go without notification", "err", err)
+	if err := f.catchUp(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Going on live would move the cursor past what the catch-up did
+		// not read, for good: the run fails instead, and the next one
+		// (here after a backoff, or on the node that takes the lease)
+		// catches up from the same cursor.
+		return fmt.Errorf("push: catch up on the messages committed while no node pushed: %w", err)
 	}
 	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -830,6 +831,68 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	got := h.wantPushes(2)
 	if got[0].MessageID != m1.ID || got[1].MessageID != m3.ID {
 		t.Fatalf("pushed %d then %d, want %d then %d", got[0].MessageID, got[1].MessageID, m1.ID, m3.ID)
+	}
+}
+
+// failingFeed fails the next fails Feed calls, as a store does for a moment
+// during a failover.
+type failingFeed struct {
+	core.Store
+	fails atomic.Int32
+}
+
+func (s *failingFeed) Feed(ctx context.Context, after int64, n int) ([]core.Message, error) {
+	if s.fails.Add(-1) >= 0 {
+		return nil, errors.New("connection reset by peer")
+	}
+	return s.Store.Feed(ctx, after, n)
+}
+
+// A run whose catch-up fails stops with the error (to be tried again)
+// rather than going on live, which would move the cursor past what it did
+// not read: the next run pushes what no run saw.
+func TestFailedCatchUpFailsTheRun(t *testing.T) {
+	h := newHarness(t)
+	feed := &failingFeed{Store: h.store}
+	h.use(h.pusher, func(c *Config) { c.Cursor = "push.test.cursor"; c.Store = feed })
+	c := h.conversation()
+	tn := h.startTenure()
+	m1 := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
+	}
+	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
+
+	// Nobody runs: Alice answers the offline customer.
+	m := h.agentSays(c, "Your parcel is at the door")
+	h.rec.take()
+	// The next run's catch-up read fails once.
+	feed.fails.Store(1)
+	tn = h.startTenure()
+	select {
+	case <-tn.finished:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run went on after its catch-up failed")
+	}
+	if tn.err == nil {
+		t.Fatal("the run whose catch-up failed returned no error")
+	}
+	// The run after it catches up.
+	tn = h.startTenure()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 1 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	// One push for the conversation side, of its newest message.
+	if got := h.wantPushes(1); got[0].MessageID != m.ID {
+		t.Fatalf("pushed message %d, want %d", got[0].MessageID, m.ID)
 	}
 }
 
