@@ -217,6 +217,12 @@ func (f *Follower) drain(ctx context.Context, after int64, since time.Time) (int
 		if len(batch) < f.cfg.Batch {
 			return after, nil
 		}
+		// More to come: save the cursor now, so that a crash during a long
+		// backlog (a provider that takes a second a message) replays one
+		// batch, not the whole backlog.
+		if err := f.save(ctx, after, since); err != nil && ctx.Err() == nil {
+			f.log.Warn("follower: saving the cursor failed; messages may be handled again", "err", err)
+		}
 	}
 	return after, ctx.Err()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,3 +116,65 @@ func TestFollowerFollowsTheLog(t *testing.T) {
 }
 
 var waitFor = wait.For
+
+// cursorPeeker reads the follower's saved cursor when it is handed the
+// message with text at.
+type cursorPeeker struct {
+	store core.Store
+	at    string
+	saved chan string
+}
+
+func (p *cursorPeeker) Follow(ctx context.Context, m core.Message, _ core.Conversation) error {
+	if m.Text == p.at {
+		v, err := p.store.Setting(ctx, "follow.slack")
+		if err != nil {
+			return err
+		}
+		p.saved <- v
+	}
+	return nil
+}
+
+// A backlog of several batches saves the cursor after each batch, so that
+// a crash replays one batch at most, not everything since the backlog
+// began.
+func TestFollowerSavesTheCursorThroughABacklog(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const batch = 10
+	p := &cursorPeeker{store: store, at: fmt.Sprint("m", 2*batch+1), saved: make(chan string, 1)}
+	f, err := bridge.NewFollower(bridge.FollowerConfig{Name: "slack", Handler: p, Store: store, Batch: batch,
+		Poll: time.Hour, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the follower's first start", func() bool { _, err := store.Setting(ctx, "follow.slack"); return err == nil })
+	var ids []int64
+	for i := 1; i <= 3*batch+5; i++ {
+		in, err := store.Ingest(ctx, core.Inbound{Channel: "tg", ExternalID: "42",
+			Message: core.Message{Kind: core.KindText, Text: fmt.Sprint("m", i), CreatedAt: time.Now()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, in.Message.ID)
+	}
+	f.Wake()
+	select {
+	case v := <-p.saved:
+		// Handling the third batch's first message, the two before it are saved.
+		if want := fmt.Sprint(ids[2*batch-1]); !strings.HasPrefix(v, want+" ") && v != want {
+			t.Fatalf("cursor while handling message %d of the backlog: %q, want %s", 2*batch+1, v, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower did not reach the third batch")
+	}
+}
