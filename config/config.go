@@ -377,8 +377,13 @@ func (a *Agent) Validate() error {
 		errs = append(errs, Errorf("email", "must be an email address like alice@example.com; got %q", a.Email))
 	}
 	errs = append(errs, OneOf("role", a.Role, RoleAgent, RoleAdmin))
-	if a.Password == "" {
+	switch {
+	case a.Password == "":
 		errs = append(errs, Errorf("password", "required"))
+	case len(a.Password) < core.MinPasswordLength:
+		errs = append(errs, Errorf("password", "must be at least %d characters", core.MinPasswordLength))
+	case len(a.Password) > core.MaxPasswordBytes:
+		errs = append(errs, Errorf("password", "must be at most %d bytes", core.MaxPasswordBytes))
 	}
 	if a.WeComUserID != "" && !core.ValidWeComUserID(a.WeComUserID) {
 		errs = append(errs, Errorf("wecom_userid", "%s; got %q", core.WeComUserIDRule, a.WeComUserID))

@@ -100,7 +100,7 @@ var testEnv = map[string]string{
 	"CHAT_TOKEN":     "123:secret",
 	"EMPTY":          "",
 	"MAX_OPEN":       "12",
-	"ALICE_PASSWORD": "s3cret",
+	"ALICE_PASSWORD": "alice-s3cret",
 }
 
 func lookup(env map[string]string) func(string) (string, bool) {

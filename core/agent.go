@@ -7,16 +7,20 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// MinPasswordLength is the shortest password kefu accepts for an agent.
-const MinPasswordLength = 8
+// The shortest password kefu accepts for an agent, and the longest (bcrypt
+// reads no further).
+const (
+	MinPasswordLength = 8
+	MaxPasswordBytes  = 72
+)
 
 // HashPassword returns the bcrypt hash of an agent's password.
 func HashPassword(password string) (string, error) {
 	if len(password) < MinPasswordLength {
 		return "", fmt.Errorf("%w: password shorter than %d characters", ErrInvalid, MinPasswordLength)
 	}
-	if len(password) > 72 {
-		return "", fmt.Errorf("%w: password longer than 72 bytes", ErrInvalid)
+	if len(password) > MaxPasswordBytes {
+		return "", fmt.Errorf("%w: password longer than %d bytes", ErrInvalid, MaxPasswordBytes)
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
 	if err != nil {
