@@ -139,6 +139,11 @@ func DefaultBackoff(attempt int) time.Duration {
 	return min(d, BackoffMax)
 }
 
+// DefaultSendTimeout bounds one Send of a message without an attachment. A
+// channel's own request timeout must fit inside it: a request cut short by
+// it is retried, and may have reached the provider.
+const DefaultSendTimeout = 30 * time.Second
+
 // DelivererConfig configures a Deliverer. Zero fields take the defaults noted.
 type DelivererConfig struct {
 	// Channel is the channel instance whose outbox entries this Deliverer
@@ -170,7 +175,7 @@ type DelivererConfig struct {
 	SweepInterval time.Duration
 	// SweepLimit is how many due entries one sweep reads. Default 500.
 	SweepLimit int
-	// SendTimeout bounds one Send. Default 30 s.
+	// SendTimeout bounds one Send. Default DefaultSendTimeout.
 	SendTimeout time.Duration
 	// MediaSendTimeout bounds one Send of a message with an attachment,
 	// which may upload it first: up to media.max_bytes on the server's
@@ -208,7 +213,7 @@ func (c *DelivererConfig) setDefaults() {
 		c.SweepLimit = 500
 	}
 	if c.SendTimeout <= 0 {
-		c.SendTimeout = 30 * time.Second
+		c.SendTimeout = DefaultSendTimeout
 	}
 	if c.MediaSendTimeout <= 0 {
 		c.MediaSendTimeout = 5 * time.Minute

@@ -60,8 +60,9 @@ func (c *Config) Validate() error {
 	if c.DeliverURL != "" {
 		errs = append(errs, config.URL("deliver_url", c.DeliverURL))
 	}
-	if c.Timeout <= 0 {
-		errs = append(errs, config.Errorf("timeout", "must be positive"))
+	if c.Timeout <= 0 || c.Timeout > bridge.DefaultSendTimeout {
+		// Longer, the delivery would be cut (and retried) first.
+		errs = append(errs, config.Errorf("timeout", "must be positive and at most %v", bridge.DefaultSendTimeout))
 	}
 	if c.MaxBodyBytes <= 0 {
 		errs = append(errs, config.Errorf("max_body_bytes", "must be positive"))

@@ -159,3 +159,19 @@ func TestSendIgnoresUnstorableID(t *testing.T) {
 		t.Fatalf("Send = %+v, %v; want delivered without the id", res, err)
 	}
 }
+
+// A delivery request longer than the outbox's budget for one send would be
+// cut and retried: the duplicates a slow receiver then gets are refused
+// up front.
+func TestTimeoutFitsTheSendBudget(t *testing.T) {
+	for _, tc := range []struct {
+		timeout time.Duration
+		ok      bool
+	}{{10 * time.Second, true}, {bridge.DefaultSendTimeout, true}, {bridge.DefaultSendTimeout + time.Second, false}, {0, false}} {
+		c := Config{Secret: "s", DeliverURL: "https://crm.example.com/hook", Timeout: tc.timeout, MaxBodyBytes: 1024}
+		err := c.Validate()
+		if (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), "timeout")) {
+			t.Errorf("timeout %v: %v, want ok %v", tc.timeout, err, tc.ok)
+		}
+	}
+}
