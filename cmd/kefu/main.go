@@ -62,7 +62,9 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		cmd, args = "help", args[1:]
+	} else if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -91,7 +93,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return migrateSQLiteToPostgres(args[1:], stdout, stderr)
 	case "bench":
 		return bench.Main(args, stdout, stderr)
-	case "help", "-h", "--help":
+	case "help":
 		usage(stdout)
 		return 0
 	default:

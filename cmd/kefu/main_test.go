@@ -94,6 +94,13 @@ func TestUsage(t *testing.T) {
 	if code := run([]string{"version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "kefu ") {
 		t.Fatalf("version: exit %d, %q", code, &stdout)
 	}
+	// Every way of asking lists the commands.
+	for _, arg := range []string{"help", "-h", "-help", "--help"} {
+		stdout.Reset()
+		if code := run([]string{arg}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "migrate") {
+			t.Errorf("kefu %s: exit %d, %q; want the commands", arg, code, &stdout)
+		}
+	}
 }
 
 // TestStrayArgumentIsExplained: "kefu serve kefu.yaml" (the -c left out)
