@@ -200,6 +200,11 @@ func (c *Config) Validate() error {
 		if ci.Config != nil {
 			errs = append(errs, Prefix("channels."+ci.Name, ci.Config.Validate()))
 		}
+		if u, ok := ci.Config.(PublicURLUser); ok && c.Server.PublicURL == "" {
+			if key := u.NeedsPublicURL(); key != "" {
+				errs = append(errs, Errorf("channels."+ci.Name+"."+key, "needs server.public_url (the URL the provider calls back)"))
+			}
+		}
 		if _, ok := ci.Config.(SingleInstance); ok {
 			if first, dup := single[ci.Type]; dup {
 				errs = append(errs, Errorf("channels."+ci.Name, "only one channel of type %s may be enabled, and %s is: its paths are fixed", ci.Type, first))

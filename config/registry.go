@@ -24,6 +24,13 @@ type SingleInstance interface {
 	SingleInstance()
 }
 
+// PublicURLUser is implemented by a section that may need
+// server.public_url: NeedsPublicURL names the key that, as configured,
+// needs it ("set_webhook"), or returns "".
+type PublicURLUser interface {
+	NeedsPublicURL() string
+}
+
 // Defaulter is implemented by list items and map values that have defaults
 // of their own: the loader calls SetDefaults on each new item before decoding
 // its keys into it. (A section's top level gets its defaults from the

@@ -93,6 +93,15 @@ const (
 	maxPollWait   = 10 * time.Minute
 )
 
+// NeedsPublicURL implements config.PublicURLUser: set_webhook registers
+// server.public_url with Telegram.
+func (c *Config) NeedsPublicURL() string {
+	if c.SetWebhook {
+		return "set_webhook"
+	}
+	return ""
+}
+
 // Validate implements config.Section.
 func (c *Config) Validate() error {
 	var errs []error

@@ -46,7 +46,7 @@ media: {dir: %q}
 log: {level: warn}
 routing: {offline_reply: "We are away."}
 channels:
-  crm: {type: webhook, enabled: true, secret: %q, deliver_url: %q, timeout: 60s}
+  crm: {type: webhook, enabled: true, secret: %q, deliver_url: %q, timeout: 30s}
 `, addr, filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"), secret, rcv.URL))
 	base := "http://" + addr
 
