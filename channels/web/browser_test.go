@@ -475,6 +475,27 @@ func TestBrowserConsoleAdmin(t *testing.T) {
 		t.Fatalf("Bob after the admin's changes: active %v, new password %v, links %q %q",
 			a.Active, a.CheckPassword("bob-new-password"), a.WeComUserID, a.SlackUser)
 	}
+
+	// A link to a conversation (a Slack thread carries one) opens it, on a
+	// fresh load as from a page already open.
+	linked := func(text string) int64 {
+		res, err := h.n.Service().Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "a:" + strings.Repeat(text[:1], 32), Name: "Linked",
+			Message: core.Message{Kind: core.KindText, Text: text}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Conversation.ID
+	}
+	shows := func(text string) string {
+		return `[...document.querySelectorAll('[data-testid="message"][data-sender="contact"] [data-testid="message-text"]')].some(e => e.textContent === ` + jsQuote(text) + `)`
+	}
+	one := linked("1 where is my parcel?")
+	admin.do("leave the console", chromedp.Navigate("about:blank"))
+	admin.do("follow a link", chromedp.Navigate(fmt.Sprintf("%s/console/#/conversations/%d", h.n.URL, one)))
+	admin.waitFor("the linked conversation", shows("1 where is my parcel?"))
+	two := linked("2 and my refund?")
+	admin.eval(fmt.Sprintf(`(location.hash = "#/conversations/%d", true)`, two))
+	admin.waitFor("the second linked conversation", shows("2 and my refund?"))
 	for _, p := range admin.problems() {
 		t.Errorf("admin: %s", p)
 	}

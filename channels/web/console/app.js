@@ -248,7 +248,19 @@ async function setFilter(name) {
 
 // ---- one conversation ------------------------------------------------------
 
+// linkedConversation is the conversation the page's address names,
+// #/conversations/{id} (the link a Slack thread carries), or 0.
+function linkedConversation() {
+  const m = /^#\/conversations\/([1-9]\d{0,17})$/.exec(location.hash);
+  return m ? Number(m[1]) : 0;
+}
+
 async function openConversation(id) {
+  if (location.hash !== "#/conversations/" + id) {
+    // The address names the open conversation: a reload keeps it, and
+    // it can be copied as a link.
+    history.replaceState(null, "", "#/conversations/" + id);
+  }
   if (S.openId !== id) {
     S.openId = id;
     S.msgs = new Map();
@@ -846,6 +858,8 @@ function showLogin(message) {
 async function startApp(me) {
   S = freshState();
   S.me = me;
+  // Opened from a link: that conversation, once the stream is up.
+  S.openId = linkedConversation();
   show($("login"), false);
   show($("app"), true);
   applyStatic(document);
@@ -965,6 +979,10 @@ function wire() {
   document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible" && S.openId) markReadSoon(); });
   setInterval(() => { if (S.openId) renderWindow(); }, 30000);
   api.whenUnauthorized(() => { if (S.me) logout(true); });
+  window.addEventListener("hashchange", () => {
+    const id = linkedConversation();
+    if (id && S.me && id !== S.openId) openConversation(id);
+  });
 }
 
 async function boot() {
