@@ -27,11 +27,10 @@ import (
 // returned it. A send names only the key: the server takes the type, size and
 // preview from its own record (a client cannot lie about them) and refuses a
 // key that another visitor uploaded. An upload that no message uses within
-// a day is deleted. (A signed
-// upload receipt would have saved the row, but it would also have to carry
-// the metadata back through the client, and could not authorise the
-// uploader's own download; one small row per upload, rate-limited, is the
-// simpler contract.)
+// a day is deleted. (A signed upload receipt would have saved the row, but
+// it would also have to carry the metadata back through the client, and
+// could not authorise the uploader's own download; one small row per
+// upload, rate-limited, is the simpler contract.)
 //
 // Downloads are authorised per request with the visitor token in the
 // Authorization header (never in the URL): the file must be the visitor's own
