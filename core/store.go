@@ -172,6 +172,8 @@ type Store interface {
 	// PutSetting stores value under key, replacing any earlier value. Used
 	// for cursors such as an agent-side channel's place in the message log.
 	PutSetting(ctx context.Context, key, value string) error
+	// MediaUsed reports whether a stored message carries the file key.
+	MediaUsed(ctx context.Context, key string) (bool, error)
 	// Settings lists the settings whose key starts with prefix and sorts
 	// after after, in key order, at most limit (1 to MaxBatchRead, else
 	// ErrInvalid) of them. Passing the last key back pages through them.

@@ -59,6 +59,24 @@ func testPutSetting(t *testing.T, s core.Store) {
 	}
 }
 
+func testMediaUsed(t *testing.T, s core.Store) {
+	const key = "0123456789abcdef0123456789abcdef.png"
+	if used, err := s.MediaUsed(ctx, key); err != nil || used {
+		t.Fatalf("MediaUsed before any message = %v, %v", used, err)
+	}
+	_, err := s.Ingest(ctx, core.Inbound{Channel: "web", ExternalID: "a:1", Message: core.Message{Kind: core.KindImage,
+		Media: &core.Media{Key: key, Type: "image/png", Size: 10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used, err := s.MediaUsed(ctx, key); err != nil || !used {
+		t.Fatalf("MediaUsed of a message's file = %v, %v", used, err)
+	}
+	if used, err := s.MediaUsed(ctx, "fedcba9876543210fedcba9876543210.png"); err != nil || used {
+		t.Fatalf("MediaUsed of another file = %v, %v", used, err)
+	}
+}
+
 func testSettingsList(t *testing.T, s core.Store) {
 	for _, k := range []string{"media.upload.c", "media.upload.a", "media.uploads", "media.upload.b", "media.upload", "media.uploaa.z", "agent.1.away"} {
 		if err := s.PutSetting(ctx, k, "v-"+k); err != nil {

@@ -79,6 +79,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"EnsureSetting", testEnsureSetting},
 		{"PutSetting", testPutSetting},
 		{"SettingsList", testSettingsList},
+		{"MediaUsed", testMediaUsed},
 		{"SwapSetting", testSwapSetting},
 		{"Sessions", testSessions},
 		{"Devices", testDevices},

@@ -60,6 +60,19 @@ func (s *Store) PutSetting(ctx context.Context, key, value string) error {
 	})
 }
 
+// MediaUsed implements core.Store.
+func (s *Store) MediaUsed(ctx context.Context, key string) (bool, error) {
+	if s.isClosed.Load() {
+		return false, core.ErrClosed
+	}
+	var used bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE media_key = $1)`, key).Scan(&used)
+	if err != nil {
+		return false, s.readErr(err, "messages with media %s", key)
+	}
+	return used, nil
+}
+
 // Settings implements core.Store.
 func (s *Store) Settings(ctx context.Context, prefix, after string, limit int) ([]core.Setting, error) {
 	if limit < 1 || limit > core.MaxBatchRead {

@@ -15,7 +15,7 @@ import (
 // SQLiteSchemaVersion is the schema version of adapters/store/sqlite that
 // ImportSQLite reads. A source at another version is refused: open it once
 // with the kefu that matches this one (which migrates it) first.
-const SQLiteSchemaVersion = 6
+const SQLiteSchemaVersion = 7
 
 // ImportOptions configures ImportSQLite.
 type ImportOptions struct {

@@ -2,6 +2,8 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"time"
 
 	"github.com/kefuhq/kefu/core"
@@ -55,6 +57,22 @@ func (s *Store) PutSetting(ctx context.Context, key, value string) error {
 			ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 		return dbErr(err, "store setting %s", key)
 	})
+}
+
+// MediaUsed implements core.Store.
+func (s *Store) MediaUsed(ctx context.Context, key string) (bool, error) {
+	if s.isClosed.Load() {
+		return false, core.ErrClosed
+	}
+	var one int
+	err := s.r.QueryRowContext(ctx, `SELECT 1 FROM messages WHERE media_key = ? LIMIT 1`, key).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, s.readErr(err, "messages with media %s", key)
+	}
+	return true, nil
 }
 
 // Settings implements core.Store.
