@@ -454,6 +454,13 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 		return nil
 	}
 	v, err := f.cfg.Store.Setting(ctx, f.cfg.Cursor)
+	after, perr := strconv.ParseInt(v, 10, 64)
+	if err == nil && perr != nil {
+		// Not written by kefu: failing every run would stop pushes for
+		// good; starting afresh loses only what no run saw.
+		f.log.Error("push: the saved cursor is not a message id; starting from the log's end", "setting", f.cfg.Cursor, "value", v)
+		err = core.ErrNotFound
+	}
 	if errors.Is(err, core.ErrNotFound) {
 		// The very first run starts from what it observes, and saves
 		// the log's end as the cursor the next run catches up from.
@@ -469,10 +476,6 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 	}
 	if err != nil {
 		return err
-	}
-	after, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return fmt.Errorf("setting %s: %q is not a message id", f.cfg.Cursor, v)
 	}
 	f.mu.Lock()
 	f.lastTick, f.saved = after, after

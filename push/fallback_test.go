@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -893,6 +894,27 @@ func TestFailedCatchUpFailsTheRun(t *testing.T) {
 	// One push for the conversation side, of its newest message.
 	if got := h.wantPushes(1); got[0].MessageID != m.ID {
 		t.Fatalf("pushed message %d, want %d", got[0].MessageID, m.ID)
+	}
+}
+
+// A cursor that is not a message id (edited by hand, say) does not stop
+// pushes for good: the run starts from the log's end and saves a new one.
+func TestUnreadableCursorStartsAfresh(t *testing.T) {
+	h := newHarness(t)
+	if err := h.store.PutSetting(h.ctx, "push.test.cursor", "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	h.withCursor()
+	c := h.conversation()
+	tn := h.startTenure()
+	waitFor(t, "a new cursor", func() bool { _, err := strconv.ParseInt(h.cursor(), 10, 64); return err == nil })
+	h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the push", func() bool { return len(h.pusher.got()) == 1 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
 	}
 }
 

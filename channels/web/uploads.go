@@ -22,25 +22,30 @@ import (
 // whether a message has used it. The store is shared by every node, so an
 // upload on one node can be sent through another.
 //
-// A send marks the record sent (store.ReplaceSetting from the value it read)
-// before its message is stored; from then on the file belongs to the
-// messages that carry it and is never deleted here.
+// Every send naming an upload marks its record sent, now (store.
+// ReplaceSetting from the value it read), before its message is stored.
 //
 // The sweep (sweepUploads, with the API's hourly housekeeping on every
-// node) deletes an upload that no message used within uploadKeep. It first
-// marks the record expired, again only from the value it read, so a send
-// racing it either marks the record sent first (and the sweep leaves the
-// file) or finds it expired (and is refused as if the upload did not
-// exist). Then the file goes, then the record; a sweep that fails between
-// the two leaves the expired record for the next one. Records of sent
-// uploads are dropped after uploadKeep as well: the file stays, and the
-// messages carrying it authorise its download.
+// node) settles each upload older than uploadKeep whose last send, if any,
+// is older than sendGrace (its message is stored or refused by then). If a
+// stored message carries the file (store.MediaUsed: also a send through a
+// node of an earlier version, which does not mark records), the record is
+// dropped and the file stays: the messages carrying it authorise its
+// download. If none does (never sent, or every send was refused), the
+// record is first marked expired, only from the value the sweep read, so
+// that a send racing it either marks the record first (and the sweep
+// leaves it) or finds it expired (and is refused as if the upload did not
+// exist); then the file goes, then the record. A sweep that fails between
+// the two leaves the expired record for the next one.
 
 const (
 	// uploadSettingPrefix + key is the store setting recording an upload.
 	uploadSettingPrefix = "media.upload."
 	// uploadKeep is how long an upload waits for a message to use it.
 	uploadKeep = 24 * time.Hour
+	// sendGrace is how long after a send the sweep leaves an upload be:
+	// far longer than storing a message takes.
+	sendGrace = time.Hour
 	// uploadSweepPage is how many records the sweep reads at a time.
 	uploadSweepPage = 500
 )
@@ -56,8 +61,9 @@ type uploadRecord struct {
 	// At is when the file was uploaded. Records written before kefu kept
 	// it have none; the sweep dates them when it first sees them.
 	At time.Time `json:"at,omitzero"`
-	// Sent: a message has used the file (or may be about to).
-	Sent bool `json:"sent,omitempty"`
+	// SentAt is when a message last named the file (it may have been
+	// refused); zero before any did.
+	SentAt time.Time `json:"sent_at,omitzero"`
 	// Expired: the sweep is deleting the file; nobody may send it.
 	Expired bool `json:"expired,omitempty"`
 }
@@ -106,8 +112,8 @@ func parseUploadRecord(key, raw string) (uploadRecord, error) {
 }
 
 // useUpload returns the media of the upload of key for a message about to
-// be stored, having marked its record sent. check says whether the sender
-// may send this upload: its error is the answer when it does not.
+// be stored, having marked its record sent now. check says whether the
+// sender may send this upload: its error is the answer when it does not.
 func (c *Channel) useUpload(ctx context.Context, key string, check func(uploadRecord) error) (core.Media, error) {
 	// The record changes at most twice (sent, expired): a third read is
 	// the store misbehaving.
@@ -119,10 +125,7 @@ func (c *Channel) useUpload(ctx context.Context, key string, check func(uploadRe
 		if err := check(rec); err != nil {
 			return core.Media{}, err
 		}
-		if rec.Sent {
-			return rec.Media, nil
-		}
-		rec.Sent = true
+		rec.SentAt = c.now().UTC()
 		b, err := json.Marshal(rec)
 		if err != nil {
 			return core.Media{}, err
@@ -253,19 +256,25 @@ func (c *Channel) sweepUpload(ctx context.Context, kv core.Setting, now time.Tim
 		return string(b), ok, err
 	}
 	switch {
+	case rec.Expired:
 	case rec.At.IsZero():
-		// From before uploads were dated: whether a message used it is
-		// unknown, so it counts as sent, from now.
-		rec.At, rec.Sent = now.UTC(), true
+		// From before uploads were dated: dated now, and settled a day
+		// later like any other.
+		rec.At = now.UTC()
 		_, _, err := swap(rec)
 		return false, err
-	case rec.Expired:
-	case now.Sub(rec.At) < uploadKeep:
+	case now.Sub(rec.At) < uploadKeep, !rec.SentAt.IsZero() && now.Sub(rec.SentAt) < sendGrace:
 		return false, nil
-	case rec.Sent:
-		_, err := c.store.DeleteSetting(ctx, kv.Key, kv.Value)
-		return false, err
 	default:
+		used, err := c.store.MediaUsed(ctx, key)
+		if err != nil {
+			return false, err
+		}
+		if used {
+			// The file is the messages' now: only the record goes.
+			_, err := c.store.DeleteSetting(ctx, kv.Key, kv.Value)
+			return false, err
+		}
 		rec.Expired = true
 		raw, ok, err := swap(rec)
 		if err != nil || !ok {

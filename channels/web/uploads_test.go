@@ -213,22 +213,72 @@ func TestUploadSweepRacesAndOldRecords(t *testing.T) {
 		t.Fatalf("finishing an expired upload: deleted %d, stored %v", got, n.stored(doomed.Key))
 	}
 
-	// A record written before uploads were dated may belong to a sent
-	// file: it is dated at the first sweep that sees it, its file kept,
-	// and the record dropped a day after that.
-	old := n.agentUpload("old.txt", []byte("old\n"))
-	n.editRecord(old.Key, func(rec map[string]any) { delete(rec, "at") })
-	if got := n.sweep(t0.Add(25*time.Hour), nil); got != 0 || !n.stored(old.Key) {
-		t.Fatalf("an undated record: deleted %d, stored %v", got, n.stored(old.Key))
+	// Records written before uploads were dated, or by a node of that
+	// version (which sends without marking): dated at the first sweep that
+	// sees them, and a day later the file a message carries stays, the
+	// other goes; both records go.
+	usedOld := n.agentUpload("used.txt", []byte("used\n"))
+	unusedOld := n.agentUpload("unused.txt", []byte("unused\n"))
+	for _, k := range []string{usedOld.Key, unusedOld.Key} {
+		n.editRecord(k, func(rec map[string]any) { delete(rec, "at") })
 	}
-	if _, ok := n.records()[old.Key]; !ok {
-		t.Fatal("the undated record was dropped at once")
+	n.storeUnmarked(conv, usedOld)
+	if got := n.sweep(t0.Add(25*time.Hour), nil); got != 0 || !n.stored(usedOld.Key) || !n.stored(unusedOld.Key) {
+		t.Fatalf("undated records: deleted %d", got)
 	}
-	if got := n.sweep(t0.Add(50*time.Hour), nil); got != 0 || !n.stored(old.Key) {
-		t.Fatalf("a day later: deleted %d, stored %v", got, n.stored(old.Key))
+	if recs := n.records(); recs[usedOld.Key] == nil || recs[unusedOld.Key] == nil {
+		t.Fatal("an undated record was dropped at once")
 	}
-	if _, ok := n.records()[old.Key]; ok {
-		t.Fatal("the dated record was kept after its day")
+	if got := n.sweep(t0.Add(26*time.Hour), nil); got != 0 || !n.stored(unusedOld.Key) {
+		t.Fatalf("an hour after dating: deleted %d", got)
+	}
+	if got := n.sweep(t0.Add(50*time.Hour), nil); got != 1 || !n.stored(usedOld.Key) || n.stored(unusedOld.Key) {
+		t.Fatalf("a day later: deleted %d; want only the unused file gone", got)
+	}
+	if recs := n.records(); recs[usedOld.Key] != nil || recs[unusedOld.Key] != nil {
+		t.Fatalf("records kept after their day: %v", recs)
+	}
+}
+
+// storeUnmarked stores an agent's reply carrying m without marking its
+// upload sent, as a node of an earlier version did.
+func (n *uploadsNode) storeUnmarked(conv int64, m vmMedia) {
+	n.t.Helper()
+	agent := n.Agent(n.t, "alice@example.com")
+	_, err := n.Service().Reply(context.Background(), agent.ID, conv, core.Message{Kind: core.KindFile,
+		Media: &core.Media{Key: m.Key, Name: m.Name, Type: m.Type, Size: m.Size}})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+func TestUploadsOfRefusedOrUnmarkedSends(t *testing.T) {
+	n := startUploadsNode(t)
+	t0 := time.Now()
+	conv := n.ingestFrom("Wang")
+
+	// A reply that the store refuses (no such conversation) marks the
+	// upload, but no message carries it: it goes a day later all the same.
+	refused := n.agentUpload("refused.txt", []byte("refused\n"))
+	if a := n.do("POST", "/api/v1/conversations/987654/messages", n.agent, "application/json",
+		[]byte(`{"client_id":"x1","kind":"file","media":{"key":"`+refused.Key+`"}}`), ""); a.status != http.StatusNotFound {
+		t.Fatalf("reply to no conversation: %d %s", a.status, a.body)
+	}
+	// A reply from a node that does not mark uploads: its file stays.
+	unmarked := n.agentUpload("unmarked.txt", []byte("unmarked\n"))
+	n.storeUnmarked(conv, unmarked)
+	// A send an instant before the sweep: left alone for now, whatever its
+	// message's fate.
+	late := n.agentUpload("late.txt", []byte("late\n"))
+
+	at := t0.Add(25 * time.Hour)
+	n.editRecord(late.Key, func(rec map[string]any) { rec["sent_at"] = at.Add(-time.Minute).UTC().Format(time.RFC3339Nano) })
+	if got := n.sweep(at, nil); got != 1 || n.stored(refused.Key) || !n.stored(unmarked.Key) || !n.stored(late.Key) {
+		t.Fatalf("deleted %d; stored: refused %v, unmarked %v, late %v; want only the refused one gone",
+			got, n.stored(refused.Key), n.stored(unmarked.Key), n.stored(late.Key))
+	}
+	if got := n.sweep(at.Add(2*time.Hour), nil); got != 1 || n.stored(late.Key) {
+		t.Fatalf("after the send's grace: deleted %d, late stored %v", got, n.stored(late.Key))
 	}
 }
 

@@ -301,9 +301,9 @@ func migrateSQLiteToPostgres(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := ss.Close(); err != nil {
-		return fail(err)
-	}
+	// Open until the copy is done: it holds the database's lock, so that
+	// no kefu serve starts writing what the copy would miss.
+	defer func() { _ = ss.Close() }()
 	src, err := sql.Open("sqlite", *from+"?_busy_timeout=10000&_query_only=on")
 	if err != nil {
 		return fail(err)
