@@ -115,9 +115,9 @@ func parseUploadRecord(key, raw string) (uploadRecord, error) {
 // be stored, having marked its record sent now. check says whether the
 // sender may send this upload: its error is the answer when it does not.
 func (c *Channel) useUpload(ctx context.Context, key string, check func(uploadRecord) error) (core.Media, error) {
-	// The record changes at most twice (sent, expired): a third read is
-	// the store misbehaving.
-	for range 3 {
+	// The record changes under a send only when another send of the same
+	// file marks it, or the sweep expires it: a few tries settle that.
+	for range 5 {
 		rec, raw, err := c.uploadRecordOf(ctx, key)
 		if err != nil {
 			return core.Media{}, err
