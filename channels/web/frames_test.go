@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/kefuhq/kefu/bridge"
 	"github.com/kefuhq/kefu/core"
 )
 
@@ -242,14 +243,14 @@ func BenchmarkHubFanout(b *testing.B) {
 			for i := range agents {
 				h.register(&sub{aud: audAgent, agentID: int64(i + 1), out: &countOutlet{}})
 			}
-			s := newSequencer(0, time.Second)
+			s := bridge.NewSequencer(0, time.Second, nil, nil)
 			now := time.Now()
 			b.ReportAllocs()
 			id := int64(0)
 			for b.Loop() {
 				id++
 				m, c := benchMessage(id)
-				s.add(core.Update{Type: core.UpdateMessage, Message: m, Conversation: c}, now, h.dispatch)
+				s.Add(core.Update{Type: core.UpdateMessage, Message: m, Conversation: c}, now, h.dispatch)
 			}
 			if int64(tab1.n) != id || int64(tab2.n) != id {
 				b.Fatalf("tabs got %d and %d of %d", tab1.n, tab2.n, id)

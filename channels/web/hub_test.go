@@ -3,13 +3,13 @@ package web
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/kefuhq/kefu/bridge"
 	"github.com/kefuhq/kefu/core"
 )
 
@@ -85,106 +85,6 @@ func update(st *fakeStore, m core.Message) core.Update {
 	return core.Update{Type: core.UpdateMessage, Message: &m, Conversation: &c}
 }
 
-func TestSequencerReleasesInIDOrder(t *testing.T) {
-	tests := []struct {
-		name  string
-		order []int // arrival order of message IDs (1-based)
-	}{
-		{"in order", []int{1, 2, 3, 4, 5}},
-		{"reversed", []int{5, 4, 3, 2, 1}},
-		{"shuffled", []int{2, 5, 1, 4, 3}},
-		{"with repeats", []int{2, 1, 2, 3, 1, 5, 4, 5}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := &fakeStore{msgs: history(5, func(i int) int64 { return int64(i%2 + 1) }, nil)}
-			s := newSequencer(0, time.Second)
-			var got []int64
-			now := time.Unix(0, 0)
-			for _, i := range tt.order {
-				s.add(update(st, st.msgs[i-1]), now, func(u core.Update) { got = append(got, u.Message.ID) })
-			}
-			if !slices.Equal(got, []int64{1, 2, 3, 4, 5}) {
-				t.Fatalf("released %v", got)
-			}
-			if _, held := s.deadline(); held {
-				t.Fatal("still holding after every update arrived")
-			}
-		})
-	}
-}
-
-func TestSequencerFillsAGapFromTheStore(t *testing.T) {
-	st := &fakeStore{msgs: history(6, func(int) int64 { return 7 }, nil)}
-	s := newSequencer(0, 500*time.Millisecond)
-	s.feed, s.conv = st.feed, st.conv
-	t0 := time.Unix(1000, 0)
-	var got []core.Update
-	emit := func(u core.Update) { got = append(got, u) }
-	s.add(update(st, st.msgs[0]), t0, emit)                       // 1
-	s.add(update(st, st.msgs[3]), t0.Add(time.Millisecond), emit) // 4: 2 and 3 are late
-	s.add(core.Update{Type: core.UpdateStatus, Message: &core.Message{ID: 4, Status: core.MsgRead}}, t0, emit)
-	s.add(core.Update{Type: core.UpdateTyping, Typing: &core.Typing{ConversationID: 7}}, t0, emit)
-	if len(got) != 2 || got[1].Type != core.UpdateTyping {
-		t.Fatalf("released %d updates before the gap filled, want 1 and the typing", len(got))
-	}
-	d, held := s.deadline()
-	if !held || !d.Equal(t0.Add(time.Millisecond+500*time.Millisecond)) {
-		t.Fatalf("deadline %v %v", d, held)
-	}
-	// The bound passes: 2 and 3 come from the store, 4 from what was held,
-	// then its status.
-	if err := s.fill(context.Background(), d, emit); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, u := range got[2:] {
-		ids = append(ids, fmt.Sprint(u.Type, u.Message.ID))
-	}
-	if want := []string{"message2", "message3", "message4", "status4"}; !slices.Equal(ids, want) {
-		t.Fatalf("released %v, want %v", ids, want)
-	}
-	if got[2].Conversation == nil || got[2].Conversation.ID != 7 {
-		t.Fatal("an update rebuilt from the store has no conversation")
-	}
-	// The late ones arrive after all: dropped, not repeated.
-	n := len(got)
-	s.add(update(st, st.msgs[1]), d, emit)
-	s.add(update(st, st.msgs[2]), d, emit)
-	s.add(update(st, st.msgs[4]), d, emit) // 5 follows at once
-	if len(got) != n+1 || got[n].Message.ID != 5 {
-		t.Fatalf("after the fill: %d more updates", len(got)-n)
-	}
-}
-
-func TestSequencerPermanentGapAndStoreErrors(t *testing.T) {
-	// ID 2 never committed (a rolled-back write on a store whose IDs can
-	// have holes): the store shows it does not exist.
-	msgs := history(3, func(int) int64 { return 1 }, nil)
-	st := &fakeStore{msgs: []core.Message{msgs[0], msgs[2]}}
-	s := newSequencer(0, time.Second)
-	s.feed, s.conv = st.feed, st.conv
-	var got []int64
-	emit := func(u core.Update) { got = append(got, u.Message.ID) }
-	t0 := time.Unix(0, 0)
-	s.add(update(st, msgs[0]), t0, emit)
-	s.add(update(st, msgs[2]), t0, emit)
-	st.err = errors.New("disk on fire")
-	if err := s.fill(context.Background(), t0.Add(time.Second), emit); err == nil {
-		t.Fatal("fill hid a store error")
-	}
-	if d, held := s.deadline(); !held || !d.Equal(t0.Add(2*time.Second)) {
-		t.Fatalf("after an error, retry at %v (held %v)", d, held)
-	}
-	st.err = nil
-	if err := s.fill(context.Background(), t0.Add(2*time.Second), emit); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, []int64{1, 3}) {
-		t.Fatalf("released %v", got)
-	}
-}
-
 // TestHubResequencesOutOfOrderUpdates injects updates in a scrambled order
 // through the sequencer into the hub, as the feed loop does, and checks
 // what visitors and agents receive.
@@ -192,8 +92,7 @@ func TestHubResequencesOutOfOrderUpdates(t *testing.T) {
 	// 40 messages over conversations 1–4; every fifth is an internal note.
 	st := &fakeStore{msgs: history(40, func(i int) int64 { return int64(i%4 + 1) }, func(i int) bool { return i%5 == 0 })}
 	h := newHub("web", nil)
-	s := newSequencer(0, time.Second)
-	s.feed, s.conv = st.feed, st.conv
+	s := bridge.NewSequencer(0, time.Second, st.feed, st.conv)
 
 	agent := &recorder{}
 	h.register(&sub{aud: audAgent, agentID: 1, out: agent})
@@ -218,9 +117,9 @@ func TestHubResequencesOutOfOrderUpdates(t *testing.T) {
 	}
 	now := time.Unix(0, 0)
 	for _, i := range order {
-		s.add(update(st, st.msgs[i-1]), now, h.dispatch)
+		s.Add(update(st, st.msgs[i-1]), now, h.dispatch)
 	}
-	if _, held := s.deadline(); held {
+	if _, held := s.Deadline(); held {
 		t.Fatal("updates still held")
 	}
 	// The agent: every message, in ID order.
@@ -364,41 +263,5 @@ func TestLastMessageID(t *testing.T) {
 		if err != nil || got != int64(n) {
 			t.Errorf("%d messages: last = %d, %v", n, got, err)
 		}
-	}
-}
-
-// TestSequencerProbeFindsALostLastUpdate: the update of the newest message
-// never came (its publish was lost) and nothing came after it: the probe
-// finds it in the store, and once the gap's wait has passed it is released
-// from there; an update that does come meanwhile is released as usual.
-func TestSequencerProbeFindsALostLastUpdate(t *testing.T) {
-	st := &fakeStore{msgs: history(3, func(int) int64 { return 7 }, nil)}
-	s := newSequencer(1, 500*time.Millisecond)
-	s.feed, s.conv = st.feed, st.conv
-	t0 := time.Unix(1000, 0)
-	var got []int64
-	emit := func(u core.Update) { got = append(got, u.Message.ID) }
-	if err := s.probe(context.Background(), t0); err != nil {
-		t.Fatal(err)
-	}
-	d, held := s.deadline()
-	if !held || !d.Equal(t0.Add(500*time.Millisecond)) {
-		t.Fatalf("after the probe: deadline %v, held %v; want the 2 and 3 waited for", d, held)
-	}
-	s.add(update(st, st.msgs[1]), t0, emit) // 2's update was only late
-	if err := s.fill(context.Background(), d, emit); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(got, []int64{2, 3}) {
-		t.Fatalf("released %v, want 2 (its update) and 3 (from the store)", got)
-	}
-	if _, held := s.deadline(); held {
-		t.Error("still holding after the fill")
-	}
-	if err := s.probe(context.Background(), d); err != nil {
-		t.Fatal(err)
-	}
-	if _, held := s.deadline(); held {
-		t.Error("a probe with nothing new holds something")
 	}
 }

@@ -46,7 +46,7 @@ type realtime struct {
 
 	tokenKey []byte // visitor token key, derived from the channel's secret
 	hub      *hub
-	seq      *sequencer // the feed loop's only
+	seq      *bridge.Sequencer // the feed loop's only
 	names    *nameCache
 	up       websocket.Upgrader
 	writers  *writerPool
@@ -183,9 +183,7 @@ func (rt *realtime) run(ctx context.Context) error {
 		}
 		return fmt.Errorf("web: read the newest message: %w", err)
 	}
-	rt.seq = newSequencer(last, rt.resequenceWait)
-	rt.seq.feed = rt.store.Feed
-	rt.seq.conv = rt.store.Conversation
+	rt.seq = bridge.NewSequencer(last, rt.resequenceWait, rt.store.Feed, rt.store.Conversation)
 	rt.hub.released.Store(last)
 
 	rt.writers.start(max(16, 8*runtime.GOMAXPROCS(0)))
@@ -209,7 +207,7 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 	timer.Stop()
 	armed := false
 	arm := func() {
-		d, ok := rt.seq.deadline()
+		d, ok := rt.seq.Deadline()
 		if armed && !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -222,7 +220,7 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 		}
 	}
 	// A message whose publish was lost is found by the probe (see
-	// sequencer.probe).
+	// bridge.Sequencer.Probe).
 	probe := time.NewTicker(probeEvery)
 	defer probe.Stop()
 	for {
@@ -231,7 +229,7 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 			return nil
 		case <-probe.C:
 			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := rt.seq.probe(fctx, rt.c.now()); err != nil && ctx.Err() == nil {
+			if _, err := rt.seq.Probe(fctx, rt.c.now()); err != nil && ctx.Err() == nil {
 				rt.log.Warn("web: reading the store for updates that never came failed", "err", err)
 			}
 			cancel()
@@ -252,15 +250,15 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 			}
 			now := rt.c.now()
 			for _, u := range env.Updates {
-				rt.seq.add(u, now, rt.hub.dispatch)
+				rt.seq.Add(u, now, rt.hub.dispatch)
 			}
 			msg.Ack()
 			arm()
 		case <-timer.C:
 			armed = false
-			if d, ok := rt.seq.deadline(); ok && !rt.c.now().Before(d) {
+			if d, ok := rt.seq.Deadline(); ok && !rt.c.now().Before(d) {
 				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				if err := rt.seq.fill(fctx, rt.c.now(), rt.hub.dispatch); err != nil {
+				if err := rt.seq.Fill(fctx, rt.c.now(), rt.hub.dispatch); err != nil {
 					rt.log.Warn("web: reading missing updates from the store failed; retrying", "err", err)
 				}
 				cancel()

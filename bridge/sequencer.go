@@ -1,4 +1,4 @@
-package web
+package bridge
 
 import (
 	"context"
@@ -8,8 +8,9 @@ import (
 	"github.com/kefuhq/kefu/core"
 )
 
-// sequencer puts the message updates that reach a node back into commit
-// order before the hub passes them on.
+// Sequencer puts the message updates that reach a node back into commit
+// order before its consumer (the web channel's hub, the push fallback)
+// takes them.
 //
 // Updates are published on the bus after their commit, from whichever
 // goroutine made it (and, clustered, from whichever node), so two commits
@@ -33,32 +34,45 @@ import (
 // they pass at once, except a status update for a message that is still
 // held, which waits for that message.
 //
-// A sequencer is used from one goroutine (the hub's feed loop) and is not
+// A Sequencer is used from one goroutine (its consumer's loop) and is not
 // safe for concurrent use.
-type sequencer struct {
+type Sequencer struct {
 	last    int64 // every message ID ≤ last has been released (or was before we started)
 	pending map[int64]*held
 	max     int64     // highest pending ID
 	gap     time.Time // when the current gap was seen; zero when nothing is held
 	wait    time.Duration
 
-	// feed reads messages with ID > after, in ID order (core.Store.Feed);
-	// conv reads a conversation, for updates rebuilt from the store.
-	feed func(ctx context.Context, after int64, limit int) ([]core.Message, error)
+	feed FeedFunc
 	conv func(ctx context.Context, id int64) (core.Conversation, error)
 }
+
+// FeedFunc reads the messages with ID > after, in ID order, at most limit
+// (core.Store.Feed).
+type FeedFunc func(ctx context.Context, after int64, limit int) ([]core.Message, error)
+
+// fillPage is how many messages Fill and Probe read at a time.
+const fillPage = 500
 
 type held struct {
 	msg    *core.Update  // the message update, once it has arrived
 	status []core.Update // status updates for it that arrived before it was released
 }
 
-func newSequencer(last int64, wait time.Duration) *sequencer {
-	return &sequencer{last: last, wait: wait, pending: map[int64]*held{}}
+// NewSequencer returns a Sequencer that has released every message ID up
+// to last, and waits for a gap at most wait. feed reads the store's
+// messages (core.Store.Feed), conv a conversation (core.Store.Conversation),
+// for the updates it rebuilds from the store.
+func NewSequencer(last int64, wait time.Duration, feed FeedFunc, conv func(ctx context.Context, id int64) (core.Conversation, error)) *Sequencer {
+	return &Sequencer{last: last, wait: wait, pending: map[int64]*held{}, feed: feed, conv: conv}
 }
 
-// add takes one update and releases, in order, what can go now.
-func (s *sequencer) add(u core.Update, now time.Time, emit func(core.Update)) {
+// Last returns the ID up to which every message has been released (or was
+// before the Sequencer started).
+func (s *Sequencer) Last() int64 { return s.last }
+
+// Add takes one update and releases, in order, what can go now.
+func (s *Sequencer) Add(u core.Update, now time.Time, emit func(core.Update)) {
 	switch {
 	case u.Type == core.UpdateMessage && u.Message != nil:
 		id := u.Message.ID
@@ -83,7 +97,7 @@ func (s *sequencer) add(u core.Update, now time.Time, emit func(core.Update)) {
 	}
 }
 
-func (s *sequencer) hold(id int64, now time.Time) *held {
+func (s *Sequencer) hold(id int64, now time.Time) *held {
 	h := s.pending[id]
 	if h == nil {
 		h = &held{}
@@ -100,7 +114,7 @@ func (s *sequencer) hold(id int64, now time.Time) *held {
 
 // release emits the message update for id (u, or the held one) and the
 // status updates waiting for it, and moves last to id.
-func (s *sequencer) release(id int64, u *core.Update, emit func(core.Update)) {
+func (s *Sequencer) release(id int64, u *core.Update, emit func(core.Update)) {
 	h := s.pending[id]
 	delete(s.pending, id)
 	if u == nil && h != nil {
@@ -118,7 +132,7 @@ func (s *sequencer) release(id int64, u *core.Update, emit func(core.Update)) {
 }
 
 // drain releases the held updates that follow last without a gap.
-func (s *sequencer) drain(now time.Time, emit func(core.Update)) {
+func (s *Sequencer) drain(now time.Time, emit func(core.Update)) {
 	progressed := false
 	for {
 		h := s.pending[s.last+1]
@@ -136,50 +150,64 @@ func (s *sequencer) drain(now time.Time, emit func(core.Update)) {
 	}
 }
 
-// deadline is when the current gap stops being waited for; ok is false when
+// Deadline is when the current gap stops being waited for; ok is false when
 // nothing is held.
-func (s *sequencer) deadline() (t time.Time, ok bool) {
+func (s *Sequencer) Deadline() (t time.Time, ok bool) {
 	if len(s.pending) == 0 {
 		return time.Time{}, false
 	}
 	return s.gap.Add(s.wait), true
 }
 
-// probe looks in the store past last when nothing is held. A message whose
+// Probe looks in the store past last when nothing is held. A message whose
 // update never reached this node (its publish was lost) shows as a gap only
-// when a later update arrives; with nothing after it, live sockets would
-// never get it. What probe finds is held, without an update, as a gap
-// seen at now: updates still on their way release it as usual, and fill
-// reads the rest from the store once the gap's wait has passed.
-func (s *sequencer) probe(ctx context.Context, now time.Time) error {
+// when a later update arrives; with nothing after it, the consumer would
+// never get it. What Probe finds is held, without an update, as a gap seen
+// at now: updates still on their way release it as usual, and Fill reads
+// the rest from the store once the gap's wait has passed. It reports
+// whether it found anything.
+func (s *Sequencer) Probe(ctx context.Context, now time.Time) (bool, error) {
 	if len(s.pending) > 0 {
-		return nil // a gap is being waited for; fill reads it
+		return false, nil // a gap is being waited for; Fill reads it
 	}
-	page, err := s.feed(ctx, s.last, 500)
+	page, err := s.feed(ctx, s.last, fillPage)
 	if err != nil || len(page) == 0 {
-		return err
+		return false, err
 	}
 	s.hold(page[len(page)-1].ID, now)
-	return nil
+	return true, nil
 }
 
-// fill reads the held range from the store and releases everything in it in
-// ID order: the updates that arrived, and messages rebuilt from the store for
-// those that did not. On a store error nothing is released, and the gap is
-// retried after another wait.
-func (s *sequencer) fill(ctx context.Context, now time.Time, emit func(core.Update)) error {
+// Fill reads the held range from the store, a page at a time, and releases
+// everything in it in ID order: the updates that arrived, and messages
+// rebuilt from the store for those that did not. On a store error what it
+// has released stays released, and the rest of the gap is retried after
+// another wait.
+func (s *Sequencer) Fill(ctx context.Context, now time.Time, emit func(core.Update)) error {
 	if len(s.pending) == 0 {
 		return nil
 	}
-	type item struct {
-		id  int64
-		msg *core.Message
+	// What is held but not in the store cannot be a message (the store has
+	// every committed one): status updates that raced ahead. They are
+	// released in ID order among the messages.
+	held := make([]int64, 0, len(s.pending))
+	for id := range s.pending {
+		if id <= s.max {
+			held = append(held, id)
+		}
 	}
-	var found []item
+	slices.Sort(held)
+	releaseHeld := func(below int64) {
+		for len(held) > 0 && held[0] < below {
+			if s.pending[held[0]] != nil {
+				s.release(held[0], nil, emit)
+			}
+			held = held[1:]
+		}
+	}
 	convs := map[int64]*core.Conversation{}
-	after := s.last
-	for after < s.max {
-		page, err := s.feed(ctx, after, 500)
+	for s.last < s.max {
+		page, err := s.feed(ctx, s.last, fillPage)
 		if err != nil {
 			s.gap = now
 			return err
@@ -189,40 +217,25 @@ func (s *sequencer) fill(ctx context.Context, now time.Time, emit func(core.Upda
 			if m.ID > s.max {
 				break
 			}
-			found = append(found, item{m.ID, m})
+			releaseHeld(m.ID)
+			if h := s.pending[m.ID]; h != nil && h.msg != nil {
+				s.release(m.ID, nil, emit)
+				continue
+			}
+			c, ok := convs[m.ConversationID]
+			if !ok {
+				if cv, err := s.conv(ctx, m.ConversationID); err == nil {
+					c = &cv
+				}
+				convs[m.ConversationID] = c
+			}
+			s.release(m.ID, &core.Update{Type: core.UpdateMessage, Message: m, Conversation: c}, emit)
 		}
-		if len(page) < 500 || page[len(page)-1].ID >= s.max {
+		if len(page) < fillPage || page[len(page)-1].ID >= s.max {
 			break
 		}
-		after = page[len(page)-1].ID
 	}
-	for _, it := range found {
-		if h := s.pending[it.id]; h != nil && h.msg != nil {
-			s.release(it.id, nil, emit)
-			continue
-		}
-		c, ok := convs[it.msg.ConversationID]
-		if !ok {
-			cv, err := s.conv(ctx, it.msg.ConversationID)
-			if err == nil {
-				c = &cv
-			}
-			convs[it.msg.ConversationID] = c
-		}
-		s.release(it.id, &core.Update{Type: core.UpdateMessage, Message: it.msg, Conversation: c}, emit)
-	}
-	// What is still held but not in the store cannot be a message (the
-	// store has every committed one): status updates that raced ahead.
-	rest := make([]int64, 0, len(s.pending))
-	for id := range s.pending {
-		if id <= s.max {
-			rest = append(rest, id)
-		}
-	}
-	slices.Sort(rest)
-	for _, id := range rest {
-		s.release(id, nil, emit)
-	}
+	releaseHeld(s.max + 1)
 	if s.max > s.last {
 		s.last = s.max
 	}
