@@ -51,6 +51,13 @@ type Sequencer struct {
 // (core.Store.Feed).
 type FeedFunc func(ctx context.Context, after int64, limit int) ([]core.Message, error)
 
+// A Sequencer's consumer waits ResequenceWait for a gap in message IDs
+// before it has Fill read it, and has it Probe the store every ProbeEvery.
+const (
+	ResequenceWait = 500 * time.Millisecond
+	ProbeEvery     = 2 * time.Second
+)
+
 // fillPage is how many messages Fill and Probe read at a time.
 const fillPage = 500
 
@@ -241,4 +248,42 @@ func (s *Sequencer) Fill(ctx context.Context, now time.Time, emit func(core.Upda
 	}
 	s.drain(now, emit)
 	return nil
+}
+
+// LastMessageID finds the highest message ID in the store with Feed alone:
+// exponential then binary search, a few dozen reads once at start.
+func LastMessageID(ctx context.Context, feed FeedFunc) (int64, error) {
+	exists := func(after int64) (bool, error) {
+		ms, err := feed(ctx, after, 1)
+		return len(ms) > 0, err
+	}
+	// Invariant: some ID > lo exists (or lo is 0); no ID > hi exists.
+	lo, hi := int64(0), int64(1)
+	for {
+		ok, err := exists(hi)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		lo, hi = hi, hi*2
+	}
+	if ok, err := exists(lo); err != nil || !ok {
+		return lo, err // lo == 0 and the store is empty
+	}
+	// Some ID > lo exists, none > hi: the last ID is in (lo, hi].
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		ok, err := exists(mid)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return hi, nil
 }

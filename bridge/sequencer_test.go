@@ -255,3 +255,13 @@ func firstDiff(a, b []string) int {
 	}
 	return min(len(a), len(b))
 }
+
+func TestLastMessageID(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 3, 7, 8, 9, 1000, 1025} {
+		st := &feedStore{msgs: history(n, func(int) int64 { return 1 })}
+		got, err := bridge.LastMessageID(context.Background(), st.feed)
+		if err != nil || got != int64(n) {
+			t.Errorf("%d messages: last = %d, %v", n, got, err)
+		}
+	}
+}

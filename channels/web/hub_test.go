@@ -255,13 +255,3 @@ func TestCursorFilterDropsWhatTheClientHas(t *testing.T) {
 		t.Fatal("agent filter")
 	}
 }
-
-func TestLastMessageID(t *testing.T) {
-	for _, n := range []int{0, 1, 2, 3, 7, 8, 9, 1000, 1025} {
-		st := &fakeStore{msgs: history(n, func(int) int64 { return 1 }, nil)}
-		got, err := lastMessageID(context.Background(), st.feed)
-		if err != nil || got != int64(n) {
-			t.Errorf("%d messages: last = %d, %v", n, got, err)
-		}
-	}
-}

@@ -27,14 +27,12 @@ import (
 
 // Routes.
 const (
-	pathSession  = "/api/v1/visitor/session"
-	pathHistory  = "/api/v1/visitor/messages"
-	pathWSVis    = "/ws/visitor"
-	pathWSAgent  = "/ws/agent"
-	pathLPVis    = "/lp/visitor"
-	pathLPAgent  = "/lp/agent"
-	resequenceBy = 500 * time.Millisecond // how long a gap in message IDs is waited for
-	probeEvery   = 2 * time.Second        // how often the store is read past the last message released
+	pathSession = "/api/v1/visitor/session"
+	pathHistory = "/api/v1/visitor/messages"
+	pathWSVis   = "/ws/visitor"
+	pathWSAgent = "/ws/agent"
+	pathLPVis   = "/lp/visitor"
+	pathLPAgent = "/lp/agent"
 )
 
 // realtime is the realtime half of a web channel instance.
@@ -97,7 +95,7 @@ func newRealtime(c *Channel) (*realtime, error) {
 		done:          make(chan struct{}),
 		stopping:      make(chan struct{}),
 		ctx:           ctx, cancel: cancel,
-		resequenceWait: resequenceBy,
+		resequenceWait: bridge.ResequenceWait,
 
 		ipLimit:     httpx.NewLimiter(cfg.Limits.RequestsPerMinute, time.Minute, cfg.Limits.RequestsPerMinute),
 		msgLimit:    httpx.NewLimiter(cfg.Limits.MessagesPerMinute, time.Minute, cfg.Limits.MessagesPerMinute),
@@ -176,7 +174,7 @@ func (rt *realtime) run(ctx context.Context) error {
 	}
 	// Subscribed first, then the store's newest message: whatever is
 	// committed later reaches the hub through msgs.
-	last, err := lastMessageID(ctx, rt.store.Feed)
+	last, err := bridge.LastMessageID(ctx, rt.store.Feed)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -221,7 +219,7 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 	}
 	// A message whose publish was lost is found by the probe (see
 	// bridge.Sequencer.Probe).
-	probe := time.NewTicker(probeEvery)
+	probe := time.NewTicker(bridge.ProbeEvery)
 	defer probe.Stop()
 	for {
 		select {
@@ -266,44 +264,6 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 			arm()
 		}
 	}
-}
-
-// lastMessageID finds the highest message ID in the store with Feed alone:
-// exponential then binary search, a few dozen reads once at start.
-func lastMessageID(ctx context.Context, feed func(ctx context.Context, after int64, limit int) ([]core.Message, error)) (int64, error) {
-	exists := func(after int64) (bool, error) {
-		ms, err := feed(ctx, after, 1)
-		return len(ms) > 0, err
-	}
-	// Invariant: some ID > lo exists (or lo is 0); no ID > hi exists.
-	lo, hi := int64(0), int64(1)
-	for {
-		ok, err := exists(hi)
-		if err != nil {
-			return 0, err
-		}
-		if !ok {
-			break
-		}
-		lo, hi = hi, hi*2
-	}
-	if ok, err := exists(lo); err != nil || !ok {
-		return lo, err // lo == 0 and the store is empty
-	}
-	// Some ID > lo exists, none > hi: the last ID is in (lo, hi].
-	for hi-lo > 1 {
-		mid := lo + (hi-lo)/2
-		ok, err := exists(mid)
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	return hi, nil
 }
 
 // wheel is the one timer of all connections: every quarter ping interval it
