@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,8 +37,12 @@ const (
 	// saveEvery is how often a run saves its cursor when it has moved (in
 	// real time, whatever Config.Clock).
 	saveEvery = time.Second
-	// catchUpPage and catchUpPages bound a run's catch-up read.
-	catchUpPage, catchUpPages = 500, 100
+	// catchUpPage is how many messages a catch-up reads at a time.
+	catchUpPage = 500
+	// maxPushedKept bounds the pushes a saved cursor remembers above it
+	// (Config.Cursor): past it, the oldest are forgotten, and the next run
+	// may push them again.
+	maxPushedKept = 2000
 )
 
 // Config configures a Fallback.
@@ -78,7 +84,9 @@ type Config struct {
 	// Cursor is the store setting under which Run keeps the ID of the last
 	// message it has dealt with, so that the next run (after a restart, or
 	// on the node that takes the lease over) catches up on the messages
-	// committed in between, which no run saw on the bus. Empty: every run
+	// committed in between, which no run saw on the bus. Beside it, under
+	// Cursor+".pushed", it keeps the messages above it whose push has
+	// ended, which the next run does not push again. Empty: every run
 	// starts from what it observes.
 	Cursor string
 	// CatchUp is how old a message may be and still be pushed by a run's
@@ -166,17 +174,17 @@ type Fallback struct {
 
 	running atomic.Bool // a Run is under way
 
-	mu       sync.Mutex
-	pending  map[key]*entry
-	sent     map[key]time.Time // when each conversation side was last pushed to
-	kick     chan struct{}     // the schedule changed
-	newest   int64             // the newest message observed in this run
-	saved    int64             // the cursor last saved (Config.Cursor)
-	lastTick int64             // cursorAt at the cursor's last tick (lagged)
-	caughtUp int64             // the last message the catch-up read: the bus's copies are skipped
-	inflight map[int64]int     // messages whose push is under way, by ID
-	queued   map[key]*job      // the pushes waiting for a worker, by conversation side
-	started  map[key]started   // per conversation side with pushes alive: the newest message handed to one
+	mu        sync.Mutex
+	pending   map[key]*entry
+	sent      map[key]time.Time  // when each conversation side was last pushed to
+	kick      chan struct{}      // the schedule changed
+	observed  int64              // every message up to it has been observed (or was too old)
+	saved     int64              // the cursor last saved (Config.Cursor)
+	pushed    map[int64]struct{} // with a Cursor: messages above it whose push has ended (sent, or found needless)
+	savedList string             // the pushed list last saved
+	inflight  map[int64]int      // messages whose push is under way, by ID
+	queued    map[key]*job       // the pushes waiting for a worker, by conversation side
+	started   map[key]started    // per conversation side with pushes alive: the newest message handed to one
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -234,7 +242,7 @@ func New(cfg Config) (*Fallback, error) {
 	return &Fallback{
 		cfg: cfg, log: cfg.Logger.With("component", "push"),
 		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1), inflight: map[int64]int{},
-		queued: map[key]*job{}, started: map[key]started{},
+		queued: map[key]*job{}, started: map[key]started{}, pushed: map[int64]struct{}{},
 	}, nil
 }
 
@@ -248,17 +256,19 @@ func New(cfg Config) (*Fallback, error) {
 // after the cursor (at most Config.CatchUp old), which no run saw on the
 // bus: those an earlier run left waiting or cut off, and those committed
 // while no node held the lease. It decides on them as on live ones; a
-// message the store shows delivered or read is not pushed. While it runs
-// it saves, once a second when it has moved, the ID at or below which it
-// has dealt with everything: below the oldest message it still has
-// waiting, under way or cut off, else the newest it has seen, and a second
-// behind (updates reach the bus nearly but not quite in ID order). A crash
-// can therefore push again, at most once per conversation, a message
-// pushed in the second before it or while an older push waited. When ctx
-// ends, a clean stop gives the pushes under way StopGrace, leaves those
-// waiting to the next run and saves the cursor; a run that lost the lease
-// (cause bridge.ErrLeaseLost) cuts its pushes off at once and saves
-// nothing. The very first run saves the log's end as its cursor.
+// message the store shows delivered or read is not pushed, nor one the
+// list beside the cursor says an earlier run pushed. Then it follows the
+// bus, through a sequencer that also reads from the store the messages
+// whose update did not come (a lost publish). While it runs it saves, once
+// a second when it has moved, the ID at or below which it has dealt with
+// everything (below the oldest message it still has waiting, under way or
+// cut off), with the list of the messages above it whose push has ended. A
+// crash can therefore push again, at most once per conversation, a message
+// pushed in the second before it. When ctx ends, a clean stop gives the
+// pushes under way StopGrace, leaves those waiting to the next run and
+// saves the cursor; a run that lost the lease (cause bridge.ErrLeaseLost)
+// cuts its pushes off at once and saves nothing. The very first run saves
+// the log's end as its cursor.
 //
 // Without a cursor, when ctx ends (a clean stop, or the lease lost), the
 // pushes still pending are not dropped, since the next holder of the lease
@@ -278,11 +288,9 @@ func (f *Fallback) Run(ctx context.Context) error {
 		return errors.New("push: Run is already running")
 	}
 	defer f.running.Store(false)
-	msgs, err := f.cfg.Bus.FanoutSubscriber().Subscribe(ctx, bridge.UpdatesTopic)
-	if err != nil {
-		return fmt.Errorf("push: subscribe to updates: %w", err)
-	}
-	return f.run(ctx, msgs)
+	return f.run(ctx, func(ctx context.Context) (<-chan *message.Message, error) {
+		return f.cfg.Bus.FanoutSubscriber().Subscribe(ctx, bridge.UpdatesTopic)
+	})
 }
 
 // reset forgets every pending and recent push: a new tenure starts from
@@ -292,7 +300,8 @@ func (f *Fallback) reset() {
 	defer f.mu.Unlock()
 	clear(f.pending)
 	clear(f.sent)
-	f.newest, f.saved, f.lastTick, f.caughtUp = 0, 0, 0, 0
+	f.observed, f.saved, f.savedList = 0, 0, ""
+	clear(f.pushed)
 	clear(f.inflight)
 	clear(f.queued)
 	clear(f.started)
@@ -302,12 +311,19 @@ func (f *Fallback) reset() {
 	}
 }
 
-// run is Run's tenure over msgs: it starts afresh, loops, and hands over.
-// Pushes run on their own ctx, which outlives ctx by at most StopGrace (see
-// stop).
-func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error {
+// run is Run's tenure over the updates subscribe returns: it starts afresh,
+// catches up, subscribes, loops, and hands over. Pushes run on their own
+// ctx, which outlives ctx by at most StopGrace (see stop).
+//
+// The updates pass through a bridge.Sequencer, which releases messages in
+// ID order and reads from the store those whose update did not come (their
+// publish was lost, or they were committed between the catch-up and the
+// subscription), so that the run observes every message after its start,
+// once.
+func (f *Fallback) run(ctx context.Context, subscribe func(context.Context) (<-chan *message.Message, error)) error {
 	f.reset()
-	if err := f.catchUp(ctx); err != nil {
+	start, err := f.catchUp(ctx)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -317,6 +333,17 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 		// catches up from the same cursor.
 		return fmt.Errorf("push: catch up on the messages committed while no node pushed: %w", err)
 	}
+	msgs, err := subscribe(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("push: subscribe to updates: %w", err)
+	}
+	seq := bridge.NewSequencer(start, bridge.ResequenceWait, f.cfg.Store.Feed, f.cfg.Store.Conversation)
+	f.mu.Lock()
+	f.observed = start
+	f.mu.Unlock()
 	wctx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	var wg sync.WaitGroup
@@ -365,6 +392,9 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 						return // cut off: it stays below the cursor, for the next run
 					}
 					f.done(j.e.msg.ID)
+					if f.cfg.Cursor != "" {
+						f.pushed[j.e.msg.ID] = struct{}{}
+					}
 				}()
 				if notBefore != nil {
 					select {
@@ -414,7 +444,7 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 			}()
 		}
 	}
-	err := f.loop(ctx, msgs, push)
+	err = f.loop(ctx, msgs, seq, push)
 	switch {
 	case f.cfg.Cursor == "":
 		f.stop(&wg, cancelWork, push)
@@ -426,10 +456,9 @@ func (f *Fallback) run(ctx context.Context, msgs <-chan *message.Message) error 
 		wg.Wait()
 	default:
 		// A clean stop: the pushes under way get the grace, those waiting
-		// are left to the next run, and the cursor is saved below them
-		// (and a second behind, see lagged).
+		// are left to the next run, and the cursor is saved below them.
 		f.finish(&wg, cancelWork)
-		f.saveCursor(context.Background(), min(f.lagged(), f.cursorAt()))
+		f.saveCursor(context.Background(), f.cursorAt())
 	}
 	f.clearHealth()
 	return err
@@ -448,10 +477,12 @@ func (f *Fallback) finish(wg *sync.WaitGroup, cancelWork context.CancelFunc) {
 }
 
 // catchUp observes the messages committed after the saved cursor and at
-// most CatchUp old, as if they had come on the bus.
-func (f *Fallback) catchUp(ctx context.Context) error {
+// most CatchUp old, as if they had come on the bus, and returns the ID up
+// to which it has: where the run's sequencer starts. Without a cursor, or
+// the first time, that is the log's end.
+func (f *Fallback) catchUp(ctx context.Context) (int64, error) {
 	if f.cfg.Cursor == "" {
-		return nil
+		return bridge.LastMessageID(ctx, f.cfg.Store.Feed)
 	}
 	v, err := f.cfg.Store.Setting(ctx, f.cfg.Cursor)
 	after, perr := strconv.ParseInt(v, 10, 64)
@@ -464,39 +495,38 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 	if errors.Is(err, core.ErrNotFound) {
 		// The very first run starts from what it observes, and saves
 		// the log's end as the cursor the next run catches up from.
-		end, err := f.firstRecent(ctx, 0, f.cfg.Clock.Now().Add(time.Minute))
+		end, err := bridge.LastMessageID(ctx, f.cfg.Store.Feed)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		f.mu.Lock()
-		f.lastTick = end
-		f.mu.Unlock()
 		f.saveCursor(ctx, end)
-		return nil
+		return end, nil
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	f.mu.Lock()
-	f.lastTick, f.saved = after, after
+	f.saved = after
 	f.mu.Unlock()
+	if err := f.loadPushed(ctx, after); err != nil {
+		return 0, err
+	}
 	oldest := f.cfg.Clock.Now().Add(-f.cfg.CatchUp)
 	if after, err = f.firstRecent(ctx, after, oldest); err != nil {
-		return err
+		return 0, err
 	}
+	// Bounded by age, not by count: what a catch-up leaves unread, no
+	// run would ever push.
 	convs := map[int64]*core.Conversation{}
-	n, full := 0, true
-	for range catchUpPages {
+	n := 0
+	for {
 		ms, err := f.cfg.Store.Feed(ctx, after, catchUpPage)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		for i := range ms {
 			m := &ms[i]
 			after = m.ID
-			f.mu.Lock()
-			f.caughtUp = m.ID
-			f.mu.Unlock()
 			if m.CreatedAt.Before(oldest) {
 				continue
 			}
@@ -507,7 +537,7 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 					continue
 				}
 				if err != nil {
-					return err
+					return 0, err
 				}
 				c, convs[m.ConversationID] = &cv, &cv
 			}
@@ -515,16 +545,43 @@ func (f *Fallback) catchUp(ctx context.Context) error {
 			n++
 		}
 		if len(ms) < catchUpPage {
-			full = false
 			break
 		}
 	}
-	if full {
-		f.log.Warn("push: the catch-up stopped at its limit; later messages committed while no node pushed go without notification",
-			"messages", catchUpPage*catchUpPages)
-	}
 	if n > 0 {
 		f.log.Info("push: caught up on messages committed while no node pushed", "messages", n)
+	}
+	return after, nil
+}
+
+// pushedSetting is the setting beside the cursor that lists the messages
+// above it whose push has ended.
+func (f *Fallback) pushedSetting() string { return f.cfg.Cursor + ".pushed" }
+
+// loadPushed reads the list of messages above the cursor after whose push
+// an earlier run ended (see saveCursor).
+func (f *Fallback) loadPushed(ctx context.Context, after int64) error {
+	v, err := f.cfg.Store.Setting(ctx, f.pushedSetting())
+	if errors.Is(err, core.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.savedList = v
+	for _, field := range strings.Split(v, ",") {
+		id, err := strconv.ParseInt(field, 10, 64)
+		if err != nil {
+			if field != "" {
+				f.log.Warn("push: ignoring a malformed entry of the pushed list", "setting", f.pushedSetting(), "entry", field)
+			}
+			continue
+		}
+		if id > after {
+			f.pushed[id] = struct{}{}
+		}
 	}
 	return nil
 }
@@ -572,38 +629,71 @@ func (f *Fallback) firstRecent(ctx context.Context, after int64, oldest time.Tim
 	return hi, nil
 }
 
-// saveCursor stores at as the cursor (Config.Cursor) if it changed (it
-// moves back when a message below it came late), within saveEvery.
+// saveCursor stores at as the cursor (Config.Cursor), and beside it the
+// messages above it whose push has ended, when they changed, within
+// saveEvery. The list is written first, and holds what is above the cursor
+// saved before as well as above at, so that a run that stops between the
+// two writes leaves a list that covers the cursor it left.
 func (f *Fallback) saveCursor(ctx context.Context, at int64) {
+	if f.cfg.Cursor == "" || at <= 0 || ctx.Err() != nil {
+		return
+	}
 	f.mu.Lock()
-	changed := f.cfg.Cursor != "" && at != f.saved && at > 0
+	list := f.pushedAbove(min(f.saved, at))
+	moved, listed := at != f.saved, list != f.savedList
 	f.mu.Unlock()
-	if !changed || ctx.Err() != nil {
+	if !moved && !listed {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, saveEvery)
 	defer cancel()
+	if listed {
+		if err := f.cfg.Store.PutSetting(ctx, f.pushedSetting(), list); err != nil {
+			f.log.Warn("push: could not save the pushed list; the next run may push some messages again", "err", err)
+			return
+		}
+		f.mu.Lock()
+		f.savedList = list
+		f.mu.Unlock()
+	}
+	if !moved {
+		return
+	}
 	if err := f.cfg.Store.PutSetting(ctx, f.cfg.Cursor, strconv.FormatInt(at, 10)); err != nil {
 		f.log.Warn("push: could not save the cursor; the next run may push some messages again", "err", err)
 		return
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.saved = at
-	f.mu.Unlock()
+	for id := range f.pushed {
+		if id <= at {
+			delete(f.pushed, id)
+		}
+	}
 }
 
-// lagged returns the cursor to save at a tick: cursorAt now, or at the
-// tick before if that is lower. Updates reach the bus nearly but not quite
-// in ID order (two nodes commit and publish at once), so a message the
-// run has not seen yet may lie below the newest it has; a second's lag
-// keeps the cursor below it.
-func (f *Fallback) lagged() int64 {
-	at := f.cursorAt()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	prev := f.lastTick
-	f.lastTick = at
-	return min(prev, at)
+// pushedAbove returns the pushed messages above floor, the newest
+// maxPushedKept of them, as the setting lists them (f.mu held).
+func (f *Fallback) pushedAbove(floor int64) string {
+	ids := make([]int64, 0, len(f.pushed))
+	for id := range f.pushed {
+		if id > floor {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) > maxPushedKept {
+		ids = ids[len(ids)-maxPushedKept:]
+	}
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(id, 10))
+	}
+	return b.String()
 }
 
 // done forgets one push of message id as under way (f.mu held).
@@ -627,12 +717,12 @@ func (f *Fallback) superseded(e *entry) bool {
 }
 
 // cursorAt returns the ID at or below which this run has dealt with every
-// message it saw: below the oldest push waiting or under way, else the
-// newest seen.
+// message: below the oldest push waiting or under way, else the last the
+// sequencer released.
 func (f *Fallback) cursorAt() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	at := f.newest
+	at := f.observed
 	for _, e := range f.pending {
 		at = min(at, e.msg.ID-1)
 	}
@@ -642,18 +732,44 @@ func (f *Fallback) cursorAt() int64 {
 	return at
 }
 
-// loop observes msgs and starts the pushes that fall due, until ctx ends
-// (nil) or msgs ends on its own (an error).
-func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push func([]*entry, func(*entry) time.Time)) error {
+// loop observes msgs, through seq, and starts the pushes that fall due,
+// until ctx ends (nil) or msgs ends on its own (an error). The sequencer's
+// waits are in real time, as the bus's delays are, whatever Config.Clock.
+func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, seq *bridge.Sequencer, push func([]*entry, func(*entry) time.Time)) error {
 	var (
 		timer   <-chan time.Time
 		armedAt time.Time
 		save    <-chan time.Time // the cursor's ticker (real time)
+		fill    <-chan time.Time // the sequencer's gap is due to be read
+		fillAt  time.Time
 	)
 	if f.cfg.Cursor != "" {
 		tick := time.NewTicker(saveEvery)
 		defer tick.Stop()
 		save = tick.C
+	}
+	probe := time.NewTicker(bridge.ProbeEvery)
+	defer probe.Stop()
+	// released follows seq after it has moved.
+	released := func() {
+		f.mu.Lock()
+		f.observed = seq.Last()
+		f.mu.Unlock()
+		switch d, ok := seq.Deadline(); {
+		case !ok:
+			fill, fillAt = nil, time.Time{}
+		case fill == nil || !d.Equal(fillAt):
+			fill, fillAt = time.After(time.Until(d)), d
+		}
+	}
+	// read runs one of seq's store reads.
+	read := func(what string, op func(context.Context) error) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := op(rctx); err != nil && ctx.Err() == nil {
+			f.log.Warn("push: "+what+" failed; retrying", "err", err)
+		}
+		released()
 	}
 	for {
 		if t, ok := f.next(); !ok {
@@ -677,19 +793,26 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, push 
 				msg.Ack()
 				continue
 			}
-			f.mu.Lock()
-			caughtUp := f.caughtUp
-			f.mu.Unlock()
+			now := time.Now()
 			for _, u := range env.Updates {
-				if u.Type == core.UpdateMessage && u.Message != nil && u.Message.ID <= caughtUp {
-					continue // the catch-up has it already
-				}
-				f.Observe(u)
+				seq.Add(u, now, f.Observe)
 			}
 			msg.Ack()
+			released()
+		case <-probe.C:
+			// A message whose publish was lost, with nothing after it.
+			read("reading the store for messages whose update never came", func(ctx context.Context) error {
+				_, err := seq.Probe(ctx, time.Now())
+				return err
+			})
+		case <-fill:
+			fill = nil
+			read("reading the messages whose update did not come", func(ctx context.Context) error {
+				return seq.Fill(ctx, time.Now(), f.Observe)
+			})
 		case <-f.kick:
 		case <-save:
-			f.saveCursor(ctx, f.lagged())
+			f.saveCursor(ctx, f.cursorAt())
 		case <-timer:
 			timer = nil
 			push(f.takeDue(f.cfg.Clock.Now()), nil)
@@ -775,7 +898,6 @@ func recipientOf(m core.Message) side {
 
 // message handles a new message or event (f.mu held).
 func (f *Fallback) message(now time.Time, c core.Conversation, m core.Message) {
-	f.newest = max(f.newest, m.ID)
 	for _, to := range []side{toAgent, toContact} {
 		if e := f.pending[key{c.ID, to}]; e != nil {
 			e.conv = c
@@ -801,6 +923,15 @@ func (f *Fallback) message(now time.Time, c core.Conversation, m core.Message) {
 
 // schedule records m as the newest message for k's recipient (f.mu held).
 func (f *Fallback) schedule(now time.Time, k key, c core.Conversation, m core.Message) {
+	if _, ok := f.pushed[m.ID]; ok {
+		// An earlier run pushed it (this run's catch-up reads it again):
+		// the recipient has been told of it, and of what came before.
+		if e := f.pending[k]; e != nil && e.msg.Seq <= m.Seq {
+			delete(f.pending, k)
+			f.wake()
+		}
+		return
+	}
 	delay := f.cfg.Collapse
 	if f.connected(k.to, c) {
 		delay = f.cfg.FallbackAfter

@@ -520,10 +520,20 @@ func (h *harness) startTenure() *tenure {
 	ctx, cancel := context.WithCancelCause(h.ctx)
 	tn := &tenure{h: h, msgs: make(chan *message.Message), finished: make(chan struct{}),
 		cancel: func() { cancel(nil) }, lose: func() { cancel(bridge.ErrLeaseTaken) }}
+	subscribed := make(chan struct{})
 	go func() {
-		tn.err = h.f.run(ctx, tn.msgs)
+		tn.err = h.f.run(ctx, func(context.Context) (<-chan *message.Message, error) {
+			close(subscribed)
+			return tn.msgs, nil
+		})
 		close(tn.finished)
 	}()
+	// What the test commits from now on, the run gets on its channel (or
+	// reads from the store).
+	select {
+	case <-subscribed:
+	case <-tn.finished:
+	}
 	return tn
 }
 
@@ -1130,5 +1140,69 @@ func TestGoneBeforeTheRegistrationKeepsIt(t *testing.T) {
 				t.Errorf("devices after the 410: %v; want removed %v", ds, tc.removed)
 			}
 		})
+	}
+}
+
+// A message whose update never reaches the run (its publish was lost, and
+// nothing came after it) is found in the store and pushed all the same.
+func TestLostPublishIsStillPushed(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	tn := h.startTenure()
+	m := h.agentSays(c, "Found it!")
+	h.rec.take() // its publish is lost
+	timeout := make(chan struct{})
+	time.AfterFunc(10*time.Second, func() { close(timeout) })
+	if !h.clock.WaitFor(h.clock.Now().Add(collapse), timeout) {
+		t.Fatal("the message whose update was lost was never observed")
+	}
+	h.clock.Advance(collapse)
+	waitFor(t, "the push", func() bool { return len(h.pusher.got()) == 1 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.wantPushes(1)[0]; got.MessageID != m.ID {
+		t.Fatalf("pushed message %d, want %d", got.MessageID, m.ID)
+	}
+}
+
+// A clean stop leaves the cursor below a push still waiting; the next run
+// catches up from there, and pushes the waiting one but not again one that
+// went out above the cursor (the list saved beside it).
+func TestHandOverDoesNotPushAgain(t *testing.T) {
+	h := newHarness(t)
+	h.withCursor()
+	c := h.conversation()
+	c2 := h.otherConversation()
+	release := h.presence.ConnectContact(c.ContactID)
+	defer release()
+	tn := h.startTenure()
+	m1 := h.agentSays(c, "Found it!") // u:42 has a socket: waits fallback_after
+	m2 := h.agentSays(c2, "Hello")    // u:b has none: waits the collapse window
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	h.clock.Advance(collapse)
+	waitFor(t, "the push to u:b", func() bool { return len(h.pusher.got()) == 1 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
+		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
+	}
+	h.clock.Advance(fallbackAfter - collapse) // fires the stopped run's timer, for nobody
+
+	tn = h.startTenure()
+	tn.waitArmed(h.clock.Now().Add(fallbackAfter))
+	h.clock.Advance(fallbackAfter)
+	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 2 })
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	got := h.wantPushes(2)
+	if got[0].MessageID != m2.ID || got[1].MessageID != m1.ID {
+		t.Fatalf("pushed %d then %d, want %d then %d", got[0].MessageID, got[1].MessageID, m2.ID, m1.ID)
+	}
+	if got := h.cursor(); got != fmt.Sprint(m2.ID) {
+		t.Errorf("cursor after both went out: %q, want %d", got, m2.ID)
 	}
 }
