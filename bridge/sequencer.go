@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -187,9 +188,9 @@ func (s *Sequencer) Probe(ctx context.Context, now time.Time) (bool, error) {
 
 // Fill reads the held range from the store, a page at a time, and releases
 // everything in it in ID order: the updates that arrived, and messages
-// rebuilt from the store for those that did not. On a store error what it
-// has released stays released, and the rest of the gap is retried after
-// another wait.
+// rebuilt from the store for those that did not (with their conversation,
+// or none if it is gone). On a store error what it has released stays
+// released, and the rest of the gap is retried after another wait.
 func (s *Sequencer) Fill(ctx context.Context, now time.Time, emit func(core.Update)) error {
 	if len(s.pending) == 0 {
 		return nil
@@ -231,10 +232,17 @@ func (s *Sequencer) Fill(ctx context.Context, now time.Time, emit func(core.Upda
 			}
 			c, ok := convs[m.ConversationID]
 			if !ok {
-				if cv, err := s.conv(ctx, m.ConversationID); err == nil {
+				switch cv, err := s.conv(ctx, m.ConversationID); {
+				case err == nil:
 					c = &cv
+				case !errors.Is(err, core.ErrNotFound):
+					// Released without its conversation, the message would
+					// be passed over for good: it and what follows wait
+					// for the next fill.
+					s.gap = now
+					return err
 				}
-				convs[m.ConversationID] = c
+				convs[m.ConversationID] = c // nil: the conversation is gone
 			}
 			s.release(m.ID, &core.Update{Type: core.UpdateMessage, Message: m, Conversation: c}, emit)
 		}

@@ -17,7 +17,8 @@ type feedStore struct {
 	msgs      []core.Message // in ID order
 	err       error
 	reads     int
-	failAfter int // reads that succeed before each one fails; 0: no such limit
+	failAfter int   // reads that succeed before each one fails; 0: no such limit
+	convErr   error // what reading a conversation returns
 }
 
 func (s *feedStore) feed(_ context.Context, after int64, limit int) ([]core.Message, error) {
@@ -38,6 +39,9 @@ func (s *feedStore) feed(_ context.Context, after int64, limit int) ([]core.Mess
 }
 
 func (s *feedStore) conv(_ context.Context, id int64) (core.Conversation, error) {
+	if s.convErr != nil {
+		return core.Conversation{}, s.convErr
+	}
 	return core.Conversation{ID: id}, nil
 }
 
@@ -263,5 +267,42 @@ func TestLastMessageID(t *testing.T) {
 		if err != nil || got != int64(n) {
 			t.Errorf("%d messages: last = %d, %v", n, got, err)
 		}
+	}
+}
+
+// A message read from the store whose conversation cannot be read is not
+// released without it (its consumer would pass it over): the fill fails
+// and is retried. One whose conversation is gone is released without one.
+func TestSequencerFillNeedsTheConversation(t *testing.T) {
+	st := &feedStore{msgs: history(4, func(i int) int64 { return int64(i) })}
+	s := bridge.NewSequencer(0, time.Second, st.feed, st.conv)
+	var got []string
+	emit := func(u core.Update) { got = append(got, fmt.Sprint(u.Message.ID, u.Conversation != nil)) }
+	t0 := time.Unix(0, 0)
+	s.Add(update(st, st.msgs[0]), t0, emit)
+	s.Add(update(st, st.msgs[2]), t0, emit) // 2 is late
+	st.convErr = errors.New("connection reset")
+	if err := s.Fill(context.Background(), t0.Add(time.Second), emit); err == nil {
+		t.Fatal("fill hid the conversation read's error")
+	}
+	if !slices.Equal(got, []string{"1 true"}) || s.Last() != 1 {
+		t.Fatalf("after the failed read: released %v, last %d", got, s.Last())
+	}
+	if d, held := s.Deadline(); !held || !d.Equal(t0.Add(2*time.Second)) {
+		t.Fatalf("retry at %v (held %v)", d, held)
+	}
+	st.convErr = nil
+	if err := s.Fill(context.Background(), t0.Add(2*time.Second), emit); err != nil {
+		t.Fatal(err)
+	}
+	s.Add(update(st, st.msgs[3]), t0, emit) // 4, whose update comes
+	s.Add(core.Update{Type: core.UpdateStatus, Message: &core.Message{ID: 6}}, t0, emit)
+	st.msgs = append(st.msgs, core.Message{ID: 5, ConversationID: 9}, core.Message{ID: 6, ConversationID: 9})
+	st.convErr = fmt.Errorf("conversation 9: %w", core.ErrNotFound)
+	if err := s.Fill(context.Background(), t0.Add(time.Second), emit); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"1 true", "2 true", "3 true", "4 true", "5 false", "6 false"}; !slices.Equal(got[:6], want) {
+		t.Fatalf("released %v, want %v", got, want)
 	}
 }

@@ -180,7 +180,7 @@ type Fallback struct {
 	kick      chan struct{}      // the schedule changed
 	observed  int64              // every message up to it has been observed (or was too old)
 	saved     int64              // the cursor last saved (Config.Cursor)
-	pushed    map[int64]struct{} // with a Cursor: messages above it whose push has ended (sent, or found needless)
+	pushed    map[int64]struct{} // with a Cursor: messages above it whose push has ended (sent, refused, or found needless)
 	savedList string             // the pushed list last saved
 	inflight  map[int64]int      // messages whose push is under way, by ID
 	queued    map[key]*job       // the pushes waiting for a worker, by conversation side
@@ -447,6 +447,15 @@ func (f *Fallback) run(ctx context.Context, subscribe func(context.Context) (<-c
 	err = f.loop(ctx, msgs, seq, push)
 	switch {
 	case f.cfg.Cursor == "":
+		// No next run will read what the sequencer still holds: it is
+		// read now, and handed over with the rest.
+		if _, held := seq.Deadline(); held {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.StopGrace/2)
+			if ferr := seq.Fill(fctx, time.Now(), f.Observe); ferr != nil {
+				f.log.Warn("push: reading the messages whose update did not come failed at the stop; they go without notification", "err", ferr)
+			}
+			cancel()
+		}
 		f.stop(&wg, cancelWork, push)
 	case errors.Is(context.Cause(ctx), bridge.ErrLeaseLost):
 		// Another node may hold the lease already: what this run has
@@ -645,10 +654,13 @@ func (f *Fallback) saveCursor(ctx context.Context, at int64) {
 	if !moved && !listed {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, saveEvery)
-	defer cancel()
+	put := func(key, value string) error {
+		ctx, cancel := context.WithTimeout(ctx, saveEvery)
+		defer cancel()
+		return f.cfg.Store.PutSetting(ctx, key, value)
+	}
 	if listed {
-		if err := f.cfg.Store.PutSetting(ctx, f.pushedSetting(), list); err != nil {
+		if err := put(f.pushedSetting(), list); err != nil {
 			f.log.Warn("push: could not save the pushed list; the next run may push some messages again", "err", err)
 			return
 		}
@@ -659,7 +671,7 @@ func (f *Fallback) saveCursor(ctx context.Context, at int64) {
 	if !moved {
 		return
 	}
-	if err := f.cfg.Store.PutSetting(ctx, f.cfg.Cursor, strconv.FormatInt(at, 10)); err != nil {
+	if err := put(f.cfg.Cursor, strconv.FormatInt(at, 10)); err != nil {
 		f.log.Warn("push: could not save the cursor; the next run may push some messages again", "err", err)
 		return
 	}

@@ -1194,7 +1194,7 @@ func TestHandOverDoesNotPushAgain(t *testing.T) {
 	tn = h.startTenure()
 	tn.waitArmed(h.clock.Now().Add(fallbackAfter))
 	h.clock.Advance(fallbackAfter)
-	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 2 })
+	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) >= 2 })
 	if err := tn.stop(0); err != nil {
 		t.Fatal(err)
 	}
@@ -1204,5 +1204,24 @@ func TestHandOverDoesNotPushAgain(t *testing.T) {
 	}
 	if got := h.cursor(); got != fmt.Sprint(m2.ID) {
 		t.Errorf("cursor after both went out: %q, want %d", got, m2.ID)
+	}
+}
+
+// Without a cursor, a run that stops while its sequencer holds a message
+// (an update before it is late) reads it from the store and hands it over
+// with the rest: no next run would.
+func TestHandOverReadsWhatTheSequencerHolds(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	tn := h.startTenure()
+	h.agentSays(c, "Found it!")
+	h.rec.take() // late: its update has not come
+	m2 := h.agentSays(c, "It is at the door")
+	tn.feed() // held behind the gap
+	if err := tn.stop(DefaultStopGrace / 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.wantPushes(1)[0]; got.MessageID != m2.ID {
+		t.Fatalf("pushed message %d at the hand-over, want %d", got.MessageID, m2.ID)
 	}
 }
