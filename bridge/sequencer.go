@@ -258,36 +258,44 @@ func (s *Sequencer) Fill(ctx context.Context, now time.Time, emit func(core.Upda
 	return nil
 }
 
-// LastMessageID finds the highest message ID in the store with Feed alone:
-// exponential then binary search, a few dozen reads once at start.
+// LastMessageID finds the highest message ID in the store with Feed alone,
+// a few dozen reads (see SearchFeed); 0 when the store has none.
 func LastMessageID(ctx context.Context, feed FeedFunc) (int64, error) {
-	exists := func(after int64) (bool, error) {
+	return SearchFeed(0, func(after int64) (bool, error) {
 		ms, err := feed(ctx, after, 1)
 		return len(ms) > 0, err
+	})
+}
+
+// SearchFeed returns the least ID at or above from for which ok is false,
+// where ok holds up to some ID and not after it (a property of the log in
+// ID order, such as "a message follows this ID"): an exponential then a
+// binary search, O(log n) calls of ok.
+func SearchFeed(from int64, ok func(id int64) (bool, error)) (int64, error) {
+	lo := from
+	if yes, err := ok(lo); err != nil || !yes {
+		return lo, err
 	}
-	// Invariant: some ID > lo exists (or lo is 0); no ID > hi exists.
-	lo, hi := int64(0), int64(1)
-	for {
-		ok, err := exists(hi)
+	// ok(lo) holds; find hi where it does not.
+	hi := lo
+	for step := int64(1); ; step *= 2 {
+		hi = lo + step
+		yes, err := ok(hi)
 		if err != nil {
 			return 0, err
 		}
-		if !ok {
+		if !yes {
 			break
 		}
-		lo, hi = hi, hi*2
+		lo = hi
 	}
-	if ok, err := exists(lo); err != nil || !ok {
-		return lo, err // lo == 0 and the store is empty
-	}
-	// Some ID > lo exists, none > hi: the last ID is in (lo, hi].
 	for hi-lo > 1 {
 		mid := lo + (hi-lo)/2
-		ok, err := exists(mid)
+		yes, err := ok(mid)
 		if err != nil {
 			return 0, err
 		}
-		if ok {
+		if yes {
 			lo = mid
 		} else {
 			hi = mid

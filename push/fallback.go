@@ -597,8 +597,8 @@ func (f *Fallback) loadPushed(ctx context.Context, after int64) error {
 
 // firstRecent returns the ID after which the messages following after are
 // no older than oldest (IDs follow commit order, so creation times nearly
-// do), probing the log: a stale cursor does not spend the catch-up's
-// budget on messages it would skip.
+// do), probing the log (bridge.SearchFeed): a stale cursor does not spend
+// the catch-up's time on messages it would skip.
 func (f *Fallback) firstRecent(ctx context.Context, after int64, oldest time.Time) (int64, error) {
 	// old reports whether the first message after id is older than oldest
 	// (false when there is none).
@@ -606,36 +606,7 @@ func (f *Fallback) firstRecent(ctx context.Context, after int64, oldest time.Tim
 		ms, err := f.cfg.Store.Feed(ctx, id, 1)
 		return err == nil && len(ms) == 1 && ms[0].CreatedAt.Before(oldest), err
 	}
-	lo := after
-	if o, err := old(lo); err != nil || !o {
-		return lo, err
-	}
-	// The first message after lo is old; find hi, whose first is not.
-	hi := lo
-	for step := int64(1); ; step *= 2 {
-		hi = lo + step
-		o, err := old(hi)
-		if err != nil {
-			return 0, err
-		}
-		if !o {
-			break
-		}
-		lo = hi
-	}
-	for hi-lo > 1 {
-		mid := lo + (hi-lo)/2
-		o, err := old(mid)
-		if err != nil {
-			return 0, err
-		}
-		if o {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	return hi, nil
+	return bridge.SearchFeed(after, old)
 }
 
 // saveCursor stores at as the cursor (Config.Cursor), and beside it the
