@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Op is what an agent's text asks for.
@@ -40,13 +41,20 @@ var usage = map[Op]string{
 	OpTransfer: "/transfer 123 bob — give #123 to bob (an agent's name or the part of their email before @; \"me\" is you)",
 }
 
+// numberEnds are the marks that may end a conversation number before its
+// text, as a space does ("#123: text").
+const numberEnds = ":：,，、"
+
 // maxConvDigits bounds a conversation number.
 const maxConvDigits = 15
 
 // ParseCommand reads an agent's text message. Full-width "＃" and "／" (as
 // Chinese keyboards type them) count as "#" and "/", and the ideographic
-// space as a space. A reply that must start with "/" or "#" can be sent
-// as "#123 /text".
+// space as a space. "#123" may be followed by its text after a space, a
+// colon or a comma, or directly by a letter that is not ASCII ("#123好的");
+// followed by an ASCII letter or digit it is a hashtag ("#12abc", plain
+// text), and by other punctuation it is refused as unclear. A reply that
+// must start with "/" or "#" can be sent as "#123 /text".
 func ParseCommand(s string) Command {
 	s = strings.TrimFunc(s, unicode.IsSpace)
 	if s == "" {
@@ -61,8 +69,22 @@ func ParseCommand(s string) Command {
 	switch s[0] {
 	case '#':
 		digits, rest := leadingDigits(s[1:])
-		if digits == "" || (rest != "" && !startsWithSpace(rest)) {
+		if digits == "" {
 			return Command{Op: OpReply, Text: s} // "#hashtag": just text
+		}
+		switch r, _ := utf8.DecodeRuneInString(rest); {
+		case rest == "" || unicode.IsSpace(r):
+		case r < utf8.RuneSelf && (unicode.IsLetter(r) || unicode.IsDigit(r) || r == '_'):
+			return Command{Op: OpReply, Text: s} // "#12abc": a hashtag, just text
+		case unicode.IsLetter(r):
+			// "#123好的": Chinese is typed without a space after the number.
+		case strings.ContainsRune(numberEnds, r):
+			rest = rest[utf8.RuneLen(r):] // "#123: text", "#123，text"
+		default:
+			// "#1. text" may be a numbered list or an answer to #1: going
+			// to either conversation could be the wrong one.
+			return Command{Op: OpUsage, Text: "nothing was sent: write \"#" + digits + " text\" to answer #" + digits +
+				", or begin the reply with something other than \"#" + digits + "\""}
 		}
 		n, ok := convNumber(digits)
 		if !ok {
@@ -152,16 +174,9 @@ func leadingDigits(s string) (digits, rest string) {
 	return s[:i], s[i:]
 }
 
-func startsWithSpace(s string) bool {
-	for _, r := range s {
-		return unicode.IsSpace(r)
-	}
-	return false
-}
-
 // helpText answers /help.
 const helpText = `kefu commands:
-#123 text — answer conversation #123 (and select it)
+#123 text — answer conversation #123 (and select it); also #123好的, #123: text
 #123 — select #123: plain replies go there
 text — a plain reply: to the conversation you selected, or to your only open one
 /on — available: new conversations are assigned to you
