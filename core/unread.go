@@ -13,10 +13,12 @@ import (
 const UnreadScan = 100
 
 // EndsUnread reports whether m ends the run of unread messages counted back
-// from a conversation's newest. For agents (forContact false): a reply to
-// the customer (an agent's or a bot's public message), or a customer
-// message agents have read. For the customer: a message of their own, or a
-// reply they have read. Events and notes do not end it.
+// from a conversation's newest. For agents (forContact false): an agent's
+// reply to the customer, or a customer message agents have read; an
+// automatic reply (a bot's offline or busy reply) answers nobody's
+// question, so the customer's messages before it stay unread. For the
+// customer: a message of their own, or a reply they have read. Events and
+// notes do not end it.
 func EndsUnread(m Message, forContact bool) bool {
 	if forContact {
 		if m.SenderKind == SenderContact {
@@ -27,7 +29,7 @@ func EndsUnread(m Message, forContact bool) bool {
 	if m.SenderKind == SenderContact {
 		return m.Status == MsgRead
 	}
-	return m.Visibility == Public && m.Kind != KindEvent
+	return m.SenderKind == SenderAgent && m.Visibility == Public && m.Kind != KindEvent
 }
 
 // countsAsUnread reports whether m is one the reader would have to read.

@@ -262,6 +262,7 @@ async function openConversation(id) {
     history.replaceState(null, "", "#/conversations/" + id);
   }
   if (S.openId !== id) {
+    stopTyping(); // "typing" ends in the conversation being left, not the next one
     S.openId = id;
     S.msgs = new Map();
     S.statuses = new Map();
@@ -564,7 +565,7 @@ async function onMessageFrame(f) {
     c.last_message = m;
     c.seen_id = m.id;
     if (m.sender_kind === "contact") c.unread += 1;
-    else if (m.visibility === "public") c.unread = 0; // answered (as the API counts)
+    else if (m.sender_kind === "agent" && m.visibility === "public") c.unread = 0; // answered (as the API counts; an automatic reply is not)
   }
   if (m.sender_kind === "contact") {
     c.last_contact_seq = Math.max(c.last_contact_seq, m.seq);
@@ -989,11 +990,21 @@ async function boot() {
   wire();
   applyStatic(document);
   if (!api.getToken()) { showLogin(); return; }
-  try {
-    startApp(await api.get("/me"));
-  } catch (e) {
-    api.setToken("");
-    showLogin();
+  // A server that cannot be reached (restarting behind a proxy, a network
+  // blip) keeps the saved login, and is tried again: only a refused token
+  // sends the agent to the login screen for good.
+  for (let wait = 1000; ; wait = Math.min(2 * wait, 30000)) {
+    const token = api.getToken();
+    try {
+      const me = await api.get("/me");
+      if (!S.me && api.getToken() === token) startApp(me);
+      return;
+    } catch (e) {
+      if (S.me || api.getToken() !== token) return; // logged in meanwhile
+      if (e.status === 401) { api.setToken(""); showLogin(); return; }
+      showLogin(t("error.network"));
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 }
 

@@ -960,7 +960,11 @@
     Array.prototype.forEach.call(fileInput.files || [], sendFile);
     fileInput.value = "";
   });
-  document.addEventListener("visibilitychange", markRead);
+  document.addEventListener("visibilitychange", function () {
+    // Back to the tab with the panel open: what arrived meanwhile is in view.
+    if (isOpen && !document.hidden && S.unread) { S.unread = 0; updateBadge(); }
+    markRead();
+  });
 
   function mount() {
     document.body.appendChild(host);
