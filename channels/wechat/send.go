@@ -30,8 +30,9 @@ const (
 const rateLimitWait = time.Minute
 
 // Send implements bridge.Sender. For a message it sends one
-// customer-service message to the conversation's openid; for a payload
-// entry it runs a media job (see runJob).
+// customer-service message to the conversation's openid, and for an image
+// or voice with a caption a text message after it (WeChat's media messages
+// carry none); for a payload entry it runs a media job (see runJob).
 func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendResult, error) {
 	if out.Message == nil {
 		return c.runJob(ctx, out.Entry)
@@ -39,13 +40,37 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 	if out.Conversation == nil || out.Conversation.ExternalID == "" {
 		return bridge.SendResult{}, bridge.Permanent("no WeChat customer to send to", errors.New("wechat: message without conversation"))
 	}
-	msg, err := c.customerMessage(ctx, out.Message, out.Conversation.ExternalID)
-	if err == nil {
-		err = c.tokens.Do(ctx, func(tok string) error {
-			return wxapi.PostJSON(ctx, "message/custom/send", customSendURL+"?access_token="+url.QueryEscape(tok), msg, nil)
-		})
+	m, openID := out.Message, out.Conversation.ExternalID
+	caption := ""
+	if m.Kind != core.KindText {
+		caption = m.Text
 	}
-	return bridge.SendResult{}, sendError(err)
+	if _, due := c.captionDue.Load(m.ID); !due || caption == "" {
+		msg, err := c.customerMessage(ctx, m, openID)
+		if err == nil {
+			err = c.post(ctx, msg)
+		}
+		if err != nil || caption == "" {
+			return bridge.SendResult{}, sendError(err)
+		}
+		c.captionDue.Store(m.ID, struct{}{})
+	}
+	err := sendError(c.post(ctx, message.NewCustomerTextMessage(openID, caption)))
+	var perm *bridge.PermanentError
+	if err == nil || errors.As(err, &perm) {
+		c.captionDue.Delete(m.ID)
+	}
+	if err != nil && perm != nil {
+		return bridge.SendResult{}, bridge.Permanent("the "+string(m.Kind)+" was sent, its caption was not: "+perm.Reason, perm.Err)
+	}
+	return bridge.SendResult{}, err
+}
+
+// post sends one customer-service message.
+func (c *Channel) post(ctx context.Context, msg *message.CustomerMessage) error {
+	return c.tokens.Do(ctx, func(tok string) error {
+		return wxapi.PostJSON(ctx, "message/custom/send", customSendURL+"?access_token="+url.QueryEscape(tok), msg, nil)
+	})
 }
 
 // customerMessage builds the customer-service message for m, uploading its

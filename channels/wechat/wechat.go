@@ -152,6 +152,11 @@ type Channel struct {
 	// mediaBudget is how long a callback waits for its media
 	// (inlineMediaBudget; tests shorten it).
 	mediaBudget time.Duration
+	// captionDue holds the messages whose image or voice went out and
+	// whose caption (sent after it, as a text message) has not yet: a
+	// retry sends the caption alone. In memory: a retry on another node
+	// sends the media again.
+	captionDue sync.Map // message ID → struct{}
 
 	releaseOnce sync.Once
 	release     func()

@@ -298,6 +298,32 @@ func TestFollowWelcomeAndUnfollow(t *testing.T) {
 	}
 }
 
+// An image's caption goes as a text message after it (WeChat's image
+// messages carry none); a caption refused for a moment is retried alone,
+// without sending the image again.
+func TestSendImageWithCaption(t *testing.T) {
+	h := newHarness(t, options{})
+	h.post(wechattest.Safe, h.acct.Text("o-cap", "hi", 1))
+	conv := h.conversation("o-cap")
+	m, err := h.media.Save(context.Background(), strings.NewReader(string(pngImage(t))), "invoice.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.api.Fail(wechattest.PathCustomSend, wechattest.Failure{}, wechattest.Failure{Status: http.StatusInternalServerError})
+	r := h.reply(conv.ID, core.Message{Kind: core.KindImage, Media: &m, Text: "Your invoice, order 4711"})
+	h.waitMessage(r.ID, "image and caption sent", func(m core.Message) bool { return m.Status == core.MsgSent })
+	sent := h.api.Sent()
+	if len(sent) != 2 || sent[0].MsgType != "image" || sent[1].MsgType != "text" || sent[1].Text.Content != "Your invoice, order 4711" {
+		t.Fatalf("sent = %+v, want the image, then its caption once", sent)
+	}
+	if ups := h.api.Uploads(); len(ups) != 1 {
+		t.Fatalf("%d uploads, want 1", len(ups))
+	}
+	if n := len(h.api.CallsTo(wechattest.PathCustomSend)); n != 3 {
+		t.Fatalf("%d send calls, want 3 (the caption retried)", n)
+	}
+}
+
 func TestSendTextAndImage(t *testing.T) {
 	h := newHarness(t, options{})
 	h.post(wechattest.Safe, h.acct.Text("o-s", "hi", 1))
