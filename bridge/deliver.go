@@ -704,9 +704,10 @@ func (d *Deliverer) finish(log *slog.Logger, e core.OutboxEntry, u *core.StatusU
 	}
 }
 
-// publishStatus tells the Notifier of the message's new status, as stored.
+// publishStatus tells the Notifier of the message's new status, as stored,
+// and puts a failure in the conversation's log (core.ReportDeliveryFailure).
 func (d *Deliverer) publishStatus(m *core.Message, u *core.StatusUpdate) {
-	if d.cfg.Notify == nil || m == nil || u == nil {
+	if m == nil || u == nil || (d.cfg.Notify == nil && u.Status != core.MsgFailed) {
 		return
 	}
 	ctx, cancel := d.storeCtx()
@@ -719,7 +720,14 @@ func (d *Deliverer) publishStatus(m *core.Message, u *core.StatusUpdate) {
 			stored.ExternalID = u.ExternalID
 		}
 	}
-	d.cfg.Notify.Publish(ctx, core.Update{Type: core.UpdateStatus, Message: &stored})
+	if d.cfg.Notify != nil {
+		d.cfg.Notify.Publish(ctx, core.Update{Type: core.UpdateStatus, Message: &stored})
+	}
+	if stored.Status == core.MsgFailed {
+		if err := core.ReportDeliveryFailure(ctx, d.cfg.Store, d.cfg.Notify, stored, d.clock.Now()); err != nil {
+			d.log.Warn("deliver: recording the failure in the conversation failed", "message", m.ID, "err", err)
+		}
+	}
 }
 
 func (d *Deliverer) storeCtx() (context.Context, context.CancelFunc) {

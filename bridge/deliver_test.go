@@ -349,6 +349,12 @@ func TestDeliverPermanentFailure(t *testing.T) {
 			if got := h.metric("kefu_messages_out_total", map[string]string{"channel": channel, "result": "failed"}); got != 1 {
 				t.Errorf("messages out failed = %v, want 1", got)
 			}
+			// The failure is in the conversation's log, for the agents.
+			ev := h.store.appendedMessages()
+			if len(ev) != 1 || ev[0].Event == nil || ev[0].Event.Type != core.EventDeliveryFailed || ev[0].Text != tc.wantReason ||
+				ev[0].ConversationID != m.ConversationID || ev[0].Visibility != core.Internal {
+				t.Errorf("appended %+v, want one delivery_failed event with the reason", ev)
+			}
 		})
 	}
 }

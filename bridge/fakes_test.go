@@ -53,6 +53,7 @@ type fakeStore struct {
 	outboxes  int            // Outbox calls (sweeps)
 	// failFinish makes the next FinishOutbox calls fail.
 	failFinish int
+	appended   []core.Message // Append calls (delivery_failed events)
 }
 
 func newFakeStore() *fakeStore {
@@ -65,6 +66,28 @@ func newFakeStore() *fakeStore {
 }
 
 func (s *fakeStore) id() int64 { s.lastID++; return s.lastID }
+
+// Append records an appended message, once per dedup key.
+func (s *fakeStore) Append(_ context.Context, a core.Append) (core.Appended, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.appended {
+		if a.Message.DedupKey != "" && m.DedupKey == a.Message.DedupKey {
+			return core.Appended{Conversation: s.convs[a.ConversationID], Message: m, Duplicate: true}, nil
+		}
+	}
+	m := a.Message
+	m.ID, m.ConversationID = s.id(), a.ConversationID
+	s.appended = append(s.appended, m)
+	return core.Appended{Conversation: s.convs[a.ConversationID], Message: m}, nil
+}
+
+// appendedMessages returns what Append recorded.
+func (s *fakeStore) appendedMessages() []core.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]core.Message(nil), s.appended...)
+}
 
 // addReply stores an agent reply in conversation conv (created on first
 // use) and an outbox entry for it, keyed by the conversation, due at now.

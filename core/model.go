@@ -119,6 +119,10 @@ const (
 	EventUnassigned  EventType = "unassigned"  // back to the queue
 	EventResolved    EventType = "resolved"    // closed
 	EventReopened    EventType = "reopened"    // reopened by the customer or an agent
+	// EventDeliveryFailed: a reply the customer's channel refused for good
+	// (the message is failed); AgentID is its author (0 for a bot), and
+	// the event's text is the reason.
+	EventDeliveryFailed EventType = "delivery_failed"
 )
 
 // Contact is a customer. Contacts are not merged across channels.

@@ -975,8 +975,45 @@ func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, er
 	}
 	if changed {
 		s.notify.Publish(ctx, Update{Type: UpdateStatus, Message: &m})
+		if err := ReportDeliveryFailure(ctx, s.store, s.notify, m, s.now()); err != nil {
+			s.log.Warn("recording a failed delivery in its conversation failed", "message", m.ID, "err", err)
+		}
 	}
 	return m, nil
+}
+
+// ReportDeliveryFailure puts a reply that has failed for good in its
+// conversation's log, as an internal EventDeliveryFailed event, so that
+// every agent surface learns of it (the console, and the Work WeChat and
+// Slack agents who follow the log): its author is told there that the
+// customer did not get it. It does nothing for a message that is not a
+// failed reply, and appends one event per message however often it is
+// called (the event's dedup key). A status update and a failing outbox
+// both call it once the message's failure is stored.
+func ReportDeliveryFailure(ctx context.Context, st Store, n Notifier, m Message, at time.Time) error {
+	if m.Status != MsgFailed || !m.Outgoing() {
+		return nil
+	}
+	author := int64(0)
+	if m.SenderKind == SenderAgent {
+		author = m.SenderID
+	}
+	reason := m.FailReason
+	if reason == "" {
+		reason = "refused by the channel"
+	}
+	a, err := st.Append(ctx, Append{ConversationID: m.ConversationID, Message: Message{
+		SenderKind: SenderSystem, Visibility: Internal, Kind: KindEvent, Status: MsgSent, CreatedAt: at,
+		Event: &Event{Type: EventDeliveryFailed, AgentID: author}, Text: reason,
+		DedupKey: fmt.Sprintf("failed:%d", m.ID),
+	}})
+	if err != nil || a.Duplicate {
+		return err
+	}
+	if n != nil {
+		n.Publish(ctx, Update{Type: UpdateMessage, Conversation: &a.Conversation, Message: &a.Message})
+	}
+	return nil
 }
 
 // MarkUpTo records a receipt (delivered or read up to a sequence number).

@@ -120,7 +120,8 @@ func (c *Channel) mirrors(m core.Message) bool {
 			return false
 		}
 		switch m.Event.Type {
-		case core.EventAssigned, core.EventTransferred, core.EventUnassigned, core.EventResolved, core.EventReopened:
+		case core.EventAssigned, core.EventTransferred, core.EventUnassigned, core.EventResolved, core.EventReopened,
+			core.EventDeliveryFailed:
 			return true
 		}
 		return false
@@ -318,6 +319,16 @@ func (c *Channel) eventText(ctx context.Context, m core.Message) (string, error)
 			by = " (the customer wrote again)"
 		}
 		return ":repeat: Reopened" + by, nil
+	case core.EventDeliveryFailed:
+		who := "An automatic reply"
+		if e.AgentID != 0 {
+			n, err := name(e.AgentID, true)
+			if err != nil {
+				return "", err
+			}
+			who = n + "'s reply"
+		}
+		return ":warning: " + who + " was not delivered to the customer: " + truncate(escape(m.Text), maxPost), nil
 	}
 	return "", fmt.Errorf("slack: unexpected event %q", e.Type)
 }

@@ -54,7 +54,12 @@ func TestMirrorConversation(t *testing.T) {
 	if _, err := h.svc.Take(ctx, h.alice.ID, conv.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.svc.Reply(ctx, h.bob.ID, conv.ID, core.Message{Kind: core.KindText, Text: "Bob here, from the console"}); err != nil {
+	bobs, err := h.svc.Reply(ctx, h.bob.ID, conv.ID, core.Message{Kind: core.KindText, Text: "Bob here, from the console"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The customer's channel refuses it for good: the thread is told.
+	if _, err := h.svc.UpdateStatus(ctx, core.StatusUpdate{MessageID: bobs.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.svc.Note(ctx, h.bob.ID, conv.ID, core.Message{Kind: core.KindText, Text: "refund approved"}); err != nil {
@@ -63,13 +68,14 @@ func TestMirrorConversation(t *testing.T) {
 	if _, err := h.svc.Close(ctx, h.alice.ID, conv.ID); err != nil {
 		t.Fatal(err)
 	}
-	thread := h.fake.Wait("chat.postMessage", 10*time.Second, func([]slacktest.Call) bool { return len(h.fake.Thread(p.TS)) >= 5 })
+	thread := h.fake.Wait("chat.postMessage", 10*time.Second, func([]slacktest.Call) bool { return len(h.fake.Thread(p.TS)) >= 6 })
 	_ = thread
 	got := h.fake.Thread(p.TS)
 	want := []string{
 		"*Zhang San:* anyone?",
 		":arrow_right: Assigned to <@" + aliceSlack + "> by *Alice*",
 		"*Bob* (agent): Bob here, from the console",
+		":warning: *Bob*'s reply was not delivered to the customer: the user blocked the bot",
 		":memo: Note by *Bob*: refund approved",
 		":white_check_mark: Closed by *Alice*",
 	}

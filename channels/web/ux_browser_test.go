@@ -52,6 +52,19 @@ channels:
 	item := fmt.Sprintf(`document.querySelector('[data-testid="conversation-item"][data-conversation-id="%d"]')`, in.Conversation.ID)
 	tab.waitFor("the conversation", item)
 	tab.waitFor("its unread badge", item+`.querySelector('[data-testid="unread-badge"]')?.textContent === "1"`)
+
+	// A reply the customer's channel refuses for good says so in the
+	// conversation, with the reason.
+	root := n.Agent(t, "root@example.com")
+	r, err := n.Service().Reply(context.Background(), root.ID, in.Conversation.ID, core.Message{Kind: core.KindText, Text: "here is your refund link"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Service().UpdateStatus(context.Background(), core.StatusUpdate{MessageID: r.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
+		t.Fatal(err)
+	}
+	tab.click("the conversation", item)
+	tab.waitFor("the failure in the conversation", `[...document.querySelectorAll('[data-testid="message-event"]')].some(e => e.textContent.startsWith("Root's reply was not delivered to the customer: the user blocked the bot"))`)
 }
 
 // A reload while the server cannot be reached (a proxy answering 502 while

@@ -247,8 +247,38 @@ func (c *Channel) followEvent(ctx context.Context, m core.Message, conv core.Con
 		if conv.AssigneeID != ev.ByID {
 			return c.notifyAside(ctx, m, conv, conv.AssigneeID, "closed by "+c.byName(ctx, ev.ByID))
 		}
+	case core.EventDeliveryFailed:
+		// The author learns that the customer did not get their reply
+		// (from here or from the console); a bot's goes to the assignee.
+		to := ev.AgentID
+		if to == 0 {
+			to = conv.AssigneeID
+		}
+		what := "a reply was NOT delivered to the customer: " + m.Text
+		if r, ok, err := c.failedReply(ctx, m); err != nil {
+			return err
+		} else if ok {
+			what += "\n> " + truncate(describeContent(r), 200)
+		}
+		return c.notifyAside(ctx, m, conv, to, what)
 	}
 	return nil
+}
+
+// failedReply finds the failed reply a delivery_failed event m reports:
+// the newest failed reply by its author before it with its reason.
+func (c *Channel) failedReply(ctx context.Context, m core.Message) (core.Message, bool, error) {
+	ms, err := c.store.Messages(ctx, core.MessageQuery{ConversationID: m.ConversationID, BeforeSeq: m.Seq, Limit: 50})
+	if err != nil {
+		return core.Message{}, false, err
+	}
+	for i := len(ms) - 1; i >= 0; i-- {
+		r := ms[i]
+		if r.Status == core.MsgFailed && r.Outgoing() && r.FailReason == m.Text && (m.Event.AgentID == 0 || r.SenderID == m.Event.AgentID) {
+			return r, true, nil
+		}
+	}
+	return core.Message{}, false, nil
 }
 
 func (c *Channel) byName(ctx context.Context, id int64) string {

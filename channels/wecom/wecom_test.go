@@ -226,6 +226,35 @@ func TestReplyRacingANotification(t *testing.T) {
 	}
 }
 
+// A reply the customer's channel refuses for good (here: the user blocked
+// the bot) is reported to its author in Work WeChat, with the reason and
+// the reply it was.
+func TestFailedReplyIsReportedToItsAuthor(t *testing.T) {
+	h := newHarness(t)
+	h.says("alice", "/on")
+	n := h.expect("alice", 0, "You are on")
+	c1 := h.customer("c1", "hello")
+	n = h.expect("alice", n, "assigned to you")
+	h.says("alice", fmt.Sprintf("#%d here is your refund link", c1.ID))
+	var reply core.Message
+	waitFor(t, "the reply stored", func() bool {
+		for _, m := range h.messages(c1.ID) {
+			if m.SenderKind == core.SenderAgent && m.Kind == core.KindText {
+				reply = m
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := h.svc.UpdateStatus(context.Background(), core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
+		t.Fatal(err)
+	}
+	n = h.expect("alice", n, "NOT delivered to the customer: the user blocked the bot")
+	if got := h.api.MessagesTo("alice"); !strings.Contains(got[n-1].Text, "> here is your refund link") {
+		t.Fatalf("the report does not quote the reply: %q", got[n-1].Text)
+	}
+}
+
 func TestImages(t *testing.T) {
 	h := newHarness(t)
 	h.says("alice", "/on")

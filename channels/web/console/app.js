@@ -423,9 +423,11 @@ function senderLabel(m, c) {
   }
 }
 
-function eventText(ev) {
+function eventText(ev, text) {
   const agent = agentName(ev.agent_id), by = agentName(ev.by_id);
   switch (ev.type) {
+    case "delivery_failed":
+      return ev.agent_id ? t("ev.deliveryFailed", { agent, reason: text || "" }) : t("ev.deliveryFailedBot", { reason: text || "" });
     case "assigned":
       if (!ev.by_id) return t("ev.assigned", { agent });
       if (ev.by_id === ev.agent_id) return t("ev.took", { agent });
@@ -456,7 +458,7 @@ function messageEl(m, c) {
   const data = { messageId: m.id, seq: m.seq, kind: m.kind, sender: m.sender_kind, visibility: m.visibility };
   if (m.kind === "event") {
     return h("div", { class: "msg event", testid: "message", data },
-      h("span", { testid: "message-event" }, eventText(m.event || {}) + " · " + formatTime(m.created_at)));
+      h("span", { testid: "message-event" }, eventText(m.event || {}, m.text) + " · " + formatTime(m.created_at)));
   }
   const note = m.visibility === "internal";
   const mine = m.sender_kind !== "contact";

@@ -1,0 +1,97 @@
+package core_test
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/kefuhq/kefu/core"
+)
+
+// A reply the customer's channel refuses for good shows in its
+// conversation's log as an internal event naming its author and the
+// reason, once however often the failure is reported, also after the
+// conversation was closed.
+func TestFailedReplyIsReportedInTheLog(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 1, 0)
+	ctx := context.Background()
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("alice", "1", "hi").Conversation
+	reply, err := f.svc.Reply(ctx, a.ID, c.ID, core.Message{Kind: core.KindText, Text: "here is your refund link"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Close(ctx, a.ID, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.notes.take()
+	for range 2 { // a provider's status webhook repeated
+		if _, err := f.svc.UpdateStatus(ctx, core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(failedEvents(t, f, c.ID)); n != 1 {
+		t.Fatalf("%d delivery_failed events after the status update, want 1", n)
+	}
+	// The outbox reporting the same failure adds nothing.
+	stored, err := f.store.Message(ctx, reply.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := core.ReportDeliveryFailure(ctx, f.store, f.notes, stored, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	events := failedEvents(t, f, c.ID)
+	if len(events) != 1 {
+		t.Fatalf("%d delivery_failed events, want 1", len(events))
+	}
+	if e := events[0]; e.Visibility != core.Internal || e.Event.AgentID != a.ID || e.Text != "the user blocked the bot" || e.ID < reply.ID {
+		t.Fatalf("event %+v (%+v)", e, *e.Event)
+	}
+	var published int
+	for _, u := range f.notes.take() {
+		if u.Type == core.UpdateMessage && u.Message != nil && u.Message.ID == events[0].ID {
+			published++
+		}
+	}
+	if published != 1 {
+		t.Fatalf("the event was published %d times, want 1", published)
+	}
+	// A customer's message, or one not failed, is no delivery failure.
+	in := f.say("alice", "2", "hello?").Message
+	in.Status = core.MsgFailed
+	f.notes.take()
+	if err := core.ReportDeliveryFailure(ctx, f.store, f.notes, in, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.notes.take()); n != 0 {
+		t.Fatalf("%d updates for a customer's message", n)
+	}
+}
+
+// take returns and forgets the updates published so far.
+func (r *recorder) take() []core.Update {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ups := r.updates
+	r.updates = nil
+	return ups
+}
+
+// failedEvents returns conversation id's delivery_failed events.
+func failedEvents(t *testing.T, f *fixture, id int64) []core.Message {
+	t.Helper()
+	ms, err := f.store.Messages(context.Background(), core.MessageQuery{ConversationID: id, BeforeSeq: math.MaxInt64, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []core.Message
+	for _, m := range ms {
+		if m.Event != nil && m.Event.Type == core.EventDeliveryFailed {
+			events = append(events, m)
+		}
+	}
+	return events
+}
