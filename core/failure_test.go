@@ -2,7 +2,9 @@ package core_test
 
 import (
 	"context"
+	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,4 +96,27 @@ func failedEvents(t *testing.T, f *fixture, id int64) []core.Message {
 		}
 	}
 	return events
+}
+
+// A resolved conversation whose customer has started a newer one cannot be
+// reopened, with an error that says why (not the store's constraint).
+func TestReopenRefusedWhileANewerConversationIsOpen(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Minute}, 1, 0)
+	ctx := context.Background()
+	a := f.agents[0]
+	old := f.say("alice", "1", "hi").Conversation
+	if _, err := f.svc.Close(ctx, a.ID, old.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	if newer := f.say("alice", "2", "me again").Conversation; newer.ID == old.ID {
+		t.Fatal("the customer's message after reopen_within reopened the old conversation")
+	}
+	_, err := f.svc.Reopen(ctx, a.ID, old.ID)
+	if !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "newer conversation open") || strings.Contains(err.Error(), "sqlite") {
+		t.Fatalf("reopen = %v, want a conflict saying a newer conversation is open", err)
+	}
+	if c := f.conv(old.ID); c.Status != core.StatusResolved {
+		t.Fatalf("the old conversation is %s", c.Status)
+	}
 }

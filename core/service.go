@@ -784,9 +784,18 @@ func (s *Service) Close(ctx context.Context, by, convID int64) (Conversation, er
 
 // Reopen reopens a resolved conversation: back to its assignee, or to the
 // queue (and routed) when it had none or that agent has been deactivated
-// since.
+// since. ErrConflict when it is not resolved, or its customer has a newer
+// conversation open.
 func (s *Service) Reopen(ctx context.Context, by, convID int64) (Conversation, error) {
-	return s.setStatus(ctx, by, convID, StatusOpen, EventReopened, true)
+	c, err := s.setStatus(ctx, by, convID, StatusOpen, EventReopened, true)
+	if errors.Is(err, ErrConflict) {
+		// Still resolved: the store refused a second live conversation
+		// for the customer.
+		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil && cur.Status == StatusResolved {
+			return cur, fmt.Errorf("%w: #%d cannot be reopened: its customer has a newer conversation open", ErrConflict, convID)
+		}
+	}
+	return c, err
 }
 
 // setStatus resolves or reopens a conversation. A reopened one that waits
