@@ -65,6 +65,17 @@ channels:
 	}
 	tab.click("the conversation", item)
 	tab.waitFor("the failure in the conversation", `[...document.querySelectorAll('[data-testid="message-event"]')].some(e => e.textContent.startsWith("Root's reply was not delivered to the customer: the user blocked the bot"))`)
+
+	// The message list is redrawn on every update and is no live region; a
+	// screen reader hears a new message once, from the announcer.
+	if v := tab.eval(`document.querySelector('[data-testid="message-list"]').hasAttribute("aria-live")`); v != false {
+		t.Fatal("the message list is a live region")
+	}
+	if _, err := n.Service().Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "a:" + strings.Repeat("7", 32),
+		Message: core.Message{Kind: core.KindText, Text: "still there?"}}); err != nil {
+		t.Fatal(err)
+	}
+	tab.waitFor("the new message announced", `document.querySelector('[data-testid="announcer"]').textContent === "Maria: still there?"`)
 }
 
 // A reload while the server cannot be reached (a proxy answering 502 while

@@ -575,9 +575,16 @@ async function onMessageFrame(f) {
     else ackDelivered(c.id, m.seq);
   }
   if (m.conversation_id === S.openId) {
+    const isNew = !S.msgs.has(m.seq);
     mergeMessage(m);
     if (S.typing && m.sender_kind === "contact") S.typing = null;
     renderConversation();
+    // The message list is redrawn on every update, so it is no live
+    // region: a screen reader hears each new message once, from here.
+    if (isNew && !(m.sender_kind === "agent" && m.sender_id === S.me.id)) {
+      $("announcer").textContent = m.kind === "event" ? eventText(m.event || {}, m.text)
+        : senderLabel(m, c) + ": " + previewText(m);
+    }
   }
   renderList();
 }
