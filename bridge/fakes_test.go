@@ -82,6 +82,18 @@ func (s *fakeStore) Append(_ context.Context, a core.Append) (core.Appended, err
 	return core.Appended{Conversation: s.convs[a.ConversationID], Message: m}, nil
 }
 
+// MessageByDedup finds an appended message by its dedup key.
+func (s *fakeStore) MessageByDedup(_ context.Context, key string) (core.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.appended {
+		if m.DedupKey == key {
+			return m, nil
+		}
+	}
+	return core.Message{}, core.ErrNotFound
+}
+
 // appendedMessages returns what Append recorded.
 func (s *fakeStore) appendedMessages() []core.Message {
 	s.mu.Lock()

@@ -120,3 +120,51 @@ func TestReopenRefusedWhileANewerConversationIsOpen(t *testing.T) {
 		t.Fatalf("the old conversation is %s", c.Status)
 	}
 }
+
+// appendFails fails the next Append calls.
+type appendFails struct {
+	core.Store
+	fails int
+}
+
+func (s *appendFails) Append(ctx context.Context, a core.Append) (core.Appended, error) {
+	if s.fails > 0 {
+		s.fails--
+		return core.Appended{}, errors.New("database is locked")
+	}
+	return s.Store.Append(ctx, a)
+}
+
+// A report that could not be written is finished when the provider
+// repeats the failure.
+func TestFailureReportFinishedByARepeat(t *testing.T) {
+	var wrapped *appendFails
+	f := newWrappedFixture(t, core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Hour}, 1, 0,
+		func(s core.Store) core.Store { wrapped = &appendFails{Store: s}; return wrapped })
+	ctx := context.Background()
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("alice", "1", "hi").Conversation
+	reply, err := f.svc.Reply(ctx, a.ID, c.ID, core.Message{Kind: core.KindText, Text: "here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped.fails = 1
+	u := core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "blocked"}
+	if _, err := f.svc.UpdateStatus(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(failedEvents(t, f, c.ID)); n != 0 {
+		t.Fatalf("%d events after a failed append", n)
+	}
+	if _, err := f.svc.UpdateStatus(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	ev := failedEvents(t, f, c.ID)
+	if len(ev) != 1 {
+		t.Fatalf("%d events after the repeat, want 1", len(ev))
+	}
+	if id, ok := core.FailedMessageID(ev[0]); !ok || id != reply.ID {
+		t.Fatalf("the event names message %d (%v), want %d", id, ok, reply.ID)
+	}
+}

@@ -984,11 +984,27 @@ func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, er
 	}
 	if changed {
 		s.notify.Publish(ctx, Update{Type: UpdateStatus, Message: &m})
-		if err := ReportDeliveryFailure(ctx, s.store, s.notify, m, s.now()); err != nil {
-			s.log.Warn("recording a failed delivery in its conversation failed", "message", m.ID, "err", err)
-		}
+	}
+	// Also when unchanged: a provider repeating a failure finishes a report
+	// that could not be written the first time.
+	if err := ReportDeliveryFailure(ctx, s.store, s.notify, m, s.now()); err != nil {
+		s.log.Warn("recording a failed delivery in its conversation failed", "message", m.ID, "err", err)
 	}
 	return m, nil
+}
+
+// deliveryFailedKey is the dedup key of the delivery_failed event of
+// message id.
+func deliveryFailedKey(id int64) string { return "failed:" + strconv.FormatInt(id, 10) }
+
+// FailedMessageID returns the ID of the message a delivery_failed event
+// reports.
+func FailedMessageID(ev Message) (int64, bool) {
+	if ev.Event == nil || ev.Event.Type != EventDeliveryFailed {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(strings.TrimPrefix(ev.DedupKey, "failed:"), 10, 64)
+	return id, err == nil && strings.HasPrefix(ev.DedupKey, "failed:")
 }
 
 // ReportDeliveryFailure puts a reply that has failed for good in its
@@ -997,11 +1013,20 @@ func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, er
 // Slack agents who follow the log): its author is told there that the
 // customer did not get it. It does nothing for a message that is not a
 // failed reply, and appends one event per message however often it is
-// called (the event's dedup key). A status update and a failing outbox
-// both call it once the message's failure is stored.
+// called (the event's dedup key, read first). Service.UpdateStatus calls it
+// for every update of a failed message, so a report that could not be
+// written is finished when the provider repeats the failure; the outbox
+// calls it once the failure is stored.
 func ReportDeliveryFailure(ctx context.Context, st Store, n Notifier, m Message, at time.Time) error {
 	if m.Status != MsgFailed || !m.Outgoing() {
 		return nil
+	}
+	key := deliveryFailedKey(m.ID)
+	switch _, err := st.MessageByDedup(ctx, key); {
+	case err == nil:
+		return nil // reported already
+	case !errors.Is(err, ErrNotFound):
+		return err
 	}
 	author := int64(0)
 	if m.SenderKind == SenderAgent {
@@ -1014,7 +1039,7 @@ func ReportDeliveryFailure(ctx context.Context, st Store, n Notifier, m Message,
 	a, err := st.Append(ctx, Append{ConversationID: m.ConversationID, Message: Message{
 		SenderKind: SenderSystem, Visibility: Internal, Kind: KindEvent, Status: MsgSent, CreatedAt: at,
 		Event: &Event{Type: EventDeliveryFailed, AgentID: author}, Text: reason,
-		DedupKey: fmt.Sprintf("failed:%d", m.ID),
+		DedupKey: key,
 	}})
 	if err != nil || a.Duplicate {
 		return err

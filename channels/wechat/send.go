@@ -53,7 +53,8 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 		if err != nil || caption == "" {
 			return bridge.SendResult{}, sendError(err)
 		}
-		c.captionDue.Store(m.ID, struct{}{})
+		c.captionDue.Store(m.ID, c.now())
+		c.forgetCaptions(c.now().Add(-captionMemory))
 	}
 	err := sendError(c.post(ctx, message.NewCustomerTextMessage(openID, caption)))
 	var perm *bridge.PermanentError
@@ -64,6 +65,21 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 		return bridge.SendResult{}, bridge.Permanent("the "+string(m.Kind)+" was sent, its caption was not: "+perm.Reason, perm.Err)
 	}
 	return bridge.SendResult{}, err
+}
+
+// captionMemory is how long a caption still due is remembered: past
+// WeChat's 48-hour window no retry can send it, and the outbox has given up.
+const captionMemory = 48 * time.Hour
+
+// forgetCaptions drops the captions due since before t (their outbox entry
+// gave up, or moved to another node).
+func (c *Channel) forgetCaptions(t time.Time) {
+	c.captionDue.Range(func(k, v any) bool {
+		if at, ok := v.(time.Time); ok && at.Before(t) {
+			c.captionDue.Delete(k)
+		}
+		return true
+	})
 }
 
 // post sends one customer-service message.

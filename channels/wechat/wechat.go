@@ -156,7 +156,7 @@ type Channel struct {
 	// whose caption (sent after it, as a text message) has not yet: a
 	// retry sends the caption alone. In memory: a retry on another node
 	// sends the media again.
-	captionDue sync.Map // message ID → struct{}
+	captionDue sync.Map // message ID → when its media went (time.Time)
 
 	releaseOnce sync.Once
 	release     func()

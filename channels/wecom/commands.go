@@ -166,12 +166,25 @@ func convNumber(digits string) (int64, bool) {
 	return n, err == nil && n > 0
 }
 
+// leadingDigits splits s after its leading digits, returned in ASCII:
+// full-width ones ("１２３", as a Chinese keyboard in full-width mode
+// types them) count as theirs.
 func leadingDigits(s string) (digits, rest string) {
+	var b strings.Builder
 	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
+	for i < len(s) {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r >= '0' && r <= '9':
+			b.WriteRune(r)
+		case r >= '０' && r <= '９':
+			b.WriteRune('0' + (r - '０'))
+		default:
+			return b.String(), s[i:]
+		}
+		i += size
 	}
-	return s[:i], s[i:]
+	return b.String(), ""
 }
 
 // helpText answers /help.

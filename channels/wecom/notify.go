@@ -3,6 +3,7 @@ package wecom
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -265,20 +266,17 @@ func (c *Channel) followEvent(ctx context.Context, m core.Message, conv core.Con
 	return nil
 }
 
-// failedReply finds the failed reply a delivery_failed event m reports:
-// the newest failed reply by its author before it with its reason.
+// failedReply reads the reply a delivery_failed event m reports.
 func (c *Channel) failedReply(ctx context.Context, m core.Message) (core.Message, bool, error) {
-	ms, err := c.store.Messages(ctx, core.MessageQuery{ConversationID: m.ConversationID, BeforeSeq: m.Seq, Limit: 50})
-	if err != nil {
-		return core.Message{}, false, err
+	id, ok := core.FailedMessageID(m)
+	if !ok {
+		return core.Message{}, false, nil
 	}
-	for i := len(ms) - 1; i >= 0; i-- {
-		r := ms[i]
-		if r.Status == core.MsgFailed && r.Outgoing() && r.FailReason == m.Text && (m.Event.AgentID == 0 || r.SenderID == m.Event.AgentID) {
-			return r, true, nil
-		}
+	r, err := c.store.Message(ctx, id)
+	if errors.Is(err, core.ErrNotFound) {
+		return r, false, nil
 	}
-	return core.Message{}, false, nil
+	return r, err == nil, err
 }
 
 func (c *Channel) byName(ctx context.Context, id int64) string {

@@ -228,7 +228,7 @@ func TestReplyRacingANotification(t *testing.T) {
 
 // A reply the customer's channel refuses for good (here: the user blocked
 // the bot) is reported to its author in Work WeChat, with the reason and
-// the reply it was.
+// the reply it was, each report quoting its own reply.
 func TestFailedReplyIsReportedToItsAuthor(t *testing.T) {
 	h := newHarness(t)
 	h.says("alice", "/on")
@@ -236,22 +236,28 @@ func TestFailedReplyIsReportedToItsAuthor(t *testing.T) {
 	c1 := h.customer("c1", "hello")
 	n = h.expect("alice", n, "assigned to you")
 	h.says("alice", fmt.Sprintf("#%d here is your refund link", c1.ID))
-	var reply core.Message
-	waitFor(t, "the reply stored", func() bool {
+	h.says("alice", "and the invoice")
+	var replies []core.Message
+	waitFor(t, "the replies stored", func() bool {
+		replies = nil
 		for _, m := range h.messages(c1.ID) {
 			if m.SenderKind == core.SenderAgent && m.Kind == core.KindText {
-				reply = m
-				return true
+				replies = append(replies, m)
 			}
 		}
-		return false
+		return len(replies) == 2
 	})
-	if _, err := h.svc.UpdateStatus(context.Background(), core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
-		t.Fatal(err)
+	// Their failures come in the other order.
+	for _, r := range []core.Message{replies[1], replies[0]} {
+		if _, err := h.svc.UpdateStatus(context.Background(), core.StatusUpdate{MessageID: r.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	n = h.expect("alice", n, "NOT delivered to the customer: the user blocked the bot")
-	if got := h.api.MessagesTo("alice"); !strings.Contains(got[n-1].Text, "> here is your refund link") {
-		t.Fatalf("the report does not quote the reply: %q", got[n-1].Text)
+	last := h.expect("alice", n, "NOT delivered to the customer: the user blocked the bot")
+	got := h.api.MessagesTo("alice")
+	if !strings.HasSuffix(got[n-1].Text, "> and the invoice") || !strings.HasSuffix(got[last-1].Text, "> here is your refund link") {
+		t.Fatalf("the reports do not quote their own replies: %q, %q", got[n-1].Text, got[last-1].Text)
 	}
 }
 

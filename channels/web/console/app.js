@@ -866,6 +866,7 @@ function showLogin(message) {
 }
 
 async function startApp(me) {
+  if (S.me) return; // already started (a login and a boot retry at once)
   S = freshState();
   S.me = me;
   // Opened from a link: that conversation, once the stream is up.
@@ -1002,16 +1003,18 @@ async function boot() {
   // A server that cannot be reached (restarting behind a proxy, a network
   // blip) keeps the saved login, and is tried again: only a refused token
   // sends the agent to the login screen for good.
-  for (let wait = 1000; ; wait = Math.min(2 * wait, 30000)) {
-    const token = api.getToken();
+  const token = api.getToken();
+  for (let wait = 1000, first = true; ; wait = Math.min(2 * wait, 30000), first = false) {
     try {
       const me = await api.get("/me");
-      if (!S.me && api.getToken() === token) startApp(me);
+      if (api.getToken() === token) startApp(me);
       return;
     } catch (e) {
       if (S.me || api.getToken() !== token) return; // logged in meanwhile
       if (e.status === 401) { api.setToken(""); showLogin(); return; }
-      showLogin(t("error.network"));
+      // The login form stays usable meanwhile: shown once, then left alone
+      // (no refocus, no message over one of its own) while the agent uses it.
+      if (first) showLogin(t("error.network"));
       await new Promise((r) => setTimeout(r, wait));
     }
   }
