@@ -807,8 +807,7 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
 	}
 
-	// The next run pushes it, and runs long enough for its cursor to pass
-	// it (a second behind).
+	// The next run pushes it, and runs until its cursor has passed it.
 	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
 	tn = h.startTenure()
 	tn.waitArmed(h.clock.Now().Add(collapse))
