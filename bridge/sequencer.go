@@ -172,8 +172,10 @@ func (s *Sequencer) Deadline() (t time.Time, ok bool) {
 // when a later update arrives; with nothing after it, the consumer would
 // never get it. What Probe finds is held, without an update, as a gap seen
 // at now: updates still on their way release it as usual, and Fill reads
-// the rest from the store once the gap's wait has passed. It reports
-// whether it found anything.
+// the rest from the store once the gap's wait has passed; a full page (a
+// backlog, when the bus delivers nothing) is due at once, and a consumer
+// probes again after each fill to read a backlog at the store's pace. It
+// reports whether it found anything.
 func (s *Sequencer) Probe(ctx context.Context, now time.Time) (bool, error) {
 	if len(s.pending) > 0 {
 		return false, nil // a gap is being waited for; Fill reads it
@@ -183,6 +185,11 @@ func (s *Sequencer) Probe(ctx context.Context, now time.Time) (bool, error) {
 		return false, err
 	}
 	s.hold(page[len(page)-1].ID, now)
+	if len(page) == fillPage {
+		// A full page is a backlog, not updates on their way: it is due
+		// now, and the consumer probes again after filling it.
+		s.gap = now.Add(-s.wait)
+	}
 	return true, nil
 }
 

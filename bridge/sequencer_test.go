@@ -306,3 +306,41 @@ func TestSequencerFillNeedsTheConversation(t *testing.T) {
 		t.Fatalf("released %v, want %v", got, want)
 	}
 }
+
+// A backlog the bus never delivered (a full page past last) is due at
+// once, page after page, so that probing after each fill reads it at the
+// store's pace; the short page at its end waits for the bus as usual.
+func TestSequencerProbeReadsABacklogAtOnce(t *testing.T) {
+	st := &feedStore{msgs: history(1200, func(i int) int64 { return int64(i%5 + 1) })}
+	s := bridge.NewSequencer(0, time.Second, st.feed, st.conv)
+	var got []int64
+	emit := func(u core.Update) { got = append(got, u.Message.ID) }
+	now := time.Unix(1000, 0)
+	for round := 1; ; round++ {
+		if found, err := s.Probe(context.Background(), now); err != nil || !found {
+			t.Fatalf("round %d: probe found %v, %v", round, found, err)
+		}
+		d, held := s.Deadline()
+		if !held {
+			t.Fatalf("round %d: nothing held after the probe", round)
+		}
+		if round == 3 {
+			if !d.Equal(now.Add(time.Second)) {
+				t.Fatalf("the backlog's last, short page is due at %v, want the usual wait", d)
+			}
+			break
+		}
+		if d.After(now) {
+			t.Fatalf("round %d: a full page is due at %v, not at once (%v)", round, d, now)
+		}
+		if err := s.Fill(context.Background(), now, emit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Fill(context.Background(), now.Add(time.Second), emit); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1200 || got[0] != 1 || got[1199] != 1200 || !slices.IsSorted(got) {
+		t.Fatalf("released %d messages (%v … %v)", len(got), got[:1], got[len(got)-1:])
+	}
+}

@@ -791,7 +791,11 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, seq *
 		case <-fill:
 			fill = nil
 			read("reading the messages whose update did not come", func(ctx context.Context) error {
-				return seq.Fill(ctx, time.Now(), f.Observe)
+				if err := seq.Fill(ctx, time.Now(), f.Observe); err != nil {
+					return err
+				}
+				_, err := seq.Probe(ctx, time.Now()) // more may follow (a backlog)
+				return err
 			})
 		case <-f.kick:
 		case <-save:

@@ -258,6 +258,9 @@ func (rt *realtime) feed(ctx context.Context, msgs <-chan *message.Message) erro
 				fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if err := rt.seq.Fill(fctx, rt.c.now(), rt.hub.dispatch); err != nil {
 					rt.log.Warn("web: reading missing updates from the store failed; retrying", "err", err)
+				} else if _, err := rt.seq.Probe(fctx, rt.c.now()); err != nil && ctx.Err() == nil {
+					// More may follow what was read (a backlog).
+					rt.log.Warn("web: reading the store for updates that never came failed", "err", err)
 				}
 				cancel()
 			}
