@@ -451,7 +451,7 @@ func (f *Fallback) run(ctx context.Context, subscribe func(context.Context) (<-c
 		// read now, and handed over with the rest.
 		if _, held := seq.Deadline(); held {
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.StopGrace/2)
-			if ferr := seq.Fill(fctx, time.Now(), f.Observe); ferr != nil {
+			if ferr := seq.Fill(fctx, time.Now(), f.observeRead); ferr != nil {
 				f.log.Warn("push: reading the messages whose update did not come failed at the stop; they go without notification", "err", ferr)
 			}
 			cancel()
@@ -791,7 +791,7 @@ func (f *Fallback) loop(ctx context.Context, msgs <-chan *message.Message, seq *
 		case <-fill:
 			fill = nil
 			read("reading the messages whose update did not come", func(ctx context.Context) error {
-				if err := seq.Fill(ctx, time.Now(), f.Observe); err != nil {
+				if err := seq.Fill(ctx, time.Now(), f.observeRead); err != nil {
 					return err
 				}
 				_, err := seq.Probe(ctx, time.Now()) // more may follow (a backlog)
@@ -873,6 +873,16 @@ func (f *Fallback) Observe(u core.Update) {
 			}
 		}
 	}
+}
+
+// observeRead observes an update the sequencer read from the store (its
+// bus update did not come): a message older than CatchUp is not pushed, as
+// in a catch-up.
+func (f *Fallback) observeRead(u core.Update) {
+	if u.Type == core.UpdateMessage && u.Message != nil && u.Message.CreatedAt.Before(f.cfg.Clock.Now().Add(-f.cfg.CatchUp)) {
+		return
+	}
+	f.Observe(u)
 }
 
 // recipientOf is the side a message is for.

@@ -1224,3 +1224,25 @@ func TestHandOverReadsWhatTheSequencerHolds(t *testing.T) {
 		t.Fatalf("pushed message %d at the hand-over, want %d", got.MessageID, m2.ID)
 	}
 }
+
+// A message whose update never came and that the store shows older than
+// CatchUp by the time it is read is not pushed, as in a catch-up.
+func TestStaleMessageReadFromTheStoreIsNotPushed(t *testing.T) {
+	h := newHarness(t)
+	c := h.conversation()
+	tn := h.startTenure()
+	h.agentSays(c, "Found it!")
+	h.rec.take() // its publish is lost
+	h.clock.Advance(DefaultCatchUp + time.Minute)
+	time.Sleep(bridge.ProbeEvery + bridge.ResequenceWait + 500*time.Millisecond) // the probe reads it
+	h.f.mu.Lock()
+	pending := len(h.f.pending)
+	h.f.mu.Unlock()
+	if pending != 0 {
+		t.Fatalf("%d pushes waiting for a message older than the catch-up's age", pending)
+	}
+	if err := tn.stop(0); err != nil {
+		t.Fatal(err)
+	}
+	h.wantPushes(0)
+}
