@@ -87,7 +87,12 @@ func truncate(s string, n int) string {
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
-	return s[:max(n, 0)] + mark
+	n = max(n, 0)
+	// Not inside an entity of escape's ("&amp;" cut to "&am").
+	if amp := strings.LastIndexByte(s[:n], '&'); amp >= 0 && amp >= n-len("&amp;")+1 && !strings.Contains(s[amp:n], ";") {
+		n = amp
+	}
+	return s[:n] + mark
 }
 
 // quote renders text as a Slack block quote.
