@@ -199,9 +199,6 @@ func (c *Channel) handleEvent(ctx context.Context, ev Event) error {
 	return err
 }
 
-// notePrefix makes a thread reply an internal note.
-const notePrefix = "note:"
-
 // handleMessage turns an agent's thread reply into a reply to the customer
 // or a note. Everything that is not a mapped agent's reply in a known
 // thread is answered without storing anything.
@@ -236,11 +233,7 @@ func (c *Channel) handleMessage(ctx context.Context, m *slackevents.MessageEvent
 			"An admin sets slack_user: %s on your agent in kefu; then reply again.", convID, m.User, m.User))
 		return nil
 	}
-	text := strings.TrimSpace(PlainText(m.Text))
-	isNote := false
-	if len(text) >= len(notePrefix) && strings.EqualFold(text[:len(notePrefix)], notePrefix) {
-		text, isNote = strings.TrimSpace(text[len(notePrefix):]), true
-	}
+	text, isNote := noteText(strings.TrimSpace(PlainText(m.Text)))
 	if text == "" {
 		if m.SubType == "file_share" {
 			c.notify(m, fmt.Sprintf("Your file in #%d was not sent: kefu forwards text from Slack. Send files from the console.", convID))
@@ -401,4 +394,24 @@ func (d *dedupe) end(id string, ok bool) {
 	} else {
 		delete(d.state, id)
 	}
+}
+
+// noteText reads an agent's thread reply: "note: text" (any case) is an
+// internal note. A note must never reach the customer, so the ways the
+// prefix gets typed count too: Slack's formatting around it ("*note:*",
+// "_note_:"), spaces before the colon ("note :") and the full-width colon
+// of Chinese keyboards ("note："). It returns the text without the prefix.
+func noteText(s string) (string, bool) {
+	const marks = "*_~` \t"
+	rest := strings.TrimLeft(s, marks)
+	if len(rest) < len("note") || !strings.EqualFold(rest[:len("note")], "note") {
+		return s, false
+	}
+	rest = strings.TrimLeft(rest[len("note"):], marks)
+	for _, colon := range []string{":", "："} {
+		if strings.HasPrefix(rest, colon) {
+			return strings.TrimSpace(strings.TrimLeft(rest[len(colon):], marks)), true
+		}
+	}
+	return s, false
 }

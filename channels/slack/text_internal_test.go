@@ -24,3 +24,29 @@ func TestTruncateKeepsEntitiesWhole(t *testing.T) {
 		}
 	}
 }
+
+// However the agent types the prefix, a note stays a note: it must never
+// reach the customer.
+func TestNoteText(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		want   string
+		isNote bool
+	}{
+		{"note: VIP, refund approved", "VIP, refund approved", true},
+		{"NOTE:x", "x", true},
+		{"note：客户是VIP，已批准退款", "客户是VIP，已批准退款", true},
+		{"*note:* VIP", "VIP", true},
+		{"_note_: VIP", "VIP", true},
+		{"note : VIP", "VIP", true},
+		{"notebook is ready", "notebook is ready", false},
+		{"note that your parcel left", "note that your parcel left", false},
+		{"Your note: see below", "Your note: see below", false},
+		{"hello", "hello", false},
+	} {
+		got, isNote := noteText(tc.in)
+		if got != tc.want || isNote != tc.isNote {
+			t.Errorf("noteText(%q) = %q, %v; want %q, %v", tc.in, got, isNote, tc.want, tc.isNote)
+		}
+	}
+}
