@@ -774,7 +774,16 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 		return Conversation{}, err
 	}
 	s.capacityChanged(ctx)
-	return ch.Conversation, nil
+	return s.current(ctx, ch.Conversation), nil
+}
+
+// current returns c as the store has it now (routing may have assigned it
+// since), or c if it cannot be read.
+func (s *Service) current(ctx context.Context, c Conversation) Conversation {
+	if cur, err := s.store.Conversation(ctx, c.ID); err == nil {
+		return cur
+	}
+	return c
 }
 
 // Close resolves a conversation. Any active agent may close.
@@ -837,6 +846,7 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 	c, _ := s.offInactive(context.WithoutCancel(ctx), ch.Conversation)
 	if route && c.Status == StatusPending {
 		s.routeNew(ctx, c)
+		c = s.current(ctx, c)
 	}
 	return c, nil
 }
