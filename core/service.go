@@ -217,11 +217,28 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 // one is, offline or busy reply included. (An agent who is offline for now,
 // or answers from Slack, which does not make them available, keeps it: they
 // see it when they are back, and a console reconnecting must not lose them
-// their customers.)
+// their customers. When nobody at all is available, the customer gets the
+// offline reply.)
 func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
 	ctx = context.WithoutCancel(ctx) // the message is committed
 	if back, ok := s.offInactive(ctx, c); ok {
 		s.routeNew(ctx, back)
+		return
+	}
+	// Kept by its agent, but nobody at all is available: the customer is
+	// told, as a new conversation would be, once per reopening.
+	if s.cfg.OfflineReply == "" {
+		return
+	}
+	if avail, err := s.presence.Available(ctx); err != nil || len(avail) > 0 {
+		return
+	}
+	if ends := s.WindowEnds(c); !ends.IsZero() && !s.now().Before(ends) {
+		return
+	}
+	if _, err := s.appendAndNotify(ctx, c, Message{SenderKind: SenderBot, Visibility: Public, Kind: KindText,
+		Text: s.cfg.OfflineReply, DedupKey: fmt.Sprintf("o:%d:%d", c.ID, c.LastSeq)}); err != nil {
+		s.log.Warn("routing: offline reply to a reopened conversation failed", "conversation", c.ID, "err", err)
 	}
 }
 
