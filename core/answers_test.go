@@ -26,7 +26,7 @@ func TestAnswersShowTheConversationAsRouted(t *testing.T) {
 	if now := f.conv(c.ID); got.Status != now.Status || got.AssigneeID != now.AssigneeID || now.AssigneeID != a.ID {
 		t.Errorf("Reopen answered %s/%d, the conversation is %s/%d", got.Status, got.AssigneeID, now.Status, now.AssigneeID)
 	}
-	// The only agent sends it back to the queue: routing gives it back.
+	// The only agent sends it back to the queue: it waits for another.
 	got, err = f.svc.Transfer(ctx, a.ID, c.ID, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -71,5 +71,48 @@ func TestReopenedWhileNobodyIsAvailableGetsTheOfflineReply(t *testing.T) {
 	f.say("c", "4", "again")
 	if n := f.botMessages(c.ID); n != 2 {
 		t.Fatalf("%d bot messages after a second reopening, want 2", n)
+	}
+}
+
+// An agent who sends a conversation back to the queue does not get it back
+// from routing: it goes to another agent with room, or waits for one, and
+// the queue behind it is still served.
+func TestSentBackToTheQueueGoesToAnotherAgent(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 2, 0)
+	a, b := f.agents[0], f.agents[1]
+	releaseA := f.presence.Connect(a.ID)
+	defer releaseA()
+	c1 := f.say("c1", "1", "hi").Conversation
+	if f.conv(c1.ID).AssigneeID != a.ID {
+		t.Fatal("setup: c1 is not a's")
+	}
+	// a is the only agent: sent back, c1 waits rather than bounce back,
+	// and a newcomer is still routed to a.
+	got, err := f.svc.Transfer(ctx, a.ID, c1.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c1.ID); now.AssigneeID != 0 || now.Status != core.StatusPending || got.AssigneeID != 0 {
+		t.Fatalf("sent back by the only agent: %s with %d (answered %d), want waiting", now.Status, now.AssigneeID, got.AssigneeID)
+	}
+	c2 := f.say("c2", "2", "hello").Conversation
+	if now := f.conv(c2.ID); now.AssigneeID != a.ID {
+		t.Fatalf("a newcomer behind the declined conversation is %s with %d, want a's", now.Status, now.AssigneeID)
+	}
+	// b comes online: c1 goes to b.
+	defer f.presence.Connect(b.ID)()
+	if err := f.svc.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c1.ID); now.AssigneeID != b.ID {
+		t.Fatalf("with b online, c1 is %s with %d, want b's", now.Status, now.AssigneeID)
+	}
+	// And b sending it back with a free: it goes to a.
+	if _, err := f.svc.Transfer(ctx, b.ID, c1.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c1.ID); now.AssigneeID != a.ID {
+		t.Fatalf("sent back by b, c1 is %s with %d, want a's", now.Status, now.AssigneeID)
 	}
 }

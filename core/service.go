@@ -60,6 +60,9 @@ type Service struct {
 	picker   *Picker
 	now      func() time.Time
 	log      *slog.Logger
+	// declined holds, per conversation sent back to the queue, the agent
+	// who had it: routing gives it to someone else (see declineFor).
+	declined sync.Map // conversation ID → declined
 	// delivers reports whether a channel instance delivers outgoing messages
 	// through the outbox (external providers). Channels that read from
 	// sockets (web) do not.
@@ -608,9 +611,14 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			plan := s.plan(waiting, avail, counts)
+			plan, skipped := s.plan(waiting, avail, counts)
+			if len(skipped) > 0 {
+				// Left waiting for another agent than the one who sent
+				// them back: the plan follows the others in order.
+				waiting = slices.DeleteFunc(slices.Clone(waiting), func(c Conversation) bool { return skipped[c.ID] })
+			}
 			if len(plan) == 0 {
-				s.setFull(gen, true)
+				s.setFull(gen, len(skipped) == 0) // skipped: someone has room, not for those
 				return nil
 			}
 			done, err := s.store.AssignAll(wctx, plan)
@@ -652,22 +660,41 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 
 // plan picks an agent for each conversation of waiting in turn, as if each
 // pick were assigned before the next, and stops at the first conversation
-// nobody has room for. It records each pick with the picker: when the store
-// refuses one, the picks after it were recorded without being assigned,
-// which moves a round robin turn on by as many.
-func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]int) []Assignment {
+// nobody has room for. A conversation sent back to the queue does not go to
+// the agent who had it (declinedBy): with nobody else with room it is
+// skipped, and the ones after it are planned. It records each pick with the
+// picker: when the store refuses one, the picks after it were recorded
+// without being assigned, which moves a round robin turn on by as many.
+func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]int) (plan []Assignment, skipped map[int64]bool) {
 	cands := make([]Candidate, len(avail))
 	for i, id := range avail {
 		cands[i] = Candidate{AgentID: id, Open: counts[id]}
 	}
 	now := s.now()
-	var plan []Assignment
 	for _, c := range waiting {
 		order := s.picker.Order(cands, s.cfg.MaxOpenPerAgent)
 		if len(order) == 0 {
 			break
 		}
 		agentID := order[0]
+		if no := s.declinedBy(c.ID, now); no != 0 {
+			// Sent back to the queue by its agent: it goes to another.
+			agentID = 0
+			for _, id := range order {
+				if id != no {
+					agentID = id
+					break
+				}
+			}
+			if agentID == 0 {
+				if skipped == nil {
+					skipped = map[int64]bool{}
+				}
+				skipped[c.ID] = true
+				continue
+			}
+			s.declined.Delete(c.ID)
+		}
 		s.picker.Assigned(agentID)
 		for i := range cands {
 			if cands[i].AgentID == agentID {
@@ -676,7 +703,7 @@ func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]i
 		}
 		plan = append(plan, s.assignment(c.ID, agentID, 0, s.cfg.MaxOpenPerAgent, EventAssigned, 0, now))
 	}
-	return plan
+	return plan, skipped
 }
 
 // capacity returns the count of capacityChanged calls so far, for setFull.
@@ -790,8 +817,46 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	if err != nil {
 		return Conversation{}, err
 	}
+	if toID == 0 && c.AssigneeID != 0 {
+		now := s.now()
+		s.declined.Range(func(k, v any) bool { // forget the expired
+			if now.Sub(v.(declined).at) > declineFor {
+				s.declined.Delete(k)
+			}
+			return true
+		})
+		s.declined.Store(convID, declined{agentID: c.AssigneeID, at: now})
+	}
 	s.capacityChanged(ctx)
 	return s.current(ctx, ch.Conversation), nil
+}
+
+// declined is the agent who gave a conversation back to the queue (or had
+// it taken back by an admin), and when.
+type declined struct {
+	agentID int64
+	at      time.Time
+}
+
+// declineFor is how long routing keeps a conversation sent back to the
+// queue from the agent who had it: it goes to another agent, or waits for
+// one. The memory is this node's: on a cluster, a drain on another node
+// may still give it back.
+const declineFor = time.Hour
+
+// declinedBy returns the agent routing does not give conversation id to,
+// or 0.
+func (s *Service) declinedBy(id int64, now time.Time) int64 {
+	v, ok := s.declined.Load(id)
+	if !ok {
+		return 0
+	}
+	d := v.(declined)
+	if now.Sub(d.at) > declineFor {
+		s.declined.Delete(id)
+		return 0
+	}
+	return d.agentID
 }
 
 // current returns c as the store has it now (routing may have assigned it
