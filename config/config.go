@@ -300,11 +300,17 @@ func (m *Media) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Validate checks driver, url and namespace.
+// Validate checks driver, url and namespace, reporting every error.
 func (b *Bus) Validate() error {
+	var errs []error
 	if b.Namespace != "" && !namespaceRE.MatchString(b.Namespace) {
-		return Errorf("namespace", "only letters, digits, '-' and '_', at most 32; got %q", b.Namespace)
+		errs = append(errs, Errorf("namespace", "only letters, digits, '-' and '_', at most 32; got %q", b.Namespace))
 	}
+	return errors.Join(append(errs, b.validateURL())...)
+}
+
+// validateURL checks driver and url.
+func (b *Bus) validateURL() error {
 	var schemes []string
 	switch b.Driver {
 	case BusMemory:

@@ -76,14 +76,17 @@ func (n *Node) initLeases(opt Options) error {
 func (n *Node) Leases() []string { return n.leases.Names() }
 
 // runLeased starts work in g, each under its lease, once the node_id is
-// claimed (on a shared store), and for as long as the claim is held. It
-// returns at once.
+// claimed (on a shared store), and for as long as the claim is held. The
+// node_id is claimed even with no work (a cluster serving only the web
+// channel): a second process with the same node_id would otherwise run
+// beside the first and take its place in presence. It returns at once.
 func (n *Node) runLeased(ctx context.Context, g *errgroup.Group, work []leasedWork) {
-	if len(work) == 0 {
+	shared := n.cfg.Store.Driver == "postgres"
+	if len(work) == 0 && !shared {
 		return
 	}
 	g.Go(func() error {
-		if n.cfg.Store.Driver != "postgres" {
+		if !shared {
 			return n.runWork(ctx, work)
 		}
 		name := "node." + n.cfg.NodeID
@@ -92,6 +95,10 @@ func (n *Node) runLeased(ctx context.Context, g *errgroup.Group, work []leasedWo
 			return err
 		}
 		err = bridge.RunLeased(ctx, n.leaseConfig(name, instance, true), func(ctx context.Context) error {
+			if len(work) == 0 {
+				<-ctx.Done() // the claim is held for as long as the node runs
+				return nil
+			}
 			return n.runWork(ctx, work)
 		})
 		if errors.Is(err, bridge.ErrLeaseTaken) {

@@ -39,6 +39,14 @@ type clusterNode struct {
 // with a Telegram channel "tg" polling api. It does not wait for anything.
 func startClusterNode(t *testing.T, dsn, id string, api *telegramtest.Server) *clusterNode {
 	t.Helper()
+	return startNodeWith(t, dsn, id, fmt.Sprintf(`
+  tg: {type: telegram, enabled: true, token: %q, mode: polling, api_base: %q, poll_timeout: 1s}`, tgToken, api.URL))
+}
+
+// startNodeWith starts a node on the PostgreSQL store dsn with these
+// channels (YAML under channels:).
+func startNodeWith(t *testing.T, dsn, id, channels string) *clusterNode {
+	t.Helper()
 	yaml := fmt.Sprintf(`
 node_id: %s
 store: {driver: postgres, dsn: %q}
@@ -46,9 +54,8 @@ media: {dir: %q}
 log: {level: error}
 agents:
   - {email: alice@example.com, name: Alice, password: alice-password}
-channels:
-  tg: {type: telegram, enabled: true, token: %q, mode: polling, api_base: %q, poll_timeout: 1s}
-`, id, dsn, filepath.Join(t.TempDir(), "media"), tgToken, api.URL)
+channels:%s
+`, id, dsn, filepath.Join(t.TempDir(), "media"), channels)
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -204,6 +211,29 @@ func TestDuplicateNodeIDRefused(t *testing.T) {
 	waitFor(t, "the first node to claim its node_id", func() bool { return first.holds("node.kefu-a") })
 
 	second := startClusterNode(t, dsn, "kefu-a", api)
+	wantRefused(t, second)
+	if !first.holds("run.tg") || !first.holds("node.kefu-a") {
+		t.Fatalf("the first node lost its leases: %v", first.Leases())
+	}
+}
+
+// TestDuplicateNodeIDRefusedWithoutLeasedWork: the same on a cluster that
+// serves the web channel only, which has no leased work: the node_id is
+// claimed all the same (a duplicate would take over the first node's
+// place in presence, and routing would lose its agents).
+func TestDuplicateNodeIDRefusedWithoutLeasedWork(t *testing.T) {
+	dsn := testenv.PostgresSchema(t)
+	first := startNodeWith(t, dsn, "kefu-a", "\n  web: {enabled: true}")
+	waitFor(t, "the first node to claim its node_id", func() bool { return first.holds("node.kefu-a") })
+	wantRefused(t, startNodeWith(t, dsn, "kefu-a", "\n  web: {enabled: true}"))
+	if !first.holds("node.kefu-a") {
+		t.Fatalf("the first node lost its claim: %v", first.Leases())
+	}
+}
+
+// wantRefused waits for second to stop with the node_id-in-use error.
+func wantRefused(t *testing.T, second *clusterNode) {
+	t.Helper()
 	select {
 	case err := <-second.done:
 		close(second.done)
@@ -215,8 +245,5 @@ func TestDuplicateNodeIDRefused(t *testing.T) {
 	}
 	if len(second.Leases()) != 0 {
 		t.Fatalf("the refused node held %v", second.Leases())
-	}
-	if !first.holds("run.tg") || !first.holds("node.kefu-a") {
-		t.Fatalf("the first node lost its leases: %v", first.Leases())
 	}
 }

@@ -113,6 +113,10 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 	if n.store, err = openStore(ctx, cfg.Store, n.log); err != nil {
 		return nil, err
 	}
+	if cfg.Store.Driver == "postgres" && cfg.Bus.Driver == "memory" {
+		n.log.Warn("the store is PostgreSQL but the bus is in-process: run one node only. Nodes sharing this store " +
+			"would not see each other's agents or live updates; a cluster needs bus.driver redis or nats (docs/operations.md)")
+	}
 	if n.bus, err = openBus(ctx, cfg.Bus, cfg.NodeID, n.log); err != nil {
 		return nil, err
 	}
