@@ -179,7 +179,9 @@ func (s *Service) Config() Config { return s.cfg }
 // Ingest records a customer's message and routes its conversation. It returns
 // once the message is durable; the caller may then acknowledge it to the
 // provider or client. A duplicate (same DedupKey) is returned with Duplicate
-// set and triggers nothing.
+// set and triggers nothing but a greeting not yet sent. An error with a
+// result that has a message means the message is stored and routed but its
+// greeting failed: retrying the ingest sends it.
 func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	if in.Channel == "" || in.ExternalID == "" {
 		return Ingested{}, fmt.Errorf("%w: inbound message without channel or sender", ErrInvalid)
@@ -196,8 +198,11 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	}
 	in.ReopenWithin = s.cfg.ReopenWithin
 	res, err := s.store.Ingest(ctx, in)
-	if err != nil || res.Duplicate {
+	if err != nil {
 		return res, err
+	}
+	if res.Duplicate {
+		return res, s.greet(ctx, res, in.Greeting) // a greeting that failed the first time
 	}
 	ups := make([]Update, 0, len(res.Events)+1)
 	for i := range res.Events {
@@ -205,13 +210,27 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	}
 	ups = append(ups, Update{Type: UpdateMessage, Conversation: &res.Conversation, Message: &res.Message})
 	s.notify.Publish(ctx, ups...)
+	gerr := s.greet(ctx, res, in.Greeting)
 	switch {
 	case res.Conversation.Status == StatusPending:
 		s.routeNew(ctx, res.Conversation)
 	case res.Reopened && res.Conversation.AssigneeID != 0:
 		s.backToItsAgent(ctx, res.Conversation)
 	}
-	return res, nil
+	// Routed all the same; the caller's retry (a duplicate) greets again.
+	return res, gerr
+}
+
+// greet appends an Inbound's greeting to the conversation of the message
+// ingested (once: its dedup key).
+func (s *Service) greet(ctx context.Context, res Ingested, g *Message) error {
+	if g == nil {
+		return nil
+	}
+	if _, err := s.BotMessage(ctx, res.Message.ConversationID, *g); err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	return nil
 }
 
 // backToItsAgent leaves a conversation the customer reopened with the agent

@@ -248,6 +248,12 @@ type Inbound struct {
 	// conversation's reply window (LastInboundAt stays): it says the
 	// customer can no longer be written to (a WeChat unfollow).
 	KeepsWindow bool
+	// Greeting (Service.Ingest only; stores ignore it) is the channel's
+	// welcome for this message (Telegram's /start, a WeChat follow): a bot
+	// message with its own DedupKey, appended right after Message and
+	// before routing, so that the customer reads it before any offline or
+	// busy reply.
+	Greeting *Message
 }
 
 // Ingested is what Ingest did.

@@ -133,11 +133,18 @@ func (c *Channel) handle(ctx context.Context, upd *models.Update) error {
 		return nil
 	}
 	msg.DedupKey = core.ProviderKey(c.name, key)
+	var greeting *core.Message
+	if start && c.cfg.Greeting != "" {
+		// Its own dedup key makes the greeting once, even when the update
+		// is handled again after a crash.
+		greeting = &core.Message{Kind: core.KindText, Text: c.cfg.Greeting, DedupKey: core.ProviderKey(c.name, key+":greeting")}
+	}
 	res, err := c.svc.Ingest(ctx, core.Inbound{
 		Channel:    c.name,
 		ExternalID: strconv.FormatInt(m.Chat.ID, 10),
 		Name:       displayName(m.From, m.Chat),
 		Message:    *msg,
+		Greeting:   greeting,
 	})
 	if errors.Is(err, core.ErrInvalid) {
 		// Nothing to store (blank text): retrying would not help.
@@ -150,16 +157,6 @@ func (c *Channel) handle(ctx context.Context, upd *models.Update) error {
 	}
 	if res.Duplicate && msg.Media != nil {
 		c.discard(ctx, msg.Media.Key) // fetched again for an update already stored
-	}
-	if start && c.cfg.Greeting != "" {
-		// Its own dedup key makes the greeting once, even when the
-		// update is handled again after a crash.
-		_, err := c.svc.BotMessage(ctx, res.Message.ConversationID, core.Message{
-			Kind: core.KindText, Text: c.cfg.Greeting, DedupKey: core.ProviderKey(c.name, key+":greeting"),
-		})
-		if err != nil {
-			return fmt.Errorf("greeting for update %d: %w", upd.ID, err)
-		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -323,6 +324,25 @@ func TestStartGreeting(t *testing.T) {
 	}
 	if ms := h.messages(c.ID); len(ms) != 7 {
 		t.Fatalf("%d messages, want 4 from the customer and 3 greetings: %+v", len(ms), ms)
+	}
+}
+
+// With nobody online, a new customer's /start is greeted first, then told
+// that nobody is there: the greeting comes before the offline reply.
+func TestStartGreetingBeforeTheOfflineReply(t *testing.T) {
+	const greeting, offline = "Welcome! How can we help?", "We are away; we will answer as soon as we are back."
+	h := newHarness(t, options{greeting: greeting, offline: offline, noAgent: true})
+	h.post(h.webhookURL(), telegramtest.Update(telegramtest.Text(42, "/start")))
+	var texts []string
+	for _, m := range h.messages(h.conversation("42").ID) {
+		texts = append(texts, m.Text)
+	}
+	if want := []string{"/start", greeting, offline}; !slices.Equal(texts, want) {
+		t.Fatalf("the conversation reads %q, want %q", texts, want)
+	}
+	sent := h.api.WaitSent(2, 10*time.Second)
+	if len(sent) != 2 || sent[0].Fields["text"] != greeting || sent[1].Fields["text"] != offline {
+		t.Fatalf("sent %+v, want the greeting, then the offline reply", sent)
 	}
 }
 

@@ -51,6 +51,11 @@ func (c *Channel) accept(ctx context.Context, in inbound) error {
 // store ingests the message. A message the core refuses as invalid is
 // dropped (logged): WeChat's retries would be refused the same way.
 func (c *Channel) store(ctx context.Context, in inbound, m *core.Media, at time.Time) error {
+	var welcome *core.Message
+	if in.Welcome && c.cfg.Welcome != "" {
+		welcome = &core.Message{Kind: core.KindText, Text: c.cfg.Welcome,
+			DedupKey: core.ProviderKey(c.name, "welcome:"+in.ID)} // once per follow, across WeChat's retries
+	}
 	res, err := c.svc.Ingest(ctx, core.Inbound{
 		Channel:     c.name,
 		ExternalID:  in.OpenID,
@@ -62,7 +67,13 @@ func (c *Channel) store(ctx context.Context, in inbound, m *core.Media, at time.
 			DedupKey:  core.ProviderKey(c.name, in.ID),
 			CreatedAt: at,
 		},
+		Greeting: welcome, // before any offline reply
 	})
+	if err != nil && welcome != nil && res.Message.ID != 0 {
+		// Stored and routed; only the welcome failed.
+		c.log.Warn("wechat: welcome not sent", "conversation", res.Message.ConversationID, "err", err)
+		return nil
+	}
 	if m != nil && (err != nil || res.Duplicate) {
 		c.discard(*m) // a retry fetched it again, or nothing holds it
 	}
@@ -72,15 +83,6 @@ func (c *Channel) store(ctx context.Context, in inbound, m *core.Media, at time.
 		return nil
 	case err != nil:
 		return err
-	}
-	if in.Welcome && c.cfg.Welcome != "" {
-		_, err := c.svc.BotMessage(ctx, res.Message.ConversationID, core.Message{
-			Kind: core.KindText, Text: c.cfg.Welcome,
-			DedupKey: core.ProviderKey(c.name, "welcome:"+in.ID), // once per follow, across WeChat's retries
-		})
-		if err != nil {
-			c.log.Warn("wechat: welcome not sent", "conversation", res.Message.ConversationID, "err", err)
-		}
 	}
 	return nil
 }
