@@ -116,3 +116,38 @@ func TestSentBackToTheQueueGoesToAnotherAgent(t *testing.T) {
 		t.Fatalf("sent back by b, c1 is %s with %d, want a's", now.Status, now.AssigneeID)
 	}
 }
+
+// An admin deactivates an agent while the others are busy: the customers
+// the agent was serving go back to the queue in their place, ahead of those
+// who came after them.
+func TestDeactivatedAgentsCustomersKeepTheirPlace(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour}, 2, 0)
+	admin, err := f.store.CreateAgent(ctx, core.Agent{Email: "admin@example.com", Name: "Admin", Role: core.RoleAdmin, Active: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.presence.Connect(f.agents[0].ID)()
+	defer f.presence.Connect(f.agents[1].ID)()
+	f.clock.Advance(time.Second)
+	x := f.say("x", "1", "first").Conversation
+	f.clock.Advance(time.Second)
+	f.say("y", "2", "second")
+	f.clock.Advance(time.Second)
+	z := f.say("z", "3", "third").Conversation // waits: both agents are full
+	f.clock.Advance(time.Second)
+	if _, err := f.svc.UpdateAgent(ctx, admin.ID, f.conv(x.ID).AssigneeID, core.AgentChange{Active: new(false)}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := f.store.Queue(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(q) != 2 || q[0].ID != x.ID || q[1].ID != z.ID {
+		var ids []int64
+		for _, c := range q {
+			ids = append(ids, c.ID)
+		}
+		t.Fatalf("queue %v, want x (%d) before z (%d)", ids, x.ID, z.ID)
+	}
+}

@@ -1307,9 +1307,18 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 			return err
 		}
 		for _, c := range open {
-			if _, err := s.assign(ctx, c.ID, 0, agentID, 0, EventUnassigned, by); err != nil && !errors.Is(err, ErrConflict) {
+			// Back to the queue in its place: its customer came before
+			// those who wait now.
+			a := s.assignment(c.ID, 0, agentID, 0, EventUnassigned, by, s.now())
+			a.KeepPlace = true
+			ch, err := s.store.Assign(ctx, a)
+			if errors.Is(err, ErrConflict) {
+				continue
+			}
+			if err != nil {
 				return err
 			}
+			s.notify.Publish(ctx, Update{Type: UpdateMessage, Conversation: &ch.Conversation, Message: &ch.Event})
 		}
 		if len(open) < 500 {
 			break

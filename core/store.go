@@ -298,6 +298,10 @@ type Assignment struct {
 	MaxOpen        int   // 0: no limit
 	Event          Message
 	At             time.Time
+	// KeepPlace: an unassignment keeps the conversation's place in the
+	// queue (QueuedAt) instead of sending it to the back: kefu, not the
+	// agent, takes it back (the agent was deactivated).
+	KeepPlace bool
 }
 
 // StatusChange asks to resolve or reopen a conversation.

@@ -965,6 +965,15 @@ func testAssignInactive(t *testing.T, s core.Store) {
 	if _, err := s.Assign(ctx, asg(c.ID, 0, agent.ID, 0, at(3*time.Second))); err != nil {
 		t.Errorf("unassigning a deactivated agent's conversation: %v", err)
 	}
+	equalTime(t, "QueuedAt after an unassignment", conversation(t, s, c.ID).QueuedAt, at(3*time.Second))
+	// Taken back by kefu (KeepPlace), it keeps its place in the queue.
+	assign(t, s, c.ID, newAgent(t, s, "b@example.com").ID, 0, at(4*time.Second))
+	back := asg(c.ID, 0, conversation(t, s, c.ID).AssigneeID, 0, at(5*time.Second))
+	back.KeepPlace = true
+	if _, err := s.Assign(ctx, back); err != nil {
+		t.Fatal(err)
+	}
+	equalTime(t, "QueuedAt after an unassignment keeping the place", conversation(t, s, c.ID).QueuedAt, at(3*time.Second))
 }
 
 func testAssignAll(t *testing.T, s core.Store) {

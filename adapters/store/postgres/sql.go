@@ -91,9 +91,10 @@ var (
 		RETURNING *`)
 
 	// sqlAssign: $21 conversation, $22 new assignee (NULL: none), $23 new
-	// status, $24 time of the change, $25 expected assignee (NULL: none).
+	// status, $24 time of the change, $25 expected assignee (NULL: none),
+	// $26 keep the queue place (core.Assignment.KeepPlace).
 	sqlAssign = withMessage(`UPDATE conversations SET assignee_id = $22::bigint, status = $23::text,
-			queued_at = CASE WHEN $22::bigint IS NULL THEN $24::timestamptz ELSE queued_at END,
+			queued_at = CASE WHEN $22::bigint IS NULL AND NOT $26::boolean THEN $24::timestamptz ELSE queued_at END,
 			updated_at = $24::timestamptz, last_seq = last_seq + 1
 		WHERE id = $21 AND status <> 'resolved' AND assignee_id IS NOT DISTINCT FROM $25::bigint
 		RETURNING *`)

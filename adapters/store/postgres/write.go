@@ -433,7 +433,7 @@ func (s *Store) Assign(ctx context.Context, a core.Assignment) (core.Changed, er
 		}
 		e := ev
 		c, dup, err := w.withMsg(sqlAssign, &e, []any{a.ConversationID, nullInt(a.AgentID), string(status), ts(at),
-			nullInt(a.From)})
+			nullInt(a.From), a.KeepPlace})
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return w.changeFailed(a.ConversationID, fmt.Sprintf("cannot assign it from %d", a.From))

@@ -555,7 +555,10 @@ func (w *wtx) assign(a core.Assignment, ev core.Message) (core.Changed, error) {
 		}
 		c.AssigneeID, c.Status = a.AgentID, core.StatusOpen
 	} else {
-		c.AssigneeID, c.Status, c.QueuedAt = 0, core.StatusPending, at
+		c.AssigneeID, c.Status = 0, core.StatusPending
+		if !a.KeepPlace {
+			c.QueuedAt = at
+		}
 	}
 	c.UpdatedAt = at
 	if err := w.insertMsg(&c, &ev); err != nil {
