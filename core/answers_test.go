@@ -151,3 +151,50 @@ func TestDeactivatedAgentsCustomersKeepTheirPlace(t *testing.T) {
 		t.Fatalf("queue %v, want x (%d) before z (%d)", ids, x.ID, z.ID)
 	}
 }
+
+// A conversation sent back to the queue stays away from the agent who sent
+// it when the agent it was planned for is refused by the store (deactivated
+// on another node): the decline lasts until it is served.
+func TestDeclineOutlivesARefusedAssignment(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}, 2, 0)
+	a, b := f.agents[0], f.agents[1]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("c", "1", "hi").Conversation
+	if _, err := f.svc.Transfer(ctx, a.ID, c.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	b.Active = false // in the store only, as another node did
+	if err := f.store.UpdateAgent(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	defer f.presence.Connect(b.ID)()
+	if err := f.svc.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c.ID); now.AssigneeID == a.ID {
+		t.Fatal("declined by a, given back to a after b was refused")
+	}
+}
+
+// Once the decline has run out, the conversation is routed again by Run,
+// even to the agent who sent it back, if they are the only one with room.
+func TestDeclinedConversationRoutedWhenTheDeclineEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour, Redrain: 10 * time.Millisecond}, 1, 0)
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	c := f.say("c", "1", "hi").Conversation
+	if _, err := f.svc.Transfer(ctx, a.ID, c.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = f.svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	f.clock.Advance(2 * time.Hour)
+	waitFor(func() bool { return f.conv(c.ID).AssigneeID == a.ID })
+	if now := f.conv(c.ID); now.AssigneeID != a.ID {
+		t.Fatalf("after the decline ended, c is %s with %d, want a's", now.Status, now.AssigneeID)
+	}
+}

@@ -96,6 +96,10 @@ type Service struct {
 	full   bool
 	// failed is set when the last drain failed: Run tries again.
 	failed bool
+	// skippedDeclined is set when the last drain left a conversation
+	// waiting for another agent than the one who sent it back: Run drains
+	// again (the decline may have ended).
+	skippedDeclined bool
 	// For offlineWaiting: sawSomeone, that a drain on this node has found
 	// someone available (agents reconnecting after a restart are not
 	// "everyone leaving"); nobodySince, when a drain first found nobody
@@ -497,7 +501,7 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		s.fullMu.Lock()
-		again := s.full || s.failed
+		again := s.full || s.failed || s.skippedDeclined
 		s.fullMu.Unlock()
 		if !again {
 			continue
@@ -590,6 +594,9 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		s.failed = err != nil
 		s.fullMu.Unlock()
 	}()
+	s.fullMu.Lock()
+	s.skippedDeclined = false
+	s.fullMu.Unlock()
 	gen := s.capacity()
 	full := map[int64]bool{}     // agents the store found at capacity in this drain
 	excluded := map[int64]bool{} // agents the store refused as deactivated
@@ -633,8 +640,12 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			plan, skipped := s.plan(waiting, avail, counts)
 			if len(skipped) > 0 {
 				// Left waiting for another agent than the one who sent
-				// them back: the plan follows the others in order.
+				// them back: the plan follows the others in order, and
+				// Run drains again (the decline ends after declineFor).
 				waiting = slices.DeleteFunc(slices.Clone(waiting), func(c Conversation) bool { return skipped[c.ID] })
+				s.fullMu.Lock()
+				s.skippedDeclined = true
+				s.fullMu.Unlock()
 			}
 			if len(plan) == 0 {
 				s.setFull(gen, len(skipped) == 0) // skipped: someone has room, not for those
@@ -644,6 +655,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			if len(done) > 0 {
 				ups := make([]Update, len(done))
 				for i := range done {
+					s.declined.Delete(done[i].Conversation.ID) // served: the decline is over
 					counts[done[i].Conversation.AssigneeID]++
 					ups[i] = Update{Type: UpdateMessage, Conversation: &done[i].Conversation, Message: &done[i].Event}
 				}
@@ -712,7 +724,6 @@ func (s *Service) plan(waiting []Conversation, avail []int64, counts map[int64]i
 				skipped[c.ID] = true
 				continue
 			}
-			s.declined.Delete(c.ID)
 		}
 		s.picker.Assigned(agentID)
 		for i := range cands {
@@ -832,11 +843,9 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	if c.AssigneeID == 0 {
 		typ = EventAssigned
 	}
-	ch, err := s.assign(ctx, convID, toID, c.AssigneeID, 0, typ, by)
-	if err != nil {
-		return Conversation{}, err
-	}
 	if toID == 0 && c.AssigneeID != 0 {
+		// Before the unassignment commits: a drain right after it must
+		// know.
 		now := s.now()
 		s.declined.Range(func(k, v any) bool { // forget the expired
 			if now.Sub(v.(declined).at) > declineFor {
@@ -845,6 +854,13 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 			return true
 		})
 		s.declined.Store(convID, declined{agentID: c.AssigneeID, at: now})
+	}
+	ch, err := s.assign(ctx, convID, toID, c.AssigneeID, 0, typ, by)
+	if err != nil {
+		if toID == 0 {
+			s.declined.Delete(convID)
+		}
+		return Conversation{}, err
 	}
 	s.capacityChanged(ctx)
 	return s.current(ctx, ch.Conversation), nil
