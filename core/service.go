@@ -1120,18 +1120,21 @@ func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, er
 	return m, nil
 }
 
-// deliveryFailedKey is the dedup key of the delivery_failed event of
-// message id.
-func deliveryFailedKey(id int64) string { return "failed:" + strconv.FormatInt(id, 10) }
+// deliveryFailedPrefix begins the dedup key of the delivery_failed event of
+// a message: the prefix and the message's ID.
+const deliveryFailedPrefix = "failed:"
+
+func deliveryFailedKey(id int64) string { return deliveryFailedPrefix + strconv.FormatInt(id, 10) }
 
 // FailedMessageID returns the ID of the message a delivery_failed event
 // reports.
 func FailedMessageID(ev Message) (int64, bool) {
-	if ev.Event == nil || ev.Event.Type != EventDeliveryFailed {
+	rest, ok := strings.CutPrefix(ev.DedupKey, deliveryFailedPrefix)
+	if ev.Event == nil || ev.Event.Type != EventDeliveryFailed || !ok {
 		return 0, false
 	}
-	id, err := strconv.ParseInt(strings.TrimPrefix(ev.DedupKey, "failed:"), 10, 64)
-	return id, err == nil && strings.HasPrefix(ev.DedupKey, "failed:")
+	id, err := strconv.ParseInt(rest, 10, 64)
+	return id, err == nil
 }
 
 // ReportDeliveryFailure puts a reply that has failed for good in its

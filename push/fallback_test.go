@@ -795,21 +795,11 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	h := newHarness(t)
 	h.withCursor()
 	c := h.conversation()
-	tn := h.startTenure()
-	m1 := h.agentSays(c, "Found it!")
-	tn.feed()
-	tn.waitArmed(h.clock.Now().Add(collapse))
-	if err := tn.stop(0); err != nil {
-		t.Fatal(err)
-	}
-	h.wantPushes(0)
-	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
-		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
-	}
+	m1 := h.stopWithAPushWaiting(c)
 
 	// The next run pushes it, and runs until its cursor has passed it.
 	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
-	tn = h.startTenure()
+	tn := h.startTenure()
 	tn.waitArmed(h.clock.Now().Add(collapse))
 	h.clock.Advance(collapse)
 	waitFor(t, "the caught-up push", func() bool { return len(h.pusher.got()) == 1 })
@@ -844,6 +834,25 @@ func TestNextRunCatchesUpOnWhatNoRunSaw(t *testing.T) {
 	}
 }
 
+// stopWithAPushWaiting runs a tenure in which an agent's reply to c waits
+// for its push, stops it cleanly, checks that nothing was pushed and that
+// the cursor stays below the reply, and returns the reply.
+func (h *harness) stopWithAPushWaiting(c core.Conversation) core.Message {
+	h.t.Helper()
+	tn := h.startTenure()
+	m := h.agentSays(c, "Found it!")
+	tn.feed()
+	tn.waitArmed(h.clock.Now().Add(collapse))
+	if err := tn.stop(0); err != nil {
+		h.t.Fatal(err)
+	}
+	h.wantPushes(0)
+	if got := h.cursor(); got != fmt.Sprint(m.ID-1) {
+		h.t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m.ID-1)
+	}
+	return m
+}
+
 // failingFeed fails the next fails Feed calls, as a store does for a moment
 // during a failover.
 type failingFeed struct {
@@ -866,16 +875,7 @@ func TestFailedCatchUpFailsTheRun(t *testing.T) {
 	feed := &failingFeed{Store: h.store}
 	h.use(h.pusher, func(c *Config) { c.Cursor = "push.test.cursor"; c.Store = feed })
 	c := h.conversation()
-	tn := h.startTenure()
-	m1 := h.agentSays(c, "Found it!")
-	tn.feed()
-	tn.waitArmed(h.clock.Now().Add(collapse))
-	if err := tn.stop(0); err != nil {
-		t.Fatal(err)
-	}
-	if got := h.cursor(); got != fmt.Sprint(m1.ID-1) {
-		t.Fatalf("cursor after a clean stop with a push waiting: %q, want %d", got, m1.ID-1)
-	}
+	h.stopWithAPushWaiting(c)
 	h.clock.Advance(collapse) // fires the stopped run's timer, for nobody
 
 	// Nobody runs: Alice answers the offline customer.
@@ -883,7 +883,7 @@ func TestFailedCatchUpFailsTheRun(t *testing.T) {
 	h.rec.take()
 	// The next run's catch-up read fails once.
 	feed.fails.Store(1)
-	tn = h.startTenure()
+	tn := h.startTenure()
 	select {
 	case <-tn.finished:
 	case <-time.After(10 * time.Second):

@@ -23,9 +23,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pressly/goose/v3"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -2062,4 +2065,19 @@ func testClosed(t *testing.T, s core.Store) {
 	} {
 		wantErr(t, tc.name+" after Close", tc.err(), core.ErrClosed)
 	}
+}
+
+// VersionBefore returns the version of the migration before the one whose
+// file name ends in suffix, among p's: a migration test brings a schema
+// there, fills it as it could be then, and migrates it on.
+func VersionBefore(t *testing.T, p *goose.Provider, suffix string) int64 {
+	t.Helper()
+	sources := p.ListSources()
+	for i, src := range sources {
+		if i > 0 && strings.HasSuffix(src.Path, suffix) {
+			return sources[i-1].Version
+		}
+	}
+	t.Fatalf("no migration before the one ending in %s among %d", suffix, len(sources))
+	return 0
 }

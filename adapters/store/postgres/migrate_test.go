@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 )
 
 func TestMigrateFromEmpty(t *testing.T) {
@@ -63,16 +63,7 @@ func TestMigrateFromPrevious(t *testing.T) {
 	}
 	// The data below is as it could be before agent_links (links two
 	// agents share), the migration whose repairs this test checks.
-	sources := p.ListSources()
-	var previous int64
-	for i, src := range sources {
-		if strings.HasSuffix(src.Path, "_agent_links.sql") && i > 0 {
-			previous = sources[i-1].Version
-		}
-	}
-	if previous == 0 {
-		t.Fatalf("no migration before agent_links among %d", len(sources))
-	}
+	previous := storetest.VersionBefore(t, p, "_agent_links.sql")
 	if _, err := p.UpTo(ctx, previous); err != nil {
 		t.Fatal(err)
 	}

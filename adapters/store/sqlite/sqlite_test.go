@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -209,16 +208,7 @@ func TestMigrateFromPrevious(t *testing.T) {
 	}
 	// The data below is as it could be before agent_links (links two
 	// agents share), the migration whose repairs this test checks.
-	sources := p.ListSources()
-	var previous int64
-	for i, src := range sources {
-		if strings.HasSuffix(src.Path, "_agent_links.sql") && i > 0 {
-			previous = sources[i-1].Version
-		}
-	}
-	if previous == 0 {
-		t.Fatalf("no migration before agent_links among %d", len(sources))
-	}
+	previous := storetest.VersionBefore(t, p, "_agent_links.sql")
 	if _, err := p.UpTo(ctx, previous); err != nil {
 		t.Fatal(err)
 	}
