@@ -212,6 +212,11 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Server.Addr, err)
 		}
 	}
+	counted, err := newCountingListener(n.ln, n.reg)
+	if err != nil {
+		return nil, err
+	}
+	n.ln = counted
 	return n, nil
 }
 
