@@ -2,6 +2,7 @@ package core_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -196,5 +197,32 @@ func TestDeclinedConversationRoutedWhenTheDeclineEnds(t *testing.T) {
 	waitFor(func() bool { return f.conv(c.ID).AssigneeID == a.ID })
 	if now := f.conv(c.ID); now.AssigneeID != a.ID {
 		t.Fatalf("after the decline ended, c is %s with %d, want a's", now.Status, now.AssigneeID)
+	}
+}
+
+// More conversations sent back by the only agent than a drain reads at once
+// (a page of the queue) do not hold back the customers behind them.
+func TestAPageOfDeclinedConversationsDoesNotHoldBackTheQueue(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 500, ReopenWithin: time.Hour}, 1, 0)
+	a := f.agents[0]
+	var declined []int64
+	for i := range 130 {
+		id := fmt.Sprint(i)
+		declined = append(declined, f.say("d"+id, id, "hi").Conversation.ID) // waiting: nobody online
+		f.clock.Advance(time.Millisecond)
+	}
+	defer f.presence.Connect(a.ID)()
+	if err := f.svc.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range declined {
+		if _, err := f.svc.Transfer(ctx, a.ID, id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := f.say("c", "x", "hello").Conversation
+	if now := f.conv(c.ID); now.AssigneeID != a.ID {
+		t.Fatalf("behind %d declined conversations, a newcomer is %s with %d, want a's", len(declined), now.Status, now.AssigneeID)
 	}
 }

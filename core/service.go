@@ -604,6 +604,10 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 	// (core.Store): the drain waits for it regardless, so that every
 	// assignment made is published, and checks ctx between pages.
 	wctx := context.WithoutCancel(ctx)
+	// The queue is read from its head each time round: those assigned
+	// have left it, those held back by a decline are still there, so the
+	// read reaches past them.
+	limit := queuePage
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -618,7 +622,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			s.setFull(gen, true)
 			return nil
 		}
-		queue, err := s.store.Queue(ctx, 100)
+		queue, err := s.store.Queue(ctx, limit)
 		if err != nil {
 			return err
 		}
@@ -633,6 +637,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		for id := range full {
 			counts[id] = s.cfg.MaxOpenPerAgent
 		}
+		held := 0 // conversations of this read held back by a decline
 		for waiting := queue; len(waiting) > 0; {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -643,11 +648,15 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 				// them back: the plan follows the others in order, and
 				// Run drains again (the decline ends after declineFor).
 				waiting = slices.DeleteFunc(slices.Clone(waiting), func(c Conversation) bool { return skipped[c.ID] })
+				held += len(skipped)
 				s.fullMu.Lock()
 				s.skippedDeclined = true
 				s.fullMu.Unlock()
 			}
 			if len(plan) == 0 {
+				if len(waiting) == 0 {
+					break // every one left is held back: read on past them
+				}
 				s.setFull(gen, len(skipped) == 0) // skipped: someone has room, not for those
 				return nil
 			}
@@ -682,12 +691,16 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 				return err
 			}
 		}
-		if len(queue) < 100 {
+		if len(queue) < limit {
 			s.setFull(gen, false)
 			return nil
 		}
+		limit = queuePage + held
 	}
 }
+
+// queuePage is how many waiting conversations a drain reads at a time.
+const queuePage = 100
 
 // plan picks an agent for each conversation of waiting in turn, as if each
 // pick were assigned before the next, and stops at the first conversation
