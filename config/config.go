@@ -196,6 +196,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, Errorf("media.driver", "postgres keeps files in the PostgreSQL store's database and needs store.driver: postgres; store.driver is %q", c.Store.Driver))
 	}
 	single := map[string]string{} // type → the first enabled instance of a SingleInstance type
+	shared := map[string]string{} // type → the first enabled instance of a ProcessShared type
 	for _, ci := range c.EnabledChannels() {
 		if ci.Config != nil {
 			errs = append(errs, Prefix("channels."+ci.Name, ci.Config.Validate()))
@@ -210,6 +211,15 @@ func (c *Config) Validate() error {
 				errs = append(errs, Errorf("channels."+ci.Name, "only one channel of type %s may be enabled, and %s is: its paths are fixed", ci.Type, first))
 			} else {
 				single[ci.Type] = ci.Name
+			}
+		}
+		if ps, ok := ci.Config.(ProcessShared); ok {
+			if first, seen := shared[ci.Type]; !seen {
+				shared[ci.Type] = ci.Name
+			} else if key, v := ps.ProcessShared(); v != "" {
+				if _, firstV := c.Channels[first].Config.(ProcessShared).ProcessShared(); firstV != "" && firstV != v {
+					errs = append(errs, Errorf("channels."+ci.Name+"."+key, "must be the same as channels.%s.%s (%s): the %s channels of one process share it; got %s", first, key, firstV, ci.Type, v))
+				}
 			}
 		}
 	}

@@ -24,6 +24,14 @@ type SingleInstance interface {
 	SingleInstance()
 }
 
+// ProcessShared is implemented by the section of a channel type whose
+// enabled instances must agree on one key in a process (WeChat's api_base:
+// the library's HTTP client is the process's). Value is the key's value as
+// configured, normalized so that equal settings compare equal.
+type ProcessShared interface {
+	ProcessShared() (key, value string)
+}
+
 // PublicURLUser is implemented by a section that may need
 // server.public_url: NeedsPublicURL names the key that, as configured,
 // needs it ("set_webhook"), or returns "".

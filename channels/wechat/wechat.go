@@ -40,6 +40,7 @@
 package wechat
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -106,6 +107,17 @@ type Config struct {
 }
 
 // Validate implements config.Section: every problem at once.
+// ProcessShared implements config.ProcessShared: api_base is routed for
+// the whole process (wxapi.Route), so enabled instances must share it. An
+// api_base that does not parse gives "" (Validate reports it).
+func (c *Config) ProcessShared() (key, value string) {
+	u, err := wxapi.ParseBase(cmp.Or(c.APIBase, DefaultAPIBase))
+	if err != nil {
+		return "api_base", ""
+	}
+	return "api_base", u.String()
+}
+
 func (c *Config) Validate() error {
 	errs := []error{
 		config.Required("app_id", c.AppID),
