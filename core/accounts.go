@@ -156,50 +156,49 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 	// the others' results.
 	s.accountsMu.Lock()
 	defer s.accountsMu.Unlock()
-	cur, err := s.store.Agent(ctx, id)
-	if err != nil {
-		return Agent{}, err
-	}
-	next := cur
-	if ch.Name != nil {
-		next.Name = *ch.Name
-	}
-	if ch.Role != nil {
-		next.Role = *ch.Role
-	}
-	if ch.Active != nil {
-		next.Active = *ch.Active
-	}
-	if err := s.checkLinksFree(ctx, id, ch); err != nil {
-		return Agent{}, err
-	}
-	if ch.WeComUserID != nil {
-		next.WeComUserID = *ch.WeComUserID
-	}
-	if ch.SlackUser != nil {
-		next.SlackUser = *ch.SlackUser
-	}
-	if cur.Active && cur.Role == RoleAdmin && !(next.Active && next.Role == RoleAdmin) {
-		if err := s.checkOtherAdmin(ctx, id); err != nil {
+	var deactivate bool
+	cur, next, err := s.changeAgent(ctx, id, func(cur Agent) (Agent, error) {
+		next := cur
+		if ch.Name != nil {
+			next.Name = *ch.Name
+		}
+		if ch.Role != nil {
+			next.Role = *ch.Role
+		}
+		if ch.Active != nil {
+			next.Active = *ch.Active
+		}
+		if err := s.checkLinksFree(ctx, id, ch); err != nil {
 			return Agent{}, err
 		}
-	}
-	// Deactivating an agent who is inactive already finishes a deactivation
-	// that failed part way (its conversations, its sessions).
-	deactivate := !next.Active && (cur.Active || ch.Active != nil)
-	if deactivate && cur.Active {
-		next.Active = true // Deactivate flips it, after the other fields are saved
-	}
-	if next != cur {
-		if err := s.store.UpdateAgent(ctx, next); err != nil {
-			if errors.Is(err, ErrConflict) {
-				// A link taken since the check, through another node.
-				if lerr := s.checkLinksFree(ctx, id, ch); lerr != nil {
-					return Agent{}, lerr
-				}
+		if ch.WeComUserID != nil {
+			next.WeComUserID = *ch.WeComUserID
+		}
+		if ch.SlackUser != nil {
+			next.SlackUser = *ch.SlackUser
+		}
+		if cur.Active && cur.Role == RoleAdmin && !(next.Active && next.Role == RoleAdmin) {
+			if err := s.checkOtherAdmin(ctx, id); err != nil {
+				return Agent{}, err
 			}
-			return Agent{}, err
 		}
+		// Deactivating an agent who is inactive already finishes a
+		// deactivation that failed part way (its conversations, its
+		// sessions).
+		deactivate = !next.Active && (cur.Active || ch.Active != nil)
+		if deactivate && cur.Active {
+			next.Active = true // Deactivate flips it, after the other fields are saved
+		}
+		return next, nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrConflict) && !errors.Is(err, ErrStale) {
+			// A link taken since the check, through another node.
+			if lerr := s.checkLinksFree(ctx, id, ch); lerr != nil {
+				return Agent{}, lerr
+			}
+		}
+		return Agent{}, err
 	}
 	switch {
 	case deactivate:
@@ -228,6 +227,36 @@ func (s *Service) UpdateAgent(ctx context.Context, by, id int64, ch AgentChange)
 	}
 	return next, nil
 }
+
+// changeAgent reads agent id, lets change turn it into the agent to store,
+// and stores that. When another node changed the agent in between
+// (ErrStale) it reads it again and calls change again, a few times: a
+// change applies to the agent as it is, and undoes no other. An error from
+// change, or an agent it leaves as it was, stores nothing.
+func (s *Service) changeAgent(ctx context.Context, id int64, change func(cur Agent) (Agent, error)) (cur, next Agent, err error) {
+	for attempt := 1; ; attempt++ {
+		if cur, err = s.store.Agent(ctx, id); err != nil {
+			return Agent{}, Agent{}, err
+		}
+		if next, err = change(cur); err != nil {
+			return Agent{}, Agent{}, err
+		}
+		if next.Same(cur) {
+			return cur, next, nil
+		}
+		err = s.store.UpdateAgent(ctx, cur, next)
+		if err == nil {
+			return cur, next, nil
+		}
+		if !errors.Is(err, ErrStale) || attempt == staleAttempts {
+			return Agent{}, Agent{}, err
+		}
+	}
+}
+
+// staleAttempts bounds changeAgent's reads: each failed one lost to another
+// node's change of the same agent.
+const staleAttempts = 5
 
 // checkLinks trims ch's WeComUserID and SlackUser, and fails with
 // ErrInvalid when one is not in its channel's form. Empty unlinks.
@@ -324,14 +353,13 @@ func (s *Service) setPassword(ctx context.Context, a Agent, password string) err
 	if err != nil {
 		return err
 	}
-	// The agent is read again under the lock, so that a concurrent profile
-	// change is not undone.
+	// The agent is read again, so that a concurrent profile change is not
+	// undone.
 	s.accountsMu.Lock()
-	cur, err := s.store.Agent(ctx, a.ID)
-	if err == nil {
+	_, _, err = s.changeAgent(ctx, a.ID, func(cur Agent) (Agent, error) {
 		cur.PasswordHash = hash
-		err = s.store.UpdateAgent(ctx, cur)
-	}
+		return cur, nil
+	})
 	s.accountsMu.Unlock()
 	if err != nil {
 		return err

@@ -446,3 +446,68 @@ func TestLastAdminThroughAnotherNode(t *testing.T) {
 		t.Errorf("after a restart, routing goes to %v, want root", avail)
 	}
 }
+
+// interleave is a store on which, once armed, the next update of agent id
+// runs then (another node's change) first: the change lands between this
+// node's read and its write.
+type interleave struct {
+	core.Store
+	id   int64
+	then func()
+}
+
+func (s *interleave) UpdateAgent(ctx context.Context, prev, next core.Agent) error {
+	if next.ID == s.id && s.then != nil {
+		then := s.then
+		s.then = nil
+		then()
+	}
+	return s.Store.UpdateAgent(ctx, prev, next)
+}
+
+// Two nodes change one agent at once: neither change undoes the other.
+// A deactivation does not bring an old password back, and a password reset
+// does not bring a deactivated agent back.
+func TestAgentChangesOnTwoNodesKeepEachOther(t *testing.T) {
+	ctx := context.Background()
+	for _, resetFirst := range []bool{false, true} {
+		a := newAccounts(t) // node 1: a.svc, on the store itself
+		st := &interleave{Store: a.store, id: a.alice.ID}
+		node2 := core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8},
+			core.Deps{Store: st, Presence: core.NewMemoryPresence(), Notifier: nopNotifier{}})
+		deactivate := func(svc *core.Service) func() {
+			return func() {
+				if _, err := svc.UpdateAgent(ctx, a.admin.ID, a.alice.ID, core.AgentChange{Active: ptr(false)}); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		reset := func(svc *core.Service) func() {
+			return func() {
+				if err := svc.ResetPassword(ctx, a.admin.ID, a.alice.ID, "a-new-long-password"); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		if resetFirst { // node 1 resets while node 2 deactivates
+			st.then = reset(a.svc)
+			deactivate(node2)()
+		} else { // node 1 deactivates while node 2 resets
+			st.then = deactivate(a.svc)
+			reset(node2)()
+		}
+		if st.then != nil {
+			t.Fatal("test set-up: the other node's change did not run")
+		}
+		got, err := a.store.Agent(ctx, a.alice.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Active {
+			t.Errorf("reset first %v: alice is active again after her deactivation", resetFirst)
+		}
+		if !got.CheckPassword("a-new-long-password") || got.CheckPassword("password-alice") {
+			t.Errorf("reset first %v: the password reset was undone", resetFirst)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 )
 
 // Reopen and a transfer back to the queue answer the conversation as
@@ -166,7 +167,7 @@ func TestDeclineOutlivesARefusedAssignment(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Active = false // in the store only, as another node did
-	if err := f.store.UpdateAgent(ctx, b); err != nil {
+	if err := storetest.UpdateAgent(f.store, b); err != nil {
 		t.Fatal(err)
 	}
 	defer f.presence.Connect(b.ID)()

@@ -1,6 +1,9 @@
 package core
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Stores and the Service wrap them with %w; callers test
 // with errors.Is.
@@ -10,6 +13,10 @@ var (
 	// ErrConflict: the state changed under the caller (another agent took
 	// the conversation first, a status moved, an email is taken).
 	ErrConflict = errors.New("conflict")
+	// ErrStale: the row changed since the caller read it (another node's
+	// change came between); nothing was written. It is an ErrConflict: read
+	// again and retry.
+	ErrStale = fmt.Errorf("%w: changed since it was read", ErrConflict)
 	// ErrCapacity: the agent already has routing.max_open_per_agent open
 	// conversations.
 	ErrCapacity = errors.New("agent at capacity")

@@ -264,6 +264,14 @@ type Agent struct {
 	CreatedAt    time.Time `json:"created_at"`
 }
 
+// Same reports whether a and b hold the same agent as stored: every field
+// an update writes (CreatedAt never changes).
+func (a Agent) Same(b Agent) bool {
+	return a.ID == b.ID && a.Email == b.Email && a.Name == b.Name && a.Role == b.Role &&
+		a.PasswordHash == b.PasswordHash && a.Active == b.Active && a.WeComUserID == b.WeComUserID &&
+		a.SlackUser == b.SlackUser
+}
+
 // OutboxEntry is a committed piece of outbound work for a channel instance:
 // usually a message to deliver to a customer (MessageID), or a channel-specific
 // payload (an agent notification). Entries with the same Key are delivered in

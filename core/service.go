@@ -1310,8 +1310,7 @@ func (s *Service) RestorePresence(ctx context.Context) error {
 // Deactivate disables an agent; their open conversations go back to the
 // queue and are routed to others.
 func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
-	a, err := s.store.Agent(ctx, agentID)
-	if err != nil {
+	if _, err := s.store.Agent(ctx, agentID); err != nil {
 		return err
 	}
 	wasOn, err := s.store.Setting(ctx, flagSetting(flagOn, agentID))
@@ -1323,8 +1322,11 @@ func (s *Service) Deactivate(ctx context.Context, by, agentID int64) error {
 	if err := s.saveFlag(ctx, flagOn, agentID, false); err != nil {
 		return err
 	}
-	a.Active = false
-	if err := s.store.UpdateAgent(ctx, a); err != nil {
+	_, _, err = s.changeAgent(ctx, agentID, func(cur Agent) (Agent, error) {
+		cur.Active = false
+		return cur, nil
+	})
+	if err != nil {
 		if errors.Is(err, ErrConflict) && wasOn == "1" {
 			// Refused (the last active admin, after another node's change):
 			// the agent stays active, and stays on.

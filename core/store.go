@@ -122,11 +122,13 @@ type Store interface {
 	// CreateAgent stores a new agent and returns it with its ID. An email
 	// already taken (case-insensitively) is ErrConflict.
 	CreateAgent(ctx context.Context, a Agent) (Agent, error)
-	// UpdateAgent replaces the stored agent with the same ID. A change that
-	// would leave no active admin (the agent is one, a is not, and no other
-	// is) is ErrConflict and changes nothing, atomically with other
-	// nodes' changes.
-	UpdateAgent(ctx context.Context, a Agent) error
+	// UpdateAgent replaces agent prev.ID with next, if it is still prev as
+	// the caller read it (Agent.Same): when another change came between,
+	// ErrStale, and nothing changes, so that no change undoes another made
+	// on another node. A change that would leave no active admin (the agent
+	// is one, next is not, and no other is) is ErrConflict and changes
+	// nothing, atomically with other nodes' changes.
+	UpdateAgent(ctx context.Context, prev, next Agent) error
 	Agent(ctx context.Context, id int64) (Agent, error)
 	AgentByEmail(ctx context.Context, email string) (Agent, error)
 	// Agents lists all agents, active or not, by ID.

@@ -304,7 +304,7 @@ func TestRefusalsExplained(t *testing.T) {
 	// A deactivated agent is told too.
 	a := h.alice
 	a.Active = false
-	if err := h.store.UpdateAgent(ctx, a); err != nil {
+	if err := h.store.UpdateAgent(ctx, h.alice, a); err != nil {
 		t.Fatal(err)
 	}
 	fresh := h.customer("c2", "Li Si", "hi", time.Time{}).Conversation

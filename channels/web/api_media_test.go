@@ -23,6 +23,7 @@ import (
 	_ "github.com/kefuhq/kefu/channels/whatsapp" // a channel with a reply window and templates
 	"github.com/kefuhq/kefu/channels/whatsapp/whatsapptest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 	"github.com/kefuhq/kefu/node/nodetest"
 )
 
@@ -67,14 +68,13 @@ channels:
       followup: {name: follow_up, language: en_US}
 `, consoleMaxBytes, consoleAdminMail, consoleAdminPass, wa.URL))
 	// Quick logins: the seeded password re-hashed at the lowest cost.
-	ctx := context.Background()
 	a := n.Agent(t, consoleAdminMail)
 	hash, err := bcrypt.GenerateFromPassword([]byte(consoleAdminPass), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
 	a.PasswordHash = string(hash)
-	if err := n.Service().Store().UpdateAgent(ctx, a); err != nil {
+	if err := storetest.UpdateAgent(n.Service().Store(), a); err != nil {
 		t.Fatal(err)
 	}
 	h := &consoleNode{t: t, n: n, wa: wa}

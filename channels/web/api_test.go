@@ -21,6 +21,7 @@ import (
 	"github.com/kefuhq/kefu/channels/web"
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 	"github.com/kefuhq/kefu/node"
 )
 
@@ -146,7 +147,7 @@ channels:
 			t.Fatal(err)
 		}
 		a.PasswordHash = string(hash)
-		if err := h.store.UpdateAgent(ctx, *a); err != nil {
+		if err := storetest.UpdateAgent(h.store, *a); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/kefuhq/kefu/channels/wecom"
 	"github.com/kefuhq/kefu/channels/wecom/wecomtest"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -355,7 +356,7 @@ func TestUnknownMemberAndEvents(t *testing.T) {
 	// Deactivated agents are told.
 	a := h.agents["bob"]
 	a.Active = false
-	if err := h.store.UpdateAgent(context.Background(), a); err != nil {
+	if err := storetest.UpdateAgent(h.store, a); err != nil {
 		t.Fatal(err)
 	}
 	h.says("bob", "/on")

@@ -70,6 +70,7 @@ func Run(t *testing.T, open func(t *testing.T) core.Store) {
 		{"KeepsWindow", testKeepsWindow},
 		{"Agents", testAgents},
 		{"LastAdminConcurrently", testLastAdminConcurrently},
+		{"UpdateAgentRefusesAStaleRead", testUpdateAgentStale},
 		{"OutboxAppendDeliver", testOutboxDeliver},
 		{"OutboxEnqueueAndDue", testOutboxDue},
 		{"OutboxFinishIsAtomic", testOutboxFinish},
@@ -944,7 +945,7 @@ func testCapacity(t *testing.T, s core.Store) {
 func testAssignInactive(t *testing.T, s core.Store) {
 	agent := newAgent(t, s, "a@example.com")
 	agent.Active = false
-	if err := s.UpdateAgent(ctx, agent); err != nil {
+	if err := UpdateAgent(s, agent); err != nil {
 		t.Fatal(err)
 	}
 	c := ingest(t, s, "web", "v1", "hi", t0).Conversation
@@ -957,12 +958,12 @@ func testAssignInactive(t *testing.T, s core.Store) {
 	}
 	// Back to the queue needs no agent.
 	agent.Active = true
-	if err := s.UpdateAgent(ctx, agent); err != nil {
+	if err := UpdateAgent(s, agent); err != nil {
 		t.Fatal(err)
 	}
 	assign(t, s, c.ID, agent.ID, 0, at(2*time.Second))
 	agent.Active = false
-	if err := s.UpdateAgent(ctx, agent); err != nil {
+	if err := UpdateAgent(s, agent); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Assign(ctx, asg(c.ID, 0, agent.ID, 0, at(3*time.Second))); err != nil {
@@ -1373,9 +1374,9 @@ func testAgents(t *testing.T, s core.Store) {
 	// A link names one agent, Work WeChat's in any case; agents without
 	// links are many.
 	bob.WeComUserID = "ALICE"
-	wantErr(t, "alice's wecom id in capitals", s.UpdateAgent(ctx, bob), core.ErrConflict)
+	wantErr(t, "alice's wecom id in capitals", UpdateAgent(s, bob), core.ErrConflict)
 	bob.WeComUserID, bob.SlackUser = "", "U0ALICE"
-	wantErr(t, "alice's slack id", s.UpdateAgent(ctx, bob), core.ErrConflict)
+	wantErr(t, "alice's slack id", UpdateAgent(s, bob), core.ErrConflict)
 	bob.SlackUser = ""
 	_, err = s.CreateAgent(ctx, core.Agent{Email: "carol@example.com", Role: core.RoleAgent, WeComUserID: "Alice"})
 	wantErr(t, "a new agent with alice's wecom id", err, core.ErrConflict)
@@ -1398,18 +1399,18 @@ func testAgents(t *testing.T, s core.Store) {
 
 	alice.Name, alice.Active, alice.SlackUser = "Alice L.", false, ""
 	// The last active admin stays one: nothing changes.
-	wantErr(t, "deactivating the last active admin", s.UpdateAgent(ctx, alice), core.ErrConflict)
+	wantErr(t, "deactivating the last active admin", UpdateAgent(s, alice), core.ErrConflict)
 	if got, err := s.Agent(ctx, alice.ID); err != nil || !got.Active || got.Name != "Alice" {
 		t.Errorf("after a refused update: %+v, %v", got, err)
 	}
 	demoted := alice
 	demoted.Active, demoted.Role = true, core.RoleAgent
-	wantErr(t, "demoting the last active admin", s.UpdateAgent(ctx, demoted), core.ErrConflict)
+	wantErr(t, "demoting the last active admin", UpdateAgent(s, demoted), core.ErrConflict)
 	bob.Role = core.RoleAdmin
-	if err := s.UpdateAgent(ctx, bob); err != nil {
+	if err := UpdateAgent(s, bob); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.UpdateAgent(ctx, alice); err != nil { // bob is an admin now
+	if err := UpdateAgent(s, alice); err != nil { // bob is an admin now
 		t.Fatal(err)
 	}
 	if got, err := s.Agent(ctx, alice.ID); err != nil || got.Name != "Alice L." || got.Active || got.SlackUser != "" ||
@@ -1417,19 +1418,19 @@ func testAgents(t *testing.T, s core.Store) {
 		t.Errorf("after update: %+v, %v", got, err)
 	}
 	bob.SlackUser = "U0ALICE" // free again
-	if err := s.UpdateAgent(ctx, bob); err != nil {
+	if err := UpdateAgent(s, bob); err != nil {
 		t.Fatalf("bob takes alice's old slack id: %v", err)
 	}
 	bob.Email = "ALICE@example.com"
-	wantErr(t, "update to a taken email", s.UpdateAgent(ctx, bob), core.ErrConflict)
+	wantErr(t, "update to a taken email", UpdateAgent(s, bob), core.ErrConflict)
 	bob.Email = "robert@example.com"
-	if err := s.UpdateAgent(ctx, bob); err != nil {
+	if err := UpdateAgent(s, bob); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.AgentByEmail(ctx, "Robert@example.com"); err != nil || got.ID != bob.ID {
 		t.Errorf("by new email: %+v, %v", got, err)
 	}
-	wantErr(t, "update missing", s.UpdateAgent(ctx, core.Agent{ID: 999, Email: "x@example.com", Role: core.RoleAgent}),
+	wantErr(t, "update missing", s.UpdateAgent(ctx, core.Agent{ID: 999}, core.Agent{ID: 999, Email: "x@example.com", Role: core.RoleAgent}),
 		core.ErrNotFound)
 
 	all, err := s.Agents(ctx)
@@ -1441,6 +1442,61 @@ func testAgents(t *testing.T, s core.Store) {
 	}
 	if all[0].Active {
 		t.Error("inactive agent listed as active")
+	}
+}
+
+// testUpdateAgentStale: an update made from an agent read before another
+// change (another node's) is refused with ErrStale and changes nothing, so
+// that a deactivation does not bring back an old password, nor a password
+// reset an agent deactivated meanwhile.
+func testUpdateAgentStale(t *testing.T, s core.Store) {
+	other := newAgent(t, s, "y@example.com")
+	read := newAgent(t, s, "x@example.com") // both nodes read x
+	reset := read
+	reset.PasswordHash = "$2a$10$new"
+	if err := s.UpdateAgent(ctx, read, reset); err != nil { // node 2 resets the password
+		t.Fatal(err)
+	}
+	off := read
+	off.Active = false // node 1 deactivates x from what it read
+	err := s.UpdateAgent(ctx, read, off)
+	wantErr(t, "a deactivation from a read before the password reset", err, core.ErrStale)
+	wantErr(t, "a stale update", err, core.ErrConflict)
+	if got, err := s.Agent(ctx, read.ID); err != nil || got.PasswordHash != "$2a$10$new" || !got.Active {
+		t.Errorf("after a stale update: %+v, %v; want the reset kept and nothing else changed", got, err)
+	}
+	// Read again: it goes through.
+	cur, err := s.Agent(ctx, read.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off = cur
+	off.Active = false
+	if err := s.UpdateAgent(ctx, cur, off); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Agent(ctx, read.ID); err != nil || got.PasswordHash != "$2a$10$new" || got.Active {
+		t.Errorf("after the update from a fresh read: %+v, %v", got, err)
+	}
+	// Each field counts: a read that differs in any of them is stale.
+	cur, _ = s.Agent(ctx, other.ID)
+	for _, change := range []func(*core.Agent){
+		func(a *core.Agent) { a.Email = "other@example.com" },
+		func(a *core.Agent) { a.Name = "Other" },
+		func(a *core.Agent) { a.Role = core.RoleAdmin },
+		func(a *core.Agent) { a.PasswordHash = "other" },
+		func(a *core.Agent) { a.Active = !a.Active },
+		func(a *core.Agent) { a.WeComUserID = "other" },
+		func(a *core.Agent) { a.SlackUser = "U0OTHER" },
+	} {
+		stale := cur
+		change(&stale)
+		next := cur
+		next.Name = "Renamed"
+		wantErr(t, "an update from a read that differs", s.UpdateAgent(ctx, stale, next), core.ErrStale)
+	}
+	if got, _ := s.Agent(ctx, other.ID); got.Name == "Renamed" {
+		t.Error("a stale update renamed the agent")
 	}
 }
 
@@ -1496,7 +1552,7 @@ func testLastAdminConcurrently(t *testing.T, s core.Store) {
 		for _, a := range all {
 			if a.Active && a.Role == core.RoleAdmin && a.ID != admins[0].ID && a.ID != admins[1].ID {
 				a.Active = false
-				if err := s.UpdateAgent(ctx, a); err != nil {
+				if err := UpdateAgent(s, a); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -1507,7 +1563,7 @@ func testLastAdminConcurrently(t *testing.T, s core.Store) {
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		for i := range admins {
-			wg.Go(func() { <-start; errs[i] = s.UpdateAgent(ctx, admins[i]) })
+			wg.Go(func() { <-start; errs[i] = UpdateAgent(s, admins[i]) })
 		}
 		close(start)
 		wg.Wait()
@@ -1921,7 +1977,7 @@ func testNotFound(t *testing.T, s core.Store) {
 			return err
 		}},
 		{"UpdateAgent", func() error {
-			return s.UpdateAgent(ctx, core.Agent{ID: missing, Email: "x@example.com", Role: core.RoleAgent})
+			return s.UpdateAgent(ctx, core.Agent{ID: missing}, core.Agent{ID: missing, Email: "x@example.com", Role: core.RoleAgent})
 		}},
 		{"RetryOutbox", func() error { return s.RetryOutbox(ctx, missing, t0, "x") }},
 		{"FinishOutbox", func() error { return s.FinishOutbox(ctx, missing, nil) }},
@@ -2080,4 +2136,15 @@ func VersionBefore(t *testing.T, p *goose.Provider, suffix string) int64 {
 	}
 	t.Fatalf("no migration before the one ending in %s among %d", suffix, len(sources))
 	return 0
+}
+
+// UpdateAgent stores a as agent a.ID, over the agent as it is stored now
+// (the store's UpdateAgent takes the agent as read, to refuse a change
+// another made in between): for tests that set an agent up.
+func UpdateAgent(s core.Store, a core.Agent) error {
+	cur, err := s.Agent(ctx, a.ID)
+	if err != nil {
+		return err
+	}
+	return s.UpdateAgent(ctx, cur, a)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/kefuhq/kefu/adapters/store/postgres"
 	"github.com/kefuhq/kefu/adapters/store/sqlite"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/core/storetest"
 )
 
 // fillSQLite writes a little of everything through the SQLite store's API.
@@ -99,7 +100,7 @@ func fillSQLite(t *testing.T, s core.Store) {
 	_, err = s.Assign(ctx, core.Assignment{ConversationID: web2.Conversation.ID, AgentID: bob.ID, At: at(49 * time.Hour)})
 	must(err)
 	bob.Active = false // deactivated since, and still the assignee
-	must(s.UpdateAgent(ctx, bob))
+	must(storetest.UpdateAgent(s, bob))
 
 	// Agent notifications in the outbox, one retried.
 	e, err := s.Enqueue(ctx, core.OutboxEntry{Channel: "wecom", Key: "alice", Payload: []byte(`{"n":1}`), CreatedAt: t0})

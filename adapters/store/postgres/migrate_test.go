@@ -121,7 +121,7 @@ func TestMigrateFromPrevious(t *testing.T) {
 	}
 	bob, _ := s.Agent(ctx, 2)
 	bob.SlackUser = "U0ALICE"
-	if err := s.UpdateAgent(ctx, bob); !errors.Is(err, core.ErrConflict) {
+	if err := storetest.UpdateAgent(s, bob); !errors.Is(err, core.ErrConflict) {
 		t.Errorf("a taken link after the migration: %v, want ErrConflict", err)
 	}
 	m, err := s.MessageByExternalID(ctx, "wa", "wamid.2")

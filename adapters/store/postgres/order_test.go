@@ -318,8 +318,9 @@ func TestLastAdminAcrossNodes(t *testing.T) {
 	}
 
 	done := make(chan error, 1)
+	prev := admins[0]
 	admins[0].Role = core.RoleAgent
-	go func() { done <- s.UpdateAgent(ctx, admins[0]) }()
+	go func() { done <- s.UpdateAgent(ctx, prev, admins[0]) }()
 	select {
 	case err := <-done:
 		t.Fatalf("the update did not wait for the other node's transaction: %v", err)

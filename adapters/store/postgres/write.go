@@ -594,15 +594,25 @@ func (s *Store) CreateAgent(ctx context.Context, a core.Agent) (core.Agent, erro
 }
 
 // UpdateAgent implements core.Store. CreatedAt is kept as stored.
-func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
+func (s *Store) UpdateAgent(ctx context.Context, prev, a core.Agent) error {
 	if err := checkAgent(&a); err != nil {
 		return err
+	}
+	if prev.ID != a.ID {
+		return invalid("update of agent %d from agent %d", a.ID, prev.ID)
 	}
 	return s.do(ctx, func(w *wtx) error {
 		if a.Role != core.RoleAdmin || !a.Active { // it may be the last admin's demotion
 			if _, err := w.exec(sqlAgentAdminsLock); err != nil {
 				return dbErr(err, "lock the admins")
 			}
+		}
+		cur, err := scanAgent(w.queryRow(sqlAgent+" FOR UPDATE", a.ID))
+		if err != nil {
+			return dbErr(err, "agent %d", a.ID)
+		}
+		if !cur.Same(prev) {
+			return fmt.Errorf("postgres: agent %d: %w", a.ID, core.ErrStale)
 		}
 		tag, err := w.exec(sqlAgentUpd, a.Email, a.Name, string(a.Role), a.PasswordHash, a.Active, a.WeComUserID,
 			a.SlackUser, a.ID)

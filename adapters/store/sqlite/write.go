@@ -709,11 +709,21 @@ func (s *Store) CreateAgent(ctx context.Context, a core.Agent) (core.Agent, erro
 }
 
 // UpdateAgent implements core.Store. CreatedAt is kept as stored.
-func (s *Store) UpdateAgent(ctx context.Context, a core.Agent) error {
+func (s *Store) UpdateAgent(ctx context.Context, prev, a core.Agent) error {
 	if err := checkAgent(&a); err != nil {
 		return err
 	}
+	if prev.ID != a.ID {
+		return invalid("update of agent %d from agent %d", a.ID, prev.ID)
+	}
 	return s.do(ctx, func(w *wtx) error {
+		cur, err := scanAgent(w.queryRow(stAgent, a.ID))
+		if err != nil {
+			return dbErr(err, "agent %d", a.ID)
+		}
+		if !cur.Same(prev) {
+			return fmt.Errorf("sqlite: agent %d: %w", a.ID, core.ErrStale)
+		}
 		res, err := w.exec(stAgentUpd, a.Email, emailKey(a.Email), a.Name, string(a.Role), a.PasswordHash,
 			a.Active, a.WeComUserID, a.SlackUser, a.ID)
 		if err != nil {
