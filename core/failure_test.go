@@ -113,11 +113,49 @@ func TestReopenRefusedWhileANewerConversationIsOpen(t *testing.T) {
 		t.Fatal("the customer's message after reopen_within reopened the old conversation")
 	}
 	_, err := f.svc.Reopen(ctx, a.ID, old.ID)
-	if !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "newer conversation open") || strings.Contains(err.Error(), "sqlite") {
+	if !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "newer conversation (#2, pending)") || strings.Contains(err.Error(), "sqlite") {
 		t.Fatalf("reopen = %v, want a conflict saying a newer conversation is open", err)
 	}
 	if c := f.conv(old.ID); c.Status != core.StatusResolved {
 		t.Fatalf("the old conversation is %s", c.Status)
+	}
+}
+
+// Only a customer's newest conversation reopens, even when it is resolved
+// too: a web visitor's app resumes from its newest conversation, so a
+// reply in an older one would reach it only while connected, and the
+// customer's next message would go to the newest.
+func TestOnlyTheNewestConversationReopens(t *testing.T) {
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, ReopenWithin: time.Minute}, 1, 0)
+	ctx := context.Background()
+	a := f.agents[0]
+	defer f.presence.Connect(a.ID)()
+	first := f.say("alice", "1", "hi").Conversation
+	if _, err := f.svc.Close(ctx, a.ID, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	second := f.say("alice", "2", "another question").Conversation
+	if _, err := f.svc.Close(ctx, a.ID, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	before := f.conv(first.ID).LastSeq
+	if _, err := f.svc.Reopen(ctx, a.ID, first.ID); !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "(#2, resolved)") {
+		t.Errorf("reopening the older = %v, want a conflict naming #2", err)
+	}
+	_, err := f.svc.Reply(ctx, a.ID, first.ID, core.Message{Kind: core.KindText, Text: "about your first question"})
+	if !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "reply there") {
+		t.Errorf("replying in the older = %v, want a conflict", err)
+	}
+	if c := f.conv(first.ID); c.Status != core.StatusResolved || c.LastSeq != before {
+		t.Errorf("the older conversation changed: %s, last seq %d (was %d)", c.Status, c.LastSeq, before)
+	}
+	// The newest reopens, and a note in the older one is still fine.
+	if _, err := f.svc.Reopen(ctx, a.ID, second.ID); err != nil {
+		t.Errorf("reopening the newest: %v", err)
+	}
+	if _, err := f.svc.Note(ctx, a.ID, first.ID, core.Message{Kind: core.KindText, Text: "see #2"}); err != nil {
+		t.Errorf("a note in the older: %v", err)
 	}
 }
 

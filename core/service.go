@@ -1,6 +1,7 @@
 package core
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -924,17 +925,44 @@ func (s *Service) Close(ctx context.Context, by, convID int64) (Conversation, er
 // Reopen reopens a resolved conversation: back to its assignee, or to the
 // queue (and routed) when it had none or that agent has been deactivated
 // since. ErrConflict when it is not resolved, or its customer has a newer
-// conversation open.
+// conversation (refuseOlder).
 func (s *Service) Reopen(ctx context.Context, by, convID int64) (Conversation, error) {
 	c, err := s.setStatus(ctx, by, convID, StatusOpen, EventReopened, true)
-	if errors.Is(err, ErrConflict) {
+	if errors.Is(err, ErrConflict) && !isOlder(err) {
 		// Still resolved: the store refused a second live conversation
-		// for the customer.
+		// for the customer, one that began after refuseOlder looked.
 		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil && cur.Status == StatusResolved {
-			return cur, fmt.Errorf("%w: #%d cannot be reopened: its customer has a newer conversation open", ErrConflict, convID)
+			return cur, cmp.Or(s.refuseOlder(ctx, cur), fmt.Errorf("%w: #%d cannot be reopened: its customer has a newer conversation open", ErrConflict, convID))
 		}
 	}
 	return c, err
+}
+
+// olderError is refuseOlder's refusal, an ErrConflict.
+type olderError struct{ conv, newest Conversation }
+
+func (e *olderError) Error() string {
+	return fmt.Sprintf("%v: #%d cannot be reopened: its customer has a newer conversation (%s, %s): reply there",
+		ErrConflict, e.conv.ID, e.newest.Number(), e.newest.Status)
+}
+
+func (e *olderError) Unwrap() error { return ErrConflict }
+
+func isOlder(err error) bool { _, ok := errors.AsType[*olderError](err); return ok }
+
+// refuseOlder refuses to reopen c (an agent's reopen or reply) when its
+// customer has a newer conversation, in any state: only the newest one
+// reopens. A web visitor's app resumes from its newest conversation, so a
+// reply in an older one would reach it only while it is connected; and the
+// customer's next message goes to the newest. nil when c is the newest, or
+// the check cannot be made (the store's own refusal of a second live
+// conversation still holds).
+func (s *Service) refuseOlder(ctx context.Context, c Conversation) error {
+	newest, err := s.store.Conversations(ctx, ConversationFilter{Channel: c.Channel, ExternalID: c.ExternalID, Limit: 1})
+	if err != nil || len(newest) == 0 || newest[0].ID <= c.ID {
+		return nil
+	}
+	return &olderError{conv: c, newest: newest[0]}
 }
 
 // setStatus resolves or reopens a conversation. A reopened one that waits
@@ -950,6 +978,11 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 	}
 	if (to == StatusResolved) == (cur.Status == StatusResolved) {
 		return cur, fmt.Errorf("%w: #%d is already %s", ErrConflict, convID, cur.Status)
+	}
+	if to == StatusOpen {
+		if err := s.refuseOlder(ctx, cur); err != nil {
+			return cur, err
+		}
 	}
 	ch, err := s.store.SetStatus(ctx, StatusChange{
 		ConversationID: convID,
@@ -983,7 +1016,7 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 
 // Reply sends an agent's public message to the customer. A reply to a
 // waiting conversation takes it for the agent; a reply to a resolved one
-// reopens it (ErrConflict when the customer has a newer conversation open).
+// reopens it (ErrConflict when the customer has a newer conversation).
 // The message is committed first and then delivered through the
 // conversation's channel (the outbox) or its sockets.
 func (s *Service) Reply(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
@@ -1040,6 +1073,8 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				c = reopened
 			case !errors.Is(err, ErrConflict):
 				return Message{}, err
+			case isOlder(err):
+				return Message{}, err
 			default: // reopened meanwhile, or the customer has a newer conversation open
 				if c, err = s.store.Conversation(ctx, convID); err != nil {
 					return Message{}, err
@@ -1047,7 +1082,8 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				if c.Status == StatusResolved {
 					// A reply here would reach a web visitor only while
 					// connected (a resume starts from their newest).
-					return Message{}, fmt.Errorf("%w: #%d is resolved and its customer has a newer conversation open: reply there", ErrConflict, convID)
+					return Message{}, cmp.Or(s.refuseOlder(ctx, c),
+						fmt.Errorf("%w: #%d is resolved and its customer has a newer conversation open: reply there", ErrConflict, convID))
 				}
 			}
 		}
