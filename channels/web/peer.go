@@ -244,7 +244,10 @@ func (p *peer) planReplay(ctx context.Context, conv, seq int64) ([]replayPart, e
 		own = &c
 	}
 	p.learnContact(own.ContactID)
-	parts := []replayPart{{id: conv, after: seq, last: own.LastSeq, upToDate: own.LastSeq <= seq}}
+	// A cursor past the conversation's end (a restored database, a
+	// client's bug) is taken as its end: the messages that come next are
+	// the client's, and synced says where it is.
+	parts := []replayPart{{id: conv, after: min(seq, own.LastSeq), last: own.LastSeq, upToDate: own.LastSeq <= seq}}
 	for _, c := range newer {
 		parts = append(parts, replayPart{id: c.ID, last: c.LastSeq})
 	}

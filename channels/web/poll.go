@@ -119,6 +119,11 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 		httpx.FromError(w, rt.log, err)
 		return
 	}
+	if len(parts) > 0 && parts[0].id == conv {
+		wt.mu.Lock()
+		wt.filter.lower(conv, parts[0].after) // a cursor ahead of the conversation
+		wt.mu.Unlock()
+	}
 
 	var frames []*frame
 	curConv, curSeq, err := p.replayVisitor(ctx, parts, maxPollFrames, func(f *frame) error {

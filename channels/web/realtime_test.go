@@ -1118,3 +1118,33 @@ func TestResumeIncludesTheIdentitysNewerConversation(t *testing.T) {
 		t.Fatalf("long poll: %d frames, cursor %+v", len(fs), lp.Cursor)
 	}
 }
+
+// A cursor ahead of the conversation (a restored database, a client's bug)
+// is taken as the conversation's end: synced says where it really is, and
+// the next messages arrive, over a WebSocket and over long polling.
+func TestResumeFromACursorAheadOfTheConversation(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	alice, s, conv, cur := h.answeredVisitor()
+	vc, replay, synced := h.visitorConn(s.Token, webtest.Cursor{ConversationID: conv, LastSeq: cur.LastSeq + 3})
+	if len(replay) != 0 || synced.LastSeq == nil || *synced.LastSeq != cur.LastSeq {
+		t.Errorf("resume from %d past the end: replay %v, synced %s; want nothing replayed and last_seq %d", 3, texts(replay), synced.Raw, cur.LastSeq)
+	}
+	check(alice.SendText("a-2", conv, "after the ahead cursor", false))
+	must(alice.Ack("a-2", rtWait))
+	if _, err := vc.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.Text == "after the ahead cursor" }); err != nil {
+		t.Errorf("websocket: the next reply did not arrive: %v", err)
+	}
+	vc.Close()
+	// Long polling: the answer's cursor is the conversation's end, and a
+	// reply while it waits arrives.
+	p := &webtest.Poller{Client: h.cl, Token: s.Token, Cursor: webtest.Cursor{ConversationID: conv, LastSeq: cur.LastSeq + 10}}
+	done := make(chan []webtest.Frame, 1)
+	go func() { fs, _ := p.Poll(context.Background()); done <- fs }()
+	waitUntil(t, "the poll waiting", func() bool { return h.svc.Presence().ContactConnected(must(h.store.Conversation(context.Background(), conv)).ContactID) })
+	check(alice.SendText("a-3", conv, "while the poll waits", false))
+	must(alice.Ack("a-3", rtWait))
+	if got := texts(<-done); !slices.Contains(got, "while the poll waits") {
+		t.Errorf("long poll from past the end: got %q, want the reply", got)
+	}
+}

@@ -90,6 +90,17 @@ func (cf *cursorFilter) at(conv, seq int64) {
 	cf.seqs = append(cf.seqs, convSeq{conv, seq})
 }
 
+// lower moves the visitor's position in conv back to seq, if it is past
+// it: a client's cursor ahead of the conversation (a restored database, a
+// client's bug) would otherwise drop the messages that fill the gap.
+func (cf *cursorFilter) lower(conv, seq int64) {
+	for i := range cf.seqs {
+		if cf.seqs[i].conv == conv {
+			cf.seqs[i].seq = min(cf.seqs[i].seq, seq)
+		}
+	}
+}
+
 // wsConn is one WebSocket connection.
 type wsConn struct {
 	rt   *realtime
@@ -427,6 +438,9 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		last, err = p.replayAgent(ctx, c.filter.lastID, 0, write)
 		cur = agentCursor(max(last, c.filter.lastID))
 	} else {
+		if len(parts) > 0 && parts[0].id == f.ConversationID {
+			c.filter.lower(parts[0].id, parts[0].after) // a cursor ahead of the conversation
+		}
 		var conv, seq int64
 		conv, seq, err = p.replayVisitor(ctx, parts, 0, write)
 		cur = visitorCursor(conv, seq)
