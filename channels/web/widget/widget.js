@@ -336,6 +336,11 @@
     if (!conv) return;
     if (conv > S.conv) { S.conv = conv; S.seq = seq || 0; } else if (conv === S.conv && seq > S.seq) S.seq = seq;
   }
+  // settle takes the server's cursor (synced, a long-poll answer) as it is:
+  // below ours when ours was past the conversation's end.
+  function settle(conv, seq) {
+    if (conv && conv >= S.conv) { S.conv = conv; S.seq = seq || 0; }
+  }
 
   var RANK = { pending: 0, sending: 0, sent: 1, delivered: 2, read: 3 };
   function forward(from, to) {
@@ -739,7 +744,7 @@
         upsert(f.message, true);
         break;
       case "synced":
-        advance(f.conversation_id, f.last_seq);
+        settle(f.conversation_id, f.last_seq);
         if (S.conv) receipt(S.conv, S.seq);
         break;
       case "ack": onAck(f); break;
@@ -872,7 +877,7 @@
         setState("poll");
         clearConnNotice();
         (r.body.frames || []).forEach(handle);
-        advance(r.body.conversation_id, r.body.last_seq);
+        settle(r.body.conversation_id, r.body.last_seq);
         if (S.conv) receipt(S.conv, S.seq);
         poll();
       } else if (r.status === 401) {
