@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kefuhq/kefu/core"
 )
@@ -151,6 +152,10 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, v any) e
 // Unmarshal decodes one JSON value strictly (no unknown fields, no trailing
 // data), returning a 400 RequestError that says what is wrong.
 func Unmarshal(data []byte, v any) error {
+	// encoding/json turns invalid UTF-8 into U+FFFD: refused, not altered.
+	if !utf8.Valid(data) {
+		return BadRequest("malformed JSON: not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -82,6 +82,18 @@ func TestDecodeJSON(t *testing.T) {
 	}
 }
 
+// Invalid UTF-8 is refused, not stored as U+FFFD.
+func TestUnmarshalRefusesInvalidUTF8(t *testing.T) {
+	var v struct{ Text string }
+	err := Unmarshal([]byte("{\"Text\":\"ab\xff\xfecd\"}"), &v)
+	if err == nil || !strings.Contains(err.Error(), "UTF-8") || v.Text != "" {
+		t.Fatalf("Unmarshal = %v, text %q; want a 400 naming UTF-8, nothing decoded", err, v.Text)
+	}
+	if err := Unmarshal([]byte(`{"Text":"好的 ✓"}`), &v); err != nil || v.Text != "好的 ✓" {
+		t.Fatalf("valid UTF-8: %v, %q", err, v.Text)
+	}
+}
+
 func TestClientIP(t *testing.T) {
 	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	tests := []struct {

@@ -137,12 +137,34 @@ func decodeFrame(data []byte) (inFrame, *protoError) {
 	}
 	// Unmarshal checks the whole input: data after the object is an error.
 	if err := json.Unmarshal(data, &f); err != nil {
-		return inFrame{}, badFrame("malformed JSON: %s", jsonProblem(err))
+		e := badFrame("malformed JSON: %s", jsonProblem(err))
+		e.ID = sendID(data) // so that the client can tell which send failed
+		return inFrame{}, e
+	}
+	// Unmarshal turns invalid UTF-8 into U+FFFD: refused, not altered.
+	if !utf8.Valid(data) {
+		return inFrame{}, &protoError{Code: codeBadRequest, Msg: "the frame is not valid UTF-8", ID: sendID(data)}
 	}
 	if err := f.validate(); err != nil {
 		return inFrame{}, err
 	}
 	return f, nil
+}
+
+// sendID returns the id of a send frame that failed to decode, when its
+// type and id can still be read, or "".
+func sendID(data []byte) string {
+	var f struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+	}
+	// A field of the wrong type elsewhere leaves these two read; broken
+	// JSON leaves them empty.
+	_ = json.Unmarshal(data, &f)
+	if f.Type != frameSend {
+		return ""
+	}
+	return f.ID
 }
 
 // isFrameType reports whether data is exactly {"type":"TYP"}, give or

@@ -36,6 +36,8 @@ func TestDecodeFrame(t *testing.T) {
 		{"receipt without seq", `{"type":"receipt","conversation_id":1,"status":"read"}`, codeBadFrame},
 		{"receipt status", `{"type":"receipt","conversation_id":1,"seq":2,"status":"sent"}`, codeBadFrame},
 		{"negative cursor", `{"type":"hello","cursor":-1}`, codeBadFrame},
+		{"invalid UTF-8 in text", "{\"type\":\"send\",\"id\":\"x\",\"text\":\"ab\xff\xfecd\"}", codeBadRequest},
+		{"invalid UTF-8 in an unknown field", "{\"type\":\"ping\",\"x\":\"\xc3\"}", codeBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,6 +49,26 @@ func TestDecodeFrame(t *testing.T) {
 				t.Fatalf("got %v, want code %s", err, tt.code)
 			}
 		})
+	}
+}
+
+// A send that fails to decode is answered with its id, when it can be
+// read, so that the client knows which send failed.
+func TestDecodeFrameErrorKeepsTheSendID(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"type":"send","id":"c-1","text":"hi","note":"yes"}`:         "c-1",
+		`{"type":"send","id":"c-2","conversation_id":"7","text":"x"}`: "c-2",
+		"{\"type\":\"send\",\"id\":\"c-3\",\"text\":\"\xff\"}":        "c-3",
+		`{"type":"send","id":"c-4","text":"hi"`:                       "", // broken JSON: nothing can be read
+		`{"type":"receipt","id":"c-5","seq":"x"}`:                     "", // not a send
+	} {
+		_, err := decodeFrame([]byte(in))
+		if err == nil {
+			t.Fatalf("%s: decoded", in)
+		}
+		if err.ID != want {
+			t.Errorf("%s: error id %q, want %q", in, err.ID, want)
+		}
 	}
 }
 

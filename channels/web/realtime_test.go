@@ -1141,7 +1141,9 @@ func TestResumeFromACursorAheadOfTheConversation(t *testing.T) {
 	p := &webtest.Poller{Client: h.cl, Token: s.Token, Cursor: webtest.Cursor{ConversationID: conv, LastSeq: cur.LastSeq + 10}}
 	done := make(chan []webtest.Frame, 1)
 	go func() { fs, _ := p.Poll(context.Background()); done <- fs }()
-	waitUntil(t, "the poll waiting", func() bool { return h.svc.Presence().ContactConnected(must(h.store.Conversation(context.Background(), conv)).ContactID) })
+	waitUntil(t, "the poll waiting", func() bool {
+		return h.svc.Presence().ContactConnected(must(h.store.Conversation(context.Background(), conv)).ContactID)
+	})
 	check(alice.SendText("a-3", conv, "while the poll waits", false))
 	must(alice.Ack("a-3", rtWait))
 	if got := texts(<-done); !slices.Contains(got, "while the poll waits") {
