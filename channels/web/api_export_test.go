@@ -64,3 +64,9 @@ func (s *listHookStore) Settings(ctx context.Context, prefix, after string, limi
 	}
 	return kvs, err
 }
+
+// SignVisitorToken returns a visitor token for identity that expires at
+// exp (in the past, for a token that has run out).
+func (c *Channel) SignVisitorToken(identity string, exp time.Time) string {
+	return c.rt.signVisitor(visitor{identity: identity}, exp)
+}

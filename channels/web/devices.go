@@ -207,9 +207,12 @@ func (rt *realtime) registerVisitorDevice(w http.ResponseWriter, r *http.Request
 }
 
 func (rt *realtime) serveVisitorDeviceDelete(w http.ResponseWriter, r *http.Request) {
-	_, owner, err := rt.visitorDevices(r)
+	// An expired token still removes its identity's device: an app whose
+	// visitor session ran out must be able to stop the pushes for it (the
+	// signature still proves whose device it is).
+	v, _, err := rt.verifyVisitor(bearerToken(r))
 	if err == nil {
-		err = removeDevice(w, r, rt.store, owner)
+		err = removeDevice(w, r, rt.store, core.IdentityDevices(rt.c.name, v.identity))
 	}
 	if err != nil {
 		httpx.FromError(w, rt.log, err)

@@ -4,7 +4,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kefuhq/kefu/channels/web"
 	"github.com/kefuhq/kefu/core"
 )
 
@@ -122,4 +124,17 @@ func TestVisitorDevices(t *testing.T) {
 	if ds, _ := h.store.Devices(t.Context(), core.IdentityDevices(apiChannel, sess.Visitor.ID)); len(ds) != 0 {
 		t.Errorf("devices after removal: %v", ds)
 	}
+
+	// The visitor session runs out: its token no longer registers, but
+	// still signs the device out, so that the app can stop the pushes of
+	// conversations it can no longer open.
+	h.do("POST", "/api/v1/visitor/devices", sess.Token, map[string]any{"token": tok}).want(t, "register again", http.StatusOK)
+	expired := web.APITestChannel(h.svc).SignVisitorToken(sess.Visitor.ID, time.Now().Add(-time.Minute))
+	h.do("POST", "/api/v1/visitor/devices", expired, map[string]any{"token": tok}).want(t, "register with an expired token", http.StatusUnauthorized)
+	h.do("DELETE", "/api/v1/visitor/devices/"+tok, expired, nil).want(t, "sign out with an expired token", http.StatusNoContent)
+	if ds, _ := h.store.Devices(t.Context(), core.IdentityDevices(apiChannel, sess.Visitor.ID)); len(ds) != 0 {
+		t.Errorf("devices after the sign-out with an expired token: %v", ds)
+	}
+	forged := expired[:len(expired)-3] + "AAA"
+	h.do("DELETE", "/api/v1/visitor/devices/"+tok, forged, nil).want(t, "sign out with a forged token", http.StatusUnauthorized)
 }
