@@ -255,13 +255,13 @@ func BenchmarkHubFanout(b *testing.B) {
 			for i := range 10000 {
 				id := fmt.Sprintf("a:%032d", i)
 				h.register(&sub{aud: audVisitor, identity: id, out: &countOutlet{}})
-				h.joinIdentity(id, int64(1000+i))
+				h.joinIdentity(id, int64(1000+i), 0)
 			}
 			_, c := benchMessage(1)
 			tab1, tab2 := &countOutlet{}, &countOutlet{}
 			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab1})
 			h.register(&sub{aud: audVisitor, identity: c.ExternalID, out: tab2})
-			h.joinIdentity(c.ExternalID, c.ID)
+			h.joinIdentity(c.ExternalID, c.ID, 0)
 			for i := range agents {
 				h.register(&sub{aud: audAgent, agentID: int64(i + 1), out: &countOutlet{}})
 			}

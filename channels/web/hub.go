@@ -38,6 +38,9 @@ type sub struct {
 	agentID  int64  // agents
 	out      outlet
 	claimed  int64 // visitors: a conversation listed for this sub alone (see claim)
+	// learn, when set, is told the contact of a conversation the hub
+	// joins this visitor to (joinIdentity); it must not block.
+	learn func(contactID int64)
 }
 
 // hub passes updates, in order, to the subscribers this node holds. Its
@@ -176,19 +179,33 @@ func (h *hub) removeFromConv(c int64, s *sub) {
 	cs.mu.Unlock()
 }
 
-// joinIdentity joins every live subscriber of identity to conversation c.
-// It reports whether the identity has subscribers here.
-func (h *hub) joinIdentity(identity string, c int64) bool {
+// joinIdentity joins every live subscriber of identity to conversation c,
+// whose contact is contact (0: not known here). It reports whether the
+// identity has subscribers here. The subscribers newly joined learn the
+// contact (sub.learn).
+func (h *hub) joinIdentity(identity string, c, contact int64) bool {
 	is := h.identShard(identity)
 	is.mu.Lock()
-	defer is.mu.Unlock()
 	e := is.m[identity]
 	if e == nil {
+		is.mu.Unlock()
 		return false
 	}
+	var learners []*sub
 	if !slices.Contains(e.convs, c) {
 		e.convs = append(e.convs, c)
 		h.addToConv(c, e.subs...)
+		if contact > 0 {
+			for _, s := range e.subs {
+				if s.learn != nil {
+					learners = append(learners, s)
+				}
+			}
+		}
+	}
+	is.mu.Unlock()
+	for _, s := range learners {
+		s.learn(contact)
 	}
 	return true
 }
@@ -267,7 +284,7 @@ func (h *hub) dispatch(u core.Update) {
 			h.released.Store(m.ID)
 		}
 		if c := u.Conversation; c != nil && c.Channel == h.channel && c.ExternalID != "" {
-			h.joinIdentity(c.ExternalID, c.ID)
+			h.joinIdentity(c.ExternalID, c.ID, c.ContactID)
 		}
 		if m.VisibleToContact() && h.hasVisitors(conv) {
 			f := visitorMessageFrame(m, h.names)

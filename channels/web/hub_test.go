@@ -105,7 +105,7 @@ func TestHubResequencesOutOfOrderUpdates(t *testing.T) {
 		// message joins the identity's connections.
 		h.register(&sub{aud: audVisitor, identity: conv.ExternalID, out: r})
 		if c != 4 {
-			h.joinIdentity(conv.ExternalID, c)
+			h.joinIdentity(conv.ExternalID, c, 0)
 		}
 	}
 	// Scramble: reverse within blocks of 7, so most updates arrive early.
@@ -173,7 +173,7 @@ func TestHubClaim(t *testing.T) {
 	if len(a.frames) != 1 || len(b.frames) != 0 {
 		t.Fatalf("claimed: typing reached %d and %d tabs, want 1 and 0", len(a.frames), len(b.frames))
 	}
-	h.joinIdentity("a:1", 10)
+	h.joinIdentity("a:1", 10, 0)
 	h.dispatch(typing)
 	if len(a.frames) != 2 || len(b.frames) != 1 {
 		t.Fatalf("joined: typing reached %d and %d tabs, want 2 and 1", len(a.frames), len(b.frames))
@@ -198,7 +198,7 @@ func TestHubIndexesAndUnregister(t *testing.T) {
 	sa := &sub{aud: audVisitor, identity: "a:1", out: a}
 	sb := &sub{aud: audVisitor, identity: "a:1", out: b} // the same visitor in another tab
 	h.register(sa)
-	h.joinIdentity("a:1", 10)
+	h.joinIdentity("a:1", 10, 0)
 	h.register(sb) // joins #10 through the identity
 	typing := core.Update{Type: core.UpdateTyping, Typing: &core.Typing{ConversationID: 10, SenderKind: core.SenderAgent, SenderID: 3, On: true}}
 	h.dispatch(typing)

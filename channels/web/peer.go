@@ -121,7 +121,7 @@ func (p *peer) send(ctx context.Context, f *inFrame) (*frame, error) {
 	p.learnContact(res.Conversation.ContactID)
 	// Join the identity's live connections to a new conversation now, so
 	// that what follows the ack (typing, receipts) reaches them too.
-	p.rt.hub.joinIdentity(p.vis.identity, res.Conversation.ID)
+	p.rt.hub.joinIdentity(p.vis.identity, res.Conversation.ID, res.Conversation.ContactID)
 	return ackFrame(f.ID, viewMessage(&res.Message, p.rt.names.get), res.Duplicate), nil
 }
 
@@ -259,7 +259,7 @@ func (p *peer) planReplay(ctx context.Context, conv, seq int64) ([]replayPart, e
 func (p *peer) joined(parts []replayPart) []replayPart {
 	for _, pt := range parts {
 		p.own(pt.id)
-		p.rt.hub.joinIdentity(p.vis.identity, pt.id)
+		p.rt.hub.joinIdentity(p.vis.identity, pt.id, p.contact)
 	}
 	return parts
 }

@@ -1150,3 +1150,25 @@ func TestResumeFromACursorAheadOfTheConversation(t *testing.T) {
 		t.Errorf("long poll from past the end: got %q, want the reply", got)
 	}
 }
+
+// Two devices of one signed-in visitor: A connects before the identity has
+// a conversation, B writes first. A's socket receives the conversation and
+// counts for its contact (push fallback asks whether the contact has a
+// live socket), until it closes.
+func TestSecondDeviceCountsForItsContact(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	a := must(h.cl.StartSession(ctx, webtest.SessionRequest{Identity: webtest.Sign(rtIdSecret, "42", time.Now())}))
+	b := must(h.cl.StartSession(ctx, webtest.SessionRequest{Identity: webtest.Sign(rtIdSecret, "42", time.Now())}))
+	va, _, _ := h.visitorConn(a.Token, webtest.Cursor{})
+	pb := &webtest.Poller{Client: h.cl, Token: b.Token}
+	m := must(pb.SendText(ctx, "b-1", 0, "from the phone", false)).Message
+	must(va.WaitFor(rtWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.ID == m.ID }))
+	contact := must(h.store.Conversation(ctx, m.ConversationID)).ContactID
+	if !h.svc.Presence().ContactConnected(contact) {
+		t.Error("device A's socket receives the conversation, but its contact has no live socket")
+	}
+	va.Close()
+	waitUntil(t, "A's socket no longer counted", func() bool { return !h.svc.Presence().ContactConnected(contact) })
+}

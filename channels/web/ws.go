@@ -120,13 +120,17 @@ type wsConn struct {
 	peer    *peer
 	token   string // agents: to check the session is still there
 	preAuth *core.Agent
-	release func() // presence: the agent's console, or the visitor's contact
+	release func() // presence: the agent's console
 
-	mu        sync.Mutex // guards the queue and the flags below
+	mu        sync.Mutex // guards the queue and the fields below
 	queue     []*frame
 	scheduled bool // in the writer pool's run queue, or being flushed
 	held      bool // resuming: frames wait until the replay is written
 	closed    bool
+	// A visitor's contact counts this connection (learnContact) from
+	// contactKnown until cleanup (cleaned) calls contactRelease.
+	contactKnown, cleaned bool
+	contactRelease        func()
 
 	wmu    sync.Mutex // held while writing; guards filter
 	filter cursorFilter
@@ -377,11 +381,11 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 		// fallback asks whether they have a live socket on any node) from
 		// when a conversation shows who they are: here, in the replay, or
 		// at their first message.
-		p.onContact = func(id int64) { c.release = rt.svc.Presence().ConnectContact(id) }
+		p.onContact = c.learnContact
 		if f.ConversationID > 0 {
 			c.filter.at(f.ConversationID, f.LastSeq)
 		}
-		c.sub = sub{aud: audVisitor, identity: v.identity, out: c}
+		c.sub = sub{aud: audVisitor, identity: v.identity, out: c, learn: c.learnContact}
 	}
 	c.peer = p
 	c.mu.Lock()
@@ -692,6 +696,30 @@ func (c *wsConn) closeWith(code int, reason string) {
 	_ = c.ws.Close()
 }
 
+// learnContact counts the connection for the visitor's contact, once: push
+// fallback asks whether the contact has a live socket on any node. The
+// peer calls it when a conversation of its own shows the contact, the hub
+// when it joins the connection to a conversation its identity began on
+// another connection (another device).
+func (c *wsConn) learnContact(id int64) {
+	c.mu.Lock()
+	if c.contactKnown || c.cleaned || id <= 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.contactKnown = true
+	c.mu.Unlock()
+	release := c.rt.svc.Presence().ConnectContact(id)
+	c.mu.Lock()
+	if c.cleaned { // gone meanwhile
+		c.mu.Unlock()
+		release()
+		return
+	}
+	c.contactRelease = release
+	c.mu.Unlock()
+}
+
 // cleanup runs when the read loop ends.
 func (c *wsConn) cleanup() {
 	if c.peer != nil {
@@ -699,6 +727,14 @@ func (c *wsConn) cleanup() {
 	}
 	if c.release != nil {
 		c.release()
+	}
+	c.mu.Lock()
+	c.cleaned = true
+	release := c.contactRelease
+	c.contactRelease = nil
+	c.mu.Unlock()
+	if release != nil {
+		release()
 	}
 	c.rt.conns.remove(c)
 	c.mu.Lock()
