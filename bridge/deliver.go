@@ -597,6 +597,7 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 		if perm != nil {
 			reason = perm.reason()
 		}
+		reason = core.StorableText(reason)
 		var u *core.StatusUpdate
 		if out.Message != nil {
 			u = &core.StatusUpdate{MessageID: e.MessageID, Status: core.MsgFailed, Reason: reason}
@@ -854,8 +855,10 @@ func (h *timerHeap) Pop() any {
 	return t
 }
 
-// clip shortens s to at most n bytes without splitting a UTF-8 sequence.
+// clip shortens s to at most n bytes without splitting a UTF-8 sequence,
+// as every store keeps it (core.StorableText).
 func clip(s string, n int) string {
+	s = core.StorableText(s)
 	if len(s) <= n {
 		return s
 	}

@@ -326,6 +326,10 @@ func TestDeliverPermanentFailure(t *testing.T) {
 		{"permanent", bridge.Permanent("user blocked the bot", errors.New("403 Forbidden")), "user blocked the bot"},
 		{"wrapped permanent", fmt.Errorf("telegram: %w", bridge.Permanent("", errors.New("chat not found"))), "chat not found"},
 		{"window closed", fmt.Errorf("whatsapp: %w", core.ErrWindowClosed), "whatsapp: reply window closed"},
+		// A provider's bytes that PostgreSQL's text refuses: stored as every
+		// store can keep them (else FinishOutbox would fail for good, and the
+		// conversation's later replies wait behind it).
+		{"unstorable reason", bridge.Permanent("refused \x00[\xff]", nil), "refused [\uFFFD]"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

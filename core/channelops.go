@@ -15,7 +15,7 @@ import (
 // message and sends nothing.
 func (s *Service) BotMessage(ctx context.Context, convID int64, m Message) (Message, error) {
 	m.SenderKind, m.SenderID, m.Visibility = SenderBot, 0, Public
-	m.Text = storableText(m.Text)
+	m.Text = StorableText(m.Text)
 	if err := checkContent(m); err != nil {
 		return Message{}, err
 	}

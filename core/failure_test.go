@@ -29,8 +29,8 @@ func TestFailedReplyIsReportedInTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.notes.take()
-	for range 2 { // a provider's status webhook repeated
-		if _, err := f.svc.UpdateStatus(ctx, core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "the user blocked the bot"}); err != nil {
+	for range 2 { // a provider's status webhook repeated, its text as every store keeps it
+		if _, err := f.svc.UpdateStatus(ctx, core.StatusUpdate{MessageID: reply.ID, Status: core.MsgFailed, Reason: "the user\x00 blocked the bot\xff"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -49,7 +49,7 @@ func TestFailedReplyIsReportedInTheLog(t *testing.T) {
 	if len(events) != 1 {
 		t.Fatalf("%d delivery_failed events, want 1", len(events))
 	}
-	if e := events[0]; e.Visibility != core.Internal || e.Event.AgentID != a.ID || e.Text != "the user blocked the bot" || e.ID < reply.ID {
+	if e := events[0]; e.Visibility != core.Internal || e.Event.AgentID != a.ID || e.Text != "the user blocked the bot\uFFFD" || e.ID < reply.ID {
 		t.Fatalf("event %+v (%+v)", e, *e.Event)
 	}
 	var published int

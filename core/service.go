@@ -191,7 +191,7 @@ func (s *Service) Ingest(ctx context.Context, in Inbound) (Ingested, error) {
 	if in.Channel == "" || in.ExternalID == "" {
 		return Ingested{}, fmt.Errorf("%w: inbound message without channel or sender", ErrInvalid)
 	}
-	in.Message.Text, in.Name = storableText(in.Message.Text), storableText(in.Name)
+	in.Message.Text, in.Name = StorableText(in.Message.Text), StorableText(in.Name)
 	if err := checkContent(in.Message); err != nil {
 		return Ingested{}, err
 	}
@@ -1031,7 +1031,7 @@ func (s *Service) Note(ctx context.Context, agentID, convID int64, m Message) (M
 }
 
 func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
-	m.Text = storableText(m.Text)
+	m.Text = StorableText(m.Text)
 	if err := checkContent(m); err != nil {
 		return Message{}, err
 	}
@@ -1154,6 +1154,7 @@ func (s *Service) Resend(ctx context.Context, agentID, msgID int64) (Message, er
 // UpdateStatus applies a delivery status a channel learned (a provider's
 // status webhook) and tells the Notifier when it moved forward.
 func (s *Service) UpdateStatus(ctx context.Context, u StatusUpdate) (Message, error) {
+	u.Reason = StorableText(u.Reason) // a provider's text
 	m, changed, err := s.store.UpdateStatus(ctx, u)
 	if err != nil {
 		return m, err
@@ -1490,11 +1491,11 @@ func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
 	return a, nil
 }
 
-// storableText returns s as every store keeps it: valid UTF-8 (invalid
+// StorableText returns s as every store keeps it: valid UTF-8 (invalid
 // bytes become U+FFFD) without NUL characters, which PostgreSQL's text
 // refuses (SQLite would keep them), so that a message is stored, or not,
 // the same on every store.
-func storableText(s string) string {
+func StorableText(s string) string {
 	if strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) {
 		return s
 	}
