@@ -178,7 +178,8 @@ func defaults(lookupEnv func(string) (string, bool)) *Config {
 
 // Validate reports every problem in c as *FieldError values with full key
 // paths ("store.dsn", "agents[1].email", "channels.shop.token"), joined.
-// Channel and pusher sections are validated only when enabled.
+// A disabled channel or pusher is checked for every problem but those only
+// of a running instance (a missing secret: FieldError.OnlyEnabled).
 func (c *Config) Validate() error {
 	errs := []error{
 		Prefix("server", c.Server.Validate()),
@@ -197,7 +198,13 @@ func (c *Config) Validate() error {
 	}
 	single := map[string]string{} // type → the first enabled instance of a SingleInstance type
 	shared := map[string]string{} // type → the first enabled instance of a ProcessShared type
-	for _, ci := range c.EnabledChannels() {
+	for _, ci := range c.channels(false) {
+		if !ci.Enabled {
+			if ci.Config != nil {
+				errs = append(errs, dropOnlyEnabled(Prefix("channels."+ci.Name, ci.Config.Validate())))
+			}
+			continue
+		}
 		if ci.Config != nil {
 			errs = append(errs, Prefix("channels."+ci.Name, ci.Config.Validate()))
 		}
@@ -223,10 +230,15 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	for _, pi := range c.EnabledPushers() {
-		if pi.Config != nil {
-			errs = append(errs, Prefix("push."+pi.Name, pi.Config.Validate()))
+	for _, pi := range c.pushers(false) {
+		if pi.Config == nil {
+			continue
 		}
+		err := Prefix("push."+pi.Name, pi.Config.Validate())
+		if !pi.Enabled {
+			err = dropOnlyEnabled(err)
+		}
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -72,6 +72,10 @@ func (e Errors) sort() {
 type FieldError struct {
 	Key string // key inside the section; empty means the section itself
 	Msg string // what is wrong, e.g. "required when the channel is enabled"
+	// OnlyEnabled marks a problem only for an instance that runs (a
+	// missing secret, a key file not in place yet): a disabled channel or
+	// pusher is checked for every other problem (MarkOnlyEnabled).
+	OnlyEnabled bool
 }
 
 // Error formats the problem as KEY: MSG.
@@ -88,13 +92,40 @@ func Errorf(key, format string, args ...any) error {
 }
 
 // Required returns a *FieldError if value is empty, and nil otherwise.
-// Channel sections use it for secrets, which Validate checks only when the
-// instance is enabled (a pusher may prefer Errorf, as the message says channel).
+// Channel sections use it for secrets, which are required only when the
+// instance is enabled (OnlyEnabled; a pusher may prefer
+// MarkOnlyEnabled(Errorf(…)), as the message says channel).
 func Required(key, value string) error {
 	if value == "" {
-		return &FieldError{Key: key, Msg: "required when the channel is enabled"}
+		return &FieldError{Key: key, Msg: "required when the channel is enabled", OnlyEnabled: true}
 	}
 	return nil
+}
+
+// MarkOnlyEnabled marks every *FieldError in err as a problem only for an
+// enabled instance (FieldError.OnlyEnabled), and returns err.
+func MarkOnlyEnabled(err error) error {
+	for _, leaf := range leaves(err) {
+		var fe *FieldError
+		if errors.As(leaf, &fe) {
+			fe.OnlyEnabled = true
+		}
+	}
+	return err
+}
+
+// dropOnlyEnabled returns err without the problems marked OnlyEnabled: what
+// is wrong with a disabled instance.
+func dropOnlyEnabled(err error) error {
+	var out []error
+	for _, leaf := range leaves(err) {
+		var fe *FieldError
+		if errors.As(leaf, &fe) && fe.OnlyEnabled {
+			continue
+		}
+		out = append(out, leaf)
+	}
+	return errors.Join(out...)
 }
 
 // OneOf returns a *FieldError unless value is one of allowed.
@@ -128,7 +159,7 @@ func Prefix(prefix string, err error) error {
 	for _, leaf := range leaves(err) {
 		var fe *FieldError
 		if errors.As(leaf, &fe) {
-			out = append(out, &FieldError{Key: joinKey(prefix, fe.Key), Msg: fe.Msg})
+			out = append(out, &FieldError{Key: joinKey(prefix, fe.Key), Msg: fe.Msg, OnlyEnabled: fe.OnlyEnabled})
 		} else {
 			out = append(out, &FieldError{Key: prefix, Msg: leaf.Error()})
 		}

@@ -13,7 +13,8 @@ import (
 // Implementations are pointers to structs whose fields carry yaml tags and a
 // comment each. Validate reports every problem at once, as *FieldError values
 // joined with errors.Join (see Required, OneOf, URL, Errorf and Prefix); it
-// is called only for enabled instances, after decoding.
+// is called for every instance after decoding, and for a disabled one only
+// the problems not marked OnlyEnabled count (Required, MarkOnlyEnabled).
 type Section interface {
 	Validate() error
 }
@@ -51,7 +52,7 @@ type Defaulter interface {
 type ChannelInstance struct {
 	Name    string  // instance name: the key under channels:, used in URLs (/webhooks/NAME)
 	Type    string  // registered channel type; defaults to Name
-	Enabled bool    // whether the instance runs; disabled ones are decoded but not validated
+	Enabled bool    // whether the instance runs; a disabled one is checked for every problem but those only of a running one (FieldError.OnlyEnabled)
 	Config  Section // the type's own section, as returned by its registered constructor and then decoded
 	Line    int     // line of the instance's key in the file, 0 when not from a file
 }
@@ -60,7 +61,7 @@ type ChannelInstance struct {
 type PusherInstance struct {
 	Name    string  // key under push:, normally the pusher type
 	Type    string  // registered pusher type; defaults to Name
-	Enabled bool    // whether the pusher runs; disabled ones are decoded but not validated
+	Enabled bool    // whether the pusher runs; a disabled one is checked like a disabled channel
 	Config  Section // the type's own section, as returned by its registered constructor and then decoded
 	Line    int     // line of the entry's key in the file, 0 when not from a file
 }
@@ -147,10 +148,14 @@ func (r *registry) types() []string {
 }
 
 // EnabledChannels returns the enabled channel instances, sorted by name.
-func (c *Config) EnabledChannels() []*ChannelInstance {
+func (c *Config) EnabledChannels() []*ChannelInstance { return c.channels(true) }
+
+// channels returns the channel instances (only the enabled ones, if
+// enabled), sorted by name.
+func (c *Config) channels(enabled bool) []*ChannelInstance {
 	var out []*ChannelInstance
 	for _, ci := range c.Channels {
-		if ci.Enabled {
+		if ci.Enabled || !enabled {
 			out = append(out, ci)
 		}
 	}
@@ -159,10 +164,14 @@ func (c *Config) EnabledChannels() []*ChannelInstance {
 }
 
 // EnabledPushers returns the enabled pushers, sorted by name.
-func (c *Config) EnabledPushers() []*PusherInstance {
+func (c *Config) EnabledPushers() []*PusherInstance { return c.pushers(true) }
+
+// pushers returns the pushers (only the enabled ones, if enabled), sorted
+// by name.
+func (c *Config) pushers(enabled bool) []*PusherInstance {
 	var out []*PusherInstance
 	for _, pi := range c.Push {
-		if pi.Enabled {
+		if pi.Enabled || !enabled {
 			out = append(out, pi)
 		}
 	}

@@ -89,7 +89,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, config.Errorf("app_token", "must be an app-level token (xapp-…) with connections:write"))
 	}
 	if c.SigningSecret == "" && c.AppToken == "" {
-		errs = append(errs, config.Errorf("signing_secret", "required when the channel is enabled, unless app_token is set (Socket Mode)"))
+		errs = append(errs, config.MarkOnlyEnabled(config.Errorf("signing_secret", "required when the channel is enabled, unless app_token is set (Socket Mode)")))
 	}
 	switch {
 	case c.Channel == "":

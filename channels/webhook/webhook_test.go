@@ -62,7 +62,7 @@ func TestParseInbound(t *testing.T) {
 		{"blank text", `{"id":"1","from":"a","text":" "}`, false},
 		{"bad status", `{"type":"status","message_id":3,"status":"sent"}`, false},
 		{"bad type", `{"type":"poke"}`, false},
-		{"invalid utf8", "{\"id\":\"1\",\"from\":\"a\",\"text\":\"\xff\"}", true}, // encoding/json replaces it with U+FFFD
+		{"invalid utf8", "{\"id\":\"1\",\"from\":\"a\",\"text\":\"\xff\"}", false}, // refused, not stored as U+FFFD
 		{"not json", `hello`, false},
 	}
 	for _, tt := range tests {

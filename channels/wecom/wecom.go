@@ -123,8 +123,11 @@ func (c *Config) Validate() error {
 		config.Required("encoding_aes_key", c.EncodingAESKey),
 		config.URL("api_base", c.APIBase),
 	}
-	if c.AgentID <= 0 {
-		errs = append(errs, config.Errorf("agent_id", "required: the app's AgentId, a positive number"))
+	switch {
+	case c.AgentID == 0:
+		errs = append(errs, config.MarkOnlyEnabled(config.Errorf("agent_id", "required when the channel is enabled: the app's AgentId, a positive number")))
+	case c.AgentID < 0:
+		errs = append(errs, config.Errorf("agent_id", "must be the app's AgentId, a positive number; got %d", c.AgentID))
 	}
 	if c.EncodingAESKey != "" {
 		if err := wxapi.CheckAESKey(c.EncodingAESKey); err != nil {

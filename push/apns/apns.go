@@ -66,19 +66,27 @@ var appleID = regexp.MustCompile(`^[A-Z0-9]{10}$`)
 // Validate reports every problem of an enabled section.
 func (c *Config) Validate() error {
 	var errs []error
+	// The key file may not be in place while push is off: checked only
+	// for an enabled pusher, like the settings left empty.
 	if c.KeyFile == "" {
-		errs = append(errs, config.Errorf("key_file", "required when push is enabled: the path of the AuthKey_….p8 file"))
+		errs = append(errs, config.MarkOnlyEnabled(config.Errorf("key_file", "required when push is enabled: the path of the AuthKey_….p8 file")))
 	} else if _, err := loadKey(c.KeyFile); err != nil {
-		errs = append(errs, config.Errorf("key_file", "%v", err))
+		errs = append(errs, config.MarkOnlyEnabled(config.Errorf("key_file", "%v", err)))
 	}
-	if !appleID.MatchString(c.KeyID) {
-		errs = append(errs, config.Errorf("key_id", "required when push is enabled: the key's 10-character Key ID (A–Z, 0–9); got %q", c.KeyID))
-	}
-	if !appleID.MatchString(c.TeamID) {
-		errs = append(errs, config.Errorf("team_id", "required when push is enabled: the 10-character Team ID (A–Z, 0–9); got %q", c.TeamID))
-	}
-	if !core.ValidTopic(c.Topic) {
-		errs = append(errs, config.Errorf("topic", "required when push is enabled: the app's bundle id, like com.example.app; got %q", c.Topic))
+	for _, f := range []struct {
+		key, value, what string
+		valid      func(string) bool
+	}{
+		{"key_id", c.KeyID, "the key's 10-character Key ID (A–Z, 0–9)", appleID.MatchString},
+		{"team_id", c.TeamID, "the 10-character Team ID (A–Z, 0–9)", appleID.MatchString},
+		{"topic", c.Topic, "the app's bundle id, like com.example.app", core.ValidTopic},
+	} {
+		switch {
+		case f.value == "":
+			errs = append(errs, config.MarkOnlyEnabled(config.Errorf(f.key, "required when push is enabled: %s", f.what)))
+		case !f.valid(f.value):
+			errs = append(errs, config.Errorf(f.key, "must be %s; got %q", f.what, f.value))
+		}
 	}
 	errs = append(errs, config.OneOf("environment", c.Environment, string(core.PushProduction), string(core.PushSandbox)))
 	if c.Host != "" {

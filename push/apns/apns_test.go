@@ -174,7 +174,7 @@ func TestConfigValidate(t *testing.T) {
 		{"missing key file", func(c *apns.Config) { c.KeyFile = filepath.Join(dir, "none.p8") }, "key_file: cannot read the key"},
 		{"not a key", func(c *apns.Config) { c.KeyFile = notKey }, "is not an APNs .p8 key"},
 		{"no key id", func(c *apns.Config) { c.KeyID = "" }, "key_id: required"},
-		{"short team id", func(c *apns.Config) { c.TeamID = "ABC" }, "team_id: required"},
+		{"short team id", func(c *apns.Config) { c.TeamID = "ABC" }, "team_id: must be the 10-character Team ID"},
 		{"no topic", func(c *apns.Config) { c.Topic = "" }, "topic: required"},
 		{"bad environment", func(c *apns.Config) { c.Environment = "staging" }, "environment: must be one of production, sandbox"},
 		{"plain http host", func(c *apns.Config) { c.Host = "http://apns.local" }, "host: must be an https:// URL"},
@@ -211,7 +211,8 @@ func TestConfigValidate(t *testing.T) {
 
 // TestConfigThroughLoader checks the section as kefu.yaml spells it: an
 // enabled push.apns with problems is refused by the loader with the keys'
-// paths and lines, and a disabled one is not checked.
+// paths and lines; a disabled one may leave its settings empty and its key
+// file out of place, but its bad values are refused too.
 func TestConfigThroughLoader(t *testing.T) {
 	noEnv := func(string) (string, bool) { return "", false }
 	_, err := config.Parse("kefu.yaml", []byte("push:\n  apns:\n    enabled: true\n    environment: staging\n    fallback_after: 0s\n"), noEnv)
@@ -224,8 +225,13 @@ func TestConfigThroughLoader(t *testing.T) {
 			t.Errorf("errors do not name %s:\n%v", want, err)
 		}
 	}
-	if _, err := config.Parse("kefu.yaml", []byte("push:\n  apns: {enabled: false, environment: staging}\n"), noEnv); err != nil {
-		t.Errorf("a disabled section was checked: %v", err)
+	if _, err := config.Parse("kefu.yaml", []byte("push:\n  apns: {enabled: false, key_file: /nowhere/AuthKey.p8}\n"), noEnv); err != nil {
+		t.Errorf("a disabled section without its settings and key: %v", err)
+	}
+	_, err = config.Parse("kefu.yaml", []byte("push:\n  apns: {enabled: false, environment: staging, team_id: ABC}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "push.apns.environment") || !strings.Contains(err.Error(), "push.apns.team_id") ||
+		strings.Contains(err.Error(), "key_file") {
+		t.Errorf("a disabled section with bad values: %v, want its environment and team_id named, nothing required", err)
 	}
 	if _, err := config.Parse("kefu.yaml", []byte("push:\n  apns: {enabled: false, colour: blue}\n"), noEnv); err == nil {
 		t.Error("an unknown key was accepted")
