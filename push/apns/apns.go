@@ -75,7 +75,7 @@ func (c *Config) Validate() error {
 	}
 	for _, f := range []struct {
 		key, value, what string
-		valid      func(string) bool
+		valid            func(string) bool
 	}{
 		{"key_id", c.KeyID, "the key's 10-character Key ID (A–Z, 0–9)", appleID.MatchString},
 		{"team_id", c.TeamID, "the 10-character Team ID (A–Z, 0–9)", appleID.MatchString},
