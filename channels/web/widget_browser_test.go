@@ -3,6 +3,7 @@ package web_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -127,6 +128,8 @@ func TestWidgetInABrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	conv := f.Message.ConversationID
+	// The conversation's number shows, as agents see it.
+	wpoll(t, ctx, "the conversation's number", fmt.Sprintf(`w.querySelector('[data-testid="kefu-number"]').textContent === "#%d" && !w.querySelector('[data-testid="kefu-number"]').hidden`, conv))
 
 	// The agent types and answers: the widget shows both, with the agent's
 	// name, and reports the answer read (the panel is open).

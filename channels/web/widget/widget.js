@@ -27,6 +27,7 @@
  *   kefu-badge       unread count on the launcher (hidden when 0)
  *   kefu-panel       the panel (hidden attribute when closed)
  *   kefu-title       the title;  kefu-agent  the agent's name (or the subtitle)
+ *   kefu-number      the conversation's number, "#123" (hidden before the first message)
  *   kefu-notice      a notice line: connection or upload problems (hidden when none)
  *   kefu-more        "earlier messages" (hidden when there are none)
  *   kefu-messages    the message list
@@ -69,7 +70,8 @@
       earlier: "Earlier messages", reconnecting: "Reconnecting…", download: "Download",
       tooLarge: "This file is too large", badType: "This file type cannot be sent",
       uploadFailed: "The upload failed", notFound: "File not available",
-      identity: "Could not verify your account; chatting as a guest.", unavailable: "Chat is unavailable right now."
+      identity: "Could not verify your account; chatting as a guest.", unavailable: "Chat is unavailable right now.",
+      number: "Conversation {name}"
     },
     zh: {
       title: "在线客服", subtitle: "我们通常会在几分钟内回复", open: "打开聊天", close: "关闭聊天",
@@ -82,7 +84,8 @@
       earlier: "更早的消息", reconnecting: "正在重新连接…", download: "下载",
       tooLarge: "文件太大", badType: "不支持发送此类文件",
       uploadFailed: "上传失败", notFound: "文件不可用",
-      identity: "无法验证您的账号，将以访客身份聊天。", unavailable: "聊天暂不可用。"
+      identity: "无法验证您的账号，将以访客身份聊天。", unavailable: "聊天暂不可用。",
+      number: "对话 {name}"
     }
   };
   var lang = attr("lang");
@@ -142,6 +145,8 @@
     ".head{background:#2563eb;color:#fff;padding:14px 16px;display:flex;align-items:center;gap:10px}",
     ".head .who{flex:1;min-width:0}",
     ".title{font-weight:600;font-size:16px}",
+    ".titlerow{display:flex;align-items:baseline;gap:8px}",
+    ".num{opacity:.8;font-size:12px;white-space:nowrap}",
     ".agent{opacity:.85;font-size:12px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
     ".x{background:none;border:0;color:#fff;cursor:pointer;padding:4px;display:flex}",
     ".notice{background:#fef3c7;color:#92400e;padding:6px 12px;font-size:12px}",
@@ -191,6 +196,9 @@
     [icon(ICON_CHAT), badge]);
   var titleEl = h("div", { "class": "title", "data-testid": "kefu-title", text: attr("title") || L.title });
   var agentEl = h("div", { "class": "agent", "data-testid": "kefu-agent", text: L.subtitle });
+  // The conversation's number, which agents see too: a customer can quote
+  // it by mail or phone.
+  var numEl = h("div", { "class": "num", "data-testid": "kefu-number", hidden: true });
   var notice = h("div", { "class": "notice", "data-testid": "kefu-notice", role: "status", hidden: true });
   var more = h("button", { "class": "more", type: "button", "data-testid": "kefu-more", text: L.earlier, hidden: true,
     onclick: function () { loadHistory(true); } });
@@ -205,7 +213,7 @@
     "data-testid": "kefu-send", onclick: submit }, [icon(ICON_SEND)]);
   var panel = h("div", { "class": "panel", "data-testid": "kefu-panel", role: "dialog", "aria-label": attr("title") || L.title, hidden: true }, [
     h("div", { "class": "head" }, [
-      h("div", { "class": "who" }, [titleEl, agentEl]),
+      h("div", { "class": "who" }, [h("div", { "class": "titlerow" }, [titleEl, numEl]), agentEl]),
       h("button", { "class": "x", type: "button", "aria-label": L.close, onclick: function () { setOpen(false); } }, [icon(ICON_CLOSE)])
     ]),
     notice, list, typingEl,
@@ -335,11 +343,21 @@
   function advance(conv, seq) {
     if (!conv) return;
     if (conv > S.conv) { S.conv = conv; S.seq = seq || 0; } else if (conv === S.conv && seq > S.seq) S.seq = seq;
+    showNumber();
   }
   // settle takes the server's cursor (synced, a long-poll answer) as it is:
   // below ours when ours was past the conversation's end.
   function settle(conv, seq) {
     if (conv && conv >= S.conv) { S.conv = conv; S.seq = seq || 0; }
+    showNumber();
+  }
+  // showNumber shows the number of the conversation the cursor is in.
+  function showNumber() {
+    var n = S.conv ? "#" + S.conv : "";
+    if (numEl.textContent === n) return;
+    numEl.textContent = n;
+    numEl.hidden = !n;
+    if (n) numEl.setAttribute("aria-label", fmt(L.number, n)); else numEl.removeAttribute("aria-label");
   }
 
   var RANK = { pending: 0, sending: 0, sent: 1, delivered: 2, read: 3 };
@@ -821,7 +839,7 @@
     wsReady = false;
     if (code === 4001) { startSession(true).then(connect, offline); return; }
     if (!S.token) { offline(); return; }
-    if (code === 4004) { S.conv = 0; S.seq = 0; }
+    if (code === 4004) { S.conv = 0; S.seq = 0; showNumber(); }
     if (!welcomed && ++wsFails >= 2) { // WebSockets do not get through: poll, and try again later
       mode = "poll";
       scheduleProbe();
@@ -883,7 +901,7 @@
       } else if (r.status === 401) {
         startSession(true).then(poll, offline);
       } else if (r.status === 404) {
-        S.conv = 0; S.seq = 0; poll();
+        S.conv = 0; S.seq = 0; showNumber(); poll();
       } else {
         setTimeout(poll, r.status === 429 ? retryAfter(r) : backoff());
       }
