@@ -56,6 +56,7 @@ type realtime struct {
 	contactLeases *leaseSet
 
 	ipLimit     *httpx.Limiter // requests per IP on visitor endpoints
+	helloGate   helloGate      // agent sockets not yet authenticated, per IP
 	msgLimit    *httpx.Limiter // messages per visitor
 	convLimit   *httpx.Limiter // new visitor sessions per IP
 	uploadLimit *httpx.Limiter // visitor upload MiB per IP
@@ -405,6 +406,43 @@ func (rt *realtime) clientKey(r *http.Request) string {
 
 // allowRequest applies the per-IP request rate of the visitor endpoints,
 // answering 429 with Retry-After when it is exceeded.
+// maxUnhelloed is how many agent sockets one client address may hold
+// before their hello authenticates them (within 10 s, tick): an
+// office of agents reconnecting at once stays far below it, and one client
+// cannot take the process's open files with sockets that never say who
+// they are.
+const maxUnhelloed = 64
+
+// helloGate counts, per client address, the agent sockets upgraded and not
+// yet authenticated.
+type helloGate struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// enter counts one more socket for key, unless key has maxUnhelloed.
+func (g *helloGate) enter(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n[key] >= maxUnhelloed {
+		return false
+	}
+	if g.n == nil {
+		g.n = map[string]int{}
+	}
+	g.n[key]++
+	return true
+}
+
+// leave counts one socket of key's less: authenticated, or gone.
+func (g *helloGate) leave(key string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n[key]--; g.n[key] <= 0 {
+		delete(g.n, key)
+	}
+}
+
 func (rt *realtime) allowRequest(w http.ResponseWriter, r *http.Request) bool {
 	ok, wait := rt.ipLimit.Allow(rt.clientKey(r))
 	if !ok {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/kefuhq/kefu/channels/web"
 	"github.com/kefuhq/kefu/channels/web/webtest"
 	"github.com/kefuhq/kefu/config"
@@ -1171,4 +1173,63 @@ func TestSecondDeviceCountsForItsContact(t *testing.T) {
 	}
 	va.Close()
 	waitUntil(t, "A's socket no longer counted", func() bool { return !h.svc.Presence().ContactConnected(contact) })
+}
+
+// One address holds at most 64 agent sockets that have not said hello (the
+// visitor endpoints have their rate limit; an agent socket is
+// authenticated only by its hello): the next is refused with 429 until one
+// of them authenticates or goes.
+func TestUnauthenticatedAgentSocketsPerAddress(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "    ping_interval: 30s\n") // no hello within 10 s closes a socket: not during the test
+	url := "ws" + strings.TrimPrefix(h.base, "http") + "/ws/agent"
+	hdr := http.Header{"Origin": {rtOrigin}}
+	dial := func() (*websocket.Conn, int) {
+		ws, res, err := websocket.DefaultDialer.Dial(url, hdr)
+		if err != nil {
+			if res == nil {
+				t.Fatal(err)
+			}
+			return nil, res.StatusCode
+		}
+		return ws, http.StatusSwitchingProtocols
+	}
+	var open []*websocket.Conn
+	defer func() {
+		for _, ws := range open {
+			ws.Close()
+		}
+	}()
+	for i := range 64 {
+		ws, code := dial()
+		if ws == nil {
+			t.Fatalf("socket %d: HTTP %d", i+1, code)
+		}
+		open = append(open, ws)
+	}
+	if ws, code := dial(); ws != nil || code != http.StatusTooManyRequests {
+		t.Fatalf("a 65th socket without hello: HTTP %d, want 429", code)
+	}
+	// One authenticates: it no longer counts.
+	check(open[0].WriteJSON(map[string]any{"type": "hello", "token": h.token(h.alice)}))
+	var welcome struct{ Type string }
+	check(open[0].ReadJSON(&welcome))
+	if welcome.Type != "welcome" {
+		t.Fatalf("hello answered %q", welcome.Type)
+	}
+	// (before the welcome is written)
+	ws, code := dial()
+	if ws == nil {
+		t.Fatalf("after a hello: HTTP %d, want a socket", code)
+	}
+	open = append(open, ws)
+	// One goes: its place is free again.
+	open[1].Close()
+	waitUntil(t, "a socket admitted after one closed", func() bool {
+		ws, _ := dial()
+		if ws != nil {
+			open = append(open, ws)
+		}
+		return ws != nil
+	})
 }

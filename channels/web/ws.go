@@ -120,6 +120,7 @@ type wsConn struct {
 	peer    *peer
 	token   string // agents: to check the session is still there
 	preAuth *core.Agent
+	gate    string // agents: the helloGate key this socket counts against until hello ("" once it does not)
 	release func() // presence: the agent's console
 
 	mu        sync.Mutex // guards the queue and the fields below
@@ -161,18 +162,32 @@ func (rt *realtime) serveWS(aud audience) http.HandlerFunc {
 			}
 			pre, preExp = &a, s.ExpiresAt
 		}
+		gate := ""
+		if aud == audAgent && pre == nil {
+			// Authenticated by its hello, within 10 s (tick): until then it
+			// counts against its address (helloGate).
+			gate = rt.clientKey(r)
+			if !rt.helloGate.enter(gate) {
+				httpx.TooMany(w, time.Second)
+				return
+			}
+		}
 		ws, err := rt.up.Upgrade(w, r, nil)
 		if err != nil {
+			if gate != "" {
+				rt.helloGate.leave(gate)
+			}
 			return // Upgrade has answered
 		}
 		now := time.Now().UnixNano()
-		c := &wsConn{rt: rt, ws: ws, kind: aud, born: now, lastPing: now, preAuth: pre}
+		c := &wsConn{rt: rt, ws: ws, kind: aud, born: now, lastPing: now, preAuth: pre, gate: gate}
 		if pre != nil {
 			c.token = tok
 			c.expires.Store(preExp.UnixNano())
 		}
 		c.lastSeen.Store(now)
 		if !rt.conns.add(c) {
+			c.leaveGate()
 			c.closeWith(closeGoingAway, "server shutting down")
 			return
 		}
@@ -364,6 +379,7 @@ func (c *wsConn) start(ctx context.Context, f *inFrame) error {
 			return err
 		}
 		p.agent = &a
+		c.leaveGate()
 		c.sub = sub{aud: audAgent, agentID: a.ID, out: c}
 		c.release = rt.svc.Presence().Connect(a.ID)
 		after := rt.hub.released.Load() // no cursor: from now on
@@ -720,8 +736,19 @@ func (c *wsConn) learnContact(id int64) {
 	c.mu.Unlock()
 }
 
+// leaveGate stops counting the socket against its address's helloGate:
+// its hello authenticated it, or it is gone. The read loop calls it (hello
+// runs on its behalf, in turn with it).
+func (c *wsConn) leaveGate() {
+	if c.gate != "" {
+		c.rt.helloGate.leave(c.gate)
+		c.gate = ""
+	}
+}
+
 // cleanup runs when the read loop ends.
 func (c *wsConn) cleanup() {
+	c.leaveGate()
 	if c.peer != nil {
 		c.rt.hub.unregister(&c.sub)
 	}
