@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -88,6 +89,9 @@ type Node struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	readyMu   sync.Mutex
+	lastReady string // what /readyz last found wrong, "" when ready
 }
 
 // New opens the store and bus, builds the core and the enabled channels,
@@ -474,35 +478,63 @@ func (n *Node) channelNames() []string {
 func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
-	var problems []string
+	// The answer is public: the store's and the bus's errors, which may
+	// name hosts, users or databases, go to the log only. The channels'
+	// and pushers' checks say in kefu's words what an operator must fix
+	// ("Slack rejects the bot token…").
+	var lines, details []string
+	problem := func(name string, err error, public bool) {
+		details = append(details, name+": "+err.Error())
+		if public {
+			lines = append(lines, name+": "+err.Error())
+		} else {
+			lines = append(lines, name+": unavailable (the log says why)")
+		}
+	}
 	if err := n.store.Ping(ctx); err != nil {
-		problems = append(problems, "store: "+err.Error())
+		problem("store", err, false)
 	}
 	if c, ok := n.bus.(interface{ Check(context.Context) error }); ok {
 		if err := c.Check(ctx); err != nil {
-			problems = append(problems, "bus: "+err.Error())
+			problem("bus", err, false)
 		}
 	}
 	for _, ch := range n.channels {
 		if c, ok := ch.(channels.Checker); ok {
 			if err := c.Check(ctx); err != nil {
-				problems = append(problems, "channel "+ch.Name()+": "+err.Error())
+				problem("channel "+ch.Name(), err, true)
 			}
 		}
 	}
 	for _, p := range n.pushers {
 		if err := p.Check(ctx); err != nil {
-			problems = append(problems, "push: "+err.Error())
+			problem("push", err, true)
 		}
 	}
-	if len(problems) > 0 {
+	n.noteReadiness(details)
+	if len(lines) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		for _, p := range problems {
-			_, _ = io.WriteString(w, p+"\n")
-		}
+		_, _ = io.WriteString(w, strings.Join(lines, "\n")+"\n")
 		return
 	}
 	_, _ = io.WriteString(w, "ready\n")
+}
+
+// noteReadiness logs what /readyz found when it changes (probes come every
+// few seconds: the same problems are logged once).
+func (n *Node) noteReadiness(details []string) {
+	now := strings.Join(details, "; ")
+	n.readyMu.Lock()
+	changed := now != n.lastReady
+	n.lastReady = now
+	n.readyMu.Unlock()
+	switch {
+	case !changed:
+	case now == "":
+		n.log.Info("ready again")
+	default:
+		n.log.Warn("not ready", "problems", now)
+	}
 }
 
 // registerGauges exports the nodes whose sockets presence counts, and the
