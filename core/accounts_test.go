@@ -255,6 +255,17 @@ func TestEnsureAgentsLeavesExistingLinks(t *testing.T) {
 	}
 }
 
+// An agent of the config without a name is named after their email, not
+// shown to customers with none.
+func TestEnsureAgentsNamesAnAgentWithoutOne(t *testing.T) {
+	t.Parallel()
+	a := newAccounts(t)
+	created, err := a.svc.EnsureAgents(context.Background(), []core.AgentSeed{{Email: "Frank.Li@example.com", Name: "  ", Password: "password-frank"}})
+	if err != nil || len(created) != 1 || created[0].Name != "Frank.Li" {
+		t.Fatalf("created %+v, %v; want one agent named Frank.Li", created, err)
+	}
+}
+
 func TestDeactivateRequeuesAndRevokes(t *testing.T) {
 	t.Parallel()
 	a := newAccounts(t)

@@ -1442,6 +1442,10 @@ func (s *Service) EnsureAgents(ctx context.Context, seeds []AgentSeed) (created 
 		if role == "" {
 			role = RoleAgent
 		}
+		if sd.Name = strings.TrimSpace(sd.Name); sd.Name == "" {
+			// Without a name, customers and colleagues would see none.
+			sd.Name, _, _ = strings.Cut(sd.Email, "@")
+		}
 		// A conflict on the write is another node's doing: it created the
 		// agent, or gave one of the links to another agent since the check
 		// (then the link is left off, and the agent created without it).

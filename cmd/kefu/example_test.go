@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kefuhq/kefu/channels"
 	"github.com/kefuhq/kefu/config"
@@ -95,5 +96,44 @@ func TestExampleDocumentsEveryPusher(t *testing.T) {
 	}
 	if len(config.PusherTypes()) == 0 {
 		t.Error("no pusher type is registered: is push/apns linked in?")
+	}
+}
+
+// TestConfigReferenceDocumentsEveryKey checks that docs/config.md has a
+// row for every key of the shared sections (the channels' and pushers'
+// keys are in their own pages and the example file).
+func TestConfigReferenceDocumentsEveryKey(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	var walk func(prefix string, typ reflect.Type)
+	walk = func(prefix string, typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" || name == "channels" || name == "push" {
+				continue
+			}
+			key := prefix + name
+			switch ft := f.Type; {
+			case ft.Kind() == reflect.Struct && ft != reflect.TypeFor[time.Duration]():
+				walk(key+".", ft)
+			case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+				walk(key+"[].", ft.Elem())
+			default:
+				keys = append(keys, key)
+			}
+		}
+	}
+	walk("", reflect.TypeFor[config.Config]())
+	if len(keys) < 20 {
+		t.Fatalf("only %d keys found: %v", len(keys), keys)
+	}
+	for _, k := range keys {
+		if !strings.Contains(string(doc), "| `"+k+"` |") {
+			t.Errorf("docs/config.md has no row for %s", k)
+		}
 	}
 }
