@@ -184,7 +184,8 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		// rather than stopping halfway through a command.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), handleBudget)
 		defer cancel()
-		return c.handle(ctx, msg)
+		// And once in the cluster: the retry may reach another node.
+		return c.clusterOnce(ctx, msg.MsgID, func() error { return c.handle(ctx, msg) })
 	})
 	if err != nil && r.Context().Err() != nil && errors.Is(err, r.Context().Err()) {
 		// Work WeChat hung up (a retry waiting for the first handling,

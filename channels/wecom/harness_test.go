@@ -306,3 +306,18 @@ func (h *harness) mediaFiles() int {
 	}
 	return n
 }
+
+// otherNode builds a second instance of the channel on the same store and
+// service, as another node of a cluster, and returns the URL of its
+// webhook: Work WeChat's retry may reach it rather than the first.
+func (h *harness) otherNode() string {
+	h.t.Helper()
+	ch, err := wecom.New(name, h.cfg, channels.Deps{Service: h.svc, Media: h.media, Logger: quiet})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { ch.Close() })
+	srv := httptest.NewServer(ch)
+	h.t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -3,6 +3,9 @@ package wecom
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -107,4 +110,123 @@ func (cs *callbacks) remember(id string, cb *callback, now time.Time) {
 	}
 	cs.byID[id] = cb
 	cs.queue = append(cs.queue, remembered{id: id, cb: cb, until: now.Add(retryWindow)})
+}
+
+// claimPrefix begins the store settings by which the nodes of a cluster
+// claim a callback: "wecom.NAME.cb.MSGID".
+func (c *Channel) claimPrefix() string { return "wecom." + c.name + ".cb." }
+
+// claimPoll is how often a retry that found another node handling its
+// callback looks at the claim again.
+const claimPoll = 50 * time.Millisecond
+
+// errClaimBusy answers a retry whose callback another node is still
+// handling when the retry's own time runs out: Work WeChat tries again.
+var errClaimBusy = errors.New("wecom: another node is handling this callback")
+
+// clusterOnce runs handle for callback id unless another node of the
+// cluster has handled it, or is handling it: behind a load balancer, Work
+// WeChat's retry may reach another node than the first try, whose memory
+// (callbacks) it does not share. The claim is a store setting, under
+// claimPrefix: "run TOKEN UNIXNANO" while a node runs it, "done UNIXNANO"
+// after. A failed run removes its claim, so that the next retry runs it
+// again; a run whose node died is taken over once it is handleBudget old.
+// A retry of one being run waits for its outcome, within ctx. Store errors
+// are the callback's (Work WeChat retries). id "" always runs handle.
+func (c *Channel) clusterOnce(ctx context.Context, id string, handle func() error) error {
+	if id == "" {
+		return handle()
+	}
+	key := c.claimPrefix() + id
+	c.pruneClaims(ctx)
+	mine := fmt.Sprintf("run %s %d", c.claimToken, c.now().UnixNano())
+	for {
+		got, err := c.store.EnsureSetting(ctx, key, mine)
+		if err != nil {
+			return err
+		}
+		if got != mine {
+			switch state, at := parseClaim(got); {
+			case state == "done":
+				return nil // another node handled it
+			case c.now().Sub(at) < handleBudget:
+				// Being handled by another node: wait for its outcome.
+				select {
+				case <-ctx.Done():
+					return errors.Join(errClaimBusy, ctx.Err())
+				case <-time.After(claimPoll):
+				}
+				continue
+			default: // its node stopped before the end: take it over
+				ok, err := c.store.ReplaceSetting(ctx, key, got, mine)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					continue // changed meanwhile: look again
+				}
+			}
+		}
+		break
+	}
+	if err := handle(); err != nil {
+		// Not done: the next retry, on any node, runs it again.
+		if _, derr := c.store.DeleteSetting(context.WithoutCancel(ctx), key, mine); derr != nil {
+			c.log.Warn("wecom: could not release a failed callback's claim; a retry waits for it to age", "msgid", id, "err", derr)
+		}
+		return err
+	}
+	if _, err := c.store.ReplaceSetting(context.WithoutCancel(ctx), key, mine, fmt.Sprintf("done %d", c.now().UnixNano())); err != nil {
+		c.log.Warn("wecom: could not mark a callback handled; another node may handle its retry again", "msgid", id, "err", err)
+	}
+	return nil
+}
+
+// parseClaim reads a claim's state ("run" or "done") and time; a value it
+// cannot read is an old "run" (taken over).
+func parseClaim(v string) (state string, at time.Time) {
+	f := strings.Fields(v)
+	if len(f) < 2 {
+		return "run", time.Time{}
+	}
+	ns, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		return "run", time.Time{}
+	}
+	return f[0], time.Unix(0, ns)
+}
+
+// pruneEvery is how often a node removes the claims older than
+// retryWindow (Work WeChat retries for less).
+const pruneEvery = time.Minute
+
+// pruneClaims removes the claims past retryWindow, at most once every
+// pruneEvery on this node, a page at a time. A failure is logged and left
+// to the next pass.
+func (c *Channel) pruneClaims(ctx context.Context) {
+	now := c.now()
+	last := c.prunedAt.Load()
+	if now.UnixNano()-last < int64(pruneEvery) || !c.prunedAt.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	prefix := c.claimPrefix()
+	for after := ""; ; {
+		page, err := c.store.Settings(ctx, prefix, after, 500)
+		if err != nil {
+			c.log.Warn("wecom: pruning old callback claims", "err", err)
+			return
+		}
+		for _, s := range page {
+			if _, at := parseClaim(s.Value); now.Sub(at) > retryWindow {
+				if _, err := c.store.DeleteSetting(ctx, s.Key, s.Value); err != nil {
+					c.log.Warn("wecom: pruning old callback claims", "err", err)
+					return
+				}
+			}
+		}
+		if len(page) < 500 {
+			return
+		}
+		after = page[len(page)-1].Key
+	}
 }

@@ -2,8 +2,13 @@ package wecom
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kefuhq/kefu/adapters/store/sqlite"
 )
 
 // TestPanickedHandlingRunsAgain: a handling that panicked (net/http
@@ -23,5 +28,60 @@ func TestPanickedHandlingRunsAgain(t *testing.T) {
 	ran = false
 	if err := cs.do(context.Background(), "42", now, func() error { ran = true; return nil }); err != nil || ran {
 		t.Fatalf("a retry after the success: ran %v, err %v; want it answered without running", ran, err)
+	}
+}
+
+// The claims by which nodes share callbacks are pruned once past
+// retryWindow, at most once a pruneEvery, a page at a time.
+func TestPruneClaims(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Unix(1_800_000_000, 0)
+	c := &Channel{name: "wecom", store: st, now: func() time.Time { return now }, log: slog.New(slog.DiscardHandler)}
+	old, fresh := now.Add(-retryWindow-time.Second).UnixNano(), now.Add(-time.Second).UnixNano()
+	want := map[string]bool{}
+	for i := range 1203 { // more than two pages
+		v, keep := fmt.Sprintf("done %d", old), false
+		switch i % 3 {
+		case 1:
+			v, keep = fmt.Sprintf("run tok %d", fresh), true
+		case 2:
+			v = fmt.Sprintf("run tok %d", old)
+		}
+		key := fmt.Sprintf("%s%05d", c.claimPrefix(), i)
+		if err := st.PutSetting(ctx, key, v); err != nil {
+			t.Fatal(err)
+		}
+		want[key] = keep
+	}
+	if err := st.PutSetting(ctx, "wecom.other.cb.1", fmt.Sprintf("done %d", old)); err != nil {
+		t.Fatal(err)
+	}
+	c.pruneClaims(ctx)
+	for key, keep := range want {
+		_, err := st.Setting(ctx, key)
+		if kept := err == nil; kept != keep {
+			t.Fatalf("%s: kept %v, want %v", key, kept, keep)
+		}
+	}
+	if _, err := st.Setting(ctx, "wecom.other.cb.1"); err != nil {
+		t.Error("another instance's claim was pruned")
+	}
+	// Within pruneEvery, nothing is read again.
+	if err := st.PutSetting(ctx, c.claimPrefix()+"late", fmt.Sprintf("done %d", old)); err != nil {
+		t.Fatal(err)
+	}
+	c.pruneClaims(ctx)
+	if _, err := st.Setting(ctx, c.claimPrefix()+"late"); err != nil {
+		t.Error("pruned again within pruneEvery")
+	}
+	now = now.Add(pruneEvery)
+	c.pruneClaims(ctx)
+	if _, err := st.Setting(ctx, c.claimPrefix()+"late"); err == nil {
+		t.Error("not pruned after pruneEvery")
 	}
 }

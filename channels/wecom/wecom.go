@@ -33,6 +33,8 @@ package wecom
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/silenceper/wechat/v2/credential"
@@ -173,6 +176,10 @@ type Channel struct {
 	tokens  *wxapi.Tokens
 	limiter *httpx.WindowLimiter
 	handled callbacks // by MsgId, for Work WeChat's retries
+	// claimToken names this instance in its claims of callbacks
+	// (clusterOnce); prunedAt is when it last pruned them (unix nanoseconds).
+	claimToken string
+	prunedAt   atomic.Int64
 
 	agentsMu sync.Mutex
 	agents   []core.Agent
@@ -213,6 +220,9 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 		limiter: httpx.NewWindowLimiter(httpx.Window{N: perMinute, Span: time.Minute}, httpx.Window{N: perHour, Span: time.Hour}),
 		release: release,
 	}
+	var tok [8]byte
+	_, _ = rand.Read(tok[:])
+	c.claimToken = hex.EncodeToString(tok[:])
 	if deps.Bus != nil {
 		c.kicker = bridge.NewNotifier(bridge.NotifierConfig{Node: deps.NodeID, Publisher: deps.Bus.Publisher(), Logger: c.log})
 	}

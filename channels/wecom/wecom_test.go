@@ -663,3 +663,79 @@ func TestRetriedCommandCarriedOutOnce(t *testing.T) {
 	n = h.expect("alice", n, "kefu commands")
 	h.quietFor("alice", n)
 }
+
+// TestRetryOnAnotherNodeCarriedOutOnce: behind a load balancer, Work
+// WeChat's retry of a callback may reach another node, which has not seen
+// it. A command is still carried out, and answered, once: for a retry after
+// it was handled, and for one that comes while the first node still runs
+// it. A callback whose handling failed on one node is handled by the retry
+// on another.
+func TestRetryOnAnotherNodeCarriedOutOnce(t *testing.T) {
+	h := newHarness(t)
+	other := h.otherNode()
+	post := func(url string, msg []byte) int {
+		req, err := h.app.Request(url, msg)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	help := h.app.Text("alice", "/help", wecomtest.NextMsgID())
+	h.post(help)
+	if code := post(other, help); code != http.StatusOK {
+		t.Fatalf("the retry on the other node: HTTP %d", code)
+	}
+	n := h.expect("alice", 0, "kefu commands")
+	h.quietFor("alice", n)
+	if n != 1 {
+		t.Fatalf("%d answers to one /help", n)
+	}
+
+	// The retry reaches the other node while the first still runs it.
+	var handlings atomic.Int32
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	hook := func(core.OutboxEntry) {
+		if handlings.Add(1) == 1 {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	h.beforeEnqueue.Store(&hook)
+	list := h.app.Text("alice", "/list", wecomtest.NextMsgID())
+	first := make(chan int, 1)
+	go func() { first <- post(h.srv.URL, list) }()
+	<-entered
+	retry := make(chan int, 1)
+	go func() { retry <- post(other, list) }()
+	time.Sleep(200 * time.Millisecond) // time for a second handling to start, if it would
+	close(release)
+	if a, b := <-first, <-retry; a != http.StatusOK || b != http.StatusOK {
+		t.Fatalf("the first try: HTTP %d, the retry on the other node: HTTP %d", a, b)
+	}
+	h.beforeEnqueue.Store(nil)
+	if n := handlings.Load(); n != 1 {
+		t.Errorf("the command was carried out %d times", n)
+	}
+	n = h.expect("alice", n, "You have no open conversation.")
+	h.quietFor("alice", n)
+
+	// Failed on one node, carried out by the retry on the other.
+	h.failEnqueues.Store(1)
+	again := h.app.Text("alice", "/help", wecomtest.NextMsgID())
+	if code := post(h.srv.URL, again); code != http.StatusServiceUnavailable {
+		t.Fatalf("a callback whose answer could not be queued: HTTP %d, want 503", code)
+	}
+	if code := post(other, again); code != http.StatusOK {
+		t.Fatalf("its retry on the other node: HTTP %d", code)
+	}
+	n = h.expect("alice", n, "kefu commands")
+	h.quietFor("alice", n)
+}
