@@ -120,8 +120,8 @@ type Routing struct {
 	Strategy        string        `yaml:"strategy"`           // round_robin | least_busy; default least_busy
 	MaxOpenPerAgent int           `yaml:"max_open_per_agent"` // open conversations one agent is given at most; default 8
 	ReopenWithin    time.Duration `yaml:"reopen_within"`      // a message after a conversation is resolved reopens it within this, starts a new one after; default 168h
-	OfflineReply    string        `yaml:"offline_reply"`      // sent once per conversation when no agent is available; empty sends nothing
-	BusyReply       string        `yaml:"busy_reply"`         // sent once per conversation that waits while agents are available but all at max_open_per_agent; {position} is its place in the queue; empty sends nothing
+	OfflineReply    string        `yaml:"offline_reply"`      // sent once per conversation when no agent is available; {number} is its number; empty sends nothing
+	BusyReply       string        `yaml:"busy_reply"`         // sent once per conversation that waits while agents are available but all at max_open_per_agent; {position} is its place in the queue, {number} its number; empty sends nothing
 }
 
 // Log is the log: section.

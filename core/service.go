@@ -39,6 +39,11 @@ type Config struct {
 // conversation's place in the queue (1: the next one served).
 const PositionPlaceholder = "{position}"
 
+// NumberPlaceholder, in Config.OfflineReply and Config.BusyReply, is
+// replaced by the conversation's number ("#123"), which the customer can
+// quote: agents see it in every channel.
+const NumberPlaceholder = "{number}"
+
 // DefaultRedrain is Config.Redrain's default.
 const DefaultRedrain = 2 * time.Second
 
@@ -264,7 +269,7 @@ func (s *Service) backToItsAgent(ctx context.Context, c Conversation) {
 		return
 	}
 	if _, err := s.appendAndNotify(ctx, c, Message{SenderKind: SenderBot, Visibility: Public, Kind: KindText,
-		Text: s.cfg.OfflineReply, DedupKey: fmt.Sprintf("o:%d:%d", c.ID, c.LastSeq)}); err != nil {
+		Text: strings.ReplaceAll(s.cfg.OfflineReply, NumberPlaceholder, c.Number()), DedupKey: fmt.Sprintf("o:%d:%d", c.ID, c.LastSeq)}); err != nil {
 		s.log.Warn("routing: offline reply to a reopened conversation failed", "conversation", c.ID, "err", err)
 	}
 }
@@ -381,6 +386,7 @@ func (s *Service) autoReply(ctx context.Context, id int64, text, kind string) er
 		}
 		text = strings.ReplaceAll(text, PositionPlaceholder, strconv.Itoa(n))
 	}
+	text = strings.ReplaceAll(text, NumberPlaceholder, cur.Number())
 	_, err = s.appendAndNotify(ctx, cur, Message{
 		SenderKind: SenderBot,
 		Visibility: Public,

@@ -475,7 +475,7 @@ func TestOfflineReplyOncePerConversation(t *testing.T) {
 func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
 	var counted *positionCounter
 	f := newWrappedFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 1, ReopenWithin: time.Hour,
-		OfflineReply: "away", BusyReply: "All busy: you are number {position}."}, 1, 0,
+		OfflineReply: "away ({number})", BusyReply: "All busy: you are number {position} ({number})."}, 1, 0,
 		func(s core.Store) core.Store { counted = &positionCounter{Store: s}; return counted })
 	a := f.agents[0]
 	leave := f.presence.Connect(a.ID)
@@ -491,8 +491,8 @@ func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
 		want []string
 	}{
 		{c1, nil}, // with the agent
-		{c2, []string{"All busy: you are number 1."}},
-		{c3, []string{"All busy: you are number 2."}},
+		{c2, []string{fmt.Sprintf("All busy: you are number 1 (#%d).", c2)}},
+		{c3, []string{fmt.Sprintf("All busy: you are number 2 (#%d).", c3)}},
 	} {
 		if got := f.botTexts(tc.conv); !slices.Equal(got, tc.want) {
 			t.Errorf("conversation %d: automatic replies %q, want %q", tc.conv, got, tc.want)
@@ -506,13 +506,13 @@ func TestBusyReplyOnceWithThePlaceInTheQueue(t *testing.T) {
 		t.Fatalf("bob not served when the agent had room: %+v", c)
 	}
 	c4 := f.say("dave", "5", "hi").Conversation.ID
-	if got, want := f.botTexts(c4), []string{"All busy: you are number 2."}; !slices.Equal(got, want) {
+	if got, want := f.botTexts(c4), []string{fmt.Sprintf("All busy: you are number 2 (#%d).", c4)}; !slices.Equal(got, want) {
 		t.Errorf("dave: %q, want %q", got, want)
 	}
 	// Nobody online: the offline reply, not the busy one.
 	leave()
 	c5 := f.say("erin", "6", "hi").Conversation.ID
-	if got, want := f.botTexts(c5), []string{"away"}; !slices.Equal(got, want) {
+	if got, want := f.botTexts(c5), []string{fmt.Sprintf("away (#%d)", c5)}; !slices.Equal(got, want) {
 		t.Errorf("erin, with nobody online: %q, want %q", got, want)
 	}
 }
