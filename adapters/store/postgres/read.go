@@ -209,8 +209,12 @@ func (s *Store) Agent(ctx context.Context, id int64) (core.Agent, error) {
 }
 
 // AgentByEmail implements core.Store; the email matches case-insensitively.
+// The email is folded by Go first, as core folds the emails it stores:
+// PostgreSQL's lower() follows the database's LC_CTYPE, and folds ASCII
+// only under C (initdb --no-locale, many managed services), so an agent
+// typing "Élodie@…" would not find the "élodie@…" stored.
 func (s *Store) AgentByEmail(ctx context.Context, email string) (core.Agent, error) {
-	return one(ctx, s, scanAgent, "agent by email", sqlAgentByEmail, email)
+	return one(ctx, s, scanAgent, "agent by email", sqlAgentByEmail, strings.ToLower(email))
 }
 
 // Agents implements core.Store.
