@@ -227,3 +227,41 @@ func TestAPageOfDeclinedConversationsDoesNotHoldBackTheQueue(t *testing.T) {
 		t.Fatalf("behind %d declined conversations, a newcomer is %s with %d, want a's", len(declined), now.Status, now.AssigneeID)
 	}
 }
+
+// A conversation sent back to the queue on one node is not given back to
+// its agent by another node's routing either; once served, the decline is
+// gone from the store.
+func TestSentBackToTheQueueOnAnotherNode(t *testing.T) {
+	ctx := context.Background()
+	cfg := core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8, ReopenWithin: time.Hour}
+	f := newFixture(t, cfg, 2, 0) // node 1
+	a, b := f.agents[0], f.agents[1]
+	presence2 := core.NewMemoryPresence()
+	node2 := core.NewService(cfg, core.Deps{Store: f.store, Presence: presence2, Notifier: f.notes, Now: f.clock.Now})
+	defer f.presence.Connect(a.ID)()
+	defer presence2.Connect(a.ID)() // node 2 sees a online too
+	c := f.say("c", "1", "hi").Conversation
+	if f.conv(c.ID).AssigneeID != a.ID {
+		t.Fatal("setup: c is not a's")
+	}
+	if _, err := f.svc.Transfer(ctx, a.ID, c.ID, 0); err != nil { // on node 1
+		t.Fatal(err)
+	}
+	if err := node2.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c.ID); now.AssigneeID == a.ID {
+		t.Fatal("node 2 gave the conversation back to the agent who sent it back on node 1")
+	}
+	// b comes online on node 2: it serves c there, and the decline ends.
+	defer presence2.Connect(b.ID)()
+	if err := node2.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if now := f.conv(c.ID); now.AssigneeID != b.ID {
+		t.Fatalf("with b online on node 2, c is %s with %d, want b's", now.Status, now.AssigneeID)
+	}
+	if left, err := f.store.Settings(ctx, "routing.declined.", "", 10); err != nil || len(left) != 0 {
+		t.Errorf("declines left in the store after the conversation was served: %v, %v", left, err)
+	}
+}

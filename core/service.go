@@ -67,8 +67,11 @@ type Service struct {
 	now      func() time.Time
 	log      *slog.Logger
 	// declined holds, per conversation sent back to the queue, the agent
-	// who had it: routing gives it to someone else (see declineFor).
-	declined sync.Map // conversation ID → declined
+	// who had it: routing gives it to someone else (see declineFor). It is
+	// this node's view of the declines every node records in the store
+	// (loadDeclines).
+	declined   sync.Map      // conversation ID → declined
+	declineSeq atomic.Uint64 // numbers the declines this node records
 	// delivers reports whether a channel instance delivers outgoing messages
 	// through the outbox (external providers). Channels that read from
 	// sockets (web) do not.
@@ -604,6 +607,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 	s.fullMu.Lock()
 	s.skippedDeclined = false
 	s.fullMu.Unlock()
+	s.loadDeclines(ctx)
 	gen := s.capacity()
 	full := map[int64]bool{}     // agents the store found at capacity in this drain
 	excluded := map[int64]bool{} // agents the store refused as deactivated
@@ -671,7 +675,7 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			if len(done) > 0 {
 				ups := make([]Update, len(done))
 				for i := range done {
-					s.declined.Delete(done[i].Conversation.ID) // served: the decline is over
+					s.endDecline(wctx, done[i].Conversation.ID) // served: the decline is over
 					counts[done[i].Conversation.AssigneeID]++
 					ups[i] = Update{Type: UpdateMessage, Conversation: &done[i].Conversation, Message: &done[i].Event}
 				}
@@ -866,19 +870,12 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	if toID == 0 && c.AssigneeID != 0 {
 		// Before the unassignment commits: a drain right after it must
 		// know.
-		now := s.now()
-		s.declined.Range(func(k, v any) bool { // forget the expired
-			if now.Sub(v.(declined).at) > declineFor {
-				s.declined.Delete(k)
-			}
-			return true
-		})
-		s.declined.Store(convID, declined{agentID: c.AssigneeID, at: now})
+		s.recordDecline(ctx, convID, c.AssigneeID)
 	}
 	ch, err := s.assign(ctx, convID, toID, c.AssigneeID, 0, typ, by)
 	if err != nil {
 		if toID == 0 {
-			s.declined.Delete(convID)
+			s.endDecline(context.WithoutCancel(ctx), convID)
 		}
 		return Conversation{}, err
 	}
@@ -887,17 +884,103 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 }
 
 // declined is the agent who gave a conversation back to the queue (or had
-// it taken back by an admin), and when.
+// it taken back by an admin), and when; value is the store setting that
+// records it ("" when it could not be written: this node's alone).
 type declined struct {
 	agentID int64
 	at      time.Time
+	value   string
+	seq     uint64 // recorded here: declineSeq's; read from the store: 0
 }
 
 // declineFor is how long routing keeps a conversation sent back to the
 // queue from the agent who had it: it goes to another agent, or waits for
-// one. The memory is this node's: on a cluster, a drain on another node
-// may still give it back.
+// one. Every node's routing keeps it: it is recorded in the store
+// (declinePrefix).
 const declineFor = time.Hour
+
+// declinePrefix begins the store settings that record declines:
+// "routing.declined.CONVID" = "AGENTID UNIXNANO".
+const declinePrefix = "routing.declined."
+
+func declineKey(convID int64) string { return declinePrefix + strconv.FormatInt(convID, 10) }
+
+// recordDecline records that agentID sent conversation convID back to the
+// queue, here and in the store for the other nodes. A failed write leaves
+// the decline to this node, logged.
+func (s *Service) recordDecline(ctx context.Context, convID, agentID int64) {
+	now := s.now()
+	d := declined{agentID: agentID, at: now, value: fmt.Sprintf("%d %d", agentID, now.UnixNano()), seq: s.declineSeq.Add(1)}
+	if err := s.store.PutSetting(ctx, declineKey(convID), d.value); err != nil {
+		s.log.Warn("routing: could not record a conversation sent back to the queue; other nodes may give it back to its agent",
+			"conversation", convID, "err", err)
+		d.value = ""
+	}
+	s.declined.Store(convID, d)
+}
+
+// endDecline forgets conversation convID's decline, here and in the store
+// (if it is still the one this node knows).
+func (s *Service) endDecline(ctx context.Context, convID int64) {
+	v, ok := s.declined.LoadAndDelete(convID)
+	if !ok || v.(declined).value == "" {
+		return
+	}
+	if _, err := s.store.DeleteSetting(ctx, declineKey(convID), v.(declined).value); err != nil {
+		s.log.Warn("routing: could not forget a served conversation's decline; it runs out by itself", "conversation", convID, "err", err)
+	}
+}
+
+// loadDeclines reads the declines every node recorded into this node's
+// view, before a drain plans: the store's replace the view's, those it no
+// longer has (served, or expired, on another node) are forgotten, and
+// expired ones are removed. A decline this node could not write stays in
+// its view until it expires. A read that fails keeps the view as it is.
+func (s *Service) loadDeclines(ctx context.Context) {
+	now := s.now()
+	before := s.declineSeq.Load() // one recorded during the read is kept
+	stored := map[int64]bool{}
+	for after := ""; ; {
+		page, err := s.store.Settings(ctx, declinePrefix, after, 500)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("routing: reading the conversations sent back to the queue", "err", err)
+			}
+			return
+		}
+		for _, kv := range page {
+			id, d, ok := parseDecline(kv)
+			if !ok || now.Sub(d.at) > declineFor {
+				_, _ = s.store.DeleteSetting(ctx, kv.Key, kv.Value)
+				continue
+			}
+			stored[id] = true
+			s.declined.Store(id, d)
+		}
+		if len(page) < 500 {
+			break
+		}
+		after = page[len(page)-1].Key
+	}
+	s.declined.Range(func(k, v any) bool {
+		if d := v.(declined); (d.value != "" && !stored[k.(int64)] && d.seq <= before) || now.Sub(d.at) > declineFor {
+			s.declined.Delete(k)
+		}
+		return true
+	})
+}
+
+// parseDecline reads a decline setting.
+func parseDecline(kv Setting) (convID int64, d declined, ok bool) {
+	id, err1 := strconv.ParseInt(strings.TrimPrefix(kv.Key, declinePrefix), 10, 64)
+	agent, at, found := strings.Cut(kv.Value, " ")
+	a, err2 := strconv.ParseInt(agent, 10, 64)
+	ns, err3 := strconv.ParseInt(at, 10, 64)
+	if !found || errors.Join(err1, err2, err3) != nil {
+		return 0, declined{}, false
+	}
+	return id, declined{agentID: a, at: time.Unix(0, ns), value: kv.Value}, true
+}
 
 // declinedBy returns the agent routing does not give conversation id to,
 // or 0.
