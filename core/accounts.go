@@ -332,7 +332,14 @@ func (s *Service) ChangePassword(ctx context.Context, agentID int64, current, ne
 	if !a.CheckPassword(current) {
 		return fmt.Errorf("%w: the current password is wrong", ErrForbidden)
 	}
-	return s.setPassword(ctx, a, next)
+	// Only over the password just checked: one set since (an admin's
+	// reset, on another node) is not undone.
+	return s.setPassword(ctx, a, next, func(cur Agent) error {
+		if cur.PasswordHash != a.PasswordHash || !cur.Active {
+			return fmt.Errorf("%w: the password or the account changed meanwhile; sign in again", ErrConflict)
+		}
+		return nil
+	})
 }
 
 // ResetPassword sets another agent's password on behalf of by, who must be
@@ -345,10 +352,13 @@ func (s *Service) ResetPassword(ctx context.Context, by, agentID int64, password
 	if err != nil {
 		return err
 	}
-	return s.setPassword(ctx, a, password)
+	return s.setPassword(ctx, a, password, nil)
 }
 
-func (s *Service) setPassword(ctx context.Context, a Agent, password string) error {
+// setPassword stores password's hash for agent a and revokes a's sessions.
+// check, when set, vets the agent as it is stored before the write (each
+// time changeAgent reads it).
+func (s *Service) setPassword(ctx context.Context, a Agent, password string, check func(cur Agent) error) error {
 	hash, err := HashPassword(password)
 	if err != nil {
 		return err
@@ -357,6 +367,11 @@ func (s *Service) setPassword(ctx context.Context, a Agent, password string) err
 	// undone.
 	s.accountsMu.Lock()
 	_, _, err = s.changeAgent(ctx, a.ID, func(cur Agent) (Agent, error) {
+		if check != nil {
+			if err := check(cur); err != nil {
+				return Agent{}, err
+			}
+		}
 		cur.PasswordHash = hash
 		return cur, nil
 	})

@@ -522,3 +522,28 @@ func TestAgentChangesOnTwoNodesKeepEachOther(t *testing.T) {
 		}
 	}
 }
+
+// An agent changes their password with their current one on one node while
+// an admin resets it on another (the account was taken over, say): the
+// change, checked against the password the reset replaced, is refused, and
+// the reset stands.
+func TestChangePasswordDoesNotUndoAReset(t *testing.T) {
+	ctx := context.Background()
+	a := newAccounts(t)
+	st := &interleave{Store: a.store, id: a.alice.ID}
+	node2 := core.NewService(core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 8},
+		core.Deps{Store: st, Presence: core.NewMemoryPresence(), Notifier: nopNotifier{}})
+	st.then = func() {
+		if err := a.svc.ResetPassword(ctx, a.admin.ID, a.alice.ID, "the-admins-reset-password"); err != nil {
+			t.Error(err)
+		}
+	}
+	err := node2.ChangePassword(ctx, a.alice.ID, "password-alice", "another-long-password")
+	if st.then != nil {
+		t.Fatal("test set-up: the reset did not run")
+	}
+	isErr(t, "a change over a reset", err, core.ErrConflict)
+	if got, _ := a.store.Agent(ctx, a.alice.ID); !got.CheckPassword("the-admins-reset-password") {
+		t.Error("the change undid the admin's reset")
+	}
+}
