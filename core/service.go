@@ -706,12 +706,23 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 			s.setFull(gen, false)
 			return nil
 		}
-		limit = queuePage + held
+		next := min(queuePage+held, maxQueueRead)
+		if held >= next {
+			// Every conversation a read reaches is held back: those
+			// behind wait until declines end (Run drains again).
+			s.setFull(gen, false)
+			return nil
+		}
+		limit = next
 	}
 }
 
 // queuePage is how many waiting conversations a drain reads at a time.
 const queuePage = 100
+
+// maxQueueRead is the most Store.Queue answers at once (the stores'
+// bound): declines beyond it hold back the queue behind them.
+const maxQueueRead = 500
 
 // plan picks an agent for each conversation of waiting in turn, as if each
 // pick were assigned before the next, and stops at the first conversation

@@ -110,7 +110,8 @@ type Store interface {
 	// order, at most limit: an agent's stream resumed from their cursor.
 	Feed(ctx context.Context, afterID int64, limit int) ([]Message, error)
 	// Queue lists pending conversations in the order they are to be served
-	// (QueuedAt, then ID), at most limit.
+	// (QueuedAt, then ID), at most limit (which is at most 500: larger
+	// limits are cut to it).
 	Queue(ctx context.Context, limit int) ([]Conversation, error)
 	// QueuePosition returns conversation id's place in the queue, 1 for the
 	// next one to be served, or 0 when it is not waiting (not pending, or
