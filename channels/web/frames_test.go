@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -278,5 +279,38 @@ func BenchmarkHubFanout(b *testing.B) {
 				b.Fatalf("tabs got %d and %d of %d", tab1.n, tab2.n, id)
 			}
 		})
+	}
+}
+
+// A long poll's waiter holds the frames of the conversation it resumes
+// until the replay has read where the conversation is (settle): one that
+// commits meanwhile is kept even when the client's cursor was past the
+// conversation's end, and what the client has is dropped.
+func TestWaiterSettle(t *testing.T) {
+	msg := func(conv, seq int64) *frame { return &frame{msg: true, conv: conv, seq: seq, data: []byte("{}")} }
+	w := newWaiter(cursorFilter{}, 10)
+	w.hold = 5
+	w.push(msg(5, 29)) // the client has it
+	w.push(msg(5, 31)) // committed after the replay's read, before settle
+	w.push(msg(6, 1))  // another conversation passes as before
+	w.settle(5, 30)    // the client said 50; the conversation ends at 30
+	w.push(msg(5, 31)) // the same again (the seam): dropped
+	w.push(msg(5, 32))
+	var got [][2]int64
+	for _, f := range w.take() {
+		got = append(got, [2]int64{f.conv, f.seq})
+	}
+	if want := [][2]int64{{5, 31}, {6, 1}, {5, 32}}; !slices.Equal(got, want) {
+		t.Errorf("frames %v, want %v", got, want)
+	}
+	// Settled with nothing left: no wake-up for an empty answer.
+	w = newWaiter(cursorFilter{}, 10)
+	w.hold = 5
+	w.push(msg(5, 3))
+	w.settle(5, 3)
+	select {
+	case <-w.wake:
+		t.Error("a wake-up left for frames settle dropped")
+	default:
 	}
 }

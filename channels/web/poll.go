@@ -40,8 +40,12 @@ type waiter struct {
 	mu     sync.Mutex
 	frames []*frame
 	filter cursorFilter
-	max    int
-	wake   chan struct{}
+	// hold is the conversation whose frames wait unfiltered until settle
+	// gives its position (0: none): until the replay has read where the
+	// conversation is, the client's cursor may be past its end.
+	hold int64
+	max  int
+	wake chan struct{}
 }
 
 func newWaiter(f cursorFilter, max int) *waiter {
@@ -50,7 +54,7 @@ func newWaiter(f cursorFilter, max int) *waiter {
 
 func (w *waiter) push(f *frame) {
 	w.mu.Lock()
-	if len(w.frames) >= w.max || !w.filter.pass(f) {
+	if len(w.frames) >= w.max || !(w.hold != 0 && f.msg && f.conv == w.hold) && !w.filter.pass(f) {
 		w.mu.Unlock()
 		return
 	}
@@ -59,6 +63,30 @@ func (w *waiter) push(f *frame) {
 	select {
 	case w.wake <- struct{}{}:
 	default:
+	}
+}
+
+// settle sets the position in conversation conv, the one held, to seq, and
+// drops what it already queued of conv up to there.
+func (w *waiter) settle(conv, seq int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hold = 0
+	w.filter.at(conv, seq)
+	kept := w.frames[:0]
+	for _, f := range w.frames {
+		if f.msg && f.conv == conv && !w.filter.pass(f) {
+			continue
+		}
+		kept = append(kept, f)
+	}
+	clear(w.frames[len(kept):])
+	w.frames = kept
+	if len(kept) == 0 {
+		select { // a wake-up for frames now dropped
+		case <-w.wake:
+		default:
+		}
 	}
 }
 
@@ -105,11 +133,8 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	p := &peer{rt: rt, vis: v}
-	var filter cursorFilter
-	if conv > 0 {
-		filter.at(conv, after)
-	}
-	wt := newWaiter(filter, rt.c.cfg.SendQueue)
+	wt := newWaiter(cursorFilter{}, rt.c.cfg.SendQueue)
+	wt.hold = conv // until the replay reads where conv is (settle)
 	s := &sub{aud: audVisitor, identity: v.identity, out: wt}
 	rt.hub.register(s) // by identity, and conv for s alone until the read below (see wsConn.start)
 	rt.hub.claim(s, conv)
@@ -119,10 +144,10 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 		httpx.FromError(w, rt.log, err)
 		return
 	}
-	if len(parts) > 0 && parts[0].id == conv {
-		wt.mu.Lock()
-		wt.filter.lower(conv, parts[0].after) // a cursor ahead of the conversation
-		wt.mu.Unlock()
+	if conv > 0 {
+		// From the client's cursor, or the conversation's end if that is
+		// past it (planReplay).
+		wt.settle(conv, parts[0].after)
 	}
 
 	var frames []*frame
