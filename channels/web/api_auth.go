@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -93,6 +94,21 @@ func (a *api) login(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := a.store.CreateSession(ctx, sess); err != nil {
 		a.fail(w, err)
+		return
+	}
+	// A password reset or a deactivation that finished while the password
+	// was checked revoked the sessions before this one was made: the agent
+	// as it is now decides. (They change the agent before they revoke, so
+	// one that is not seen here revokes this session too.)
+	if cur, err := a.store.Agent(ctx, agent.ID); err != nil || !cur.Active || cur.PasswordHash != agent.PasswordHash {
+		if rerr := a.store.RevokeSession(context.WithoutCancel(ctx), hash); rerr != nil {
+			a.log.Warn("login: could not revoke a session made beside a password reset or deactivation", "agent", agent.ID, "err", rerr)
+		}
+		if err != nil && !errors.Is(err, core.ErrNotFound) {
+			a.fail(w, err)
+			return
+		}
+		a.fail(w, errAPIBadLogin)
 		return
 	}
 	me, err := a.agentView(ctx, agent, true)
@@ -193,10 +209,18 @@ func (a *api) changePassword(w http.ResponseWriter, r *http.Request, me core.Age
 		return err
 	}
 	a.throttle.succeeded(at)
-	// ChangePassword revoked every session; this one is put back.
+	// ChangePassword revoked every session; this one is put back, unless
+	// an admin's reset or a deactivation came meanwhile (they revoke
+	// after they change the agent: see login).
 	sess, _ := apiSessionFrom(ctx)
 	if err := a.store.CreateSession(context.WithoutCancel(ctx), sess); err != nil {
 		return err
+	}
+	if cur, err := a.store.Agent(ctx, me.ID); err != nil || !cur.Active || !cur.CheckPassword(req.New) {
+		if rerr := a.store.RevokeSession(context.WithoutCancel(ctx), sess.TokenHash); rerr != nil {
+			return rerr
+		}
+		return fmt.Errorf("%w: the account changed meanwhile; sign in again", core.ErrConflict)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

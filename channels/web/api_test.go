@@ -1188,3 +1188,48 @@ func TestAPIBadInput(t *testing.T) {
 	}
 	h.do("GET", "/api/v1/me", alice, nil).want(t, "alice still works", http.StatusOK)
 }
+
+// A login still checking the old password while an admin resets it, or
+// deactivates the agent, gets no token that outlives the reset or the
+// deactivation (each ends all the agent's tokens; a deactivated agent's
+// token would work again once they are reactivated).
+func TestLoginOverlappingAResetOrADeactivation(t *testing.T) {
+	for _, change := range []string{"reset", "deactivate"} {
+		t.Run(change, func(t *testing.T) {
+			h := startAPINode(t)
+			root := h.login(apiRootEmail, apiRootPass)
+			// A costly hash: the login spends a while between reading
+			// alice and making her session.
+			hash, err := bcrypt.GenerateFromPassword([]byte(apiAlicePass), 11)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := h.alice
+			a.PasswordHash = string(hash)
+			if err := storetest.UpdateAgent(h.store, a); err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan apiResp, 1)
+			go func() {
+				got <- h.do("POST", "/api/v1/auth/login", "", map[string]string{"email": apiAliceMail, "password": apiAlicePass})
+			}()
+			time.Sleep(30 * time.Millisecond) // the login is checking the password
+			path := fmt.Sprintf("/api/v1/agents/%d", h.alice.ID)
+			if change == "reset" {
+				h.do("POST", path+"/password", root, map[string]string{"password": "reset-by-root"}).want(t, "reset", http.StatusNoContent)
+			} else {
+				h.do("PATCH", path, root, map[string]any{"active": false}).want(t, "deactivate", http.StatusOK)
+			}
+			r := <-got
+			if change == "deactivate" { // once the login has answered
+				h.do("PATCH", path, root, map[string]any{"active": true}).want(t, "reactivate", http.StatusOK)
+			}
+			if r.status != http.StatusOK {
+				return // refused: nothing outlives the change
+			}
+			var l struct{ Token string }
+			r.decode(t, &l)
+			h.do("GET", "/api/v1/me", l.Token, nil).want(t, "the token of a login beside the "+change, http.StatusUnauthorized)
+		})
+	}
+}
