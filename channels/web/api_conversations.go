@@ -184,6 +184,9 @@ type apiConversationList struct {
 func apiConversationFilter(q url.Values, me core.Agent) (core.ConversationFilter, error) {
 	f := core.ConversationFilter{Limit: apiDefaultConversations}
 	for k, vs := range q {
+		if len(vs) > 1 && k != "status" {
+			return f, apiRepeated(k)
+		}
 		switch k {
 		case "status":
 			for _, v := range vs {
@@ -238,6 +241,12 @@ func apiConversationFilter(q url.Values, me core.Agent) (core.ConversationFilter
 		}
 	}
 	return f, nil
+}
+
+// apiRepeated refuses a query parameter given more than once, which the
+// list would otherwise read as its first value alone.
+func apiRepeated(k string) error {
+	return httpx.BadRequest("%s is given more than once", k)
 }
 
 // apiQueryInt reads an integer query parameter within [lo, hi].
@@ -352,7 +361,10 @@ func (a *api) listMessages(w http.ResponseWriter, r *http.Request, _ core.Agent)
 	q := r.URL.Query()
 	mq := core.MessageQuery{ConversationID: id}
 	limit := int64(apiDefaultMessages)
-	for k := range q {
+	for k, vs := range q {
+		if len(vs) > 1 {
+			return apiRepeated(k)
+		}
 		switch k {
 		case "before_seq":
 			if mq.BeforeSeq, err = apiQueryInt(q, k, 1, math.MaxInt64); err != nil {

@@ -751,7 +751,9 @@ func TestAPIConversationList(t *testing.T) {
 	h.do("GET", "/api/v1/conversations/99999", alice, nil).want(t, "missing", http.StatusNotFound)
 
 	for _, q := range []string{"?status=closed", "?assignee=someone", "?assignee=0", "?limit=0", "?limit=501",
-		"?limit=x", "?before=-1", "?contact=abc", "?sort=asc", "?channel="} {
+		"?limit=x", "?before=-1", "?contact=abc", "?sort=asc", "?channel=",
+		// given twice (status alone takes several): not read as the first
+		"?assignee=none&assignee=bogus", "?contact=1&contact=2", "?limit=5&limit=0", "?channel=web&channel="} {
 		h.do("GET", "/api/v1/conversations"+q, alice, nil).want(t, q, http.StatusBadRequest)
 	}
 	// Endpoints that take no parameter refuse one, rather than ignore it.
@@ -821,7 +823,7 @@ func TestAPIHistory(t *testing.T) {
 		ms[1].Event.Type != "assigned" || ms[3].Visibility != "internal" || ms[3].Text != "m4" || ms[2].SenderID != h.alice.ID {
 		t.Errorf("first messages: %+v", ms)
 	}
-	for _, q := range []string{"?before_seq=0", "?after_seq=-1", "?limit=501", "?limit=0", "?seq=3"} {
+	for _, q := range []string{"?before_seq=0", "?after_seq=-1", "?limit=501", "?limit=0", "?seq=3", "?limit=5&limit=abc"} {
 		h.do("GET", fmt.Sprintf("/api/v1/conversations/%d/messages%s", conv, q), alice, nil).want(t, q, http.StatusBadRequest)
 	}
 	h.do("GET", "/api/v1/conversations/99999/messages", alice, nil).want(t, "missing conversation", http.StatusNotFound)
