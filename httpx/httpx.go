@@ -15,7 +15,9 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -164,7 +166,94 @@ func Unmarshal(data []byte, v any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return BadRequest("malformed JSON: trailing data after the value")
 	}
+	// encoding/json matches field names in any case ("Name" sets name),
+	// which DisallowUnknownFields lets through: the names must be exact.
+	if key := inexactKey(data, reflect.TypeOf(v)); key != "" {
+		return BadRequest("malformed JSON: unknown field %q (field names are lower case, as documented)", key)
+	}
 	return nil
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+// inexactKey returns the first object key in data that only matches a field
+// of t in another case, or "". data has been decoded into t already.
+func inexactKey(data []byte, t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
+		return ""
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(data, &obj) != nil {
+			return "" // null
+		}
+		fields := map[string]reflect.Type{}
+		jsonFields(t, fields)
+		for k, raw := range obj {
+			ft, ok := fields[k]
+			if !ok {
+				return k
+			}
+			if bad := inexactKey(raw, ft); bad != "" {
+				return k + "." + bad
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		var items []json.RawMessage
+		if json.Unmarshal(data, &items) != nil {
+			return ""
+		}
+		for _, raw := range items {
+			if bad := inexactKey(raw, t.Elem()); bad != "" {
+				return bad
+			}
+		}
+	case reflect.Map:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(data, &obj) != nil {
+			return ""
+		}
+		for _, raw := range obj {
+			if bad := inexactKey(raw, t.Elem()); bad != "" {
+				return bad
+			}
+		}
+	}
+	return ""
+}
+
+// jsonFields adds the JSON names of struct t's fields to fields, embedded
+// structs' included, as encoding/json names them.
+func jsonFields(t reflect.Type, fields map[string]reflect.Type) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("json")
+		if tag == "-" {
+			continue
+		}
+		name, _, _ := strings.Cut(tag, ",")
+		if f.Anonymous && name == "" {
+			et := f.Type
+			if et.Kind() == reflect.Pointer {
+				et = et.Elem()
+			}
+			if et.Kind() == reflect.Struct {
+				jsonFields(et, fields)
+				continue
+			}
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
 }
 
 func jsonProblem(err error) string {

@@ -239,3 +239,33 @@ func TestWindowLimiterRejectsEmptyWindow(t *testing.T) {
 		}()
 	}
 }
+
+// Field names are exact: encoding/json would take "Name" for "name".
+func TestUnmarshalRefusesFieldsInAnotherCase(t *testing.T) {
+	type media struct {
+		Key string `json:"key"`
+	}
+	type body struct {
+		Name  string  `json:"name"`
+		Seq   int64   `json:"seq"`
+		Media *media  `json:"media"`
+		Items []media `json:"items"`
+	}
+	for in, bad := range map[string]string{
+		`{"Name":"Mallory"}`:                       "Name",
+		`{"name":"a","SEQ":1}`:                     "SEQ",
+		`{"media":{"KEY":"k"}}`:                    "media.KEY",
+		`{"items":[{"key":"a"},{"Key":"b"}]}`:      "items.Key",
+		`{"name":"a","seq":1,"media":{"key":"k"}}`: "",
+		`{"media":null,"items":null}`:              "",
+	} {
+		var v body
+		err := Unmarshal([]byte(in), &v)
+		switch {
+		case bad == "" && err != nil:
+			t.Errorf("%s: %v", in, err)
+		case bad != "" && (err == nil || !strings.Contains(err.Error(), `"`+bad+`"`)):
+			t.Errorf("%s: %v, want the field %q named", in, err, bad)
+		}
+	}
+}
