@@ -841,12 +841,19 @@ func (s *Service) assignment(convID, agentID, from int64, maxOpen int, typ Event
 
 // Take assigns an unassigned conversation to the agent asking for it. Of two
 // agents taking one conversation at once, exactly one succeeds; the other
-// gets ErrConflict. An explicit take is not bound by max_open_per_agent.
+// gets ErrConflict. Taking one that is the agent's already answers it as it
+// is (a take sent again after its answer was lost). An explicit take is not
+// bound by max_open_per_agent.
 func (s *Service) Take(ctx context.Context, agentID, convID int64) (Conversation, error) {
 	if _, err := s.activeAgent(ctx, agentID); err != nil {
 		return Conversation{}, err
 	}
 	ch, err := s.assign(ctx, convID, agentID, 0, 0, EventAssigned, agentID)
+	if errors.Is(err, ErrConflict) {
+		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil && cur.AssigneeID == agentID && cur.Status != StatusResolved {
+			return cur, nil
+		}
+	}
 	return ch.Conversation, err
 }
 

@@ -667,6 +667,18 @@ func TestTakeIsAtomic(t *testing.T) {
 	if got := f.conv(c.ID); got.AssigneeID != winner.Load() {
 		t.Fatalf("assignee %d, winner %d", got.AssigneeID, winner.Load())
 	}
+	// The winner's take sent again (its answer was lost) answers the
+	// conversation, changing nothing; a resolved one is still refused.
+	seq := f.conv(c.ID).LastSeq
+	if again, err := f.svc.Take(context.Background(), winner.Load(), c.ID); err != nil || again.AssigneeID != winner.Load() || f.conv(c.ID).LastSeq != seq {
+		t.Errorf("the winner's take again: %+v, %v (last seq %d, was %d)", again, err, f.conv(c.ID).LastSeq, seq)
+	}
+	if _, err := f.svc.Close(context.Background(), winner.Load(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Take(context.Background(), winner.Load(), c.ID); !errors.Is(err, core.ErrConflict) {
+		t.Errorf("taking one's own resolved conversation: %v, want a conflict", err)
+	}
 }
 
 func TestRoutingSpreadsLoad(t *testing.T) {
