@@ -850,8 +850,15 @@ func (s *Service) Take(ctx context.Context, agentID, convID int64) (Conversation
 	}
 	ch, err := s.assign(ctx, convID, agentID, 0, 0, EventAssigned, agentID)
 	if errors.Is(err, ErrConflict) {
-		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil && cur.AssigneeID == agentID && cur.Status != StatusResolved {
-			return cur, nil
+		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil {
+			switch {
+			case cur.Status == StatusResolved:
+				return cur, fmt.Errorf("%w: #%d is resolved: reopen it first", ErrConflict, convID)
+			case cur.AssigneeID == agentID:
+				return cur, nil
+			case cur.AssigneeID != 0:
+				return cur, fmt.Errorf("%w: #%d is another agent's", ErrConflict, convID)
+			}
 		}
 	}
 	return ch.Conversation, err
@@ -870,6 +877,9 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 	}
 	if c.AssigneeID != by && actor.Role != RoleAdmin {
 		return Conversation{}, fmt.Errorf("%w: only the assignee or an admin may transfer #%d", ErrForbidden, convID)
+	}
+	if c.Status == StatusResolved {
+		return Conversation{}, fmt.Errorf("%w: #%d is resolved: reopen it first", ErrConflict, convID)
 	}
 	typ := EventTransferred
 	if toID == 0 {

@@ -676,8 +676,11 @@ func TestTakeIsAtomic(t *testing.T) {
 	if _, err := f.svc.Close(context.Background(), winner.Load(), c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.svc.Take(context.Background(), winner.Load(), c.ID); !errors.Is(err, core.ErrConflict) {
-		t.Errorf("taking one's own resolved conversation: %v, want a conflict", err)
+	if _, err := f.svc.Take(context.Background(), winner.Load(), c.ID); !errors.Is(err, core.ErrConflict) || !strings.Contains(err.Error(), "is resolved: reopen it first") {
+		t.Errorf("taking one's own resolved conversation: %v, want a conflict saying it is resolved", err)
+	}
+	if _, err := f.svc.Transfer(context.Background(), winner.Load(), c.ID, 0); !errors.Is(err, core.ErrConflict) || strings.Contains(err.Error(), "sqlite") {
+		t.Errorf("transferring a resolved conversation: %v, want a conflict in kefu's words", err)
 	}
 }
 
