@@ -101,6 +101,7 @@ func TestCreateAgent(t *testing.T) {
 		{"control in name", a.admin.ID, core.Agent{Email: "x@example.com", Name: "a\nb"}, "long-enough", core.ErrInvalid},
 		{"bad role", a.admin.ID, core.Agent{Email: "x@example.com", Name: "X", Role: "root"}, "long-enough", core.ErrInvalid},
 		{"short password", a.admin.ID, core.Agent{Email: "x@example.com", Name: "X"}, "short", core.ErrInvalid},
+		{"three characters of nine bytes", a.admin.ID, core.Agent{Email: "x@example.com", Name: "X"}, "密码好", core.ErrInvalid},
 		{"taken email", a.admin.ID, core.Agent{Email: "ALICE@example.com", Name: "X"}, "long-enough", core.ErrConflict},
 	} {
 		if _, err := a.svc.CreateAgent(ctx, tc.by, tc.agent, tc.password); !errors.Is(err, tc.want) {

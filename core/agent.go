@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 	"sync"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -16,7 +17,7 @@ const (
 
 // HashPassword returns the bcrypt hash of an agent's password.
 func HashPassword(password string) (string, error) {
-	if len(password) < MinPasswordLength {
+	if utf8.RuneCountInString(password) < MinPasswordLength { // characters: 3 CJK ones are 9 bytes
 		return "", fmt.Errorf("%w: password shorter than %d characters", ErrInvalid, MinPasswordLength)
 	}
 	if len(password) > MaxPasswordBytes {
