@@ -43,7 +43,9 @@ func (q *queueStore) Queue(context.Context, int) ([]Conversation, error) {
 }
 
 // Settings has no declines (loadDeclines).
-func (q *queueStore) Settings(context.Context, string, string, int) ([]Setting, error) { return nil, nil }
+func (q *queueStore) Settings(context.Context, string, string, int) ([]Setting, error) {
+	return nil, nil
+}
 
 func (q *queueStore) OpenCounts(context.Context) (map[int64]int, error) {
 	if q.onCounts != nil {
