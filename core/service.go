@@ -607,7 +607,6 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 	s.fullMu.Lock()
 	s.skippedDeclined = false
 	s.fullMu.Unlock()
-	s.loadDeclines(ctx)
 	gen := s.capacity()
 	full := map[int64]bool{}     // agents the store found at capacity in this drain
 	excluded := map[int64]bool{} // agents the store refused as deactivated
@@ -637,6 +636,10 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		if err != nil {
 			return err
 		}
+		// After the queue: a decline is written before its unassignment
+		// commits, so every conversation read here that was sent back,
+		// on any node, has its decline read here.
+		s.loadDeclines(ctx)
 		if len(queue) == 0 {
 			s.setFull(gen, false)
 			return nil
@@ -938,12 +941,15 @@ func declineKey(convID int64) string { return declinePrefix + strconv.FormatInt(
 // the decline to this node, logged.
 func (s *Service) recordDecline(ctx context.Context, convID, agentID int64) {
 	now := s.now()
-	d := declined{agentID: agentID, at: now, value: fmt.Sprintf("%d %d", agentID, now.UnixNano()), seq: s.declineSeq.Add(1)}
+	d := declined{agentID: agentID, at: now, value: fmt.Sprintf("%d %d", agentID, now.UnixNano())}
 	if err := s.store.PutSetting(ctx, declineKey(convID), d.value); err != nil {
 		s.log.Warn("routing: could not record a conversation sent back to the queue; other nodes may give it back to its agent",
 			"conversation", convID, "err", err)
 		d.value = ""
 	}
+	// Numbered once written: a drain that read the store before the write
+	// keeps this decline (loadDeclines).
+	d.seq = s.declineSeq.Add(1)
 	s.declined.Store(convID, d)
 }
 
@@ -983,7 +989,9 @@ func (s *Service) loadDeclines(ctx context.Context) {
 				continue
 			}
 			stored[id] = true
-			s.declined.Store(id, d)
+			if cur, ok := s.declined.Load(id); !ok || cur.(declined).seq <= before {
+				s.declined.Store(id, d) // not over one recorded here during the read
+			}
 		}
 		if len(page) < 500 {
 			break
