@@ -413,10 +413,8 @@ func (a *Agent) Validate() error {
 	switch {
 	case a.Password == "":
 		errs = append(errs, Errorf("password", "required"))
-	case len(a.Password) < core.MinPasswordLength:
-		errs = append(errs, Errorf("password", "must be at least %d characters", core.MinPasswordLength))
-	case len(a.Password) > core.MaxPasswordBytes:
-		errs = append(errs, Errorf("password", "must be at most %d bytes", core.MaxPasswordBytes))
+	case core.PasswordProblem(a.Password) != "":
+		errs = append(errs, Errorf("password", "%s", core.PasswordProblem(a.Password)))
 	}
 	if a.WeComUserID != "" && !core.ValidWeComUserID(a.WeComUserID) {
 		errs = append(errs, Errorf("wecom_userid", "%s; got %q", core.WeComUserIDRule, a.WeComUserID))

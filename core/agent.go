@@ -15,13 +15,24 @@ const (
 	MaxPasswordBytes  = 72
 )
 
+// PasswordProblem says what is wrong with password as an agent's
+// password, or "": it has at least MinPasswordLength characters (three CJK
+// ones are nine bytes, and not enough) and at most MaxPasswordBytes bytes
+// (bcrypt's limit).
+func PasswordProblem(password string) string {
+	switch {
+	case utf8.RuneCountInString(password) < MinPasswordLength:
+		return fmt.Sprintf("must have at least %d characters", MinPasswordLength)
+	case len(password) > MaxPasswordBytes:
+		return fmt.Sprintf("must be at most %d bytes", MaxPasswordBytes)
+	}
+	return ""
+}
+
 // HashPassword returns the bcrypt hash of an agent's password.
 func HashPassword(password string) (string, error) {
-	if utf8.RuneCountInString(password) < MinPasswordLength { // characters: 3 CJK ones are 9 bytes
-		return "", fmt.Errorf("%w: password shorter than %d characters", ErrInvalid, MinPasswordLength)
-	}
-	if len(password) > MaxPasswordBytes {
-		return "", fmt.Errorf("%w: password longer than %d bytes", ErrInvalid, MaxPasswordBytes)
+	if p := PasswordProblem(password); p != "" {
+		return "", fmt.Errorf("%w: the password %s", ErrInvalid, p)
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
 	if err != nil {
