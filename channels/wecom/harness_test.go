@@ -134,6 +134,9 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.ch.Close() })
+	// As on a node of a cluster: callbacks are claimed in the store too
+	// (otherNode is another node).
+	h.ch.SetClustered()
 	h.srv = httptest.NewServer(h.ch)
 	t.Cleanup(h.srv.Close)
 	d, err := bridge.NewDeliverer(bridge.DelivererConfig{
@@ -317,6 +320,7 @@ func (h *harness) otherNode() string {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { ch.Close() })
+	ch.SetClustered() // h.ch is too (newHarness)
 	srv := httptest.NewServer(ch)
 	h.t.Cleanup(srv.Close)
 	return srv.URL

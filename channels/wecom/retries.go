@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kefuhq/kefu/core"
 )
 
 // retryWindow is how long this node remembers a callback it handled: Work
@@ -117,69 +119,105 @@ func (cs *callbacks) remember(id string, cb *callback, now time.Time) {
 func (c *Channel) claimPrefix() string { return "wecom." + c.name + ".cb." }
 
 // claimPoll is how often a retry that found another node handling its
-// callback looks at the claim again.
+// callback reads the claim again.
 const claimPoll = 50 * time.Millisecond
 
+// claimWait bounds how long a retry waits for another node's handling of
+// its callback: Work WeChat stops waiting for an answer at 5 seconds, and
+// asks again later.
+const claimWait = 5 * time.Second
+
+// claimWriteBudget bounds the writes that end a claim (done, or released).
+const claimWriteBudget = 5 * time.Second
+
 // errClaimBusy answers a retry whose callback another node is still
-// handling when the retry's own time runs out: Work WeChat tries again.
+// handling when claimWait runs out: Work WeChat tries again.
 var errClaimBusy = errors.New("wecom: another node is handling this callback")
 
 // clusterOnce runs handle for callback id unless another node of the
 // cluster has handled it, or is handling it: behind a load balancer, Work
 // WeChat's retry may reach another node than the first try, whose memory
-// (callbacks) it does not share. The claim is a store setting, under
-// claimPrefix: "run TOKEN UNIXNANO" while a node runs it, "done UNIXNANO"
-// after. A failed run removes its claim, so that the next retry runs it
-// again; a run whose node died is taken over once it is handleBudget old.
-// A retry of one being run waits for its outcome, within ctx. Store errors
-// are the callback's (Work WeChat retries). id "" always runs handle.
+// (callbacks) it does not share. On one node (no shared bus) that memory
+// is enough and nothing is written.
+//
+// The claim is a store setting, under claimPrefix: "run TOKEN UNIXNANO"
+// while a node runs it, "done UNIXNANO" after. A failed (or panicked) run
+// removes its claim, so that the next retry runs it again; a run whose
+// node died is taken over once it is handleBudget old (by this node's
+// clock). A retry of one being run reads the claim until it ends, for at
+// most claimWait, then answers errClaimBusy. Store errors are the
+// callback's (Work WeChat retries). id "" always runs handle.
 func (c *Channel) clusterOnce(ctx context.Context, id string, handle func() error) error {
-	if id == "" {
+	if id == "" || !c.clustered {
 		return handle()
 	}
+	c.pruneSoon()
 	key := c.claimPrefix() + id
-	c.pruneClaims(ctx)
-	mine := fmt.Sprintf("run %s %d", c.claimToken, c.now().UnixNano())
-	for {
-		got, err := c.store.EnsureSetting(ctx, key, mine)
+	wctx, cancel := context.WithTimeout(ctx, claimWait)
+	defer cancel()
+	mine := ""
+	for mine == "" {
+		claim := fmt.Sprintf("run %s %d", c.claimToken, c.now().UnixNano())
+		got, err := c.store.EnsureSetting(wctx, key, claim)
 		if err != nil {
 			return err
 		}
-		if got != mine {
-			switch state, at := parseClaim(got); {
+		for got != claim {
+			state, at := parseClaim(got)
+			switch {
 			case state == "done":
 				return nil // another node handled it
-			case c.now().Sub(at) < handleBudget:
-				// Being handled by another node: wait for its outcome.
-				select {
-				case <-ctx.Done():
-					return errors.Join(errClaimBusy, ctx.Err())
-				case <-time.After(claimPoll):
-				}
-				continue
-			default: // its node stopped before the end: take it over
-				ok, err := c.store.ReplaceSetting(ctx, key, got, mine)
+			case c.now().Sub(at) >= handleBudget: // its node stopped before the end: take it over
+				ok, err := c.store.ReplaceSetting(wctx, key, got, claim)
 				if err != nil {
 					return err
 				}
-				if !ok {
-					continue // changed meanwhile: look again
+				if ok {
+					got = claim
+					continue
+				}
+			default: // being handled by another node: wait for its outcome
+				select {
+				case <-wctx.Done():
+					return errors.Join(errClaimBusy, wctx.Err())
+				case <-time.After(claimPoll):
 				}
 			}
+			if got, err = c.store.Setting(wctx, key); errors.Is(err, core.ErrNotFound) {
+				break // released (its run failed): claim it
+			} else if err != nil {
+				return err
+			}
 		}
-		break
+		if got == claim {
+			mine = claim
+		}
 	}
-	if err := handle(); err != nil {
+	// However the run ends, the claim ends with it, within its own budget.
+	end := func(done bool) {
+		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimWriteBudget)
+		defer cancel()
+		if done {
+			if _, err := c.store.ReplaceSetting(ectx, key, mine, fmt.Sprintf("done %d", c.now().UnixNano())); err != nil {
+				c.log.Warn("wecom: could not mark a callback handled; another node may handle its retry again", "msgid", id, "err", err)
+			}
+			return
+		}
 		// Not done: the next retry, on any node, runs it again.
-		if _, derr := c.store.DeleteSetting(context.WithoutCancel(ctx), key, mine); derr != nil {
-			c.log.Warn("wecom: could not release a failed callback's claim; a retry waits for it to age", "msgid", id, "err", derr)
+		if _, err := c.store.DeleteSetting(ectx, key, mine); err != nil {
+			c.log.Warn("wecom: could not release a failed callback's claim; a retry waits for it to age", "msgid", id, "err", err)
 		}
-		return err
 	}
-	if _, err := c.store.ReplaceSetting(context.WithoutCancel(ctx), key, mine, fmt.Sprintf("done %d", c.now().UnixNano())); err != nil {
-		c.log.Warn("wecom: could not mark a callback handled; another node may handle its retry again", "msgid", id, "err", err)
-	}
-	return nil
+	finished := false
+	defer func() {
+		if !finished { // panicked
+			end(false)
+		}
+	}()
+	err := handle()
+	finished = true
+	end(err == nil)
+	return err
 }
 
 // parseClaim reads a claim's state ("run" or "done") and time; a value it
@@ -200,15 +238,28 @@ func parseClaim(v string) (state string, at time.Time) {
 // retryWindow (Work WeChat retries for less).
 const pruneEvery = time.Minute
 
-// pruneClaims removes the claims past retryWindow, at most once every
-// pruneEvery on this node, a page at a time. A failure is logged and left
-// to the next pass.
-func (c *Channel) pruneClaims(ctx context.Context) {
-	now := c.now()
+// pruneBudget bounds one pruning pass.
+const pruneBudget = time.Minute
+
+// pruneSoon starts a pruning pass in the background, at most once every
+// pruneEvery on this node: it is no callback's work.
+func (c *Channel) pruneSoon() {
+	now := c.now().UnixNano()
 	last := c.prunedAt.Load()
-	if now.UnixNano()-last < int64(pruneEvery) || !c.prunedAt.CompareAndSwap(last, now.UnixNano()) {
+	if now-last < int64(pruneEvery) || !c.prunedAt.CompareAndSwap(last, now) {
 		return
 	}
+	c.pruning.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), pruneBudget)
+		defer cancel()
+		c.pruneClaims(ctx)
+	})
+}
+
+// pruneClaims removes the claims past retryWindow, a page at a time. A
+// failure is logged and left to the next pass.
+func (c *Channel) pruneClaims(ctx context.Context) {
+	now := c.now()
 	prefix := c.claimPrefix()
 	for after := ""; ; {
 		page, err := c.store.Settings(ctx, prefix, after, 500)

@@ -61,7 +61,8 @@ func TestPruneClaims(t *testing.T) {
 	if err := st.PutSetting(ctx, "wecom.other.cb.1", fmt.Sprintf("done %d", old)); err != nil {
 		t.Fatal(err)
 	}
-	c.pruneClaims(ctx)
+	c.pruneSoon()
+	c.pruning.Wait()
 	for key, keep := range want {
 		_, err := st.Setting(ctx, key)
 		if kept := err == nil; kept != keep {
@@ -75,13 +76,54 @@ func TestPruneClaims(t *testing.T) {
 	if err := st.PutSetting(ctx, c.claimPrefix()+"late", fmt.Sprintf("done %d", old)); err != nil {
 		t.Fatal(err)
 	}
-	c.pruneClaims(ctx)
+	c.pruneSoon()
+	c.pruning.Wait()
 	if _, err := st.Setting(ctx, c.claimPrefix()+"late"); err != nil {
 		t.Error("pruned again within pruneEvery")
 	}
 	now = now.Add(pruneEvery)
-	c.pruneClaims(ctx)
+	c.pruneSoon()
+	c.pruning.Wait()
 	if _, err := st.Setting(ctx, c.claimPrefix()+"late"); err == nil {
 		t.Error("not pruned after pruneEvery")
 	}
+}
+
+// On one node a callback is not claimed in the store (the node's memory
+// covers Work WeChat's retries); on a cluster node it is, and a run that
+// panics releases its claim, so that a retry runs it.
+func TestClusterOnceClaims(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	c := &Channel{name: "wecom", store: st, now: time.Now, log: slog.New(slog.DiscardHandler), claimToken: "tok"}
+	claims := func() int {
+		kvs, err := st.Settings(ctx, c.claimPrefix(), "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(kvs)
+	}
+	ran := 0
+	if err := c.clusterOnce(ctx, "1", func() error { ran++; return nil }); err != nil || ran != 1 || claims() != 0 {
+		t.Fatalf("one node: err %v, ran %d, %d claims stored; want it run, nothing stored", err, ran, claims())
+	}
+	c.clustered = true
+	func() {
+		defer func() { _ = recover() }()
+		_ = c.clusterOnce(ctx, "2", func() error { panic("a bug") })
+	}()
+	if n := claims(); n != 0 {
+		t.Fatalf("%d claims after a panicked run, want it released", n)
+	}
+	if err := c.clusterOnce(ctx, "2", func() error { ran++; return nil }); err != nil || ran != 2 {
+		t.Fatalf("the retry after a panic: %v, ran %d", err, ran)
+	}
+	if err := c.clusterOnce(ctx, "2", func() error { ran++; return nil }); err != nil || ran != 2 {
+		t.Fatalf("a retry after it was done: %v, ran %d times, want once", err, ran)
+	}
+	c.pruning.Wait()
 }

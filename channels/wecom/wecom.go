@@ -180,6 +180,10 @@ type Channel struct {
 	// (clusterOnce); prunedAt is when it last pruned them (unix nanoseconds).
 	claimToken string
 	prunedAt   atomic.Int64
+	pruning    sync.WaitGroup
+	// clustered: the bus is shared with other nodes (a retry may reach
+	// another node), so callbacks are claimed in the store.
+	clustered bool
 
 	agentsMu sync.Mutex
 	agents   []core.Agent
@@ -223,6 +227,7 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 	var tok [8]byte
 	_, _ = rand.Read(tok[:])
 	c.claimToken = hex.EncodeToString(tok[:])
+	c.clustered = deps.Bus != nil && deps.Bus.Features().ConsumerGroups
 	if deps.Bus != nil {
 		c.kicker = bridge.NewNotifier(bridge.NotifierConfig{Node: deps.NodeID, Publisher: deps.Bus.Publisher(), Logger: c.log})
 	}
@@ -242,6 +247,7 @@ func (c *Channel) Type() string { return Type }
 // once its outbox deliveries and followers have stopped, so that none of
 // them goes to the real host meanwhile.
 func (c *Channel) Close() error {
+	c.pruning.Wait() // a pruning pass under way, bounded by pruneBudget
 	c.releaseOnce.Do(c.release)
 	return nil
 }
