@@ -216,7 +216,8 @@ func (a *api) changePassword(w http.ResponseWriter, r *http.Request, me core.Age
 	if err := a.store.CreateSession(context.WithoutCancel(ctx), sess); err != nil {
 		return err
 	}
-	if cur, err := a.store.Agent(ctx, me.ID); err != nil || !cur.Active || !cur.CheckPassword(req.New) {
+	// (A failed read keeps the session: the password did change.)
+	if cur, err := a.store.Agent(ctx, me.ID); err == nil && (!cur.Active || !cur.CheckPassword(req.New)) {
 		if rerr := a.store.RevokeSession(context.WithoutCancel(ctx), sess.TokenHash); rerr != nil {
 			return rerr
 		}

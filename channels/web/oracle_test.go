@@ -44,3 +44,34 @@ func TestOthersConversationLooksMissing(t *testing.T) {
 		}
 	}
 }
+
+// A visitor endpoint's number given twice is refused, not read as its
+// first value (a visitor's own conversation, then another's).
+func TestVisitorParameterGivenTwice(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	s := h.session("")
+	p := &webtest.Poller{Client: h.cl, Token: s.Token}
+	conv := must(p.SendText(ctx, "v-1", 0, "hello", false)).Message.ConversationID
+	for _, path := range []string{
+		fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&conversation_id=%d", conv, conv+1),
+		fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5&limit=500", conv),
+		fmt.Sprintf("/lp/visitor?conversation_id=%d&last_seq=1&last_seq=0", conv),
+	} {
+		req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+s.Token)
+		req.Header.Set("Origin", rtOrigin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: HTTP %d, want 400", path, resp.StatusCode)
+		}
+	}
+}

@@ -121,10 +121,10 @@ func (rt *realtime) pollVisitor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	conv, err1 := queryInt(q.Get("conversation_id"))
-	after, err2 := queryInt(q.Get("last_seq"))
+	conv, err1 := queryInt(q, "conversation_id")
+	after, err2 := queryInt(q, "last_seq")
 	if errors.Join(err1, err2) != nil {
-		httpx.FromError(w, rt.log, httpx.BadRequest("conversation_id and last_seq must be whole numbers ≥ 0"))
+		httpx.FromError(w, rt.log, httpx.BadRequest("conversation_id and last_seq must be whole numbers ≥ 0, each given once"))
 		return
 	}
 	if !rt.waitReady(r.Context()) {
@@ -214,8 +214,8 @@ func (rt *realtime) pollAgent(w http.ResponseWriter, r *http.Request) {
 	var after int64
 	hasCursor := r.URL.Query().Has("cursor")
 	if hasCursor {
-		if after, err = queryInt(r.URL.Query().Get("cursor")); err != nil {
-			httpx.FromError(w, rt.log, httpx.BadRequest("cursor must be a whole number ≥ 0"))
+		if after, err = queryInt(r.URL.Query(), "cursor"); err != nil {
+			httpx.FromError(w, rt.log, httpx.BadRequest("cursor must be a whole number ≥ 0, given once"))
 			return
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -354,11 +355,11 @@ func (rt *realtime) serveHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	convID, err1 := queryInt(q.Get("conversation_id"))
-	before, err2 := queryInt(q.Get("before_seq"))
-	limit, err3 := queryInt(q.Get("limit"))
+	convID, err1 := queryInt(q, "conversation_id")
+	before, err2 := queryInt(q, "before_seq")
+	limit, err3 := queryInt(q, "limit")
 	if err := errors.Join(err1, err2, err3); err != nil || limit > 200 {
-		httpx.FromError(w, rt.log, httpx.BadRequest("conversation_id, before_seq and limit must be whole numbers ≥ 0 (limit ≤ 200)"))
+		httpx.FromError(w, rt.log, httpx.BadRequest("conversation_id, before_seq and limit must be whole numbers ≥ 0 (limit ≤ 200), each given once"))
 		return
 	}
 	if limit == 0 {
@@ -393,7 +394,13 @@ func (rt *realtime) serveHistory(w http.ResponseWriter, r *http.Request) {
 	httpx.JSON(w, http.StatusOK, resp)
 }
 
-func queryInt(s string) (int64, error) {
+// queryInt reads query parameter k as a whole number ≥ 0 (absent: 0). A
+// parameter given twice is an error, not read as its first value.
+func queryInt(q url.Values, k string) (int64, error) {
+	if len(q[k]) > 1 {
+		return 0, errors.New("given more than once")
+	}
+	s := q.Get(k)
 	if s == "" {
 		return 0, nil
 	}

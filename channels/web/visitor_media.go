@@ -221,7 +221,7 @@ func (rt *realtime) serveVisitorMediaFile(w http.ResponseWriter, r *http.Request
 		return
 	}
 	q := r.URL.Query()
-	msgID, err := queryInt(q.Get("message_id"))
+	msgID, err := queryInt(q, "message_id")
 	if err != nil {
 		httpx.FromError(w, rt.log, httpx.BadRequest("message_id must be a whole number"))
 		return
