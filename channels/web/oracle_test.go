@@ -23,19 +23,8 @@ func TestOthersConversationLooksMissing(t *testing.T) {
 	conv := must(vp.SendText(ctx, "v-1", 0, "secret", false)).Message.ConversationID
 	other := h.session("")
 	get := func(path string) string {
-		req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+other.Token)
-		req.Header.Set("Origin", rtOrigin)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return fmt.Sprintf("%d %s", resp.StatusCode, strings.ReplaceAll(string(b), fmt.Sprint(conv+1000), fmt.Sprint(conv)))
+		code, b := h.visitorGet(other.Token, path)
+		return fmt.Sprintf("%d %s", code, strings.ReplaceAll(b, fmt.Sprint(conv+1000), fmt.Sprint(conv)))
 	}
 	for _, path := range []string{"/lp/visitor?conversation_id=%d", "/api/v1/visitor/messages?conversation_id=%d"} {
 		theirs, missing := get(fmt.Sprintf(path, conv)), get(fmt.Sprintf(path, conv+1000))
@@ -59,19 +48,27 @@ func TestVisitorParameterGivenTwice(t *testing.T) {
 		fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5&limit=500", conv),
 		fmt.Sprintf("/lp/visitor?conversation_id=%d&last_seq=1&last_seq=0", conv),
 	} {
-		req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+s.Token)
-		req.Header.Set("Origin", rtOrigin)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("%s: HTTP %d, want 400", path, resp.StatusCode)
+		if code, _ := h.visitorGet(s.Token, path); code != http.StatusBadRequest {
+			t.Errorf("%s: HTTP %d, want 400", path, code)
 		}
 	}
+}
+
+// visitorGet sends GET path with a visitor token, from the widget's page,
+// and returns the answer's status and body.
+func (h *rtNode) visitorGet(token, path string) (int, string) {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Origin", rtOrigin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

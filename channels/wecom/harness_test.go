@@ -325,3 +325,19 @@ func (h *harness) otherNode() string {
 	h.t.Cleanup(srv.Close)
 	return srv.URL
 }
+
+// holdFirstAnswer makes the next callback's handling wait before it queues
+// its answer, until release is closed (entered says it is there), and
+// counts the handlings that queue one. Store nil in h.beforeEnqueue to stop.
+func (h *harness) holdFirstAnswer() (handlings *atomic.Int32, entered chan struct{}, release chan struct{}) {
+	handlings = new(atomic.Int32)
+	entered, release = make(chan struct{}, 1), make(chan struct{})
+	hook := func(core.OutboxEntry) {
+		if handlings.Add(1) == 1 {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	h.beforeEnqueue.Store(&hook)
+	return handlings, entered, release
+}

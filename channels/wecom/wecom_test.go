@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -631,15 +630,7 @@ func TestRetriedCommandCarriedOutOnce(t *testing.T) {
 	}
 
 	// A slow handling: Work WeChat hangs up and retries while it runs.
-	var handlings atomic.Int32
-	entered, release := make(chan struct{}, 1), make(chan struct{})
-	hook := func(core.OutboxEntry) {
-		if handlings.Add(1) == 1 {
-			entered <- struct{}{}
-			<-release
-		}
-	}
-	h.beforeEnqueue.Store(&hook)
+	handlings, entered, release := h.holdFirstAnswer()
 	list := h.app.Text("alice", "/list", wecomtest.NextMsgID())
 	hungUp, hangUp := context.WithCancel(context.Background())
 	first := make(chan int, 1)
@@ -708,15 +699,7 @@ func TestRetryOnAnotherNodeCarriedOutOnce(t *testing.T) {
 	}
 
 	// The retry reaches the other node while the first still runs it.
-	var handlings atomic.Int32
-	entered, release := make(chan struct{}, 1), make(chan struct{})
-	hook := func(core.OutboxEntry) {
-		if handlings.Add(1) == 1 {
-			entered <- struct{}{}
-			<-release
-		}
-	}
-	h.beforeEnqueue.Store(&hook)
+	handlings, entered, release := h.holdFirstAnswer()
 	list := h.app.Text("alice", "/list", wecomtest.NextMsgID())
 	first := make(chan int, 1)
 	go func() { first <- post(h.srv.URL, list) }()
