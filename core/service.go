@@ -966,7 +966,9 @@ func (s *Service) endDecline(ctx context.Context, convID int64) {
 }
 
 // loadDeclines reads the declines every node recorded into this node's
-// view, before a drain plans: the store's replace the view's, those it no
+// view, after each read of the queue by a drain (a decline is written
+// before its conversation is back in the queue): the store's replace the
+// view's, those it no
 // longer has (served, or expired, on another node) are forgotten, and
 // expired ones are removed. A decline this node could not write stays in
 // its view until it expires. A read that fails keeps the view as it is.
