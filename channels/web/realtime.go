@@ -404,8 +404,6 @@ func (rt *realtime) clientKey(r *http.Request) string {
 	return ipKey(httpx.ClientIP(r, rt.c.deps.TrustedProxies))
 }
 
-// allowRequest applies the per-IP request rate of the visitor endpoints,
-// answering 429 with Retry-After when it is exceeded.
 // maxUnhelloed is how many agent sockets one client address may hold
 // before their hello authenticates them (within 10 s, tick): an
 // office of agents reconnecting at once stays far below it, and one client
@@ -443,6 +441,8 @@ func (g *helloGate) leave(key string) {
 	}
 }
 
+// allowRequest applies the per-IP request rate of the visitor endpoints,
+// answering 429 with Retry-After when it is exceeded.
 func (rt *realtime) allowRequest(w http.ResponseWriter, r *http.Request) bool {
 	ok, wait := rt.ipLimit.Allow(rt.clientKey(r))
 	if !ok {

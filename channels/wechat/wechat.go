@@ -106,7 +106,6 @@ type Config struct {
 	Welcome string `yaml:"welcome"`
 }
 
-// Validate implements config.Section: every problem at once.
 // ProcessShared implements config.ProcessShared: api_base is routed for
 // the whole process (wxapi.Route), so enabled instances must share it. An
 // api_base that does not parse gives "" (Validate reports it).
@@ -118,6 +117,7 @@ func (c *Config) ProcessShared() (key, value string) {
 	return "api_base", u.String()
 }
 
+// Validate implements config.Section: every problem at once.
 func (c *Config) Validate() error {
 	errs := []error{
 		config.Required("app_id", c.AppID),
