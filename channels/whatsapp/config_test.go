@@ -35,6 +35,7 @@ channels:
               - {type: text, text: "Acme support"}
               - {type: text, parameter_name: order, text: "your order"}
           - {type: button, sub_type: quick_reply, index: 0, parameters: [{type: payload, payload: REOPEN}]}
+          - {type: button, sub_type: copy_code, index: 1, parameters: [{type: text, text: SAVE20}]}
 `)
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +48,7 @@ channels:
 			{Type: "header", Parameters: []Parameter{{Type: "image", Link: "https://shop.example.com/logo.png"}}},
 			{Type: "body", Parameters: []Parameter{{Type: "text", Text: "Acme support"}, {Type: "text", Name: "order", Text: "your order"}}},
 			{Type: "button", SubType: "quick_reply", Index: 0, Parameters: []Parameter{{Type: "payload", Payload: "REOPEN"}}},
+			{Type: "button", SubType: "copy_code", Index: 1, Parameters: []Parameter{{Type: "text", Text: "SAVE20"}}},
 		}}},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -57,7 +59,10 @@ channels:
 	wantWire := `{"name":"reopen_conversation","language":{"code":"en_US"},"components":[` +
 		`{"type":"header","parameters":[{"type":"image","image":{"link":"https://shop.example.com/logo.png"}}]},` +
 		`{"type":"body","parameters":[{"type":"text","text":"Acme support"},{"type":"text","parameter_name":"order","text":"your order"}]},` +
-		`{"type":"button","sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"REOPEN"}]}]}`
+		`{"type":"button","sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"REOPEN"}]},` +
+		// A coupon's copy-code button takes its code as a coupon_code
+		// parameter (Meta's "Sending coupon code templates").
+		`{"type":"button","sub_type":"copy_code","index":"1","parameters":[{"type":"coupon_code","coupon_code":"SAVE20"}]}]}`
 	if wire != wantWire {
 		t.Fatalf("wire template\n%s\nwant\n%s", wire, wantWire)
 	}
@@ -80,6 +85,7 @@ channels:
           - type: button
             sub_type: call
             parameters: [{type: text}, {type: image, link: "http://insecure"}, {type: location}]
+          - {type: button, sub_type: copy_code, index: 1, parameters: [{type: text, text: "SAVE 20%"}]}
 `)
 	if err == nil {
 		t.Fatal("a broken section loaded")
@@ -93,6 +99,7 @@ channels:
 		"templates.reopen.components[1].sub_type: must be quick_reply, url or copy_code",
 		"components[1].parameters[0].text: required", "components[1].parameters[1].link: required",
 		"components[1].parameters[2].type: must be text, payload",
+		"components[2].parameters[0].text: a copy_code button's coupon code has 1 to 15 letters and digits",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("errors lack %q:\n%v", want, err)

@@ -148,6 +148,11 @@ func (t Template) wire() *outTemplate {
 				op.Document = &outLink{Link: p.Link}
 			case "video":
 				op.Video = &outLink{Link: p.Link}
+			case "text":
+				if strings.EqualFold(comp.SubType, "copy_code") {
+					// A coupon's copy-code button takes its code so.
+					op = outParameter{Type: "coupon_code", CouponCode: p.Text}
+				}
 			}
 			oc.Parameters = append(oc.Parameters, op)
 		}

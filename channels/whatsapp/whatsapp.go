@@ -124,8 +124,9 @@ type Parameter struct {
 	Type string `yaml:"type"`
 	// Name is the variable's name, for templates with named parameters.
 	Name string `yaml:"parameter_name"`
-	// Text is the value of a text parameter (also a url button's suffix or
-	// a copy_code button's code).
+	// Text is the value of a text parameter (also a url button's suffix, or
+	// a copy_code button's coupon code: up to 15 letters and digits, sent
+	// as a coupon_code parameter).
 	Text string `yaml:"text"`
 	// Payload is what a quick-reply button sends back when tapped.
 	Payload string `yaml:"payload"`
@@ -197,6 +198,8 @@ func (t Template) validate() error {
 			case "text":
 				if p.Text == "" {
 					errs = append(errs, config.Errorf(pkey+".text", "required for a text parameter"))
+				} else if strings.EqualFold(comp.SubType, "copy_code") && !couponCode.MatchString(p.Text) {
+					errs = append(errs, config.Errorf(pkey+".text", "a copy_code button's coupon code has 1 to 15 letters and digits, not %q", p.Text))
 				}
 			case "payload":
 				if p.Payload == "" {
@@ -213,6 +216,9 @@ func (t Template) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// couponCode is what WhatsApp takes as a copy-code button's coupon code.
+var couponCode = regexp.MustCompile(`^[A-Za-z0-9]{1,15}$`)
 
 func init() {
 	channels.Register(Type, func() config.Section {

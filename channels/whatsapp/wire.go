@@ -261,6 +261,7 @@ type outParameter struct {
 	ParameterName string   `json:"parameter_name,omitempty"`
 	Text          string   `json:"text,omitempty"`
 	Payload       string   `json:"payload,omitempty"`
+	CouponCode    string   `json:"coupon_code,omitempty"`
 	Image         *outLink `json:"image,omitempty"`
 	Document      *outLink `json:"document,omitempty"`
 	Video         *outLink `json:"video,omitempty"`
