@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kefuhq/kefu/core"
 	"regexp"
 	"strconv"
 	"strings"
@@ -153,7 +154,7 @@ func planMessage(m InMessage, contacts []Contact) (inbound, bool) {
 		return inbound{}, false
 	}
 	render(&in, m)
-	in.text = clip(in.text, maxTextLen)
+	in.text = clip(core.StorableText(in.text), maxTextLen) // as stored: NULs gone
 	if in.media == nil && strings.TrimSpace(in.text) == "" {
 		in.text = "[empty WhatsApp message]"
 	}

@@ -190,6 +190,12 @@ func (c *Channel) ingest(ctx context.Context, in inbound) error {
 	if msg.Media != nil && (res.Duplicate || errors.Is(err, core.ErrInvalid)) {
 		c.dropMedia(ctx, msg.Media.Key)
 	}
+	if errors.Is(err, core.ErrInvalid) {
+		// Nothing storable: Meta's retries would not change that, and
+		// the messages after it in the POST must not wait behind it.
+		c.log.Warn("whatsapp: message not storable; ignored", "wamid", in.wamid, "err", err)
+		err = nil
+	}
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -433,5 +434,20 @@ func TestFailedPartIsRetried(t *testing.T) {
 	h.store.Close()
 	if code := h.post(wt.Body(wt.Messages(testPhoneID, zhang, wt.Text("wamid.F4", "are you there?")))); code != http.StatusServiceUnavailable {
 		t.Fatalf("with the store closed: HTTP %d, want 503", code)
+	}
+}
+
+// A text of NUL characters alone (nothing a store keeps) is stored as an
+// empty message, and the messages after it in the same POST are stored:
+// before, the POST was answered 503 for as long as Meta retried it.
+func TestUnstorableTextDoesNotHoldUpThePost(t *testing.T) {
+	h := newHarness(t)
+	h.say(zhang, wt.Text("wamid.N1", "\x00\x00"), wt.Text("wamid.N2", "my order?"))
+	var texts []string
+	for _, m := range h.customerMessages(h.only().ID) {
+		texts = append(texts, m.Text)
+	}
+	if !slices.Equal(texts, []string{"[empty WhatsApp message]", "my order?"}) {
+		t.Fatalf("stored %q", texts)
 	}
 }
