@@ -581,6 +581,13 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 	}
 	switch {
 	case err == nil:
+		if ext := res.ExternalID; ext != "" && (core.StorableText(ext) != ext || len(ext) > maxExternalID) {
+			// No store would keep it (PostgreSQL refuses NUL and invalid
+			// UTF-8): the message is sent, its later statuses cannot be
+			// matched to it.
+			log.Warn("deliver: the provider's id for the message cannot be stored; its statuses will not be shown", "external_id", clip(ext, 64))
+			res.ExternalID = ""
+		}
 		var u *core.StatusUpdate
 		if out.Message != nil {
 			u = &core.StatusUpdate{MessageID: e.MessageID, Status: core.MsgSent, ExternalID: res.ExternalID}
@@ -854,6 +861,10 @@ func (h *timerHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return t
 }
+
+// maxExternalID is the longest provider message id kept (the stores index
+// them; providers' own are far shorter).
+const maxExternalID = 256
 
 // clip shortens s to at most n bytes without splitting a UTF-8 sequence,
 // as every store keeps it (core.StorableText).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -205,7 +206,7 @@ func (f *Follower) drain(ctx context.Context, after int64, since time.Time) (int
 				convs[m.ConversationID] = c
 			}
 			var perm *PermanentError
-			switch err := f.cfg.Handler.Follow(ctx, m, c); {
+			switch err := f.follow(ctx, m, c); {
 			case err == nil:
 			case errors.As(err, &perm):
 				f.log.Warn("follower: message skipped", "message", m.ID, "reason", perm.reason())
@@ -225,6 +226,20 @@ func (f *Follower) drain(ctx context.Context, after int64, since time.Time) (int
 		}
 	}
 	return after, ctx.Err()
+}
+
+// follow calls the handler, turning a panic into a permanent failure: a
+// handler's bug on one message skips it (logged with its stack), rather
+// than stopping the process, and again at each restart, since the cursor
+// would still be before it.
+func (f *Follower) follow(ctx context.Context, m core.Message, c core.Conversation) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f.log.Error("follower: handler panicked", "message", m.ID, "panic", r, "stack", string(debug.Stack()))
+			err = Permanent(fmt.Sprintf("the handler failed on it (%v)", r), nil)
+		}
+	}()
+	return f.cfg.Handler.Follow(ctx, m, c)
 }
 
 // Wake makes the follower read the log now.
