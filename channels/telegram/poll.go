@@ -106,6 +106,14 @@ func (p *Poller) Run(ctx context.Context) error {
 			continue
 		}
 		p.c.noteAPIOK()
+		if len(raws) == 0 && offset > 0 {
+			// Nothing new: everything below offset is confirmed by this
+			// call, so ask from "the oldest unconfirmed" again. After a
+			// week without updates Telegram starts update_id afresh, at
+			// random: a kept offset above the new ids would confirm, and
+			// so drop, each new update unseen.
+			offset = 0
+		}
 		ok := true
 		for _, raw := range raws {
 			upd, perr := ParseUpdate(raw)

@@ -219,3 +219,29 @@ func TestPollingUnreadableUpdateSkipped(t *testing.T) {
 		t.Fatal("the unreadable update was not handed out")
 	}
 }
+
+// After a week without updates Telegram starts update_id afresh, at random,
+// possibly below the offset the poller holds: once a poll comes back empty
+// the poller asks from the oldest unconfirmed update again, and the new,
+// lower ids arrive.
+func TestPollingAfterUpdateIDsRestart(t *testing.T) {
+	h := newHarness(t, options{mode: telegram.ModePolling})
+	h.run(h.ch)
+	u := telegramtest.Update(telegramtest.Text(42, "before the quiet week"))
+	u.ID = 900000
+	h.api.AddUpdate(u)
+	h.waitTexts("42", []string{"before the quiet week"})
+	handled := time.Now()
+	waitFor(t, "a poll that comes back empty", func() bool {
+		for _, c := range h.api.Calls("getUpdates") {
+			if c.Answered && c.ErrorCode == 0 && len(c.Updates) == 0 && c.At.After(handled) {
+				return true
+			}
+		}
+		return false
+	})
+	u2 := telegramtest.Update(telegramtest.Text(42, "hello again"))
+	u2.ID = 1234
+	h.api.AddUpdate(u2)
+	h.waitTexts("42", []string{"before the quiet week", "hello again"})
+}
