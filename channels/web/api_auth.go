@@ -217,7 +217,7 @@ func (a *api) changePassword(w http.ResponseWriter, r *http.Request, me core.Age
 		return err
 	}
 	// (A failed read keeps the session: the password did change.)
-	if cur, err := a.store.Agent(ctx, me.ID); err == nil && (!cur.Active || !cur.CheckPassword(req.New)) {
+	if cur, err := a.store.Agent(context.WithoutCancel(ctx), me.ID); err == nil && (!cur.Active || !cur.CheckPassword(req.New)) {
 		if rerr := a.store.RevokeSession(context.WithoutCancel(ctx), sess.TokenHash); rerr != nil {
 			return rerr
 		}

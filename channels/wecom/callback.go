@@ -193,6 +193,13 @@ func (c *Channel) receive(w http.ResponseWriter, r *http.Request) {
 		c.log.Info("wecom: Work WeChat stopped waiting for a callback's answer", "msgid", msg.MsgID, "err", err)
 		return
 	}
+	if errors.Is(err, errClaimBusy) {
+		// A retry on another node than the one still running it: the
+		// next retry finds it done.
+		c.log.Info("wecom: callback still being handled on another node; Work WeChat will ask again", "msgid", msg.MsgID)
+		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "being handled; retry")
+		return
+	}
 	if err != nil {
 		c.log.Error("wecom: callback not handled; Work WeChat will retry", "err", err)
 		httpx.Error(w, http.StatusServiceUnavailable, httpx.CodeUnavailable, "not handled; retry")

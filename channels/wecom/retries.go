@@ -249,8 +249,13 @@ func (c *Channel) pruneSoon() {
 	if now-last < int64(pruneEvery) || !c.prunedAt.CompareAndSwap(last, now) {
 		return
 	}
+	c.pruneMu.Lock()
+	defer c.pruneMu.Unlock()
+	if c.pruneClosed || c.pruneCtx == nil {
+		return
+	}
 	c.pruning.Go(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), pruneBudget)
+		ctx, cancel := context.WithTimeout(c.pruneCtx, pruneBudget)
 		defer cancel()
 		c.pruneClaims(ctx)
 	})

@@ -42,6 +42,8 @@ func TestPruneClaims(t *testing.T) {
 	defer st.Close()
 	now := time.Unix(1_800_000_000, 0)
 	c := &Channel{name: "wecom", store: st, now: func() time.Time { return now }, log: slog.New(slog.DiscardHandler)}
+	c.pruneCtx, c.pruneStop = context.WithCancel(ctx)
+	defer c.Close()
 	old, fresh := now.Add(-retryWindow-time.Second).UnixNano(), now.Add(-time.Second).UnixNano()
 	want := map[string]bool{}
 	for i := range 1203 { // more than two pages
@@ -100,6 +102,8 @@ func TestClusterOnceClaims(t *testing.T) {
 	}
 	defer st.Close()
 	c := &Channel{name: "wecom", store: st, now: time.Now, log: slog.New(slog.DiscardHandler), claimToken: "tok"}
+	c.pruneCtx, c.pruneStop = context.WithCancel(ctx)
+	defer c.Close()
 	claims := func() int {
 		kvs, err := st.Settings(ctx, c.claimPrefix(), "", 10)
 		if err != nil {
@@ -125,5 +129,9 @@ func TestClusterOnceClaims(t *testing.T) {
 	if err := c.clusterOnce(ctx, "2", func() error { ran++; return nil }); err != nil || ran != 2 {
 		t.Fatalf("a retry after it was done: %v, ran %d times, want once", err, ran)
 	}
+	// Closed: no pruning pass starts.
+	c.Close()
+	c.prunedAt.Store(0)
+	c.pruneSoon()
 	c.pruning.Wait()
 }

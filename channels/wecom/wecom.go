@@ -180,7 +180,13 @@ type Channel struct {
 	// (clusterOnce); prunedAt is when it last pruned them (unix nanoseconds).
 	claimToken string
 	prunedAt   atomic.Int64
-	pruning    sync.WaitGroup
+	// pruning runs the pruning passes, on pruneCtx, which Close cancels;
+	// pruneMu orders starting one against Close (pruneClosed).
+	pruning     sync.WaitGroup
+	pruneCtx    context.Context
+	pruneStop   context.CancelFunc
+	pruneMu     sync.Mutex
+	pruneClosed bool
 	// clustered: the bus is shared with other nodes (a retry may reach
 	// another node), so callbacks are claimed in the store.
 	clustered bool
@@ -227,6 +233,7 @@ func New(name string, cfg Config, deps channels.Deps) (*Channel, error) {
 	var tok [8]byte
 	_, _ = rand.Read(tok[:])
 	c.claimToken = hex.EncodeToString(tok[:])
+	c.pruneCtx, c.pruneStop = context.WithCancel(context.Background())
 	c.clustered = deps.Bus != nil && deps.Bus.Features().ConsumerGroups
 	if deps.Bus != nil {
 		c.kicker = bridge.NewNotifier(bridge.NotifierConfig{Node: deps.NodeID, Publisher: deps.Bus.Publisher(), Logger: c.log})
@@ -247,8 +254,19 @@ func (c *Channel) Type() string { return Type }
 // once its outbox deliveries and followers have stopped, so that none of
 // them goes to the real host meanwhile.
 func (c *Channel) Close() error {
-	c.pruning.Wait() // a pruning pass under way, bounded by pruneBudget
-	c.releaseOnce.Do(c.release)
+	// A pruning pass under way stops, and none starts after.
+	c.pruneMu.Lock()
+	c.pruneClosed = true
+	c.pruneMu.Unlock()
+	if c.pruneStop != nil {
+		c.pruneStop()
+	}
+	c.pruning.Wait()
+	c.releaseOnce.Do(func() {
+		if c.release != nil {
+			c.release()
+		}
+	})
 	return nil
 }
 
