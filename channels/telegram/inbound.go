@@ -197,6 +197,18 @@ func (c *Channel) content(ctx context.Context, m *models.Message) (msg *core.Mes
 		return text(contactText(m.Contact)), false, nil
 	case m.Sticker != nil:
 		return text(strings.TrimSpace("[sticker " + m.Sticker.Emoji + "]")), false, nil
+	// What kefu does not carry is still shown, so that the agent knows the
+	// customer wrote (service messages, a pin or a payment, stay out).
+	case m.Dice != nil:
+		return text(fmt.Sprintf("[dice %s: %d]", m.Dice.Emoji, m.Dice.Value)), false, nil
+	case m.Poll != nil:
+		return text(strings.TrimSuffix("[a poll: "+m.Poll.Question, ": ") + "]"), false, nil
+	case m.Story != nil:
+		return text("[a Telegram story, not shown here]"), false, nil
+	case m.Game != nil:
+		return text("[a Telegram game, not shown here]"), false, nil
+	case m.Checklist != nil:
+		return text("[a Telegram checklist, not shown here]"), false, nil
 	default:
 		return nil, false, nil
 	}

@@ -178,6 +178,13 @@ func TestInboundTypes(t *testing.T) {
 		}, &want{kind: core.KindText, text: "Contact: Li Si, +8613800000000 (Telegram user 99)"}},
 		{"sticker", func(m *models.Message) { m.Sticker = &models.Sticker{FileID: "s", Emoji: "👍"} },
 			&want{kind: core.KindText, text: "[sticker 👍]"}},
+		// Not carried, still shown: the agent knows the customer wrote.
+		{"dice", func(m *models.Message) { m.Dice = &models.Dice{Emoji: "🎲", Value: 4} },
+			&want{kind: core.KindText, text: "[dice 🎲: 4]"}},
+		{"poll", func(m *models.Message) { m.Poll = &models.Poll{ID: "p", Question: "Which colour?"} },
+			&want{kind: core.KindText, text: "[a poll: Which colour?]"}},
+		{"story", func(m *models.Message) { m.Story = &models.Story{ID: 7} },
+			&want{kind: core.KindText, text: "[a Telegram story, not shown here]"}},
 		{"a file type kefu refuses", func(m *models.Message) {
 			m.Document = &models.Document{FileID: program, FileName: "setup.exe", FileSize: int64(len(exe))}
 			m.Caption = "please install"
