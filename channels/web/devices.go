@@ -207,10 +207,14 @@ func (rt *realtime) registerVisitorDevice(w http.ResponseWriter, r *http.Request
 }
 
 func (rt *realtime) serveVisitorDeviceDelete(w http.ResponseWriter, r *http.Request) {
-	// An expired token still removes its identity's device: an app whose
-	// visitor session ran out must be able to stop the pushes for it (the
-	// signature still proves whose device it is).
-	v, _, err := rt.verifyVisitor(bearerToken(r))
+	// An expired token still removes its identity's device, for another
+	// visitor_token_ttl: an app whose visitor session ran out must be able
+	// to stop the pushes for it (the signature still proves whose device it
+	// is); a token long gone, found in a log, cannot.
+	v, exp, err := rt.verifyVisitor(bearerToken(r))
+	if err == nil && rt.c.now().Sub(exp) > rt.c.cfg.VisitorTokenTTL {
+		err = errVisitorToken
+	}
 	if err == nil {
 		err = removeDevice(w, r, rt.store, core.IdentityDevices(rt.c.name, v.identity))
 	}

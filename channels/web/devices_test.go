@@ -137,4 +137,12 @@ func TestVisitorDevices(t *testing.T) {
 	}
 	forged := expired[:len(expired)-3] + "AAA"
 	h.do("DELETE", "/api/v1/visitor/devices/"+tok, forged, nil).want(t, "sign out with a forged token", http.StatusUnauthorized)
+	// A token gone for longer than visitor_token_ttl (the default, 30
+	// days) does not.
+	h.do("POST", "/api/v1/visitor/devices", sess.Token, map[string]any{"token": tok}).want(t, "register once more", http.StatusOK)
+	longGone := web.APITestChannel(h.svc).SignVisitorToken(sess.Visitor.ID, time.Now().Add(-31*24*time.Hour))
+	h.do("DELETE", "/api/v1/visitor/devices/"+tok, longGone, nil).want(t, "sign out with a token long expired", http.StatusUnauthorized)
+	if ds, _ := h.store.Devices(t.Context(), core.IdentityDevices(apiChannel, sess.Visitor.ID)); len(ds) != 1 {
+		t.Errorf("a token long expired removed the device: %v", ds)
+	}
 }

@@ -104,43 +104,42 @@ var errVisitorToken = &httpx.RequestError{Status: http.StatusUnauthorized, Code:
 
 // parseVisitor checks a visitor token and returns the visitor it names.
 func (rt *realtime) parseVisitor(tok string) (visitor, error) {
-	v, expired, err := rt.verifyVisitor(tok)
-	if err == nil && expired {
+	v, exp, err := rt.verifyVisitor(tok)
+	if err == nil && !rt.c.now().Before(exp) {
 		err = errVisitorToken
 	}
 	return v, err
 }
 
 // verifyVisitor checks that tok is a visitor token this channel signed and
-// reads it, whether or not it has expired (expired says).
-func (rt *realtime) verifyVisitor(tok string) (v visitor, expired bool, err error) {
+// reads it, whether or not it has expired (exp says when it does).
+func (rt *realtime) verifyVisitor(tok string) (v visitor, exp time.Time, err error) {
 	rest, ok := strings.CutPrefix(tok, visitorTokenPrefix)
 	if !ok || len(rest) > maxVisitorToken {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
 	p, sig, ok := strings.Cut(rest, ".")
 	if !ok {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
 	got, err := base64.RawURLEncoding.DecodeString(sig)
 	if err != nil {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
 	m := hmac.New(sha256.New, rt.tokenKey)
 	m.Write([]byte(p))
 	if !hmac.Equal(got, m.Sum(nil)) {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
 	body, err := base64.RawURLEncoding.DecodeString(p)
 	if err != nil {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
 	var cl visitorClaims
 	if json.Unmarshal(body, &cl) != nil || cl.Channel != rt.c.name || !validIdentity(cl.Identity) {
-		return visitor{}, false, errVisitorToken
+		return visitor{}, time.Time{}, errVisitorToken
 	}
-	expired = !rt.c.now().Before(time.Unix(cl.Expires, 0))
-	return visitor{identity: cl.Identity, name: cl.Name}, expired, nil
+	return visitor{identity: cl.Identity, name: cl.Name}, time.Unix(cl.Expires, 0), nil
 }
 
 func validIdentity(id string) bool {
