@@ -67,6 +67,7 @@ func TestDeclineWrittenDuringADrainIsKept(t *testing.T) {
 	if f.conv(c.ID).AssigneeID != a.ID {
 		t.Fatal("setup")
 	}
+	waiting(t, f) // so that the drain reads the declines
 	putEntered, putGo, unassigned := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	st.mu.Lock()
@@ -95,6 +96,17 @@ func TestDeclineWrittenDuringADrainIsKept(t *testing.T) {
 	}
 }
 
+// waiting stores a customer's conversation that waits in the queue,
+// without routing it (the store's own Ingest): a drain then has someone
+// to plan for.
+func waiting(t *testing.T, f *fixture) {
+	t.Helper()
+	if _, err := f.store.Ingest(context.Background(), core.Inbound{Channel: "web", ExternalID: "waiting",
+		Message: core.Message{Kind: core.KindText, Text: "anyone?", CreatedAt: f.clock.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Two nodes: node 1's transfer back to the queue lands while node 2's
 // drain is between its reads: node 2 does not give the conversation back.
 func TestDeclineOnAnotherNodeDuringADrain(t *testing.T) {
@@ -111,6 +123,7 @@ func TestDeclineOnAnotherNodeDuringADrain(t *testing.T) {
 	if f.conv(c.ID).AssigneeID != a.ID {
 		t.Fatal("setup")
 	}
+	waiting(t, f) // so that node 2's drain reads the declines
 	st2.mu.Lock()
 	st2.onSettings = func() {
 		if _, err := f.svc.Transfer(ctx, a.ID, c.ID, 0); err != nil {
@@ -120,6 +133,9 @@ func TestDeclineOnAnotherNodeDuringADrain(t *testing.T) {
 	st2.mu.Unlock()
 	if err := node2.Drain(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if _, h, _ := st2.hooks(); h != nil {
+		t.Fatal("test set-up: node 2's drain did not read the declines")
 	}
 	if now := f.conv(c.ID); now.AssigneeID == a.ID {
 		t.Fatalf("node 2 gave the conversation back to the agent who sent it back on node 1 (status %s)", now.Status)

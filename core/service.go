@@ -636,14 +636,14 @@ func (s *Service) drain(ctx context.Context, locked func()) (err error) {
 		if err != nil {
 			return err
 		}
-		// After the queue: a decline is written before its unassignment
-		// commits, so every conversation read here that was sent back,
-		// on any node, has its decline read here.
-		s.loadDeclines(ctx)
 		if len(queue) == 0 {
 			s.setFull(gen, false)
 			return nil
 		}
+		// After the queue: a decline is written before its unassignment
+		// commits, so every conversation read here that was sent back,
+		// on any node, has its decline read here.
+		s.loadDeclines(ctx)
 		counts, err := s.store.OpenCounts(ctx)
 		if err != nil {
 			return err
@@ -966,11 +966,10 @@ func (s *Service) endDecline(ctx context.Context, convID int64) {
 }
 
 // loadDeclines reads the declines every node recorded into this node's
-// view, after each read of the queue by a drain (a decline is written
-// before its conversation is back in the queue): the store's replace the
-// view's, those it no
-// longer has (served, or expired, on another node) are forgotten, and
-// expired ones are removed. A decline this node could not write stays in
+// view, after each read of the queue that found someone waiting (a decline
+// is written before its conversation is back in the queue): the store's
+// replace the view's, those it no longer has (served, or expired, on
+// another node) are forgotten, and expired ones are removed. A decline this node could not write stays in
 // its view until it expires. A read that fails keeps the view as it is.
 func (s *Service) loadDeclines(ctx context.Context) {
 	now := s.now()
