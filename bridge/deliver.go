@@ -46,6 +46,15 @@ type Sender interface {
 	Send(ctx context.Context, out Outgoing) (SendResult, error)
 }
 
+// MediaSender is a Sender whose payload entries may carry an attachment
+// that Send uploads (a Work WeChat notification's image). HasMedia says
+// which do, so that they get MediaSendTimeout and a media slot, as a
+// message with an attachment does.
+type MediaSender interface {
+	Sender
+	HasMedia(e core.OutboxEntry) bool
+}
+
 // Outgoing is one outbox entry to send, with what it refers to.
 type Outgoing struct {
 	Entry core.OutboxEntry
@@ -561,7 +570,7 @@ func (d *Deliverer) attempt(e core.OutboxEntry) (finished bool) {
 	}
 
 	budget := d.cfg.SendTimeout
-	if out.Message != nil && out.Message.Media != nil {
+	if d.hasMedia(out) {
 		if !d.takeMedia(e.Key) {
 			return false // kicked when an attachment's send ends
 		}
@@ -658,6 +667,16 @@ func (d *Deliverer) releaseMedia() {
 }
 
 // send calls the Sender, turning a panic into a transient error.
+// hasMedia reports whether out carries an attachment: a message's, or a
+// payload entry's that its MediaSender says has one.
+func (d *Deliverer) hasMedia(out Outgoing) bool {
+	if out.Message != nil {
+		return out.Message.Media != nil
+	}
+	ms, ok := d.cfg.Sender.(MediaSender)
+	return ok && ms.HasMedia(out.Entry)
+}
+
 func (d *Deliverer) send(ctx context.Context, out Outgoing) (res SendResult, err error) {
 	defer func() {
 		if r := recover(); r != nil {

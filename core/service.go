@@ -1147,16 +1147,28 @@ func (s *Service) setStatus(ctx context.Context, by, convID int64, to Conversati
 // conversation's channel (the outbox) or its sockets.
 func (s *Service) Reply(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
 	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Public
-	return s.agentMessage(ctx, agentID, convID, m)
+	return s.agentMessage(ctx, agentID, convID, m, false)
+}
+
+// ReplyAsOwner is Reply for channels where agents answer only their own
+// conversations and waiting ones (Work WeChat): a conversation that is
+// someone else's, or that someone else takes while the reply is on its
+// way, is refused with ErrConflict and nothing is stored, so that a
+// customer never gets answers from two people by accident.
+func (s *Service) ReplyAsOwner(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Public
+	return s.agentMessage(ctx, agentID, convID, m, true)
 }
 
 // Note adds an internal note, which customers never see.
 func (s *Service) Note(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
 	m.SenderKind, m.SenderID, m.Visibility = SenderAgent, agentID, Internal
-	return s.agentMessage(ctx, agentID, convID, m)
+	return s.agentMessage(ctx, agentID, convID, m, false)
 }
 
-func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Message) (Message, error) {
+// agentMessage stores m from agentID in convID; with own, a public m only
+// in a conversation that is agentID's or nobody's (ReplyAsOwner).
+func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Message, own bool) (Message, error) {
 	m.Text = StorableText(m.Text)
 	if err := checkContent(m); err != nil {
 		return Message{}, err
@@ -1213,14 +1225,27 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				}
 			}
 		}
+		if own && c.AssigneeID != 0 && c.AssigneeID != agentID {
+			return Message{}, fmt.Errorf("%w: #%d is handled by another agent", ErrConflict, convID)
+		}
 		if c.AssigneeID == 0 {
-			if taken, err := s.Take(ctx, agentID, convID); err == nil {
+			switch taken, err := s.Take(ctx, agentID, convID); {
+			case err == nil:
 				c = taken
-			} else if !errors.Is(err, ErrConflict) {
+			case !errors.Is(err, ErrConflict):
 				if c.Status == StatusPending {
 					s.routeNew(ctx, c) // not left waiting unrouted
 				}
 				return Message{}, err
+			case own:
+				// Taken meanwhile: by this agent on another path, or by
+				// someone else, whose conversation it now is.
+				if c, err = s.store.Conversation(ctx, convID); err != nil {
+					return Message{}, err
+				}
+				if c.AssigneeID != agentID {
+					return Message{}, fmt.Errorf("%w: #%d was just taken by another agent", ErrConflict, convID)
+				}
 			}
 		}
 	}

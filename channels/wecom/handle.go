@@ -113,7 +113,13 @@ func (c *Channel) answer(ctx context.Context, a core.Agent, convID int64, msg co
 	if !mayAnswer(a, conv) {
 		return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is handled by %s; nothing was sent.", convID, c.assigneeName(ctx, conv.AssigneeID)))
 	}
-	stored, err := c.svc.Reply(ctx, a.ID, convID, msg)
+	stored, err := c.svc.ReplyAsOwner(ctx, a.ID, convID, msg)
+	if errors.Is(err, core.ErrConflict) {
+		// Taken by someone else while the reply was on its way.
+		if cur, rerr := c.store.Conversation(ctx, convID); rerr == nil && !mayAnswer(a, cur) {
+			return core.Message{}, c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d was just taken by %s; nothing was sent.", convID, c.assigneeName(ctx, cur.AssigneeID)))
+		}
+	}
 	switch {
 	case errors.Is(err, core.ErrWindowClosed):
 		ends := c.svc.WindowEnds(conv)
@@ -125,7 +131,11 @@ func (c *Channel) answer(ctx context.Context, a core.Agent, convID int64, msg co
 		return core.Message{}, err
 	}
 	if sel {
-		return stored, c.selectConv(ctx, a.ID, convID)
+		return stored, c.selectConv(ctx, a.ID, convID, true)
+	}
+	if conv.AssigneeID == 0 {
+		// The plain reply took the selected waiting conversation.
+		return stored, c.markMine(ctx, a.ID, convID)
 	}
 	return stored, nil
 }
@@ -324,7 +334,7 @@ func (c *Channel) take(ctx context.Context, a core.Agent, n int64) error {
 		// Not selected: a plain reply must not reopen it unasked.
 		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is closed; a reply (#%d text) reopens it.", n, n))
 	case conv.AssigneeID == a.ID:
-		if err := c.selectConv(ctx, a.ID, n); err != nil {
+		if err := c.selectConv(ctx, a.ID, n, true); err != nil {
 			return err
 		}
 		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("%s is already yours; plain replies now go there.", c.label(ctx, conv)))
@@ -344,7 +354,7 @@ func (c *Channel) take(ctx context.Context, a core.Agent, n int64) error {
 		}
 		return err
 	}
-	if err := c.selectConv(ctx, a.ID, n); err != nil {
+	if err := c.selectConv(ctx, a.ID, n, true); err != nil {
 		return err
 	}
 	return c.tell(ctx, a.WeComUserID, fmt.Sprintf("%s is yours now; plain replies go there.", c.label(ctx, conv)))
@@ -412,7 +422,7 @@ func (c *Channel) transfer(ctx context.Context, a core.Agent, n int64, who strin
 		return err
 	}
 	if to.ID == a.ID {
-		err = c.selectConv(ctx, a.ID, n)
+		err = c.selectConv(ctx, a.ID, n, true)
 	} else {
 		err = c.unselect(ctx, a.ID, n)
 	}
@@ -475,7 +485,7 @@ func (c *Channel) selectCmd(ctx context.Context, a core.Agent, n int64) error {
 	if !mayAnswer(a, conv) {
 		return c.tell(ctx, a.WeComUserID, fmt.Sprintf("#%d is handled by %s; it was not selected.", n, c.assigneeName(ctx, conv.AssigneeID)))
 	}
-	if err := c.selectConv(ctx, a.ID, n); err != nil {
+	if err := c.selectConv(ctx, a.ID, n, conv.AssigneeID == a.ID); err != nil {
 		return err
 	}
 	extra := ""

@@ -89,6 +89,13 @@ func (c *Channel) Send(ctx context.Context, out bridge.Outgoing) (bridge.SendRes
 	return bridge.SendResult{ExternalID: ans.MsgID}, sendError(n.To, err)
 }
 
+// HasMedia implements bridge.MediaSender: a notification with an image
+// uploads it inside Send, and gets the Deliverer's time for attachments.
+func (c *Channel) HasMedia(e core.OutboxEntry) bool {
+	var n note
+	return json.Unmarshal(e.Payload, &n) == nil && n.Media != nil
+}
+
 // upload sends an image from kefu's media storage to Work WeChat as
 // temporary media; one it would refuse (type, size) goes as its preview.
 func (c *Channel) upload(ctx context.Context, m *core.Media) (string, error) {

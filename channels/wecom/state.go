@@ -28,6 +28,10 @@ import (
 type selection struct {
 	Conv int64 // 0: none
 	Mark int64 // the follower's cursor when it was chosen
+	// Mine is set when the conversation was the agent's when chosen (not
+	// waiting in the queue): once someone puts it back in the queue, a
+	// plain reply must not take it again unasked.
+	Mine bool
 }
 
 // seen is what the follower has notified an agent of.
@@ -81,9 +85,12 @@ func (c *Channel) loadSelection(ctx context.Context, agentID int64) (selection, 
 		return selection{}, err
 	}
 	var s selection
-	if _, err := fmt.Sscan(v, &s.Conv, &s.Mark); err != nil {
+	var mine int
+	// A selection saved before Mine was kept has two fields.
+	if n, err := fmt.Sscan(v, &s.Conv, &s.Mark, &mine); n < 2 || (err != nil && n != 2) {
 		return selection{}, nil // unreadable: as if none
 	}
+	s.Mine = mine == 1
 	return s, nil
 }
 
@@ -93,14 +100,30 @@ func (c *Channel) loadSelection(ctx context.Context, agentID int64) (selection, 
 // is seen.Max, saved once a notification is queued, not seen.Conv, saved
 // just before (notifyShown): a notification about to go out is newer than
 // the selection, so a plain reply after it still asks.
-func (c *Channel) selectConv(ctx context.Context, agentID, conv int64) error {
+//
+// mine says the conversation is the agent's now (not waiting in the queue).
+func (c *Channel) selectConv(ctx context.Context, agentID, conv int64, mine bool) error {
 	mark := c.cursor(ctx)
 	st, err := c.loadSeen(ctx, agentID)
 	if err != nil {
 		return err
 	}
 	mark = max(mark, st.Max)
-	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d", conv, mark))
+	owned := 0
+	if mine {
+		owned = 1
+	}
+	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d %d", conv, mark, owned))
+}
+
+// markMine records that the agent's selection, if it is conv, is theirs
+// now (a plain reply took it), keeping its mark.
+func (c *Channel) markMine(ctx context.Context, agentID, conv int64) error {
+	s, err := c.loadSelection(ctx, agentID)
+	if err != nil || s.Conv != conv || s.Mine {
+		return err
+	}
+	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d 1", conv, s.Mark))
 }
 
 // unselect clears the agent's selection if it is conv (any when conv is 0).
@@ -176,9 +199,16 @@ func (c *Channel) target(ctx context.Context, a core.Agent) (conv core.Conversat
 		if err != nil && !errors.Is(err, core.ErrNotFound) {
 			return conv, "", err
 		}
-		if err != nil || !mayAnswer(a, conv) {
+		switch {
+		case err != nil || !mayAnswer(a, conv):
 			who := c.assigneeName(ctx, conv.AssigneeID)
 			return conv, fmt.Sprintf("#%d, which you selected, is now handled by %s. Nothing was sent: start your message with #123.", sel.Conv, who), nil
+		case conv.Status == core.StatusResolved:
+			// Closed by someone else (the agent's own /close clears the
+			// selection): a plain reply must not reopen it unasked.
+			return conv, fmt.Sprintf("#%d, which you selected, is closed. Nothing was sent: start your message with #%d to reopen it.", sel.Conv, sel.Conv), nil
+		case sel.Mine && conv.AssigneeID != a.ID:
+			return conv, fmt.Sprintf("#%d, which you selected, was put back in the queue. Nothing was sent: start your message with #%d to take it again.", sel.Conv, sel.Conv), nil
 		}
 		var since []int64
 		for cid, id := range st.Conv {

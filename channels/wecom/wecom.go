@@ -344,6 +344,6 @@ var (
 	_ channels.Channel     = (*Channel)(nil)
 	_ io.Closer            = (*Channel)(nil)
 	_ channels.Checker     = (*Channel)(nil)
-	_ bridge.Sender        = (*Channel)(nil)
+	_ bridge.MediaSender   = (*Channel)(nil)
 	_ bridge.FollowHandler = (*Channel)(nil)
 )
