@@ -230,6 +230,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	apps := map[string]string{} // topic → the first enabled pusher for it
 	for _, pi := range c.pushers(false) {
 		if pi.Config == nil {
 			continue
@@ -239,6 +240,13 @@ func (c *Config) Validate() error {
 			err = dropOnlyEnabled(err)
 		}
 		errs = append(errs, err)
+		if app, ok := pi.Config.(PushApp); ok && pi.Enabled && app.PushTopic() != "" {
+			if first, dup := apps[app.PushTopic()]; dup {
+				errs = append(errs, Errorf("push."+pi.Name+".topic", "push.%s pushes for %s already: each app has one pusher, or its devices would be pushed twice", first, app.PushTopic()))
+			} else {
+				apps[app.PushTopic()] = pi.Name
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -33,6 +33,12 @@ type ProcessShared interface {
 	ProcessShared() (key, value string)
 }
 
+// PushApp is implemented by a pusher's section: PushTopic is the app it
+// pushes for. Two enabled pushers may not push for the same app.
+type PushApp interface {
+	PushTopic() string
+}
+
 // PublicURLUser is implemented by a section that may need
 // server.public_url: NeedsPublicURL names the key that, as configured,
 // needs it ("set_webhook"), or returns "".

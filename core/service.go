@@ -1390,6 +1390,18 @@ func (s *Service) MarkUpTo(ctx context.Context, r Receipt) error {
 	if err != nil {
 		return err
 	}
+	if n == 0 && !r.ByContact && r.AgentID != 0 {
+		// Another agent's receipt moved the messages already. The
+		// assignee's is still news to their push fallback, which only
+		// theirs cancels.
+		c, err := s.store.Conversation(ctx, r.ConversationID)
+		if err != nil {
+			return err
+		}
+		if c.AssigneeID == r.AgentID {
+			n = 1
+		}
+	}
 	if n > 0 {
 		s.notify.Publish(ctx, Update{Type: UpdateReceipt, Receipt: &r})
 	}

@@ -337,6 +337,10 @@ type Receipt struct {
 	UpToSeq        int64
 	Status         MessageStatus // MsgDelivered or MsgRead
 	ByContact      bool          // the customer read; else an agent read
+	// AgentID is the agent who read, when an agent did and it is known:
+	// any agent's receipt moves the customer's messages to delivered or
+	// read, but only the assignee's cancels the assignee's push.
+	AgentID int64
 }
 
 // ConversationFilter selects conversations. Zero fields do not filter.

@@ -305,7 +305,13 @@ func (n *Node) buildPushers(opt Options) error {
 	if leaseTTL == 0 {
 		leaseTTL = bridge.DefaultLeaseTTL
 	}
-	for _, pi := range enabled {
+	apps := make([]string, len(enabled))
+	for i, pi := range enabled {
+		if c, ok := pi.Config.(*apns.Config); ok {
+			apps[i] = c.Topic
+		}
+	}
+	for i, pi := range enabled {
 		c, ok := pi.Config.(*apns.Config)
 		if !ok {
 			return fmt.Errorf("push.%s: pusher type %q is not available in this build", pi.Name, pi.Type)
@@ -315,7 +321,7 @@ func (n *Node) buildPushers(opt Options) error {
 			return fmt.Errorf("push.%s: %w", pi.Name, err)
 		}
 		fb, err := push.New(push.Config{
-			Pusher: client, Store: n.store, Presence: n.svc.Presence(), Bus: n.bus,
+			Pusher: client, Store: n.store, Presence: n.svc.Presence(), Bus: n.bus, Topics: push.TopicsOf(apps, i),
 			FallbackAfter: c.FallbackAfter, StopGrace: leaseTTL / 6, Cursor: "push." + pi.Name + ".cursor",
 			Clock: opt.Clock, Logger: n.log.With("pusher", pi.Name), Metrics: metrics.For(pi.Name),
 		})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -79,11 +80,14 @@ func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 		f.failed(ctx, log, "reading devices", err)
 		return
 	}
+	if len(f.cfg.Topics) > 0 {
+		devices = slices.DeleteFunc(devices, func(d core.Device) bool { return !slices.Contains(f.cfg.Topics, d.Topic) })
+	}
 	if len(devices) == 0 {
 		f.cfg.Metrics.skipped("no_device")
 		return
 	}
-	if seen, err := f.seen(ctx, e.msg.ID); err != nil {
+	if seen, err := f.seen(ctx, e.to, e.msg.ID); err != nil {
 		f.failed(ctx, log, "reading the message", err)
 		return
 	} else if seen {
@@ -100,15 +104,21 @@ func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 			return // a newer message is on its way to them
 		}
 		n.Device = d
-		if !f.send(ctx, log, n, pause) {
+		if !f.send(ctx, log, e.to, n, pause) {
 			return
 		}
 	}
 }
 
 // seen reports whether the message's recipient has it: its stored status
-// is delivered or read (receipts and provider statuses move it).
-func (f *Fallback) seen(ctx context.Context, msgID int64) (bool, error) {
+// is delivered or read (receipts and provider statuses move it). Not on
+// the agent side: there the status says that some agent's console has the
+// customer's message, not that the assignee has; only the assignee's own
+// receipt (Observe) cancels their push.
+func (f *Fallback) seen(ctx context.Context, to side, msgID int64) (bool, error) {
+	if to == toAgent {
+		return false, nil
+	}
 	m, err := f.cfg.Store.Message(ctx, msgID)
 	if err != nil {
 		return false, err
@@ -183,7 +193,7 @@ type pauseFunc func(at <-chan time.Time) bool
 // while the recipient still has not seen the message. It reports false when
 // the notification must go to no more devices: a pause said to stop, or the
 // recipient has seen the message.
-func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, pause pauseFunc) bool {
+func (f *Fallback) send(ctx context.Context, log *slog.Logger, to side, n Notification, pause pauseFunc) bool {
 	backoff := f.cfg.Backoff
 	for attempt := 0; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, f.cfg.AttemptTimeout)
@@ -240,7 +250,7 @@ func (f *Fallback) send(ctx context.Context, log *slog.Logger, n Notification, p
 			if !pause(f.cfg.Clock.At(f.cfg.Clock.Now().Add(wait))) {
 				return false
 			}
-			if seen, serr := f.seen(ctx, n.MessageID); serr == nil && seen {
+			if seen, serr := f.seen(ctx, to, n.MessageID); serr == nil && seen {
 				f.cfg.Metrics.skipped("seen")
 				return false
 			}

@@ -50,6 +50,13 @@ type Config struct {
 	Pusher   Pusher        // required
 	Store    core.Store    // required: devices, messages, names, unread counts
 	Presence core.Presence // required: who has a live socket (on any node)
+	// Topics are the apps whose devices this Fallback pushes, by the
+	// topic they registered with; "" stands for devices registered
+	// without one. Empty: every device. A deployment with several pushers
+	// (a customers' app and an agents' app) gives each its own, so that no
+	// device is pushed twice or through another app's pusher (which APNs
+	// refuses as DeviceTokenNotForTopic, and the device would be removed).
+	Topics []string
 	// Bus carries the updates Run consumes (bridge.UpdatesTopic, a fan-out
 	// topic). Required by Run.
 	Bus bridge.Bus
@@ -858,7 +865,11 @@ func (f *Fallback) Observe(u core.Update) {
 			if r.ByContact {
 				to = toContact
 			}
-			f.ack(now, key{r.ConversationID, to}, r.UpToSeq)
+			k := key{r.ConversationID, to}
+			if e := f.pending[k]; e != nil && to == toAgent && r.AgentID != 0 && r.AgentID != e.conv.AssigneeID {
+				return // a colleague's console has it, not the assignee
+			}
+			f.ack(now, k, r.UpToSeq)
 		}
 	case core.UpdateStatus:
 		if m := u.Message; m != nil && (m.Status == core.MsgDelivered || m.Status == core.MsgRead) {

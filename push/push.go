@@ -66,6 +66,20 @@ type Notification struct {
 	Expiration time.Time
 }
 
+// TopicsOf is Config.Topics for the pusher at index i of a deployment's
+// pushers, whose apps (topics) are apps, in the order of their names: its
+// own app, and for the first also the devices registered without a topic.
+// Nil when there is one pusher: it pushes every device.
+func TopicsOf(apps []string, i int) []string {
+	if len(apps) < 2 {
+		return nil
+	}
+	if i == 0 {
+		return []string{apps[i], ""}
+	}
+	return []string{apps[i]}
+}
+
 // CollapseID is the notification's collapse and thread id: its
 // conversation's id in decimal.
 func (n Notification) CollapseID() string { return fmt.Sprint(n.ConversationID) }

@@ -644,7 +644,7 @@ func (q *apiReadRequest) validate() error {
 }
 
 // markRead records that agents have read the customer's messages up to seq.
-func (a *api) markRead(w http.ResponseWriter, r *http.Request, _ core.Agent) error {
+func (a *api) markRead(w http.ResponseWriter, r *http.Request, me core.Agent) error {
 	id, err := apiPathID(r)
 	if err != nil {
 		return err
@@ -657,7 +657,7 @@ func (a *api) markRead(w http.ResponseWriter, r *http.Request, _ core.Agent) err
 	if _, err := a.store.Conversation(ctx, id); err != nil {
 		return err
 	}
-	if err := a.svc.MarkUpTo(ctx, core.Receipt{ConversationID: id, UpToSeq: req.Seq, Status: core.MsgRead}); err != nil {
+	if err := a.svc.MarkUpTo(ctx, core.Receipt{ConversationID: id, UpToSeq: req.Seq, Status: core.MsgRead, AgentID: me.ID}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

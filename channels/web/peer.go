@@ -135,6 +135,8 @@ func (p *peer) receipt(ctx context.Context, f *inFrame) error {
 			return err
 		}
 		r.ByContact = true
+	} else {
+		r.AgentID = p.agent.ID
 	}
 	return p.rt.svc.MarkUpTo(ctx, r)
 }

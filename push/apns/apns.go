@@ -63,6 +63,9 @@ func NewConfig() *Config {
 // appleID is what Key IDs and Team IDs look like.
 var appleID = regexp.MustCompile(`^[A-Z0-9]{10}$`)
 
+// PushTopic implements config.PushApp.
+func (c *Config) PushTopic() string { return c.Topic }
+
 // Validate reports every problem of an enabled section.
 func (c *Config) Validate() error {
 	var errs []error
