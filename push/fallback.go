@@ -192,6 +192,10 @@ type Fallback struct {
 	inflight  map[int64]int      // messages whose push is under way, by ID
 	queued    map[key]*job       // the pushes waiting for a worker, by conversation side
 	started   map[key]started    // per conversation side with pushes alive: the newest message handed to one
+	// waiting holds the newest customer message of each conversation that
+	// had no assignee when it came (its text cut to MaxBody): the agent
+	// routing gives it to next is pushed for it (see assigned).
+	waiting map[int64]core.Message
 
 	healthMu sync.Mutex
 	authErr  error // the provider refused kefu's credentials, until a push succeeds
@@ -250,6 +254,7 @@ func New(cfg Config) (*Fallback, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "push"),
 		pending: map[key]*entry{}, sent: map[key]time.Time{}, kick: make(chan struct{}, 1), inflight: map[int64]int{},
 		queued: map[key]*job{}, started: map[key]started{}, pushed: map[int64]struct{}{},
+		waiting: map[int64]core.Message{},
 	}, nil
 }
 
@@ -882,7 +887,42 @@ func (f *Fallback) Observe(u core.Update) {
 					e.conv = *c
 				}
 			}
+			f.assigned(now, *c)
 		}
+	}
+}
+
+// maxWaiting bounds Fallback.waiting: past it the oldest message goes.
+const maxWaiting = 10000
+
+// assigned pushes the agent a conversation now has for the customer's
+// message that came while it had none: routing assigns a new
+// conversation just after its first message is published. An assignee
+// with a live socket has it in their console already (f.mu held).
+func (f *Fallback) assigned(now time.Time, c core.Conversation) {
+	m, ok := f.waiting[c.ID]
+	if !ok || (c.AssigneeID == 0 && c.Status != core.StatusResolved) {
+		return
+	}
+	delete(f.waiting, c.ID)
+	if c.AssigneeID != 0 && c.Status != core.StatusResolved && !f.connected(toAgent, c) && f.pending[key{c.ID, toAgent}] == nil {
+		f.schedule(now, key{c.ID, toAgent}, c, m)
+	}
+}
+
+// wait records m, a customer's message in c, which has no assignee
+// (f.mu held).
+func (f *Fallback) wait(c core.Conversation, m core.Message) {
+	m.Text = truncate(m.Text, MaxBody) // all Body shows
+	f.waiting[c.ID] = m
+	if len(f.waiting) > maxWaiting {
+		oldest := c.ID
+		for id, w := range f.waiting {
+			if w.ID < f.waiting[oldest].ID {
+				oldest = id
+			}
+		}
+		delete(f.waiting, oldest)
 	}
 }
 
@@ -911,12 +951,16 @@ func (f *Fallback) message(now time.Time, c core.Conversation, m core.Message) {
 			e.conv = c
 		}
 	}
+	f.assigned(now, c)
 	switch {
 	case m.SenderKind == core.SenderContact && m.Visibility == core.Public && m.Kind != core.KindEvent:
 		// The customer is writing: they have seen what came before.
 		f.ack(now, key{c.ID, toContact}, m.Seq)
 		if c.AssigneeID != 0 {
+			delete(f.waiting, c.ID)
 			f.schedule(now, key{c.ID, toAgent}, c, m)
+		} else {
+			f.wait(c, m)
 		}
 	case m.Outgoing():
 		if m.SenderKind == core.SenderAgent && m.SenderID == c.AssigneeID {

@@ -182,6 +182,9 @@ func (h *harness) conversation() core.Conversation {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	// Alice takes it in her console: with a live socket, she is not
+	// pushed for the message she took.
+	release := h.presence.Connect(h.alice.ID)
 	c, err := h.svc.Take(h.ctx, h.alice.ID, in.Conversation.ID)
 	if err != nil {
 		h.t.Fatal(err)
@@ -189,6 +192,7 @@ func (h *harness) conversation() core.Conversation {
 	h.register(core.IdentityDevices("web", "u:42"), 1)
 	h.register(core.AgentDevices(h.alice.ID), 2)
 	h.observe()
+	release()
 	h.advance(fallbackAfter) // the first message's push to Alice, if any, is out of the way
 	h.pusher.mu.Lock()
 	h.pusher.pushed = nil
