@@ -534,7 +534,9 @@ func (d *Deliverer) step(key string) (more bool) {
 		d.setTimer(key, d.clock.Now().Add(storeRetryDelay))
 		return false
 	}
-	if at := e.NextAttemptAt; at.After(d.clock.Now()) {
+	// A first attempt is due at once: its time is its writer's clock,
+	// which may be ahead of this node's (a reply written on another node).
+	if at := e.NextAttemptAt; e.Attempts > 0 && at.After(d.clock.Now()) {
 		d.setTimer(key, at)
 		return false
 	}

@@ -896,3 +896,14 @@ func TestDeliverAttachmentsLeaveWorkersToText(t *testing.T) {
 		h.waitFinished(e.ID)
 	}
 }
+
+// A reply written on a node whose clock is ahead is stamped with that
+// clock: its first attempt is due at once all the same, not when this
+// node's clock catches up.
+func TestDeliverFirstAttemptIgnoresTheWritersClock(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	e := h.store.addReply(channel, 7, "hello", h.clock.Now().Add(3*time.Second))
+	h.kick(e)
+	h.waitFinished(e.ID)
+}
