@@ -282,6 +282,9 @@ type Deliverer struct {
 	metrics *Metrics
 	clock   Clock
 	running atomic.Bool
+	// sweepNow asks the scheduler for a sweep before its time: a
+	// subscription made late may have missed kicks.
+	sweepNow atomic.Bool
 
 	// baseCtx (Run's ctx without its cancellation) carries values to store
 	// calls; sendCtx is cancelled when shutdown's grace period is over.
@@ -343,8 +346,8 @@ func NewDeliverer(cfg DelivererConfig) (*Deliverer, error) {
 // ErrLeaseLost, see RunLeased), there is no grace: another node may start
 // sending the same entries a third of the lease's TTL later, so sends in
 // flight are cancelled at once, and only their recording is waited for.
-// It returns nil after a clean stop, and an error if it could not
-// subscribe or a Sender ignored the cancellation. Run may be called once.
+// It returns nil after a clean stop, and an error if a Sender ignored the
+// cancellation. Run may be called once.
 func (d *Deliverer) Run(ctx context.Context) error {
 	if !d.running.CompareAndSwap(false, true) {
 		return errors.New("bridge: Deliverer.Run called twice")
@@ -354,19 +357,19 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	defer cancelSends()
 	d.sendCtx = sendCtx
 
+	// Subscribed before the first sweep: what that sweep misses comes as a
+	// kick. A bus that is down does not stop delivery: the sweeps deliver
+	// while the subscription is made again in the background.
 	var kicks <-chan *message.Message
+	var subErr error
 	if d.cfg.Bus != nil {
-		ch, err := d.cfg.Bus.WorkSubscriber().Subscribe(ctx, DeliverTopic(d.cfg.Channel))
-		if err != nil {
-			return fmt.Errorf("deliver %s: subscribe: %w", d.cfg.Channel, err)
-		}
-		kicks = ch
+		kicks, subErr = d.cfg.Bus.WorkSubscriber().Subscribe(ctx, DeliverTopic(d.cfg.Channel))
 	}
 
 	var loops sync.WaitGroup
 	loops.Go(func() { d.schedule(ctx) })
-	if kicks != nil {
-		loops.Go(func() { d.consume(ctx, kicks) })
+	if d.cfg.Bus != nil {
+		loops.Go(func() { d.listen(ctx, kicks, subErr) })
 	}
 	<-ctx.Done()
 	leaseLost := errors.Is(context.Cause(ctx), ErrLeaseLost)
@@ -404,6 +407,33 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	}
 }
 
+// listen consumes kicks, the subscription Run made (nil after subErr),
+// until ctx ends. A subscription that fails or ends is made again, waiting
+// from 1 s up to 30 s between tries, and a new one asks for a sweep at
+// once; meanwhile the sweeps deliver.
+func (d *Deliverer) listen(ctx context.Context, kicks <-chan *message.Message, subErr error) {
+	wait := time.Second
+	for {
+		if subErr == nil {
+			d.consume(ctx, kicks)
+			wait = time.Second
+		} else if ctx.Err() == nil {
+			d.log.Error("deliver: cannot subscribe to the bus; delivering from sweeps only until it can", "retry_in", wait, "err", subErr)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.clock.At(d.clock.Now().Add(wait)):
+		}
+		wait = min(2*wait, 30*time.Second)
+		if kicks, subErr = d.cfg.Bus.WorkSubscriber().Subscribe(ctx, DeliverTopic(d.cfg.Channel)); subErr == nil {
+			d.log.Info("deliver: subscribed to the bus again")
+			d.sweepNow.Store(true)
+			d.poke()
+		}
+	}
+}
+
 // consume records each kick from the bus and acks it. The outbox row is the
 // durable state, so once the kick is recorded in memory the bus message has
 // done its job; if the process dies now, the sweep at start finds the entry.
@@ -418,7 +448,7 @@ func (d *Deliverer) consume(ctx context.Context, kicks <-chan *message.Message) 
 		}
 		if !ok {
 			if ctx.Err() == nil {
-				d.log.Error("deliver: bus subscription ended; delivering from sweeps only")
+				d.log.Error("deliver: bus subscription ended; delivering from sweeps only until it is made again")
 			}
 			return
 		}
@@ -768,7 +798,7 @@ func (d *Deliverer) schedule(ctx context.Context) {
 	nextSweep := d.clock.Now() // sweep at once
 	for {
 		now := d.clock.Now()
-		if !now.Before(nextSweep) {
+		if !now.Before(nextSweep) || d.sweepNow.Swap(false) {
 			interval := d.cfg.SweepInterval
 			if d.sweep(ctx, now) {
 				interval /= 5 // a full page: more may be due
@@ -829,10 +859,15 @@ func (d *Deliverer) setTimer(key string, at time.Time) {
 	first := d.timers[0].key == key && d.timers[0].at.Equal(at)
 	d.tmu.Unlock()
 	if first {
-		select {
-		case d.wake <- struct{}{}:
-		default:
-		}
+		d.poke()
+	}
+}
+
+// poke wakes the scheduler.
+func (d *Deliverer) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
 	}
 }
 

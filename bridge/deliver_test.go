@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -906,4 +907,67 @@ func TestDeliverFirstAttemptIgnoresTheWritersClock(t *testing.T) {
 	e := h.store.addReply(channel, 7, "hello", h.clock.Now().Add(3*time.Second))
 	h.kick(e)
 	h.waitFinished(e.ID)
+}
+
+// downBus is a bus whose subscriptions fail while down is set (Redis or
+// NATS unreachable).
+type downBus struct {
+	bridge.Bus
+	down *atomic.Bool
+	subs *atomic.Int32 // subscriptions made
+}
+
+func (b downBus) WorkSubscriber() message.Subscriber {
+	return downSubscriber{Subscriber: b.Bus.WorkSubscriber(), bus: b}
+}
+
+func (b downBus) FanoutSubscriber() message.Subscriber {
+	return downSubscriber{Subscriber: b.Bus.FanoutSubscriber(), bus: b}
+}
+
+type downSubscriber struct {
+	message.Subscriber
+	bus downBus
+}
+
+func (s downSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if s.bus.down.Load() {
+		return nil, errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
+	}
+	ch, err := s.Subscriber.Subscribe(ctx, topic)
+	if err == nil {
+		s.bus.subs.Add(1)
+	}
+	return ch, err
+}
+
+// A Deliverer that starts while the bus is down (the lease moved during
+// an outage) delivers from its sweeps, and takes kicks again once it can
+// subscribe: an outage of the bus does not stop replies.
+func TestDeliverStartsWhileTheBusIsDown(t *testing.T) {
+	h := newHarness(t)
+	down, subs := &atomic.Bool{}, &atomic.Int32{}
+	down.Store(true)
+	h.start(func(c *bridge.DelivererConfig) { c.Bus = downBus{Bus: c.Bus, down: down, subs: subs} })
+	select {
+	case err := <-h.done:
+		t.Fatalf("Run returned %v while the bus is down", err)
+	default:
+	}
+
+	// No kick reaches it: the next sweep sends the reply.
+	e := h.store.addReply(channel, 7, "hello", h.clock.Now())
+	h.clock.Advance(time.Minute)
+	h.waitFinished(e.ID)
+
+	// The bus is back: a later try subscribes, and from then on a kick is
+	// enough (the clock stands still: no sweep is due).
+	down.Store(false)
+	eventually(t, "a subscription", func() bool {
+		h.clock.Advance(time.Second)
+		return subs.Load() > 0
+	})
+	e2 := h.store.addReply(channel, 8, "again", h.clock.Now())
+	h.kick(e2)
+	h.waitFinished(e2.ID)
 }

@@ -123,16 +123,7 @@ func (f *Follower) save(ctx context.Context, after int64, since time.Time) error
 // Run follows the log until ctx is done.
 func (f *Follower) Run(ctx context.Context) error {
 	if f.cfg.Bus != nil {
-		updates, err := f.cfg.Bus.FanoutSubscriber().Subscribe(ctx, UpdatesTopic)
-		if err != nil {
-			return fmt.Errorf("follower %s: subscribe: %w", f.cfg.Name, err)
-		}
-		go func() {
-			for msg := range updates {
-				msg.Ack()
-				f.Wake()
-			}
-		}()
+		go f.listen(ctx)
 	}
 	var (
 		after   int64
@@ -180,6 +171,38 @@ func (f *Follower) Run(ctx context.Context) error {
 		}
 		backoff = 0
 		timer.Reset(f.cfg.Poll)
+	}
+}
+
+// listen wakes the follower on each update on the bus until ctx ends. The
+// updates only hurry it (it reads the log every Poll anyway), so a bus
+// that is down, or a subscription that ends, is retried, waiting from 1 s
+// up to 30 s between tries.
+func (f *Follower) listen(ctx context.Context) {
+	wait := time.Second
+	for {
+		updates, err := f.cfg.Bus.FanoutSubscriber().Subscribe(ctx, UpdatesTopic)
+		if err == nil {
+			for msg := range updates {
+				msg.Ack()
+				f.Wake()
+			}
+			wait = time.Second
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			f.log.Warn("follower: cannot subscribe to the bus; reading the log every poll until it can", "retry_in", wait, "err", err)
+		} else {
+			f.log.Warn("follower: bus subscription ended; subscribing again", "in", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
 	}
 }
 

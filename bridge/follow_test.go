@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,44 @@ func TestFollowerSavesTheCursorThroughABacklog(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the follower did not reach the third batch")
+	}
+}
+
+// A follower that starts while the bus is down (the lease moved during an
+// outage) reads the log every poll, and subscribes once the bus is back.
+func TestFollowerStartsWhileTheBusIsDown(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "kefu.db"), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	mem := memory.New(quietLogger())
+	defer mem.Close()
+	down, subs := &atomic.Bool{}, &atomic.Int32{}
+	down.Store(true)
+	rec := &followRecorder{}
+	f, err := bridge.NewFollower(bridge.FollowerConfig{Name: "slack", Handler: rec, Store: store,
+		Bus: downBus{Bus: mem, down: down, subs: subs}, Poll: 20 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(rctx) }()
+	waitFor(t, "the follower's first start", func() bool {
+		_, err := store.Setting(ctx, "follow.slack")
+		return err == nil
+	})
+	if _, err := store.Ingest(ctx, core.Inbound{Channel: "tg", ExternalID: "42",
+		Message: core.Message{Kind: core.KindText, Text: "one", CreatedAt: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "one to be followed", func() bool { return fmt.Sprint(rec.texts()) == "[one]" })
+	down.Store(false)
+	waitFor(t, "a subscription once the bus is back", func() bool { return subs.Load() > 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 }
