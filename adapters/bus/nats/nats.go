@@ -95,9 +95,38 @@ const (
 
 // checkInterval is how often an idle subscription checks that its consumer
 // still exists (a NATS server that lost its state, an ephemeral consumer
-// removed during a long disconnection) and makes it again if not. A
-// variable for tests.
+// removed during a long disconnection) and makes it again if not. Each
+// reconnection checks at once too: a server that restarted without its
+// state must not leave the fan-out consumers gone for this long (presence
+// expires a silent node after 15 s). A variable for tests.
 var checkInterval = 30 * time.Second
+
+// reconnects tells the subscriptions that the connection came back.
+type reconnects struct {
+	mu   sync.Mutex
+	next context.Context // ends at the next reconnection
+	end  context.CancelFunc
+}
+
+func newReconnects() *reconnects {
+	r := &reconnects{}
+	r.next, r.end = context.WithCancel(context.Background())
+	return r
+}
+
+// wait returns a context that ends at the next reconnection.
+func (r *reconnects) wait() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.next
+}
+
+func (r *reconnects) happened() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.end()
+	r.next, r.end = context.WithCancel(context.Background())
+}
 
 // Options configures a Bus. URL and NodeID are required; the rest have
 // defaults suited to production, which tests shorten.
@@ -201,6 +230,10 @@ type Bus struct {
 	conn *nats.Conn
 	js   nats.JetStreamContext
 	pub  *wmnats.Publisher
+	// reconnected ends a subscription's wait for its next message, which
+	// then checks its consumer; checkEvery is checkInterval when New ran.
+	reconnected *reconnects
+	checkEvery  time.Duration
 
 	// ctx lives until Close; every subscription's context is derived from
 	// it, so Close ends them all.
@@ -226,6 +259,7 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 		return nil, err
 	}
 	log := opts.Logger
+	rc := newReconnects()
 	conn, err := nats.Connect(opts.URL,
 		nats.Name("kefu-"+opts.NodeID),
 		nats.MaxReconnects(-1),
@@ -234,7 +268,10 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 				log.Warn("nats bus: disconnected", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats bus: reconnected", "server", c.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats bus: reconnected", "server", c.ConnectedUrlRedacted())
+			rc.happened()
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subject := ""
 			if s != nil {
@@ -264,7 +301,7 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 		conn.Close()
 		return nil, fmt.Errorf("nats bus: %w", err)
 	}
-	b := &Bus{opts: opts, log: log, conn: conn, js: js, pub: pub}
+	b := &Bus{opts: opts, log: log, conn: conn, js: js, pub: pub, reconnected: rc, checkEvery: checkInterval}
 	if err := b.ensureStream(ctx); err != nil {
 		conn.Close()
 		return nil, err
@@ -540,14 +577,27 @@ func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
 			}
 		}
 	}()
+	soon := 0 // checks left to make every second, after a reconnection
 	for {
-		waitCtx, cancel := context.WithTimeout(ctx, checkInterval)
+		every := s.b.checkEvery
+		if soon > 0 {
+			// The server may answer for JetStream only a moment after it
+			// accepts connections: check again for a few seconds.
+			every = min(every, time.Second)
+			soon--
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, every)
+		stop := context.AfterFunc(s.b.reconnected.wait(), cancel)
 		nm, err := s.sub.NextMsgWithContext(waitCtx)
+		stop()
 		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return
-		case errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+			if errors.Is(err, context.Canceled) { // reconnected
+				soon = 5
+			}
 			s.check(ctx)
 			continue
 		case err != nil:
