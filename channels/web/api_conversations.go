@@ -442,6 +442,9 @@ func (q *apiMessageRequest) validate() error {
 			return httpx.BadRequest("client_id may hold only letters, digits and . _ ~ -")
 		}
 	}
+	if len(q.Text) > maxTextBytes { // as over the realtime protocol
+		return &httpx.RequestError{Status: http.StatusRequestEntityTooLarge, Code: httpx.CodeTooLarge, Msg: fmt.Sprintf("text over %d bytes", maxTextBytes)}
+	}
 	switch q.Kind {
 	case "", core.KindText:
 		q.Kind = core.KindText

@@ -76,6 +76,12 @@ type apiNode struct {
 
 func startAPINode(t *testing.T) *apiNode {
 	t.Helper()
+	return startAPINodeWith(t, apiMaxBody)
+}
+
+// startAPINodeWith runs the test node with max_frame_bytes maxBody.
+func startAPINodeWith(t *testing.T, maxBody int) *apiNode {
+	t.Helper()
 	dir := t.TempDir()
 	yaml := fmt.Sprintf(`
 server: {addr: "127.0.0.1:0"}
@@ -93,7 +99,7 @@ channels:
     max_frame_bytes: %d
     limits: {login_failures_per_account: 3, login_failures_per_ip: 5, login_window: %s}
 `, filepath.Join(dir, "kefu.db"), filepath.Join(dir, "media"), apiRootEmail, apiRootPass, apiAliceMail, apiAlicePass,
-		apiChannel, web.APITestType, apiMaxBody, apiWindow)
+		apiChannel, web.APITestType, maxBody, apiWindow)
 	cfg, err := config.Parse("test.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -889,6 +895,26 @@ func TestAPIReplyIdempotent(t *testing.T) {
 	}
 	h.do("POST", "/api/v1/conversations/99999/messages", alice, map[string]string{"client_id": "x", "text": "hi"}).
 		want(t, "missing conversation", http.StatusNotFound)
+}
+
+// A reply's or a note's text over 16 KiB is refused, as over the realtime
+// protocol, though the body is within max_frame_bytes; nothing is stored.
+func TestAPITextLimit(t *testing.T) {
+	t.Parallel()
+	h := startAPINodeWith(t, 64<<10)
+	alice := h.login(apiAliceMail, apiAlicePass)
+	conv := h.ingest(apiChannel, "v1", "Zhang San", "hello").Conversation.ID
+	before := h.messageCount(conv)
+	long := strings.Repeat("a", 16<<10+1)
+	for _, kind := range []string{"messages", "notes"} {
+		h.do("POST", fmt.Sprintf("/api/v1/conversations/%d/%s", conv, kind), alice, map[string]string{"client_id": "long-" + kind, "text": long}).
+			want(t, "long "+kind, http.StatusRequestEntityTooLarge)
+	}
+	if n := h.messageCount(conv); n != before {
+		t.Fatalf("a refused text was stored: %d → %d", before, n)
+	}
+	h.do("POST", fmt.Sprintf("/api/v1/conversations/%d/messages", conv), alice, map[string]string{"client_id": "at-limit", "text": long[1:]}).
+		want(t, "16 KiB exactly", http.StatusCreated)
 }
 
 func TestAPITakeRace(t *testing.T) {
