@@ -221,8 +221,8 @@ func apiNoQuery(h apiHandler) apiHandler {
 
 // noQuery is apiNoQuery's check.
 func noQuery(r *http.Request) error {
-	for k := range r.URL.Query() {
-		return httpx.BadRequest("unknown query parameter %q: this endpoint takes none", k)
+	if err := checkQuery(r.URL.Query()); err != nil {
+		return httpx.BadRequest("%s", err.Error())
 	}
 	return nil
 }

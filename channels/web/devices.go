@@ -151,9 +151,9 @@ func (a *api) deleteDevice(w http.ResponseWriter, r *http.Request, me core.Agent
 
 // mountVisitorDevices registers the visitor device routes.
 func (rt *realtime) mountVisitorDevices(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+pathVisitorDevices, rt.visitorEndpoint(rt.serveVisitorDevice))
+	mux.HandleFunc("POST "+pathVisitorDevices, rt.visitorEndpoint(onlyQuery(rt.serveVisitorDevice)))
 	mux.HandleFunc("OPTIONS "+pathVisitorDevices, rt.preflight)
-	mux.HandleFunc("DELETE "+pathVisitorDevice, rt.visitorEndpoint(rt.serveVisitorDeviceDelete))
+	mux.HandleFunc("DELETE "+pathVisitorDevice, rt.visitorEndpoint(onlyQuery(rt.serveVisitorDeviceDelete)))
 	mux.HandleFunc("OPTIONS "+pathVisitorDevice, rt.preflight)
 }
 

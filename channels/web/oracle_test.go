@@ -72,3 +72,44 @@ func (h *rtNode) visitorGet(token, path string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// A query parameter an endpoint does not take is refused, so that a
+// misspelt one ("cursr") is not silently ignored (a poll from now on,
+// skipping what the cursor would have replayed).
+func TestUnknownQueryParameterRefused(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	ctx := context.Background()
+	s := h.session("")
+	p := &webtest.Poller{Client: h.cl, Token: s.Token}
+	conv := must(p.SendText(ctx, "v-1", 0, "hello", false)).Message.ConversationID
+	for _, path := range []string{
+		fmt.Sprintf("/api/v1/visitor/messages?conversation=%d", conv),
+		fmt.Sprintf("/lp/visitor?conversation_id=%d&last=1", conv),
+	} {
+		if code, body := h.visitorGet(s.Token, path); code != http.StatusBadRequest || !strings.Contains(body, "unknown query parameter") {
+			t.Errorf("%s: HTTP %d %s, want 400 naming the parameter", path, code, body)
+		}
+	}
+	if code, _ := h.visitorGet(s.Token, fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5", conv)); code != http.StatusOK {
+		t.Errorf("history with its own parameters: HTTP %d", code)
+	}
+	alice := h.token(h.agent("alice@example.com"))
+	if code, body := h.visitorGet(alice, "/lp/agent?cursr=0"); code != http.StatusBadRequest || !strings.Contains(body, "cursr") {
+		t.Errorf("/lp/agent?cursr=0: HTTP %d %s, want 400", code, body)
+	}
+	req, err := http.NewRequest(http.MethodPost, h.base+"/api/v1/visitor/session?foo=1", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Origin", rtOrigin)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("session?foo=1: HTTP %d, want 400", resp.StatusCode)
+	}
+}

@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/url"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,17 +129,44 @@ func newRealtime(c *Channel) (*realtime, error) {
 // mount registers the realtime routes.
 func (rt *realtime) mount(mux *http.ServeMux) {
 	handle := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, rt.watch(h)) }
-	handle("POST "+pathSession, rt.visitorEndpoint(rt.serveSession))
-	handle("GET "+pathHistory, rt.visitorEndpoint(rt.serveHistory))
+	handle("POST "+pathSession, rt.visitorEndpoint(onlyQuery(rt.serveSession)))
+	handle("GET "+pathHistory, rt.visitorEndpoint(onlyQuery(rt.serveHistory, "conversation_id", "before_seq", "limit")))
 	handle("OPTIONS "+pathSession, rt.preflight)
 	handle("OPTIONS "+pathHistory, rt.preflight)
 	handle("OPTIONS "+pathLPVis, rt.preflight)
 	handle("GET "+pathWSVis, rt.serveWS(audVisitor))
 	handle("GET "+pathWSAgent, rt.serveWS(audAgent))
-	handle("GET "+pathLPVis, rt.visitorEndpoint(rt.pollVisitor))
-	handle("POST "+pathLPVis, rt.visitorEndpoint(rt.postVisitor))
-	handle("GET "+pathLPAgent, rt.pollAgent)
-	handle("POST "+pathLPAgent, rt.postAgent)
+	handle("GET "+pathLPVis, rt.visitorEndpoint(onlyQuery(rt.pollVisitor, "conversation_id", "last_seq")))
+	handle("POST "+pathLPVis, rt.visitorEndpoint(onlyQuery(rt.postVisitor)))
+	handle("GET "+pathLPAgent, onlyQuery(rt.pollAgent, "cursor"))
+	handle("POST "+pathLPAgent, onlyQuery(rt.postAgent))
+}
+
+// onlyQuery refuses a request with a query parameter h does not take
+// (keys), so that a misspelt one ("cursr") is a 400 rather than ignored.
+func onlyQuery(h http.HandlerFunc, keys ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := checkQuery(r.URL.Query(), keys...); err != nil {
+			httpx.Error(w, http.StatusBadRequest, httpx.CodeBadRequest, err.Error())
+			return
+		}
+		h(w, r)
+	}
+}
+
+// checkQuery reports the first query parameter of q that is not one of
+// keys.
+func checkQuery(q url.Values, keys ...string) error {
+	for k := range q {
+		if slices.Contains(keys, k) {
+			continue
+		}
+		if len(keys) == 0 {
+			return fmt.Errorf("unknown query parameter %q: this endpoint takes none", k)
+		}
+		return fmt.Errorf("unknown query parameter %q: this endpoint takes %s", k, strings.Join(keys, ", "))
+	}
+	return nil
 }
 
 // watch makes sure the HTTP server serving h tells the channel when it

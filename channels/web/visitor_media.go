@@ -55,7 +55,7 @@ func (rt *realtime) visitorScope(v visitor) string { return rt.c.name + "/" + v.
 
 // mountVisitorMedia registers the visitor media routes.
 func (rt *realtime) mountVisitorMedia(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+pathUploads, rt.visitorEndpoint(rt.serveVisitorUpload))
+	mux.HandleFunc("POST "+pathUploads, rt.visitorEndpoint(onlyQuery(rt.serveVisitorUpload, "name")))
 	mux.HandleFunc("OPTIONS "+pathUploads, rt.preflight)
 	mux.HandleFunc("GET "+pathVisitorMedia, rt.visitorEndpoint(rt.serveVisitorMediaFile))
 	mux.HandleFunc("OPTIONS "+pathVisitorMedia, rt.preflight)
