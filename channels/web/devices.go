@@ -155,6 +155,8 @@ func (rt *realtime) mountVisitorDevices(mux *http.ServeMux) {
 	mux.HandleFunc("OPTIONS "+pathVisitorDevices, rt.preflight)
 	mux.HandleFunc("DELETE "+pathVisitorDevice, rt.visitorEndpoint(onlyQuery(rt.serveVisitorDeviceDelete)))
 	mux.HandleFunc("OPTIONS "+pathVisitorDevice, rt.preflight)
+	allowOnly(mux, pathVisitorDevices, "POST", "OPTIONS")
+	allowOnly(mux, pathVisitorDevice, "DELETE", "OPTIONS")
 }
 
 // visitorDevices returns the request's visitor and the owner of their

@@ -113,3 +113,31 @@ func TestUnknownQueryParameterRefused(t *testing.T) {
 		t.Errorf("session?foo=1: HTTP %d, want 400", resp.StatusCode)
 	}
 }
+
+// A method a visitor or long-poll endpoint does not take is 405 with
+// Allow, in the JSON error shape, as on the agent API (not the API's 404
+// "no such endpoint", nor the ServeMux's plain text).
+func TestVisitorEndpointWrongMethod(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	for _, c := range []struct{ method, path, allow string }{
+		{http.MethodGet, "/api/v1/visitor/session", "POST, OPTIONS"},
+		{http.MethodPost, "/api/v1/visitor/messages", "GET, OPTIONS, HEAD"},
+		{http.MethodPut, "/lp/visitor", "GET, POST, OPTIONS, HEAD"},
+		{http.MethodGet, "/api/v1/visitor/devices/abc", "DELETE, OPTIONS"},
+	} {
+		req, err := http.NewRequest(c.method, h.base+c.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != c.allow || !strings.Contains(string(b), `"code":"method_not_allowed"`) {
+			t.Errorf("%s %s: HTTP %d Allow %q %s; want 405, Allow %q, the JSON error", c.method, c.path, resp.StatusCode, resp.Header.Get("Allow"), b, c.allow)
+		}
+	}
+}

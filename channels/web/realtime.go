@@ -140,6 +140,27 @@ func (rt *realtime) mount(mux *http.ServeMux) {
 	handle("POST "+pathLPVis, rt.visitorEndpoint(onlyQuery(rt.postVisitor)))
 	handle("GET "+pathLPAgent, onlyQuery(rt.pollAgent, "cursor"))
 	handle("POST "+pathLPAgent, onlyQuery(rt.postAgent))
+	allowOnly(mux, pathSession, "POST", "OPTIONS")
+	allowOnly(mux, pathHistory, "GET", "OPTIONS")
+	allowOnly(mux, pathWSVis, "GET")
+	allowOnly(mux, pathWSAgent, "GET")
+	allowOnly(mux, pathLPVis, "GET", "POST", "OPTIONS")
+	allowOnly(mux, pathLPAgent, "GET", "POST")
+}
+
+// allowOnly answers the methods path does not take, which the methods'
+// own patterns leave to it: 405 with Allow, in the JSON error shape (the
+// ServeMux would answer in plain text, and under /api/v1/ the agent API's
+// 404 would say there is no such endpoint).
+func allowOnly(mux *http.ServeMux, path string, methods ...string) {
+	if slices.Contains(methods, http.MethodGet) {
+		methods = append(methods, http.MethodHead)
+	}
+	allow := strings.Join(methods, ", ")
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		httpx.Error(w, http.StatusMethodNotAllowed, httpx.CodeMethod, r.Method+" is not allowed here; allowed: "+allow)
+	})
 }
 
 // onlyQuery refuses a request with a query parameter h does not take

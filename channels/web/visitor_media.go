@@ -59,6 +59,8 @@ func (rt *realtime) mountVisitorMedia(mux *http.ServeMux) {
 	mux.HandleFunc("OPTIONS "+pathUploads, rt.preflight)
 	mux.HandleFunc("GET "+pathVisitorMedia, rt.visitorEndpoint(rt.serveVisitorMediaFile))
 	mux.HandleFunc("OPTIONS "+pathVisitorMedia, rt.preflight)
+	allowOnly(mux, pathUploads, "POST", "OPTIONS")
+	allowOnly(mux, pathVisitorMedia, "GET", "OPTIONS")
 }
 
 // errNoMediaStore answers when the node has no media storage (a channel
