@@ -193,9 +193,17 @@ func announce(ctx context.Context, n *node.Node, cfg *config.Config, w io.Writer
 	if web {
 		fmt.Fprintf(&b, "\nkefu is up.\n  console:  %s/console/\n  demo:     %s/demo   (the visitor widget on a sample page: chat with yourself)\n", base, base)
 	}
+	if len(cfg.EnabledChannels()) == 0 {
+		b.WriteString("\nNo channel is enabled: nobody can reach kefu, neither customers nor agents (no console).\n" +
+			"Enable one under channels:, such as the web channel (channels.web, the built-in default).\n")
+	}
 	if password != "" {
 		fmt.Fprintf(&b, "\nFirst start: an admin account was created.\n  email:    %s\n  password: %s\n", email, password)
-		b.WriteString("This password is shown only this once. Log in to the console and create your own accounts.\n")
+		if web {
+			b.WriteString("This password is shown only this once. Log in to the console and create your own accounts.\n")
+		} else {
+			b.WriteString("This password is shown only this once. The console comes with the web channel: enable channels.web to log in with it.\n")
+		}
 	}
 	if b.Len() > 0 {
 		b.WriteString("\n")
@@ -213,11 +221,15 @@ func configCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: kefu config check -c FILE")
 		return 2
 	}
-	if _, err := config.Load(path); err != nil {
+	cfg, err := config.Load(path)
+	if err != nil {
 		printConfigError(stderr, err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", path)
+	if len(cfg.EnabledChannels()) == 0 {
+		fmt.Fprintf(stderr, "%s: note: no channel is enabled, so nobody can reach kefu (no console); the built-in default enables channels.web\n", path)
+	}
 	return 0
 }
 
