@@ -1648,7 +1648,7 @@ func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
 	a, err := s.store.Agent(ctx, id)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return a, fmt.Errorf("%w: agent %d: %w", ErrForbidden, id, err)
+			return a, noAgent(id)
 		}
 		return a, err
 	}
@@ -1657,6 +1657,16 @@ func (s *Service) activeAgent(ctx context.Context, id int64) (Agent, error) {
 	}
 	return a, nil
 }
+
+// noAgent is the error for an agent id that names nobody: an ErrNotFound
+// (there is no such agent to act on or to hand a conversation to) and an
+// ErrForbidden (a caller who is nobody may do nothing), without the
+// store's wording.
+type noAgent int64
+
+func (e noAgent) Error() string { return fmt.Sprintf("there is no agent %d", int64(e)) }
+
+func (e noAgent) Is(target error) bool { return target == ErrNotFound || target == ErrForbidden }
 
 // StorableText returns s as every store keeps it: valid UTF-8 (invalid
 // bytes become U+FFFD) without NUL characters, which PostgreSQL's text

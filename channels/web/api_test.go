@@ -1015,6 +1015,9 @@ func TestAPIConversationActions(t *testing.T) {
 	act(alice, "transfer", map[string]int64{"agent_id": h.alice.ID}, http.StatusForbidden) // not hers any more
 	act(alice, "assign", map[string]int64{"agent_id": h.alice.ID}, http.StatusForbidden)   // root's: only an admin moves it
 	act(root, "transfer", map[string]int64{"agent_id": 4242}, http.StatusNotFound)         // no such agent
+	if r := h.do("POST", path("transfer"), root, map[string]int64{"agent_id": 4242}); !strings.Contains(string(r.body), `"message":"there is no agent 4242"`) {
+		t.Errorf("transfer to nobody: %s", r.body) // not "forbidden: …" on a 404, nor the store's words
+	}
 	// Back to the queue, then an admin assigns it.
 	if c := act(root, "transfer", map[string]int64{"agent_id": 0}, http.StatusOK); c.Assignee != nil || c.Status != "pending" {
 		t.Fatalf("back to the queue: %+v", c)
