@@ -226,7 +226,8 @@ func classify(res *apns2.Response) error {
 		// ExpiredProviderToken, InvalidProviderToken, MissingProviderToken,
 		// BadCertificate…, Forbidden: the key, its id or the team id is wrong.
 		return fmt.Errorf("%w: %w", push.ErrProviderAuth, err)
-	case res.StatusCode == http.StatusTooManyRequests, res.StatusCode >= 500:
+	case res.StatusCode == http.StatusTooManyRequests, res.StatusCode >= 500,
+		res.Reason == apns2.ReasonIdleTimeout: // the connection sat idle too long: a new one takes it
 		return &push.RetryError{Err: err}
 	}
 	return err

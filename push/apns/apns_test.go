@@ -128,6 +128,7 @@ func TestOutcomes(t *testing.T) {
 		{"429", apnstest.TooMany, false, true, false},
 		{"500", apnstest.InternalError, false, true, false},
 		{"503", apnstest.Answer{Status: 503, Reason: "ServiceUnavailable"}, false, true, false},
+		{"400 IdleTimeout", apnstest.Answer{Status: 400, Reason: "IdleTimeout"}, false, true, false},
 		{"403 ExpiredProviderToken", apnstest.ExpiredKey, false, false, true},
 		{"413 PayloadTooLarge", apnstest.Answer{Status: 413, Reason: "PayloadTooLarge"}, false, false, false},
 	} {
