@@ -141,3 +141,24 @@ func TestVisitorEndpointWrongMethod(t *testing.T) {
 		}
 	}
 }
+
+// Every field of a session request is optional: a request without a body
+// starts an anonymous visitor's session, as {} does.
+func TestSessionWithoutBody(t *testing.T) {
+	defer guard(t)
+	h := startRT(t, "")
+	req, err := http.NewRequest(http.MethodPost, h.base+"/api/v1/visitor/session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Origin", rtOrigin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"token"`) {
+		t.Fatalf("session without a body: HTTP %d %s", resp.StatusCode, b)
+	}
+}

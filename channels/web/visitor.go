@@ -210,6 +210,9 @@ type identityProof struct {
 // decodeSessionRequest reads and checks a session request body.
 func decodeSessionRequest(body []byte) (sessionRequest, error) {
 	var req sessionRequest
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}") // every field is optional: no body is an anonymous visitor
+	}
 	if err := httpx.Unmarshal(body, &req); err != nil {
 		return sessionRequest{}, err
 	}
