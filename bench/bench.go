@@ -74,6 +74,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		fmt.Fprintln(stderr, "usage: kefu bench idle|handshake|throughput|longpoll|reference -url http://HOST:PORT [flags] (kefu bench SCENARIO -h for the flags)")
+		fmt.Fprintln(stderr, "       kefu bench reference-server [-addr HOST:PORT]   (the bare gorilla/websocket relay that reference drives, on its own)")
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
