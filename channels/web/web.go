@@ -273,7 +273,7 @@ func (c *Channel) originAllowed(r *http.Request) bool {
 	if origin == "" {
 		return true
 	}
-	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, r.Host) {
+	if ownOrigin(origin, r.Host, c.deps.PublicURL) {
 		return true
 	}
 	for _, o := range c.cfg.AllowedOrigins {
@@ -282,6 +282,22 @@ func (c *Channel) originAllowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// ownOrigin reports whether origin is kefu's own page (the console, the
+// demo): the host the request came to, or server.public_url's, since a
+// reverse proxy may pass the request on with its own Host (nginx's
+// proxy_pass does by default).
+func ownOrigin(origin, host, publicURL string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	p, err := url.Parse(publicURL)
+	return publicURL != "" && err == nil && strings.EqualFold(u.Scheme, p.Scheme) && strings.EqualFold(u.Host, p.Host)
 }
 
 var (
