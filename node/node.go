@@ -33,6 +33,7 @@ import (
 	"github.com/kefuhq/kefu/channels"
 	"github.com/kefuhq/kefu/config"
 	"github.com/kefuhq/kefu/core"
+	"github.com/kefuhq/kefu/httpx"
 	"github.com/kefuhq/kefu/media"
 	"github.com/kefuhq/kefu/push"
 	"github.com/kefuhq/kefu/push/apns"
@@ -199,6 +200,12 @@ func New(ctx context.Context, cfg *config.Config, opt Options) (_ *Node, err err
 		}
 	}
 	n.shareTemplates()
+	// A provider calling a name that is not an enabled channel instance (a
+	// typo in its console, or a channel disabled since) is told so in the
+	// JSON error shape.
+	n.mux.HandleFunc("/webhooks/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.Error(w, http.StatusNotFound, httpx.CodeNotFound, "no enabled channel serves "+r.URL.Path)
+	})
 	n.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	n.mux.HandleFunc("GET /readyz", n.serveReady)
 	n.mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))

@@ -293,6 +293,8 @@ func TestWebhookRejectsBadInput(t *testing.T) {
 	get, _ := http.NewRequest(http.MethodGet, url, nil)
 	do("GET", get, http.StatusMethodNotAllowed)
 	do("status for unknown message", signed([]byte(`{"type":"status","message_id":999,"status":"read"}`), secret, time.Now()), http.StatusNotFound)
+	typo, _ := http.NewRequest(http.MethodPost, h.base+"/webhooks/crn", bytes.NewReader(good))
+	do("a name no channel has", typo, http.StatusNotFound) // in the JSON shape, with a code
 
 	convs, err := h.node.Service().Store().Conversations(context.Background(), core.ConversationFilter{})
 	if err != nil {
