@@ -698,7 +698,6 @@ func (d *Deliverer) releaseMedia() {
 	}
 }
 
-// send calls the Sender, turning a panic into a transient error.
 // hasMedia reports whether out carries an attachment: a message's, or a
 // payload entry's that its MediaSender says has one.
 func (d *Deliverer) hasMedia(out Outgoing) bool {
@@ -709,6 +708,7 @@ func (d *Deliverer) hasMedia(out Outgoing) bool {
 	return ok && ms.HasMedia(out.Entry)
 }
 
+// send calls the Sender, turning a panic into a transient error.
 func (d *Deliverer) send(ctx context.Context, out Outgoing) (res SendResult, err error) {
 	defer func() {
 		if r := recover(); r != nil {

@@ -111,19 +111,16 @@ func (f *Fallback) deliver(ctx context.Context, e *entry, pause pauseFunc) {
 }
 
 // seen reports whether the message's recipient has it: its stored status
-// is delivered or read (receipts and provider statuses move it). Not on
-// the agent side: there the status says that some agent's console has the
-// customer's message, not that the assignee has; only the assignee's own
-// receipt (Observe) cancels their push.
+// is delivered or read (receipts and provider statuses move it). On the
+// agent side only read counts: every agent's console acknowledges every
+// customer message as delivered, which says nothing of the assignee, but
+// read means someone had the conversation open in front of them.
 func (f *Fallback) seen(ctx context.Context, to side, msgID int64) (bool, error) {
-	if to == toAgent {
-		return false, nil
-	}
 	m, err := f.cfg.Store.Message(ctx, msgID)
 	if err != nil {
 		return false, err
 	}
-	return m.Status == core.MsgDelivered || m.Status == core.MsgRead, nil
+	return m.Status == core.MsgRead || (to == toContact && m.Status == core.MsgDelivered), nil
 }
 
 func (f *Fallback) failed(ctx context.Context, log *slog.Logger, what string, err error) {

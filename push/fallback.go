@@ -317,6 +317,7 @@ func (f *Fallback) reset() {
 	clear(f.inflight)
 	clear(f.queued)
 	clear(f.started)
+	clear(f.waiting)
 	select {
 	case <-f.kick:
 	default:
@@ -871,8 +872,8 @@ func (f *Fallback) Observe(u core.Update) {
 				to = toContact
 			}
 			k := key{r.ConversationID, to}
-			if e := f.pending[k]; e != nil && to == toAgent && r.AgentID != 0 && r.AgentID != e.conv.AssigneeID {
-				return // a colleague's console has it, not the assignee
+			if e := f.pending[k]; e != nil && to == toAgent && r.Status == core.MsgDelivered && r.AgentID != 0 && r.AgentID != e.conv.AssigneeID {
+				return // a colleague's console has it, not the assignee (read is seen, as seen says)
 			}
 			f.ack(now, k, r.UpToSeq)
 		}

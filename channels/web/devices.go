@@ -87,6 +87,27 @@ func pathDeviceToken(r *http.Request) (string, error) {
 	return tok, nil
 }
 
+// checkTopic refuses a device topic that no pusher would push. topics are
+// the enabled pushers' apps. A visitor's device may name only one of them:
+// an arbitrary topic would aim pushes at another app of the same Apple
+// team, and its DeviceTokenNotForTopic answer would remove the token. An
+// agent's may name any app of the team while one pusher serves them all;
+// with several pushers (one per app) every device names its app, or none
+// would know it for its own.
+func checkTopic(topic string, topics []string, visitor bool) error {
+	switch {
+	case len(topics) > 1 && topic == "":
+		return httpx.BadRequest("topic is required: this deployment pushes for several apps (%s); send your app's bundle id", strings.Join(topics, ", "))
+	case len(topics) > 1 && !slices.Contains(topics, topic):
+		return httpx.BadRequest("topic must be one of this deployment's apps (%s)", strings.Join(topics, ", "))
+	case visitor && topic != "" && len(topics) == 0:
+		return httpx.BadRequest("topic: push is not enabled on this deployment; leave topic out")
+	case visitor && topic != "" && !slices.Contains(topics, topic):
+		return httpx.BadRequest("topic must be this deployment's app (%s), or left out", strings.Join(topics, ", "))
+	}
+	return nil
+}
+
 // registerDevice stores req's device for owner and answers it.
 func registerDevice(w http.ResponseWriter, r *http.Request, st core.Store, owner core.DeviceOwner, req deviceRequest) error {
 	d, err := st.RegisterDevice(r.Context(), core.Device{Token: req.Token, Owner: owner, Topic: req.Topic, Environment: req.Environment})
@@ -122,6 +143,9 @@ func removeDevice(w http.ResponseWriter, r *http.Request, st core.Store, owner c
 func (a *api) postDevice(w http.ResponseWriter, r *http.Request, me core.Agent) error {
 	req, err := apiDecode[deviceRequest](w, r, maxDeviceBody)
 	if err != nil {
+		return err
+	}
+	if err := checkTopic(req.Topic, a.c.deps.PushTopics, false); err != nil {
 		return err
 	}
 	return registerDevice(w, r, a.store, core.AgentDevices(me.ID), req)
@@ -191,14 +215,8 @@ func (rt *realtime) registerVisitorDevice(w http.ResponseWriter, r *http.Request
 	if err := req.validate(); err != nil {
 		return err
 	}
-	if req.Topic != "" && !slices.Contains(rt.c.deps.PushTopics, req.Topic) {
-		// An arbitrary topic would aim pushes at another app of the same
-		// Apple team, and its DeviceTokenNotForTopic answer would remove
-		// the token.
-		if len(rt.c.deps.PushTopics) == 0 {
-			return httpx.BadRequest("topic: push is not enabled on this deployment; leave topic out")
-		}
-		return httpx.BadRequest("topic must be this deployment's app (%s), or left out", strings.Join(rt.c.deps.PushTopics, ", "))
+	if err := checkTopic(req.Topic, rt.c.deps.PushTopics, true); err != nil {
+		return err
 	}
 	if _, err := rt.newestConversation(r.Context(), v.identity); errors.Is(err, core.ErrNotFound) {
 		return errNoConversation

@@ -22,3 +22,32 @@ func TestOwnOrigin(t *testing.T) {
 		}
 	}
 }
+
+// A device names a topic some pusher pushes: with several pushers (one per
+// app) every device must name its app; a visitor's may name only this
+// deployment's apps; an agent's any app while one pusher serves them all.
+func TestCheckTopic(t *testing.T) {
+	one, two := []string{"com.shop.app"}, []string{"com.shop.agents", "com.shop.app"}
+	for _, c := range []struct {
+		topic   string
+		topics  []string
+		visitor bool
+		ok      bool
+	}{
+		{"", nil, true, true},
+		{"", one, true, true},
+		{"com.shop.app", one, true, true},
+		{"com.other.app", one, true, false},
+		{"com.shop.app", nil, true, false},
+		{"com.shop.agents", one, false, true}, // one key serves the team's apps
+		{"", two, true, false},
+		{"", two, false, false},
+		{"com.shop.agents", two, false, true},
+		{"com.shop.app", two, true, true},
+		{"com.other.app", two, false, false},
+	} {
+		if err := checkTopic(c.topic, c.topics, c.visitor); (err == nil) != c.ok {
+			t.Errorf("checkTopic(%q, %v, visitor %v) = %v, want ok %v", c.topic, c.topics, c.visitor, err, c.ok)
+		}
+	}
+}

@@ -578,7 +578,15 @@ func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
 		}
 	}()
 	soon := 0 // checks left to make every second, after a reconnection
+	// rc ends at the next reconnection, also one that comes while a message
+	// is handed on or a check runs (it is taken again only once it ended).
+	rc := s.b.reconnected.wait()
 	for {
+		if rc.Err() != nil { // reconnected since the last wait began
+			rc = s.b.reconnected.wait()
+			soon = 5
+			s.check(ctx)
+		}
 		every := s.b.checkEvery
 		if soon > 0 {
 			// The server may answer for JetStream only a moment after it
@@ -587,7 +595,7 @@ func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
 			soon--
 		}
 		waitCtx, cancel := context.WithTimeout(ctx, every)
-		stop := context.AfterFunc(s.b.reconnected.wait(), cancel)
+		stop := context.AfterFunc(rc, cancel)
 		nm, err := s.sub.NextMsgWithContext(waitCtx)
 		stop()
 		cancel()
@@ -595,10 +603,9 @@ func (s *subscription) run(ctx context.Context, out chan<- *message.Message) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-			if errors.Is(err, context.Canceled) { // reconnected
-				soon = 5
+			if rc.Err() == nil { // idle; a reconnection is checked above
+				s.check(ctx)
 			}
-			s.check(ctx)
 			continue
 		case err != nil:
 			s.log.Warn("nats bus: receive", "err", err)

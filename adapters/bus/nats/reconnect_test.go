@@ -136,3 +136,45 @@ func TestServerRestartedWithoutStateIsResubscribedOnReconnect(t *testing.T) {
 		}
 	}
 }
+
+// A reconnection that happens while the subscription hands a message on
+// (its consumer has not taken it yet) is seen all the same once the
+// message is taken: the subscription checks its consumer then, not at its
+// next idle check.
+func TestReconnectDuringHandOnIsSeen(t *testing.T) {
+	srv := startPrivateServer(t)
+	o := nats.Options{URL: srv.url(), NodeID: "n1", Logger: quiet(), Stream: "KEFU_RECONNECT2", AckWait: testAckWait}
+	b, err := nats.New(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	b.SetCheckEvery(10 * time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fan, err := b.FanoutSubscriber().Subscribe(ctx, bridge.PresenceTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publisher().Publish(bridge.PresenceTopic, message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the subscription holds it, waiting for the consumer to take it
+	srv.restartWithoutState()
+	time.Sleep(5 * time.Second) // reconnected meanwhile (nats.go reconnects every 2 s)
+	m := <-fan
+	m.Ack()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("no message 30 s after the restart: the reconnection was missed (next check in 10 minutes)")
+		}
+		_ = b.Publisher().Publish(bridge.PresenceTopic, message.NewMessage(watermill.NewUUID(), []byte("y")))
+		select {
+		case m := <-fan:
+			m.Ack()
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
