@@ -200,3 +200,30 @@ func TestTransferOfAWaitingConversationToTheQueue(t *testing.T) {
 		t.Errorf("queue %v, want %d then %d", q, y.Conversation.ID, z.Conversation.ID)
 	}
 }
+
+// ReplyAsOwner refuses a conversation that is another agent's before it
+// does anything: a resolved one of theirs is not reopened for a reply that
+// is then refused.
+func TestReplyAsOwnerRefusesBeforeReopening(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, core.Config{Strategy: core.LeastBusy, MaxOpenPerAgent: 5, ReopenWithin: time.Hour}, 2, 0)
+	a0, a1 := f.agents[0].ID, f.agents[1].ID
+	y := f.say("y", "1", "hello")
+	if _, err := f.svc.Take(ctx, a0, y.Conversation.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Close(ctx, a0, y.Conversation.ID); err != nil {
+		t.Fatal(err)
+	}
+	before := f.conv(y.Conversation.ID)
+	if before.AssigneeID != a0 {
+		t.Fatalf("a resolved conversation keeps its assignee: got %d, want %d", before.AssigneeID, a0)
+	}
+	_, err := f.svc.ReplyAsOwner(ctx, a1, y.Conversation.ID, core.Message{Kind: core.KindText, Text: "me too"})
+	if !errors.Is(err, core.ErrConflict) {
+		t.Fatalf("ReplyAsOwner to another's resolved conversation: %v, want a conflict", err)
+	}
+	if c := f.conv(y.Conversation.ID); c.Status != core.StatusResolved || c.LastSeq != before.LastSeq {
+		t.Errorf("after the refused reply: %s, last seq %d (was %d); want it untouched", c.Status, c.LastSeq, before.LastSeq)
+	}
+}

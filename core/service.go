@@ -1196,6 +1196,10 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 			return Message{}, err
 		}
 	}
+	if own && m.Visibility == Public && c.AssigneeID != 0 && c.AssigneeID != agentID {
+		// Before anything is done: not reopened for a reply refused.
+		return Message{}, fmt.Errorf("%w: #%d is handled by another agent", ErrConflict, convID)
+	}
 	if m.Visibility == Public {
 		// A template is what the provider accepts outside the window.
 		if ends := s.WindowEnds(c); m.Kind != KindTemplate && !ends.IsZero() && !s.now().Before(ends) {
@@ -1243,7 +1247,10 @@ func (s *Service) agentMessage(ctx context.Context, agentID, convID int64, m Mes
 				if c, err = s.store.Conversation(ctx, convID); err != nil {
 					return Message{}, err
 				}
-				if c.AssigneeID != agentID {
+				switch {
+				case c.Status == StatusResolved:
+					return Message{}, fmt.Errorf("%w: #%d was closed meanwhile", ErrConflict, convID)
+				case c.AssigneeID != agentID:
 					return Message{}, fmt.Errorf("%w: #%d was just taken by another agent", ErrConflict, convID)
 				}
 			}
