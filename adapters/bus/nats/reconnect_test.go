@@ -86,11 +86,11 @@ func (s *privateServer) restartWithoutState() {
 	s.start(s.cmd.Path)
 }
 
-// A NATS server that restarts without its state has lost every consumer.
-// The subscriptions make theirs again as soon as the connection is back,
-// not at their next idle check (here 10 minutes away): a node's presence
-// heartbeats on the fan-out topic must not stop for that long.
-func TestServerRestartedWithoutStateIsResubscribedOnReconnect(t *testing.T) {
+// startIdleBus runs a private server and a Bus on it whose idle
+// subscriptions check their consumer only every 10 minutes, subscribed to
+// the presence topic (fan-out) until the test ends.
+func startIdleBus(t *testing.T) (*privateServer, *nats.Bus, context.Context, <-chan *message.Message) {
+	t.Helper()
 	srv := startPrivateServer(t)
 	o := nats.Options{URL: srv.url(), NodeID: "n1", Logger: quiet(), Stream: "KEFU_RECONNECT", AckWait: testAckWait}
 	b, err := nats.New(context.Background(), o)
@@ -100,11 +100,20 @@ func TestServerRestartedWithoutStateIsResubscribedOnReconnect(t *testing.T) {
 	t.Cleanup(func() { _ = b.Close() })
 	b.SetCheckEvery(10 * time.Minute)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	fan, err := b.FanoutSubscriber().Subscribe(ctx, bridge.PresenceTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv, b, ctx, fan
+}
+
+// A NATS server that restarts without its state has lost every consumer.
+// The subscriptions make theirs again as soon as the connection is back,
+// not at their next idle check (here 10 minutes away): a node's presence
+// heartbeats on the fan-out topic must not stop for that long.
+func TestServerRestartedWithoutStateIsResubscribedOnReconnect(t *testing.T) {
+	srv, b, ctx, fan := startIdleBus(t)
 	work, err := b.WorkSubscriber().Subscribe(ctx, "kefu.deliver.web")
 	if err != nil {
 		t.Fatal(err)
@@ -142,20 +151,7 @@ func TestServerRestartedWithoutStateIsResubscribedOnReconnect(t *testing.T) {
 // message is taken: the subscription checks its consumer then, not at its
 // next idle check.
 func TestReconnectDuringHandOnIsSeen(t *testing.T) {
-	srv := startPrivateServer(t)
-	o := nats.Options{URL: srv.url(), NodeID: "n1", Logger: quiet(), Stream: "KEFU_RECONNECT2", AckWait: testAckWait}
-	b, err := nats.New(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	b.SetCheckEvery(10 * time.Minute)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fan, err := b.FanoutSubscriber().Subscribe(ctx, bridge.PresenceTopic)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, b, _, fan := startIdleBus(t)
 	if err := b.Publisher().Publish(bridge.PresenceTopic, message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
 		t.Fatal(err)
 	}
