@@ -337,7 +337,9 @@ func (s *Service) waitingReply(ctx context.Context, id int64, drained bool) erro
 	switch {
 	case len(avail) == 0:
 		return s.autoReply(ctx, id, s.cfg.OfflineReply, "o")
-	case drained:
+	case drained && s.declinedBy(id, s.now()) == 0:
+		// A conversation sent back to the queue waits for another agent
+		// than the one who sent it back, who may have room: not "busy".
 		return s.autoReply(ctx, id, s.cfg.BusyReply, "b")
 	}
 	return nil // the drain failed: agents may have room
@@ -852,6 +854,9 @@ func (s *Service) Take(ctx context.Context, agentID, convID int64) (Conversation
 		return Conversation{}, err
 	}
 	ch, err := s.assign(ctx, convID, agentID, 0, 0, EventAssigned, agentID)
+	if err == nil {
+		s.forgetDecline(ctx, convID)
+	}
 	if errors.Is(err, ErrConflict) {
 		if cur, rerr := s.store.Conversation(ctx, convID); rerr == nil {
 			switch {
@@ -910,6 +915,9 @@ func (s *Service) Transfer(ctx context.Context, by, convID, toID int64) (Convers
 		}
 		return Conversation{}, err
 	}
+	if toID != 0 {
+		s.forgetDecline(ctx, convID)
+	}
 	s.capacityChanged(ctx)
 	return s.current(ctx, ch.Conversation), nil
 }
@@ -961,6 +969,25 @@ func (s *Service) endDecline(ctx context.Context, convID int64) {
 		return
 	}
 	if _, err := s.store.DeleteSetting(ctx, declineKey(convID), v.(declined).value); err != nil {
+		s.log.Warn("routing: could not forget a served conversation's decline; it runs out by itself", "conversation", convID, "err", err)
+	}
+}
+
+// forgetDecline ends conversation convID's decline, whichever node recorded
+// it: the conversation is served (taken, or given to an agent), and if it
+// is ever back in the queue without a new decline (its agent deactivated,
+// its customer reopening it), no agent is kept from it.
+func (s *Service) forgetDecline(ctx context.Context, convID int64) {
+	s.declined.Delete(convID)
+	ctx = context.WithoutCancel(ctx)
+	v, err := s.store.Setting(ctx, declineKey(convID))
+	if errors.Is(err, ErrNotFound) {
+		return
+	}
+	if err == nil {
+		_, err = s.store.DeleteSetting(ctx, declineKey(convID), v)
+	}
+	if err != nil {
 		s.log.Warn("routing: could not forget a served conversation's decline; it runs out by itself", "conversation", convID, "err", err)
 	}
 }
