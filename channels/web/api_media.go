@@ -83,7 +83,7 @@ func (a *api) upload(w http.ResponseWriter, r *http.Request, me core.Agent) erro
 			continue // NextPart skips what is left of it
 		}
 		ctx := r.Context()
-		m, err := st.Save(ctx, part, part.FileName())
+		m, err := st.Save(ctx, part, formFileName(part))
 		if err != nil {
 			return mediaError(err, st.MaxBytes())
 		}

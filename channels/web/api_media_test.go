@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"mime/multipart"
 	"net/http"
+	"net/textproto"
 	"os"
 	"regexp"
 	"strings"
@@ -493,5 +494,27 @@ func TestConversationUnreadAndWindow(t *testing.T) {
 	c := get(wa.ID)
 	if c.WindowEnds == nil || c.LastIn == nil || !c.WindowEnds.Equal(c.LastIn.Add(24*time.Hour)) {
 		t.Fatalf("whatsapp window: %+v", c)
+	}
+}
+
+// Browsers write a quote in a file name as %22 in the multipart body (and
+// CR, LF as %0D, %0A): the name is stored as the user saw it.
+func TestUploadNameAsTheBrowserEscapesIt(t *testing.T) {
+	h := startConsoleNode(t)
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	hdr := textproto.MIMEHeader{}
+	hdr.Set("Content-Disposition", `form-data; name="file"; filename="invoice %22March%22%0A.txt"`)
+	hdr.Set("Content-Type", "text/plain")
+	fw, err := mw.CreatePart(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = fw.Write([]byte("March invoice\n"))
+	_ = mw.Close()
+	var m consoleMedia
+	h.do("POST", "/api/v1/uploads", h.token, mw.FormDataContentType(), buf.Bytes()).want(t, "upload", http.StatusCreated).decode(t, &m)
+	if m.Name != `invoice "March".txt` {
+		t.Fatalf("stored name %q, want %q", m.Name, `invoice "March".txt`)
 	}
 }

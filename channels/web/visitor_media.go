@@ -145,7 +145,7 @@ func uploadBody(r *http.Request) (io.Reader, string, error) {
 			return nil, "", fmt.Errorf("read the multipart body: %w", err)
 		}
 		if part.FormName() == uploadFormField {
-			return part, part.FileName(), nil
+			return part, formFileName(part), nil
 		}
 		// Another field: skip it (the body's limit bounds what is read).
 		if _, err := io.Copy(io.Discard, part); err != nil {
@@ -153,6 +153,14 @@ func uploadBody(r *http.Request) (io.Reader, string, error) {
 		}
 	}
 }
+
+// formEscapes undoes what browsers do to a file name in a multipart body
+// (the HTML standard's multipart/form-data encoding): a quote becomes %22,
+// CR %0D and LF %0A. Line breaks have no place in a name.
+var formEscapes = strings.NewReplacer("%22", `"`, "%0D", "", "%0A", "")
+
+// formFileName is part's file name as the user saw it.
+func formFileName(part *multipart.Part) string { return formEscapes.Replace(part.FileName()) }
 
 // uploadError turns what went wrong reading or storing an upload into the
 // answer: 413 over the size limit, 415 for a type not allowed, 400 for an
