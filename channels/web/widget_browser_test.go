@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,11 +262,13 @@ func TestWidgetFallsBackToLongPollingWhenWebSocketsAreBlocked(t *testing.T) {
 	wpoll(t, ctx, "the reply by polling", `[...w.querySelectorAll('[data-testid="kefu-message"][data-sender="agent"] [data-testid="kefu-text"]')].some(e => e.textContent === "heard you")`)
 }
 
-// dropProxy passes TCP connections through to a node and can cut them all.
+// dropProxy passes TCP connections through to a node and can cut them all,
+// or refuse new ones while blocked (the server out of reach).
 type dropProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	ln      net.Listener
+	mu      sync.Mutex
+	conns   []net.Conn
+	blocked atomic.Bool
 }
 
 func newDropProxy(t *testing.T, to string) *dropProxy {
@@ -281,6 +284,10 @@ func newDropProxy(t *testing.T, to string) *dropProxy {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if p.blocked.Load() {
+				c.Close()
+				continue
 			}
 			b, err := net.Dial("tcp", to)
 			if err != nil {
@@ -338,4 +345,41 @@ func TestWidgetReconnectsAndResumes(t *testing.T) {
 	wpoll(t, ctx, "the missed reply", `host.dataset.state === "ws" && [...w.querySelectorAll('[data-testid="kefu-message"][data-sender="agent"] [data-testid="kefu-text"]')].filter(e => e.textContent === "while you were away").length === 1`)
 	sendRaw(t, agent, "r-2", map[string]any{"type": "send", "id": "r-2", "conversation_id": conv, "text": "and after"})
 	wpoll(t, ctx, "the live reply", `[...w.querySelectorAll('[data-testid="kefu-message"][data-sender="agent"]')].length === 2`)
+}
+
+// A message written while the server is out of reach, shown as sending,
+// still goes when the customer comes back after leaving the page: the
+// widget keeps it in localStorage, and the server stores its id once.
+func TestWidgetKeepsAnUnsentMessageAcrossPages(t *testing.T) {
+	ctx := widgetBrowser(t)
+	n := startMediaNode(t)
+	agent := wagent(t, n)
+	target, _ := url.Parse(n.URL)
+	p := newDropProxy(t, target.Host)
+
+	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
+	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
+	wdo(t, ctx,
+		chromedp.Click(wsel("kefu-launcher")),
+		chromedp.SendKeys(wsel("kefu-input"), "first"),
+		chromedp.Click(wsel("kefu-send")),
+	)
+	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+
+	p.blocked.Store(true)
+	p.drop()
+	wpoll(t, ctx, "the drop to be noticed", `host.dataset.state !== "ws"`)
+	wdo(t, ctx,
+		chromedp.SendKeys(wsel("kefu-input"), "my address is 5 Main St"),
+		chromedp.Click(wsel("kefu-send")),
+	)
+	wpoll(t, ctx, "the message shown as sending", `[...w.querySelectorAll('[data-testid="kefu-message"][data-client-id] [data-testid="kefu-text"]')].some(e => e.textContent === "my address is 5 Main St")`)
+	wdo(t, ctx, chromedp.Navigate("about:blank"))
+
+	p.blocked.Store(false)
+	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
+	if _, err := agent.WaitFor(vmWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.Text == "my address is 5 Main St" }); err != nil {
+		t.Fatalf("the message written while away did not arrive: %v", err)
+	}
+	wpoll(t, ctx, "it shown once, stored", `[...w.querySelectorAll('[data-testid="kefu-message"] [data-testid="kefu-text"]')].filter(e => e.textContent === "my address is 5 Main St").length === 1 && w.querySelector('[data-testid="kefu-message"][data-client-id]:not([data-id])') === null`)
 }

@@ -217,12 +217,12 @@ function drawList() {
       onkeydown: (e) => { if (e.key === "Enter") openConversation(c.id); },
     },
     h("div", { class: "row" },
-      h("span", { class: "name", testid: "conversation-name" }, contactName(c)),
+      h("span", { class: "name", testid: "conversation-name", dir: "auto" }, contactName(c)),
       h("span", { class: "number muted" }, c.number),
       h("span", { class: "spacer" }),
       h("span", { class: "time muted" }, lm ? formatTime(lm.created_at) : "")),
     h("div", { class: "row" },
-      h("span", { class: "preview" + (lm && lm.visibility === "internal" ? " note-text" : ""), testid: "conversation-preview" }, previewText(lm)),
+      h("span", { class: "preview" + (lm && lm.visibility === "internal" ? " note-text" : ""), testid: "conversation-preview", dir: "auto" }, previewText(lm)),
       h("span", { class: "spacer" }),
       c.unread ? h("span", { class: "badge", testid: "unread-badge" }, c.unread >= 100 ? "99+" : String(c.unread)) : null),
     h("div", { class: "row muted small" },
@@ -271,6 +271,9 @@ async function openConversation(id) {
     S.typing = null;
     S.clientId = "";
     $("composer-input").value = "";
+    // A choice made for the last conversation is not this one's.
+    $("assign-select").value = "";
+    $("transfer-select").value = "";
   }
   renderList();
   renderConversation();
@@ -353,6 +356,7 @@ function renderConversation(opts) {
   show($("placeholder"), !c);
   if (!c) return;
   $("conv-title").textContent = contactName(c);
+  $("conv-title").title = contactName(c); // cut to the width; the whole name on hover
   $("conv-meta").textContent = t("conv.meta", {
     number: c.number, channel: c.channel, status: t("status." + c.status),
     assignee: c.assignee_id ? t("conv.assignedTo", { name: agentName(c.assignee_id) }) : t("list.unassigned"),
@@ -470,7 +474,7 @@ function messageEl(m, c) {
   const body = h("div", { class: "bubble" });
   if (m.kind === "image" || m.kind === "file") body.appendChild(mediaEl(m));
   if (m.kind === "template") body.appendChild(h("p", { class: "template", testid: "message-text" }, t("msg.template", { name: m.text || "" })));
-  else if (m.text) body.appendChild(h("p", { class: "text", testid: "message-text" }, m.text));
+  else if (m.text) body.appendChild(h("p", { class: "text", testid: "message-text", dir: "auto" }, m.text));
   const el = h("div", { class: cls, testid: "message", data }, meta, body);
   if (mine && !note) el.appendChild(statusEl(m));
   return el;

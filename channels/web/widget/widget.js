@@ -69,6 +69,7 @@
       unassigned: "Waiting for the next agent",
       earlier: "Earlier messages", reconnecting: "Reconnecting…", download: "Download",
       tooLarge: "This file is too large", badType: "This file type cannot be sent",
+      tooLong: "This message is too long: please shorten it or send it in parts.",
       uploadFailed: "The upload failed", notFound: "File not available",
       identity: "Could not verify your account; chatting as a guest.", unavailable: "Chat is unavailable right now.",
       number: "Conversation {name}"
@@ -83,6 +84,7 @@
       unassigned: "正在等待客服接入",
       earlier: "更早的消息", reconnecting: "正在重新连接…", download: "下载",
       tooLarge: "文件太大", badType: "不支持发送此类文件",
+      tooLong: "消息太长，请缩短或分几条发送。",
       uploadFailed: "上传失败", notFound: "文件不可用",
       identity: "无法验证您的账号，将以访客身份聊天。", unavailable: "聊天暂不可用。",
       number: "对话 {name}"
@@ -204,7 +206,7 @@
     onclick: function () { loadHistory(true); } });
   var list = h("div", { "class": "list", "data-testid": "kefu-messages", role: "log", "aria-live": "polite" }, [more]);
   var typingEl = h("div", { "class": "typing", "data-testid": "kefu-typing", hidden: true });
-  var input = h("textarea", { rows: "1", maxlength: "4000", placeholder: L.placeholder, "aria-label": L.placeholder,
+  var input = h("textarea", { rows: "1", dir: "auto", placeholder: L.placeholder, "aria-label": L.placeholder,
     "data-testid": "kefu-input" });
   var fileInput = h("input", { type: "file", "data-testid": "kefu-file-input", hidden: true, tabindex: "-1" });
   var attachBtn = h("button", { "class": "icon", type: "button", title: L.attach, "aria-label": L.attach,
@@ -231,7 +233,8 @@
     byId: {},                 // message id → {m, el}
     pending: [],              // the visitor's sends not yet acked: {cid, kind, frame, el, …}
     delivered: {}, read: {},  // conversation → seq reported in receipts
-    unread: 0
+    unread: 0,
+    agentFrom: 0              // the message the header's agent name comes from
   };
   var isOpen = false;
   var storeKey = "kefu:" + base + ":session";
@@ -391,9 +394,14 @@
       place(el);
     }
     S.byId[m.id] = { m: m, el: el };
-    if (m.sender_kind === "agent" && m.sender_name) setAgent(m.sender_name);
-    if (m.kind === "event" && m.event && m.event.agent_name && (m.event.type === "assigned" || m.event.type === "transferred")) {
-      setAgent(m.event.agent_name);
+    // The header names the agent of the newest message, not of history
+    // loaded above it.
+    if (m.id > S.agentFrom) {
+      if (m.sender_kind === "agent" && m.sender_name) { S.agentFrom = m.id; setAgent(m.sender_name); }
+      if (m.kind === "event" && m.event && m.event.agent_name && (m.event.type === "assigned" || m.event.type === "transferred")) {
+        S.agentFrom = m.id;
+        setAgent(m.event.agent_name);
+      }
     }
     if (m.sender_kind === "agent") showTyping(false);
     if (live && m.sender_kind !== "contact" && m.kind !== "event") {
@@ -417,6 +425,7 @@
   function dropPending(p) {
     var i = S.pending.indexOf(p);
     if (i >= 0) S.pending.splice(i, 1);
+    saveOutbox();
     var pr = p.el.querySelector("progress");
     if (pr) pr.remove();
   }
@@ -452,7 +461,7 @@
     }
     var bubble = h("div", { "class": m.kind === "image" && !m.text ? "bubble pic" : "bubble" });
     if (m.kind === "image" || m.kind === "file") bubble.appendChild(mediaView(m));
-    if (m.text) bubble.appendChild(h("div", { "data-testid": "kefu-text", text: m.text }));
+    if (m.text) bubble.appendChild(h("div", { "data-testid": "kefu-text", dir: "auto", text: m.text }));
     el.appendChild(bubble);
     var meta = h("div", { "class": "meta" }, [h("span", { text: clock(m.created_at) })]);
     el.appendChild(meta);
@@ -579,15 +588,23 @@
 
   // ---- sending ----
 
+  // MAX_TEXT is the most bytes of text a message may carry (docs/protocol.md).
+  var MAX_TEXT = 16384;
+  function utf8Length(s) {
+    if (window.TextEncoder) return new TextEncoder().encode(s).length;
+    return unescape(encodeURIComponent(s)).length;
+  }
+
   var seqNo = 0;
   function clientID() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
     return "c-" + Date.now().toString(36) + "-" + (++seqNo) + "-" + Math.random().toString(36).slice(2, 10);
   }
 
-  // newPending shows a message the visitor is sending, before it is stored.
-  function newPending(m) {
-    var p = { cid: clientID(), kind: m.kind, m: m, frame: null, el: null, id: 0, sentAt: 0 };
+  // newPending shows a message the visitor is sending, before it is stored
+  // (cid: a send restored from the outbox keeps its id).
+  function newPending(m, cid) {
+    var p = { cid: cid || clientID(), kind: m.kind, m: m, frame: null, el: null, id: 0, sentAt: 0 };
     m.status = "pending";
     m.sender_kind = "contact";
     p.el = render(m);
@@ -608,6 +625,8 @@
   function submit() {
     var text = input.value;
     if (!text.trim()) return;
+    if (utf8Length(text) > MAX_TEXT) { setNotice(L.tooLong); return; } // kept in the box, to shorten
+    if (notice.textContent === L.tooLong) setNotice("");
     input.value = "";
     autosize();
     stopTyping();
@@ -647,16 +666,54 @@
   function transmit(p) {
     setStatus(p.el, "sending");
     p.sentAt = Date.now();
+    saveOutbox();
+    if (holdUntil > Date.now()) return; // the hold's end sends it, in order
     if (wsReady) ws.send(JSON.stringify(p.frame));
     else if (polling) post([p.frame]);
   }
   function flush() { S.pending.forEach(function (p) { if (p.frame && !p.failed) transmit(p); }); }
+
+  // hold stops sending for ms (the server said rate_limited); when it
+  // ends, one timer sends every waiting message again, in the order they
+  // were written (a timer per message would store them in any order).
+  var holdUntil = 0, holdTimer = 0;
+  function hold(ms) {
+    holdUntil = Math.max(holdUntil, Date.now() + ms);
+    clearTimeout(holdTimer);
+    holdTimer = setTimeout(function () { holdTimer = 0; holdUntil = 0; flush(); }, holdUntil - Date.now());
+  }
+
+  // The outbox keeps the sends not yet acknowledged in localStorage, so
+  // that a message written while the connection was down still goes when
+  // the visitor comes back after leaving the page (the server stores each
+  // id once: one that did arrive is only acknowledged again).
+  var outKey = storeKey + ":outbox";
+  function saveOutbox() {
+    var items = S.pending.filter(function (p) { return p.frame && p.frame.type === "send" && !p.failed; })
+      .map(function (p) { return { cid: p.cid, frame: p.frame, m: { kind: p.m.kind, text: p.m.text, media: p.m.media } }; });
+    try {
+      if (items.length) localStorage.setItem(outKey, JSON.stringify({ user: userID, items: items }));
+      else localStorage.removeItem(outKey);
+    } catch (e) { /* private mode, or full */ }
+  }
+  function restoreOutbox() {
+    var saved = null;
+    try { saved = JSON.parse(localStorage.getItem(outKey) || "null"); } catch (e) { /* unreadable: none */ }
+    if (!saved || (saved.user || "") !== userID || !saved.items || !saved.items.forEach) return;
+    saved.items.forEach(function (it) {
+      if (!it || !it.cid || !it.frame || it.frame.type !== "send" || pendingOf(it.cid)) return;
+      var p = newPending(it.m || { kind: "text", text: it.frame.text }, it.cid);
+      p.frame = it.frame;
+      setStatus(p.el, "sending");
+    });
+  }
 
   function fail(p, why) {
     p.failed = true;
     setStatus(p.el, "failed");
     clearError(p);
     p.el.appendChild(h("div", { "class": "err", text: why }));
+    saveOutbox();
   }
   function clearError(p) {
     p.failed = false;
@@ -680,7 +737,7 @@
     var e = f.error || {};
     var p = f.id && pendingOf(f.id);
     if (!p) return;
-    if (e.code === "rate_limited") setTimeout(function () { transmit(p); }, e.retry_after_ms || 1000);
+    if (e.code === "rate_limited") hold(e.retry_after_ms || 1000);
     else fail(p, e.message || L.failed);
   }
 
@@ -914,13 +971,37 @@
     });
   }
 
+  // post sends frames over long polling. One POST at a time, each carrying
+  // what waits (at most 100 frames, about 32 KB): two requests in flight may
+  // overtake each other, and the messages would be stored out of order.
+  var postQ = [], posting = false;
   function post(frames) {
+    postQ = postQ.concat(frames);
+    if (!posting) postNext();
+  }
+  function postNext() {
+    posting = postQ.length > 0;
+    if (!posting) return;
+    var n = 0, size = 0;
+    while (n < postQ.length && n < 100) {
+      var js = JSON.stringify(postQ[n]);
+      size += /[^\x00-\x7f]/.test(js) ? 3 * js.length : js.length; // bytes, at most
+      if (n > 0 && size > 32000) break;
+      n++;
+    }
+    var frames = postQ.splice(0, n);
+    var failed = function () {
+      // What waits goes again with repost, in the order it was written.
+      posting = false;
+      postQ = postQ.filter(function (f) { return f.type !== "send"; });
+      repost();
+    };
     req("POST", "/lp/visitor", frames).then(function (r) {
-      if (r.status === 200) { repostDelay = 0; (r.body.frames || []).forEach(handle); }
-      else if (r.status === 429) setTimeout(function () { post(frames); }, retryAfter(r));
-      else if (r.status === 400 || r.status === 413) refuse(frames);
-      else repost(); // 401 (the poll starts a new session), 5xx
-    }, repost);
+      if (r.status === 200) { repostDelay = 0; (r.body.frames || []).forEach(handle); postNext(); }
+      else if (r.status === 429) { postQ = frames.concat(postQ); setTimeout(postNext, retryAfter(r)); }
+      else if (r.status === 400 || r.status === 413) { refuse(frames); postNext(); }
+      else failed(); // 401 (the poll starts a new session), 5xx
+    }, failed);
   }
 
   function pendingOf(cid) {
@@ -959,7 +1040,9 @@
     retryTimer = setTimeout(boot, backoff());
   }
 
+  var booted = false;
   function boot() {
+    if (!booted) { booted = true; restoreOutbox(); }
     startSession(true)
       .then(function () { return loadHistory(false).catch(function (e) { console.warn("kefu:", e); }); })
       .then(connect, function (e) { console.warn("kefu:", e); offline(); });
