@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -382,4 +384,50 @@ func TestWidgetKeepsAnUnsentMessageAcrossPages(t *testing.T) {
 		t.Fatalf("the message written while away did not arrive: %v", err)
 	}
 	wpoll(t, ctx, "it shown once, stored", `[...w.querySelectorAll('[data-testid="kefu-message"] [data-testid="kefu-text"]')].filter(e => e.textContent === "my address is 5 Main St").length === 1 && w.querySelector('[data-testid="kefu-message"][data-client-id]:not([data-id])') === null`)
+}
+
+// Over long polling, messages written quickly are stored in the order
+// they were written, even when the first one's request is slow: the
+// widget sends one POST at a time (two in flight may overtake each other).
+func TestWidgetLongPollKeepsTheOrder(t *testing.T) {
+	ctx := widgetBrowser(t)
+	n := startMediaNode(t)
+	agent := wagent(t, n)
+	target, _ := url.Parse(n.URL)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	var slowed atomic.Bool
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/lp/visitor" {
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			if strings.Contains(string(body), `"line 2"`) && !slowed.Swap(true) {
+				time.Sleep(700 * time.Millisecond) // line 2's request is slow the first time
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(slow.Close)
+
+	wdo(t, ctx, chromedp.Navigate(slow.URL+"/demo?transport=poll"))
+	wpoll(t, ctx, "polling", `host.dataset.state === "poll"`)
+	wdo(t, ctx, chromedp.Click(wsel("kefu-launcher")))
+	for _, text := range []string{"line 1", "line 2", "line 3"} {
+		wdo(t, ctx, chromedp.SendKeys(wsel("kefu-input"), text), chromedp.Click(wsel("kefu-send")))
+		if text == "line 1" {
+			wpoll(t, ctx, "the first ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+		}
+	}
+	var got []string
+	for len(got) < 3 {
+		f, err := agent.WaitFor(vmWait, func(f webtest.Frame) bool {
+			return f.Type == "message" && f.Message.SenderKind == "contact" && strings.HasPrefix(f.Message.Text, "line ")
+		})
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, f.Message.Text)
+	}
+	if fmt.Sprint(got) != "[line 1 line 2 line 3]" {
+		t.Fatalf("stored in the order %q", got)
+	}
 }
