@@ -431,3 +431,38 @@ func TestWidgetLongPollKeepsTheOrder(t *testing.T) {
 		t.Fatalf("stored in the order %q", got)
 	}
 }
+
+// An upload that failed (the server out of reach) is done again when the
+// customer taps "Not sent · retry", and the image goes out.
+func TestWidgetRetriesAFailedUpload(t *testing.T) {
+	ctx := widgetBrowser(t)
+	n := startMediaNode(t)
+	agent := wagent(t, n)
+	target, _ := url.Parse(n.URL)
+	p := newDropProxy(t, target.Host)
+
+	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
+	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
+	wdo(t, ctx,
+		chromedp.Click(wsel("kefu-launcher")),
+		chromedp.SendKeys(wsel("kefu-input"), "first"),
+		chromedp.Click(wsel("kefu-send")),
+	)
+	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+
+	p.blocked.Store(true)
+	p.drop()
+	img := filepath.Join(t.TempDir(), "cat.png")
+	if err := os.WriteFile(img, testPNG(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wdo(t, ctx, chromedp.SetUploadFiles(wsel("kefu-file-input"), []string{img}))
+	wpoll(t, ctx, "the upload to fail", `w.querySelector('[data-testid="kefu-message"][data-kind="image"] [data-testid="kefu-status"][data-status="failed"]') !== null`)
+
+	p.blocked.Store(false)
+	status := chromedp.JSPath(`document.querySelector("#kefu-widget").shadowRoot.querySelector('[data-testid="kefu-message"][data-kind="image"] [data-testid="kefu-status"]')`)
+	wdo(t, ctx, chromedp.Click(status))
+	if _, err := agent.WaitFor(vmWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.Kind == "image" }); err != nil {
+		t.Fatalf("the image did not go after the retry: %v", err)
+	}
+}

@@ -40,7 +40,8 @@
  *   kefu-file        a file (a button that downloads it)
  *   kefu-progress    an upload's progress (<progress>)
  *   kefu-status      the status of a visitor's own message: data-status =
- *                    sending|sent|delivered|read|failed (failed: click to retry)
+ *                    sending|sent|delivered|read|failed (failed: click to retry)|
+ *                    refused (a file the server will never take: no retry)
  *   kefu-typing      "… is typing" (hidden when nobody is)
  *   kefu-input       the text box;  kefu-send  the send button
  *   kefu-attach      the attach button;  kefu-file-input  its <input type="file">
@@ -62,7 +63,7 @@
     en: {
       title: "Chat with us", subtitle: "We usually reply within minutes", open: "Open chat", close: "Close chat",
       placeholder: "Type a message…", send: "Send", attach: "Send a file",
-      sending: "Sending…", sent: "Sent", delivered: "Delivered", read: "Read", failed: "Not sent · retry",
+      sending: "Sending…", sent: "Sent", delivered: "Delivered", read: "Read", failed: "Not sent · retry", refused: "Not sent",
       typing: "{name} is typing…", agent: "Support", bot: "Auto-reply",
       assigned: "{name} joined the conversation", transferred: "Transferred to {name}",
       resolved: "This conversation was closed", reopened: "The conversation was reopened",
@@ -77,7 +78,7 @@
     zh: {
       title: "在线客服", subtitle: "我们通常会在几分钟内回复", open: "打开聊天", close: "关闭聊天",
       placeholder: "输入消息…", send: "发送", attach: "发送文件",
-      sending: "发送中…", sent: "已发送", delivered: "已送达", read: "已读", failed: "未发送 · 重试",
+      sending: "发送中…", sent: "已发送", delivered: "已送达", read: "已读", failed: "未发送 · 重试", refused: "未发送",
       typing: "{name} 正在输入…", agent: "客服", bot: "自动回复",
       assigned: "{name} 已加入对话", transferred: "已转接给 {name}",
       resolved: "本次对话已结束", reopened: "对话已重新打开",
@@ -167,7 +168,7 @@
     ".file{background:none;border:0;padding:0;cursor:pointer;text-decoration:underline;text-align:left}",
     ".me .file{color:#fff}.them .file{color:#2563eb}",
     ".meta{font-size:11px;color:#9ca3af;margin:2px 4px 0}",
-    ".status[data-status=failed]{color:#dc2626;cursor:pointer}",
+    ".status[data-status=failed]{color:#dc2626;cursor:pointer}.status[data-status=refused]{color:#dc2626}",
     "progress{width:160px;height:6px;display:block;margin-top:4px}",
     ".err{color:#dc2626;font-size:12px;margin-top:2px}",
     ".typing{padding:4px 14px;font-size:12px;color:#6b7280;background:#f9fafb}",
@@ -614,7 +615,8 @@
     p.el.setAttribute("data-client-id", p.cid);
     var st = p.el.querySelector('[data-testid="kefu-status"]');
     st.addEventListener("click", function () {
-      if (st.getAttribute("data-status") === "failed" && p.frame) { clearError(p); transmit(p); }
+      if (st.getAttribute("data-status") !== "failed") return;
+      if (p.frame) { clearError(p); transmit(p); } else if (p.upload) { clearError(p); p.upload(); }
     });
     S.pending.push(p);
     list.appendChild(p.el);
@@ -641,24 +643,35 @@
     var m = { kind: image ? "image" : "file", media: { name: file.name, size: file.size } };
     if (image) m.localURL = URL.createObjectURL(file);
     var p = newPending(m);
-    var bar = h("progress", { max: "1", value: "0", "data-testid": "kefu-progress" });
-    p.el.querySelector(".bubble").appendChild(bar);
-    setStatus(p.el, "sending");
-    var attempt = function (again) {
+    var attempt = function (again, bar) {
       return upload(file, function (f) { bar.value = f; }).catch(function (status) {
-        if (status === 401 && !again) return startSession(true).then(function () { return attempt(true); });
+        if (status === 401 && !again) return startSession(true).then(function () { return attempt(true, bar); });
         throw status;
       });
     };
-    attempt(false).then(function (md) {
-      bar.remove();
-      var kind = image && /^image\//.test(md.type) ? "image" : "file";
-      p.frame = { type: "send", id: p.cid, kind: kind, media: { key: md.key, name: md.name || file.name } };
-      transmit(p);
-    }, function (status) {
-      bar.remove();
-      fail(p, status === 413 ? L.tooLarge : status === 415 ? L.badType : L.uploadFailed);
-    });
+    // p.upload starts the upload, and again when "Not sent · retry" is
+    // tapped after it failed (the file is kept until then).
+    p.upload = function () {
+      var bar = h("progress", { max: "1", value: "0", "data-testid": "kefu-progress" });
+      p.el.querySelector(".bubble").appendChild(bar);
+      setStatus(p.el, "sending");
+      attempt(false, bar).then(function (md) {
+        bar.remove();
+        p.upload = null;
+        var kind = image && /^image\//.test(md.type) ? "image" : "file";
+        p.frame = { type: "send", id: p.cid, kind: kind, media: { key: md.key, name: md.name || file.name } };
+        transmit(p);
+      }, function (status) {
+        bar.remove();
+        if (status === 413 || status === 415) { // no retry makes it go
+          p.upload = null;
+          fail(p, status === 413 ? L.tooLarge : L.badType, true);
+        } else {
+          fail(p, L.uploadFailed);
+        }
+      });
+    };
+    p.upload();
   }
 
   // transmit sends (or, when offline, queues) a pending message; unacked sends
@@ -708,9 +721,10 @@
     });
   }
 
-  function fail(p, why) {
+  // fail marks p not sent, with why; final when trying again cannot help.
+  function fail(p, why, final) {
     p.failed = true;
-    setStatus(p.el, "failed");
+    setStatus(p.el, final ? "refused" : "failed");
     clearError(p);
     p.el.appendChild(h("div", { "class": "err", text: why }));
     saveOutbox();
