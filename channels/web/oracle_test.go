@@ -39,16 +39,13 @@ func TestOthersConversationLooksMissing(t *testing.T) {
 func TestVisitorParameterGivenTwice(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
-	ctx := context.Background()
-	s := h.session("")
-	p := &webtest.Poller{Client: h.cl, Token: s.Token}
-	conv := must(p.SendText(ctx, "v-1", 0, "hello", false)).Message.ConversationID
+	token, conv := h.visitorConversation()
 	for _, path := range []string{
 		fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&conversation_id=%d", conv, conv+1),
 		fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5&limit=500", conv),
 		fmt.Sprintf("/lp/visitor?conversation_id=%d&last_seq=1&last_seq=0", conv),
 	} {
-		if code, _ := h.visitorGet(s.Token, path); code != http.StatusBadRequest {
+		if code, _ := h.visitorGet(token, path); code != http.StatusBadRequest {
 			t.Errorf("%s: HTTP %d, want 400", path, code)
 		}
 	}
@@ -58,11 +55,21 @@ func TestVisitorParameterGivenTwice(t *testing.T) {
 // and returns the answer's status and body.
 func (h *rtNode) visitorGet(token, path string) (int, string) {
 	h.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, h.base+path, nil)
+	code, _, body := h.visitorDo(http.MethodGet, token, path)
+	return code, body
+}
+
+// visitorDo sends a request without a body from the widget's page, with
+// token ("": none), and returns the answer's status, headers and body.
+func (h *rtNode) visitorDo(method, token, path string) (int, http.Header, string) {
+	h.t.Helper()
+	req, err := http.NewRequest(method, h.base+path, nil)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	req.Header.Set("Origin", rtOrigin)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -70,7 +77,16 @@ func (h *rtNode) visitorGet(token, path string) (int, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// visitorConversation starts a visitor session whose first message began
+// a conversation, and returns its token and the conversation.
+func (h *rtNode) visitorConversation() (string, int64) {
+	h.t.Helper()
+	s := h.session("")
+	p := &webtest.Poller{Client: h.cl, Token: s.Token}
+	return s.Token, must(p.SendText(context.Background(), "v-1", 0, "hello", false)).Message.ConversationID
 }
 
 // A query parameter an endpoint does not take is refused, so that a
@@ -79,38 +95,24 @@ func (h *rtNode) visitorGet(token, path string) (int, string) {
 func TestUnknownQueryParameterRefused(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
-	ctx := context.Background()
-	s := h.session("")
-	p := &webtest.Poller{Client: h.cl, Token: s.Token}
-	conv := must(p.SendText(ctx, "v-1", 0, "hello", false)).Message.ConversationID
+	token, conv := h.visitorConversation()
 	for _, path := range []string{
 		fmt.Sprintf("/api/v1/visitor/messages?conversation=%d", conv),
 		fmt.Sprintf("/lp/visitor?conversation_id=%d&last=1", conv),
 	} {
-		if code, body := h.visitorGet(s.Token, path); code != http.StatusBadRequest || !strings.Contains(body, "unknown query parameter") {
+		if code, body := h.visitorGet(token, path); code != http.StatusBadRequest || !strings.Contains(body, "unknown query parameter") {
 			t.Errorf("%s: HTTP %d %s, want 400 naming the parameter", path, code, body)
 		}
 	}
-	if code, _ := h.visitorGet(s.Token, fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5", conv)); code != http.StatusOK {
+	if code, _ := h.visitorGet(token, fmt.Sprintf("/api/v1/visitor/messages?conversation_id=%d&limit=5", conv)); code != http.StatusOK {
 		t.Errorf("history with its own parameters: HTTP %d", code)
 	}
 	alice := h.token(h.agent("alice@example.com"))
 	if code, body := h.visitorGet(alice, "/lp/agent?cursr=0"); code != http.StatusBadRequest || !strings.Contains(body, "cursr") {
 		t.Errorf("/lp/agent?cursr=0: HTTP %d %s, want 400", code, body)
 	}
-	req, err := http.NewRequest(http.MethodPost, h.base+"/api/v1/visitor/session?foo=1", strings.NewReader(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Origin", rtOrigin)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("session?foo=1: HTTP %d, want 400", resp.StatusCode)
+	if code, _, _ := h.visitorDo(http.MethodPost, "", "/api/v1/visitor/session?foo=1"); code != http.StatusBadRequest {
+		t.Errorf("session?foo=1: HTTP %d, want 400", code)
 	}
 }
 
@@ -126,18 +128,9 @@ func TestVisitorEndpointWrongMethod(t *testing.T) {
 		{http.MethodPut, "/lp/visitor", "GET, POST, OPTIONS, HEAD"},
 		{http.MethodGet, "/api/v1/visitor/devices/abc", "DELETE, OPTIONS"},
 	} {
-		req, err := http.NewRequest(c.method, h.base+c.path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != c.allow || !strings.Contains(string(b), `"code":"method_not_allowed"`) {
-			t.Errorf("%s %s: HTTP %d Allow %q %s; want 405, Allow %q, the JSON error", c.method, c.path, resp.StatusCode, resp.Header.Get("Allow"), b, c.allow)
+		code, hdr, body := h.visitorDo(c.method, "", c.path)
+		if code != http.StatusMethodNotAllowed || hdr.Get("Allow") != c.allow || !strings.Contains(body, `"code":"method_not_allowed"`) {
+			t.Errorf("%s %s: HTTP %d Allow %q %s; want 405, Allow %q, the JSON error", c.method, c.path, code, hdr.Get("Allow"), body, c.allow)
 		}
 	}
 }
@@ -147,18 +140,7 @@ func TestVisitorEndpointWrongMethod(t *testing.T) {
 func TestSessionWithoutBody(t *testing.T) {
 	defer guard(t)
 	h := startRT(t, "")
-	req, err := http.NewRequest(http.MethodPost, h.base+"/api/v1/visitor/session", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Origin", rtOrigin)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"token"`) {
-		t.Fatalf("session without a body: HTTP %d %s", resp.StatusCode, b)
+	if code, _, body := h.visitorDo(http.MethodPost, "", "/api/v1/visitor/session"); code != http.StatusOK || !strings.Contains(body, `"token"`) {
+		t.Fatalf("session without a body: HTTP %d %s", code, body)
 	}
 }

@@ -264,6 +264,21 @@ func TestWidgetFallsBackToLongPollingWhenWebSocketsAreBlocked(t *testing.T) {
 	wpoll(t, ctx, "the reply by polling", `[...w.querySelectorAll('[data-testid="kefu-message"][data-sender="agent"] [data-testid="kefu-text"]')].some(e => e.textContent === "heard you")`)
 }
 
+// wfirst opens the demo page at base, waits for the WebSocket, and sends
+// "first" from the widget until it is acknowledged (the visitor's
+// conversation begins).
+func wfirst(t *testing.T, ctx context.Context, base string) {
+	t.Helper()
+	wdo(t, ctx, chromedp.Navigate(base+"/demo"))
+	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
+	wdo(t, ctx,
+		chromedp.Click(wsel("kefu-launcher")),
+		chromedp.SendKeys(wsel("kefu-input"), "first"),
+		chromedp.Click(wsel("kefu-send")),
+	)
+	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+}
+
 // dropProxy passes TCP connections through to a node and can cut them all,
 // or refuse new ones while blocked (the server out of reach).
 type dropProxy struct {
@@ -325,19 +340,12 @@ func TestWidgetReconnectsAndResumes(t *testing.T) {
 	target, _ := url.Parse(n.URL)
 	p := newDropProxy(t, target.Host)
 
-	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
-	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
-	wdo(t, ctx,
-		chromedp.Click(wsel("kefu-launcher")),
-		chromedp.SendKeys(wsel("kefu-input"), "first"),
-		chromedp.Click(wsel("kefu-send")),
-	)
+	wfirst(t, ctx, p.url())
 	f, err := agent.WaitFor(vmWait, func(f webtest.Frame) bool { return f.Type == "message" && f.Message.Text == "first" })
 	if err != nil {
 		t.Fatal(err)
 	}
 	conv := f.Message.ConversationID
-	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
 
 	// The network drops; the agent answers meanwhile; the widget comes
 	// back by itself and gets exactly what it missed.
@@ -359,14 +367,7 @@ func TestWidgetKeepsAnUnsentMessageAcrossPages(t *testing.T) {
 	target, _ := url.Parse(n.URL)
 	p := newDropProxy(t, target.Host)
 
-	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
-	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
-	wdo(t, ctx,
-		chromedp.Click(wsel("kefu-launcher")),
-		chromedp.SendKeys(wsel("kefu-input"), "first"),
-		chromedp.Click(wsel("kefu-send")),
-	)
-	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+	wfirst(t, ctx, p.url())
 
 	p.blocked.Store(true)
 	p.drop()
@@ -441,14 +442,7 @@ func TestWidgetRetriesAFailedUpload(t *testing.T) {
 	target, _ := url.Parse(n.URL)
 	p := newDropProxy(t, target.Host)
 
-	wdo(t, ctx, chromedp.Navigate(p.url()+"/demo"))
-	wpoll(t, ctx, "the WebSocket", `host.dataset.state === "ws"`)
-	wdo(t, ctx,
-		chromedp.Click(wsel("kefu-launcher")),
-		chromedp.SendKeys(wsel("kefu-input"), "first"),
-		chromedp.Click(wsel("kefu-send")),
-	)
-	wpoll(t, ctx, "the ack", `w.querySelector('[data-testid="kefu-message"][data-sender="contact"][data-id]') !== null`)
+	wfirst(t, ctx, p.url())
 
 	p.blocked.Store(true)
 	p.drop()

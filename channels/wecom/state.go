@@ -108,12 +108,16 @@ func (c *Channel) selectConv(ctx context.Context, agentID, conv int64, mine bool
 	if err != nil {
 		return err
 	}
-	mark = max(mark, st.Max)
-	owned := 0
-	if mine {
-		owned = 1
+	return c.saveSelection(ctx, agentID, selection{Conv: conv, Mark: max(mark, st.Max), Mine: mine})
+}
+
+// saveSelection stores s as loadSelection reads it: "CONV MARK MINE".
+func (c *Channel) saveSelection(ctx context.Context, agentID int64, s selection) error {
+	mine := 0
+	if s.Mine {
+		mine = 1
 	}
-	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d %d", conv, mark, owned))
+	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d %d", s.Conv, s.Mark, mine))
 }
 
 // markMine records that the agent's selection, if it is conv, is theirs
@@ -123,7 +127,8 @@ func (c *Channel) markMine(ctx context.Context, agentID, conv int64) error {
 	if err != nil || s.Conv != conv || s.Mine {
 		return err
 	}
-	return c.store.PutSetting(ctx, c.selKey(agentID), fmt.Sprintf("%d %d 1", conv, s.Mark))
+	s.Mine = true
+	return c.saveSelection(ctx, agentID, s)
 }
 
 // unselect clears the agent's selection if it is conv (any when conv is 0).
@@ -132,7 +137,7 @@ func (c *Channel) unselect(ctx context.Context, agentID, conv int64) error {
 	if err != nil || s.Conv == 0 || (conv != 0 && s.Conv != conv) {
 		return err
 	}
-	return c.store.PutSetting(ctx, c.selKey(agentID), "0 0")
+	return c.saveSelection(ctx, agentID, selection{})
 }
 
 // cursor is the follower's position in the message log: bridge.Follower
